@@ -1,0 +1,104 @@
+"""The admin API (its own credential): tenants, their API keys and their model aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from litestar import Controller, Request, delete, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from gateway.errors import InvalidRequest
+from gateway.runtime import Gateway
+
+GW = NamedDependency[Gateway]
+from gateway.store import Alias, AliasTarget, Tenant
+from gateway.tenancy import IssuedKey
+
+
+class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+
+
+class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "default"
+
+
+class SetAlias(msgspec.Struct, forbid_unknown_fields=True):
+    target: AliasTarget = msgspec.field(default_factory=AliasTarget)
+
+
+class KeyInfo(msgspec.Struct):
+    """A key as listed: never its hash, never its plaintext."""
+
+    id: str
+    tenant_id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+def admin_guard(connection: ASGIConnection[object, object, object, object], _: BaseRouteHandler) -> None:
+    gw: GW = connection.app.state.gateway
+    gw.check_admin(connection.headers.get("authorization"))
+
+
+class AdminController(Controller):
+    path = "/admin"
+    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
+
+    @post("/tenants", status_code=201)
+    async def create_tenant(self, data: JSONBody[CreateTenant], gw: GW) -> Tenant:
+        tenant = await gw.admin.create_tenant(data.name)
+        gw.directory.invalidate()
+        return tenant
+
+    @get("/tenants")
+    async def list_tenants(self, gw: GW) -> dict[str, object]:
+        return {"object": "list", "data": await gw.store.list_tenants()}
+
+    @get("/tenants/{tenant:str}")
+    async def get_tenant(self, tenant: FromPath[str], gw: GW) -> Tenant:
+        return await gw.admin.tenant(tenant)
+
+    @post("/tenants/{tenant:str}/keys", status_code=201)
+    async def create_key(self, tenant: FromPath[str], gw: GW, request: Request[object, object, object]) -> IssuedKey:
+        raw = await request.body()
+        try:
+            data = msgspec.json.decode(raw, type=CreateKey) if raw.strip() else CreateKey()
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            raise InvalidRequest(f"invalid request: {exc}") from None
+        return await gw.admin.issue_key(tenant, data.name)
+
+    @get("/tenants/{tenant:str}/keys")
+    async def list_keys(self, tenant: FromPath[str], gw: GW) -> dict[str, object]:
+        found = await gw.admin.tenant(tenant)
+        keys = await gw.store.list_keys(found.id)
+        data = [KeyInfo(k.id, k.tenant_id, k.name, k.created_at, k.revoked_at) for k in keys]
+        return {"object": "list", "data": data}
+
+    @delete("/keys/{key_id:str}", status_code=200)
+    async def revoke_key(self, key_id: FromPath[str], gw: GW) -> KeyInfo:
+        key = await gw.store.revoke_key(key_id)
+        gw.directory.invalidate()
+        return KeyInfo(key.id, key.tenant_id, key.name, key.created_at, key.revoked_at)
+
+    @get("/tenants/{tenant:str}/aliases")
+    async def list_aliases(self, tenant: FromPath[str], gw: GW) -> dict[str, object]:
+        found = await gw.admin.tenant(tenant)
+        return {"object": "list", "data": await gw.store.list_aliases(found.id)}
+
+    @put("/tenants/{tenant:str}/aliases/{name:str}")
+    async def set_alias(self, tenant: FromPath[str], name: FromPath[str], data: JSONBody[SetAlias], gw: GW) -> Alias:
+        alias = await gw.admin.set_alias(tenant, name, data.target)
+        gw.directory.invalidate()
+        return alias
+
+    @delete("/tenants/{tenant:str}/aliases/{name:str}", status_code=204)
+    async def delete_alias(self, tenant: FromPath[str], name: FromPath[str], gw: GW) -> None:
+        found = await gw.admin.tenant(tenant)
+        await gw.store.delete_alias(found.id, name)
+        gw.directory.invalidate()

@@ -1,0 +1,305 @@
+"""The `loopgate` command: run the stack, prepare the model, manage tenants, keys and aliases."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from gateway.errors import LoopgateError
+from gateway.settings import ConfigError, Settings, describe
+from gateway.store import AliasTarget, open_store
+from gateway.tenancy import Admin
+
+log = logging.getLogger("loopgate")
+
+DEMO_TENANT = "demo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("LOOPGATE_LOG_LEVEL", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port) if hasattr(args, "host") else Settings.from_env()
+        result: int = args.func(settings, args)
+        return result
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except LoopgateError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loopgate", description=__doc__)
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="prepare the model, start engine + gateway, create a demo tenant")
+    serve = sub.add_parser("serve", help="start the gateway (and the embedded engine unless external)")
+    for cmd in (up, serve):
+        cmd.add_argument("--host", default=None, help="listen address (LOOPGATE_HOST)")
+        cmd.add_argument("--port", type=int, default=None, help="listen port (LOOPGATE_PORT)")
+    up.add_argument("--no-demo", action="store_true", help="do not create the demo tenant")
+    up.set_defaults(func=cmd_up)
+    serve.set_defaults(func=cmd_serve)
+
+    model = sub.add_parser("model", help="the base model").add_subparsers(required=True, metavar="ACTION")
+    prep = model.add_parser("prepare", help="convert the bundled GGUF into a verified HF folder")
+    prep.add_argument("--force", action="store_true", help="prepare again even if verified")
+    prep.set_defaults(func=cmd_model_prepare)
+    model.add_parser("verify", help="verify the prepared model").set_defaults(func=cmd_model_verify)
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(required=True, metavar="ACTION")
+    tc = tenant.add_parser("create", help="create a tenant (with the default base alias)")
+    tc.add_argument("name")
+    tc.set_defaults(func=_store_cmd(_tenant_create))
+    tenant.add_parser("list", help="list tenants").set_defaults(func=_store_cmd(_tenant_list))
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(required=True, metavar="ACTION")
+    kc = key.add_parser("create", help="issue a key for a tenant (printed once)")
+    kc.add_argument("tenant")
+    kc.add_argument("--name", default="default")
+    kc.set_defaults(func=_store_cmd(_key_create))
+    kl = key.add_parser("list", help="list a tenant's keys (never the secrets)")
+    kl.add_argument("tenant")
+    kl.set_defaults(func=_store_cmd(_key_list))
+    kr = key.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=_store_cmd(_key_revoke))
+
+    alias = sub.add_parser("alias", help="model aliases").add_subparsers(required=True, metavar="ACTION")
+    al_set = alias.add_parser("set", help="point a tenant's alias at the base model")
+    al_set.add_argument("tenant")
+    al_set.add_argument("name")
+    al_set.set_defaults(func=_store_cmd(_alias_set))
+    al_list = alias.add_parser("list", help="list a tenant's aliases")
+    al_list.add_argument("tenant")
+    al_list.set_defaults(func=_store_cmd(_alias_list))
+    al_del = alias.add_parser("delete", help="delete a tenant's alias")
+    al_del.add_argument("tenant")
+    al_del.add_argument("name")
+    al_del.set_defaults(func=_store_cmd(_alias_delete))
+
+    sub.add_parser("config", help="print the configuration reference").set_defaults(func=cmd_config)
+    return p
+
+
+# --- running the stack --------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
+    asyncio.run(_serve(settings, banner=None))
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.model import resolve_model
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.admin_key:
+        settings = settings.with_overrides(admin_key=_secret_file(settings.data_dir / "admin_key", "lg-admin-"))
+    print(f"loopgate: data in {settings.data_dir}; preparing the base model...", flush=True)
+    resolve_model(settings)
+    demo_key = None if args.no_demo else asyncio.run(_ensure_demo(settings))
+    asyncio.run(_serve(settings, banner=lambda: _banner(settings, demo_key)))
+    return 0
+
+
+async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    if banner is None:
+        await server.serve()
+        return
+    waiter = asyncio.create_task(_print_when_ready(settings, banner))
+    try:
+        await server.serve()
+    finally:
+        waiter.cancel()
+
+
+async def _print_when_ready(settings: Settings, banner: Callable[[], str]) -> None:
+    url = f"http://{settings.host}:{settings.port}/ready"
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if (await client.get(url)).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                continue
+    print(banner(), flush=True)
+
+
+def _secret_file(path: Path, prefix: str) -> str:
+    """A secret kept in a 0600 file in the data dir, created once."""
+    if path.exists():
+        return path.read_text().strip()
+    secret = prefix + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+async def _ensure_demo(settings: Settings) -> str:
+    """The demo tenant's key: created on first run and kept in <data_dir>/demo_key (0600)."""
+    key_file = settings.data_dir / "demo_key"
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        admin = Admin(store, settings.default_alias)
+        if await store.get_tenant(DEMO_TENANT) is None:
+            await admin.create_tenant(DEMO_TENANT)
+        if key_file.exists():
+            return key_file.read_text().strip()
+        issued = await admin.issue_key(DEMO_TENANT, "demo")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(issued.key + "\n")
+        return issued.key
+    finally:
+        await store.close()
+
+
+def _banner(settings: Settings, demo_key: str | None) -> str:
+    base = f"http://{settings.host}:{settings.port}/v1"
+    lines = ["", "=" * 72, f"loopgate is ready at {base}", f"admin key: {settings.data_dir / 'admin_key'}"]
+    if demo_key:
+        model = settings.default_alias or "<alias>"
+        lines += [
+            f"demo tenant '{DEMO_TENANT}' API key: {demo_key}",
+            "",
+            "try it:",
+            f"  curl {base}/chat/completions -H 'Authorization: Bearer {demo_key}' \\",
+            "    -H 'Content-Type: application/json' \\",
+            f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'",
+            "",
+            "  python -c \"from openai import OpenAI; "
+            f"c = OpenAI(base_url='{base}', api_key='{demo_key}'); "
+            f"print(c.chat.completions.create(model='{model}', "
+            "messages=[{'role': 'user', 'content': 'Hi!'}]).choices[0].message.content)\"",
+        ]
+    lines += ["Ctrl-C stops everything.", "=" * 72]
+    return "\n".join(lines)
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def cmd_model_prepare(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.model import bundled_dir, prepare_bundled, resolve_model
+
+    if args.force and settings.base_model == "bundled":
+        print(prepare_bundled(bundled_dir(settings), force=True))
+    else:
+        print(resolve_model(settings))
+    return 0
+
+
+def cmd_model_verify(settings: Settings, _: argparse.Namespace) -> int:
+    from gateway.model import ModelError, resolve_model
+
+    try:
+        print(f"ok: {resolve_model(settings, prepare=False)}")
+    except ModelError as exc:
+        print(f"not verified: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_config(_: Settings, __: argparse.Namespace) -> int:
+    for name, default, help_text in describe():
+        print(f"{name:<40} {default:<22} {help_text}")
+    return 0
+
+
+# --- tenants, keys, aliases (straight to the store) -------------------------------------------
+
+
+def _store_cmd(fn: Callable[[Admin, argparse.Namespace], Awaitable[object]]) -> Callable[[Settings, argparse.Namespace], int]:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        async def go() -> object:
+            store = open_store(settings.store_url)
+            await store.open()
+            try:
+                return await fn(Admin(store, settings.default_alias), args)
+            finally:
+                await store.close()
+
+        result = asyncio.run(go())
+        print(msgspec.json.format(msgspec.json.encode(result)).decode())
+        return 0
+
+    return run
+
+
+async def _tenant_create(admin: Admin, args: argparse.Namespace) -> object:
+    return await admin.create_tenant(args.name)
+
+
+async def _tenant_list(admin: Admin, _: argparse.Namespace) -> object:
+    return await admin.store.list_tenants()
+
+
+async def _key_create(admin: Admin, args: argparse.Namespace) -> object:
+    return await admin.issue_key(args.tenant, args.name)
+
+
+async def _key_list(admin: Admin, args: argparse.Namespace) -> object:
+    tenant = await admin.tenant(args.tenant)
+    return [
+        {"id": k.id, "name": k.name, "created_at": k.created_at, "revoked_at": k.revoked_at}
+        for k in await admin.store.list_keys(tenant.id)
+    ]
+
+
+async def _key_revoke(admin: Admin, args: argparse.Namespace) -> object:
+    key = await admin.store.revoke_key(args.key_id)
+    return {"id": key.id, "revoked_at": key.revoked_at}
+
+
+async def _alias_set(admin: Admin, args: argparse.Namespace) -> object:
+    return await admin.set_alias(args.tenant, args.name, AliasTarget())
+
+
+async def _alias_list(admin: Admin, args: argparse.Namespace) -> object:
+    tenant = await admin.tenant(args.tenant)
+    return await admin.store.list_aliases(tenant.id)
+
+
+async def _alias_delete(admin: Admin, args: argparse.Namespace) -> object:
+    tenant = await admin.tenant(args.tenant)
+    await admin.store.delete_alias(tenant.id, args.name)
+    return {"deleted": args.name}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

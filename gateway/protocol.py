@@ -1,0 +1,177 @@
+"""Wire types of the OpenAI-compatible API: what a client may send, and what reaches vLLM.
+
+Decoding a body into these structs *is* the field allowlist: a field not declared here is
+dropped and never reaches the engine. Fields the gateway acts on are typed and validated;
+the rest of the allowed set is carried as decoded JSON and re-encoded untouched. Fields that
+would reach the engine's internals (chat templates, engine-side request ids, KV-transfer
+parameters, ...) are declared only so that sending them is a clear 400.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from gateway.errors import InvalidRequest
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+MetadataKey = Annotated[str, Meta(max_length=64)]
+MetadataValue = Annotated[str, Meta(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
+
+FORBIDDEN_FIELDS = (
+    "chat_template",
+    "chat_template_kwargs",
+    "mm_processor_kwargs",
+    "kv_transfer_params",
+    "vllm_xargs",
+    "request_id",
+    "priority",
+    "cache_salt",
+    "logits_processors",
+    "return_tokens_as_token_ids",
+    "lora_request",
+)
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool | UnsetType = UNSET
+    continuous_usage_stats: bool | UnsetType = UNSET
+
+
+class _Forbidden(msgspec.Struct, kw_only=True):
+    """Engine-internal fields: declared only to refuse them."""
+
+    chat_template: object = UNSET
+    chat_template_kwargs: object = UNSET
+    mm_processor_kwargs: object = UNSET
+    kv_transfer_params: object = UNSET
+    vllm_xargs: object = UNSET
+    request_id: object = UNSET
+    priority: object = UNSET
+    cache_salt: object = UNSET
+    logits_processors: object = UNSET
+    return_tokens_as_token_ids: object = UNSET
+    lora_request: object = UNSET
+
+
+class _Sampling(_Forbidden, kw_only=True):
+    """Fields common to chat and legacy completions."""
+
+    model: ModelName
+    stream: bool = False
+    stream_options: StreamOptions | None | UnsetType = UNSET
+    max_tokens: PositiveInt | None | UnsetType = UNSET
+    n: Annotated[int, Meta(ge=1, le=16)] | UnsetType = UNSET
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None | UnsetType = UNSET
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None | UnsetType = UNSET
+    stop: str | Annotated[list[str], Meta(max_length=16)] | None | UnsetType = UNSET
+    seed: int | None | UnsetType = UNSET
+    presence_penalty: Penalty | None | UnsetType = UNSET
+    frequency_penalty: Penalty | None | UnsetType = UNSET
+    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    user: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
+    # vLLM sampling extensions that are safe to expose.
+    top_k: int | None | UnsetType = UNSET
+    min_p: Probability | None | UnsetType = UNSET
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None | UnsetType = UNSET
+    min_tokens: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+
+    def check_forbidden(self) -> None:
+        for name in FORBIDDEN_FIELDS:
+            if getattr(self, name) is not UNSET:
+                raise InvalidRequest(f"field '{name}' is not accepted by this gateway", param=name)
+
+
+class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[object] | None = None
+    name: str | UnsetType = UNSET
+    tool_calls: list[object] | UnsetType = UNSET
+    tool_call_id: str | UnsetType = UNSET
+
+
+class ChatCompletionRequest(_Sampling, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_completion_tokens: PositiveInt | None | UnsetType = UNSET
+    logprobs: bool | None | UnsetType = UNSET
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None | UnsetType = UNSET
+    response_format: object = UNSET
+    tools: list[object] | None | UnsetType = UNSET
+    tool_choice: object = UNSET
+    parallel_tool_calls: bool | None | UnsetType = UNSET
+    # Gateway-side fields: acted on here, never forwarded.
+    store: bool | None | UnsetType = UNSET
+    metadata: Metadata | None | UnsetType = UNSET
+
+
+class CompletionRequest(_Sampling, kw_only=True):
+    # A string, a list of strings, token ids, or lists of token ids (checked in check_prompt).
+    prompt: Annotated[str, Meta(min_length=1)] | Annotated[list[object], Meta(min_length=1)]
+    echo: bool | None | UnsetType = UNSET
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None | UnsetType = UNSET
+    best_of: Annotated[int, Meta(ge=1, le=16)] | None | UnsetType = UNSET
+    suffix: str | None | UnsetType = UNSET
+
+
+_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_completion_decoder = msgspec.json.Decoder(CompletionRequest)
+_encoder = msgspec.json.Encoder()
+
+
+T = TypeVar("T")
+_PATH_RE = re.compile(r"`\$\.([^`]+)`")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        paths = _PATH_RE.findall(text)  # "... - at `$.messages[0].role`"
+        param = paths[-1] if paths else None
+        raise InvalidRequest(f"invalid request: {text}", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def decode_chat(body: bytes) -> ChatCompletionRequest:
+    req = _decode(_chat_decoder, body)
+    req.check_forbidden()
+    return req
+
+
+def decode_completion(body: bytes) -> CompletionRequest:
+    req = _decode(_completion_decoder, body)
+    req.check_forbidden()
+    if isinstance(req.prompt, list) and not _is_prompt_list(req.prompt):
+        raise InvalidRequest(
+            "prompt must be a string, a list of strings, a list of token ids or a list of "
+            "token-id lists, none of them empty",
+            param="prompt",
+        )
+    return req
+
+
+def _is_prompt_list(items: list[object]) -> bool:
+    if all(isinstance(p, str) and p for p in items):
+        return True
+    if all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in items):
+        return True
+    return all(isinstance(p, list) and p and _is_prompt_list(p) and not isinstance(p[0], (str, list)) for p in items)
+
+
+def encode_for_engine(req: ChatCompletionRequest | CompletionRequest, engine_model: str) -> bytes:
+    """The body vLLM receives: the allowlisted fields, the engine-side model name."""
+    changes: dict[str, object] = {"model": engine_model}
+    if isinstance(req, ChatCompletionRequest):
+        changes.update(store=UNSET, metadata=UNSET)
+    return _encoder.encode(msgspec.structs.replace(req, **changes))

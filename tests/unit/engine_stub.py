@@ -1,0 +1,23 @@
+"""A stand-in engine process for supervisor tests: serves /health, and has a child of its own
+(like vLLM's engine-core process) whose pid it writes next to the given pid file."""
+
+import http.server
+import subprocess
+import sys
+from pathlib import Path
+
+port, pid_file = int(sys.argv[1]), Path(sys.argv[2])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+pid_file.write_text(str(child.pid))
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()

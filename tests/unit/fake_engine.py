@@ -1,0 +1,98 @@
+"""A fake vLLM at the network edge (httpx.MockTransport), recording what the gateway sends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+ENGINE_MODEL = "smollm2-135m-instruct"
+
+
+def chat_body(text: str = "Paris.", model: str = ENGINE_MODEL) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+
+
+def sse_chunks(words: list[str], model: str = ENGINE_MODEL, done: bool = True) -> list[bytes]:
+    out = []
+    for w in words:
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                 "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+        out.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+    if done:
+        out.append(b"data: [DONE]\n\n")
+    return out
+
+
+class BrokenStream(httpx.AsyncByteStream):
+    """Yields some chunks, then fails like a dropped connection."""
+
+    def __init__(self, chunks: list[bytes]):
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for c in self.chunks:
+            yield c
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+class ChunkStream(httpx.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]):
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for c in self.chunks:
+            yield c
+
+
+@dataclass
+class FakeEngine:
+    """Answers like vLLM; `mode` switches the behaviour per test."""
+
+    mode: str = "ok"
+    requests: list[httpx.Request] = field(default_factory=list)
+    stream_words: list[str] = field(default_factory=lambda: ["The", " capital", " is", " Paris", "."])
+    healthy: bool = True
+    custom: Callable[[httpx.Request], httpx.Response] | None = None
+
+    def bodies(self) -> list[dict[str, object]]:
+        return [json.loads(r.content) for r in self.requests if r.url.path.startswith("/v1/")]
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200 if self.healthy else 503)
+        self.requests.append(request)
+        if self.custom is not None:
+            return self.custom(request)
+        if self.mode == "refuse":
+            raise httpx.ConnectError("connection refused")
+        if self.mode == "timeout":
+            raise httpx.ReadTimeout("timed out")
+        if self.mode == "engine400":
+            return httpx.Response(400, json={"error": {"message": "engine says no", "type": "BadRequestError", "param": None, "code": 400}})
+        if self.mode == "engine500":
+            return httpx.Response(500, text="Internal Server Error")
+        body = json.loads(request.content)
+        if body.get("stream"):
+            chunks = sse_chunks(self.stream_words, model=body["model"])
+            if self.mode == "break":
+                return httpx.Response(200, stream=BrokenStream(chunks[:2]), headers={"content-type": "text/event-stream"})
+            if self.mode == "truncate":
+                return httpx.Response(200, stream=ChunkStream(chunks[:2]), headers={"content-type": "text/event-stream"})
+            # Re-cut the bytes at awkward places: events must still arrive whole.
+            data = b"".join(chunks)
+            pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
+            return httpx.Response(200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=chat_body(model=body["model"]))

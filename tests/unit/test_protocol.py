@@ -1,0 +1,86 @@
+"""Request validation, the allowlist, and the SSE event cutter."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import msgspec
+import pytest
+
+from gateway.errors import InvalidRequest
+from gateway.protocol import decode_chat, decode_completion, encode_for_engine
+from gateway.upstream import SSEEvents, rename_model
+from tests.unit.fake_engine import sse_chunks
+
+
+def test_chat_round_trip_keeps_allowed_fields_untouched() -> None:
+    body = {
+        "model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "hé ✓"}]}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "response_format": {"type": "json_object"}, "stop": ["\n"], "seed": 7,
+    }
+    req = decode_chat(json.dumps(body).encode())
+    sent = msgspec.json.decode(encode_for_engine(req, "engine-name"))
+    assert sent == {**body, "model": "engine-name", "stream": False}
+
+
+def test_gateway_fields_are_not_forwarded() -> None:
+    req = decode_chat(b'{"model":"a","messages":[{"role":"user","content":"x"}],"store":true,"metadata":{"k":"v"}}')
+    assert req.store is True and req.metadata == {"k": "v"}
+    sent = msgspec.json.decode(encode_for_engine(req, "e"))
+    assert "store" not in sent and "metadata" not in sent
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [{"max_tokens": 0}, {"n": 99}, {"top_p": 0}, {"metadata": {"k" * 65: "v"}}, {"stop": 5}, {"user": 3}],
+)
+def test_invalid_values_raise_invalid_request(patch: dict[str, object]) -> None:
+    body = {"model": "a", "messages": [{"role": "user", "content": "x"}], **patch}
+    with pytest.raises(InvalidRequest) as info:
+        decode_chat(json.dumps(body).encode())
+    assert info.value.param is not None
+
+
+def test_completion_prompt_forms() -> None:
+    for prompt in ("hi", ["a", "b"], [1, 2, 3], [[1], [2]]):
+        assert decode_completion(json.dumps({"model": "m", "prompt": prompt}).encode()).prompt == prompt
+    for bad in ("", [], None):
+        with pytest.raises(InvalidRequest):
+            decode_completion(json.dumps({"model": "m", "prompt": bad}).encode())
+
+
+def test_unicode_and_non_object_bodies() -> None:
+    with pytest.raises(InvalidRequest):
+        decode_chat(b"[1,2]")
+    with pytest.raises(InvalidRequest):
+        decode_chat(b"\xff\xfe")
+    req = decode_chat('{"model":"m","messages":[{"role":"user","content":"日本語 🚀"}]}'.encode())
+    assert req.messages[0].content == "日本語 🚀"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sse_events_survive_any_split_and_are_renamed(seed: int) -> None:
+    data = b"".join(sse_chunks(["a", "b\n\nc", "d"], model="engine-x"))
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), k=rng.randint(1, 20)))
+    pieces = [data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    events = SSEEvents(b"engine-x", b"alias")
+    out = b"".join(events.feed(p) for p in pieces)
+    assert events.done and events.buffer == b""
+    assert out == data.replace(b'"model":"engine-x"', b'"model":"alias"')
+    for part in out.split(b"\n\n")[:-1]:
+        assert part.startswith(b"data: ")
+
+
+def test_sse_without_done_is_detected() -> None:
+    events = SSEEvents(b"e", b"a")
+    events.feed(b"".join(sse_chunks(["x"], model="e", done=False)))
+    assert not events.done
+
+
+def test_rename_model_touches_only_the_model_field() -> None:
+    body = b'{"model":"eng","choices":[{"message":{"content":"\\"model\\":\\"eng\\""}}]}'
+    assert rename_model(body, b"eng", b"alias").startswith(b'{"model":"alias"')
+    assert rename_model(body, b"eng", b"alias").count(b"alias") == 1

@@ -1,0 +1,87 @@
+"""The supervisor against a real stand-in process: ready, restart after death, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway.settings import Settings
+from gateway.supervisor import EngineLaunch, EngineState, EngineSupervisor, build_launch, free_port
+
+STUB = Path(__file__).with_name("engine_stub.py")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_start_restart_and_stop_leave_no_processes(tmp_path: Path) -> None:
+    port = free_port()
+    grandchild_file = tmp_path / "grandchild.pid"
+    launch = EngineLaunch(
+        [sys.executable, str(STUB), str(port), str(grandchild_file)], dict(os.environ),
+        f"http://127.0.0.1:{port}", "k", tmp_path / "engine.log",
+    )
+    states: list[EngineState] = []
+    sup = EngineSupervisor(launch, start_timeout_s=30, max_backoff_s=1, on_state=states.append)
+    await sup.start()
+    await sup.wait_ready()
+    first_pid = sup.pid
+    assert first_pid is not None and alive(first_pid)
+    await wait_for(grandchild_file.exists)
+    first_grandchild = int(grandchild_file.read_text())
+
+    os.kill(first_pid, signal.SIGKILL)  # the engine dies
+    await wait_for(lambda: sup.state is EngineState.BACKOFF)
+    assert not alive(first_grandchild)  # its whole group went with it
+    await sup.wait_ready(timeout_s=30)
+    assert sup.restarts == 1 and sup.pid != first_pid
+    await wait_for(lambda: grandchild_file.exists() and int(grandchild_file.read_text()) != first_grandchild)
+    second_pid, second_grandchild = sup.pid, int(grandchild_file.read_text())
+
+    await sup.stop()
+    assert sup.state is EngineState.STOPPED
+    assert second_pid is not None and not alive(second_pid) and not alive(second_grandchild)
+    assert states[:2] == [EngineState.STARTING, EngineState.READY]
+    assert EngineState.BACKOFF in states
+
+
+async def test_engine_that_never_gets_ready_is_retried(tmp_path: Path) -> None:
+    launch = EngineLaunch([sys.executable, "-c", "import sys; sys.exit(3)"], dict(os.environ),
+                          f"http://127.0.0.1:{free_port()}", "k", tmp_path / "engine.log")
+    sup = EngineSupervisor(launch, start_timeout_s=5, max_backoff_s=0.5)
+    await sup.start()
+    await wait_for(lambda: sup.restarts >= 2)
+    await sup.stop()
+    assert sup.state is EngineState.STOPPED
+
+
+def test_launch_is_loopback_with_a_secret_key_out_of_argv(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, engine_device="cpu", engine_extra_args=("--seed", "1"))
+    launch = build_launch(settings, "/models/x", port=12345)
+    argv = launch.argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "--enable-lora" in argv and argv[-2:] == ["--seed", "1"]
+    assert launch.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert len(launch.api_key) >= 32 and launch.api_key not in " ".join(argv)
+    assert launch.env["VLLM_API_KEY"] == launch.api_key
+    assert build_launch(settings, "/m").api_key != launch.api_key
