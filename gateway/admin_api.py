@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
 from litestar import Controller, Request, delete, get, post, put
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import InvalidRequest
 from gateway.runtime import Gateway
-
-GW = NamedDependency[Gateway]
 from gateway.store import Alias, AliasTarget, Tenant
 from gateway.tenancy import IssuedKey
+
+GW = NamedDependency[Gateway]
 
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,7 +42,9 @@ class KeyInfo(msgspec.Struct):
     revoked_at: float | None
 
 
-def admin_guard(connection: ASGIConnection[object, object, object, object], _: BaseRouteHandler) -> None:
+def admin_guard(
+    connection: ASGIConnection[object, object, object, State], _: BaseRouteHandler
+) -> None:
     gw: GW = connection.app.state.gateway
     gw.check_admin(connection.headers.get("authorization"))
 
@@ -65,7 +68,9 @@ class AdminController(Controller):
         return await gw.admin.tenant(tenant)
 
     @post("/tenants/{tenant:str}/keys", status_code=201)
-    async def create_key(self, tenant: FromPath[str], gw: GW, request: Request[object, object, object]) -> IssuedKey:
+    async def create_key(
+        self, tenant: FromPath[str], gw: GW, request: Request[object, object, State]
+    ) -> IssuedKey:
         raw = await request.body()
         try:
             data = msgspec.json.decode(raw, type=CreateKey) if raw.strip() else CreateKey()
@@ -92,7 +97,9 @@ class AdminController(Controller):
         return {"object": "list", "data": await gw.store.list_aliases(found.id)}
 
     @put("/tenants/{tenant:str}/aliases/{name:str}")
-    async def set_alias(self, tenant: FromPath[str], name: FromPath[str], data: JSONBody[SetAlias], gw: GW) -> Alias:
+    async def set_alias(
+        self, tenant: FromPath[str], name: FromPath[str], data: JSONBody[SetAlias], gw: GW
+    ) -> Alias:
         alias = await gw.admin.set_alias(tenant, name, data.target)
         gw.directory.invalidate()
         return alias

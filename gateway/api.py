@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar import Request, Response, get, post
 from litestar.response import Stream
 
 from gateway.errors import EngineNotReady, NotFound
 from gateway.runtime import Gateway
-
-GW = NamedDependency[Gateway]
 from gateway.store import Alias
 
-AnyRequest = Request[object, object, object]
+GW = NamedDependency[Gateway]
+
+AnyRequest = Request[object, object, State]
 
 
 @post("/v1/chat/completions", status_code=200)
@@ -40,7 +41,9 @@ async def retrieve_model(request: AnyRequest, gw: GW, model_id: FromPath[str]) -
     caller = await gw.directory.authenticate(request.headers.get("authorization"))
     alias = await gw.store.get_alias(caller.tenant_id, model_id)
     if alias is None:
-        raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+        raise NotFound(
+            f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+        )
     return model_card(alias, caller.tenant_name, gw)
 
 
@@ -70,4 +73,7 @@ async def ready(gw: GW) -> dict[str, object]:
         raise EngineNotReady("the gateway is shutting down")
     if not gw.pool.any_ready:
         raise EngineNotReady("the inference engine is not ready yet")
-    return {"status": "ready", "backends": [{"name": b.name, "ready": b.ready} for b in gw.pool.backends]}
+    return {
+        "status": "ready",
+        "backends": [{"name": b.name, "ready": b.ready} for b in gw.pool.backends],
+    }

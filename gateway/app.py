@@ -25,7 +25,7 @@ _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def request_id(scope: Scope) -> str:
     """The request's id: the client's X-Request-Id when sane, else a new one."""
-    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state = scope.setdefault("state", {})
     rid = state.get("request_id")
     if rid is None:
         incoming = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
@@ -42,7 +42,9 @@ async def add_request_id(message: Message, scope: Scope) -> None:
         message["headers"] = headers
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Litestar:
+def create_app(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Litestar:
     gateway = Gateway(settings, transport)
 
     @asynccontextmanager

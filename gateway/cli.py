@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        settings = Settings.from_env(host=args.host, port=args.port) if hasattr(args, "host") else Settings.from_env()
+        settings = (
+            Settings.from_env(host=args.host, port=args.port)
+            if hasattr(args, "host")
+            else Settings.from_env()
+        )
         result: int = args.func(settings, args)
         return result
     except ConfigError as exc:
@@ -48,8 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loopgate", description=__doc__)
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="prepare the model, start engine + gateway, create a demo tenant")
-    serve = sub.add_parser("serve", help="start the gateway (and the embedded engine unless external)")
+    up = sub.add_parser(
+        "up", help="prepare the model, start engine + gateway, create a demo tenant"
+    )
+    serve = sub.add_parser(
+        "serve", help="start the gateway (and the embedded engine unless external)"
+    )
     for cmd in (up, serve):
         cmd.add_argument("--host", default=None, help="listen address (LOOPGATE_HOST)")
         cmd.add_argument("--port", type=int, default=None, help="listen port (LOOPGATE_PORT)")
@@ -57,13 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     serve.set_defaults(func=cmd_serve)
 
-    model = sub.add_parser("model", help="the base model").add_subparsers(required=True, metavar="ACTION")
+    model = sub.add_parser("model", help="the base model").add_subparsers(
+        required=True, metavar="ACTION"
+    )
     prep = model.add_parser("prepare", help="convert the bundled GGUF into a verified HF folder")
     prep.add_argument("--force", action="store_true", help="prepare again even if verified")
     prep.set_defaults(func=cmd_model_prepare)
     model.add_parser("verify", help="verify the prepared model").set_defaults(func=cmd_model_verify)
 
-    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(required=True, metavar="ACTION")
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(
+        required=True, metavar="ACTION"
+    )
     tc = tenant.add_parser("create", help="create a tenant (with the default base alias)")
     tc.add_argument("name")
     tc.set_defaults(func=_store_cmd(_tenant_create))
@@ -81,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id")
     kr.set_defaults(func=_store_cmd(_key_revoke))
 
-    alias = sub.add_parser("alias", help="model aliases").add_subparsers(required=True, metavar="ACTION")
+    alias = sub.add_parser("alias", help="model aliases").add_subparsers(
+        required=True, metavar="ACTION"
+    )
     al_set = alias.add_parser("set", help="point a tenant's alias at the base model")
     al_set.add_argument("tenant")
     al_set.add_argument("name")
@@ -111,7 +125,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.admin_key:
-        settings = settings.with_overrides(admin_key=_secret_file(settings.data_dir / "admin_key", "lg-admin-"))
+        settings = settings.with_overrides(
+            admin_key=_secret_file(settings.data_dir / "admin_key", "lg-admin-")
+        )
     print(f"loopgate: data in {settings.data_dir}; preparing the base model...", flush=True)
     resolve_model(settings)
     demo_key = None if args.no_demo else asyncio.run(_ensure_demo(settings))
@@ -191,7 +207,12 @@ async def _ensure_demo(settings: Settings) -> str:
 
 def _banner(settings: Settings, demo_key: str | None) -> str:
     base = f"http://{settings.host}:{settings.port}/v1"
-    lines = ["", "=" * 72, f"loopgate is ready at {base}", f"admin key: {settings.data_dir / 'admin_key'}"]
+    lines = [
+        "",
+        "=" * 72,
+        f"loopgate is ready at {base}",
+        f"admin key: {settings.data_dir / 'admin_key'}",
+    ]
     if demo_key:
         model = settings.default_alias or "<alias>"
         lines += [
@@ -200,9 +221,10 @@ def _banner(settings: Settings, demo_key: str | None) -> str:
             "try it:",
             f"  curl {base}/chat/completions -H 'Authorization: Bearer {demo_key}' \\",
             "    -H 'Content-Type: application/json' \\",
-            f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'",
+            f'    -d \'{{"model": "{model}", "messages": '
+            '[{"role": "user", "content": "What is the capital of France?"}]}\'',
             "",
-            "  python -c \"from openai import OpenAI; "
+            '  python -c "from openai import OpenAI; '
             f"c = OpenAI(base_url='{base}', api_key='{demo_key}'); "
             f"print(c.chat.completions.create(model='{model}', "
             "messages=[{'role': 'user', 'content': 'Hi!'}]).choices[0].message.content)\"",
@@ -244,7 +266,9 @@ def cmd_config(_: Settings, __: argparse.Namespace) -> int:
 # --- tenants, keys, aliases (straight to the store) -------------------------------------------
 
 
-def _store_cmd(fn: Callable[[Admin, argparse.Namespace], Awaitable[object]]) -> Callable[[Settings, argparse.Namespace], int]:
+def _store_cmd(
+    fn: Callable[[Admin, argparse.Namespace], Awaitable[object]],
+) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
         async def go() -> object:
             store = open_store(settings.store_url)

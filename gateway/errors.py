@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import msgspec
 from litestar import Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 
 log = logging.getLogger("loopgate.errors")
@@ -165,18 +166,22 @@ def _response(status: int, envelope: ErrorEnvelope, headers: dict[str, str]) -> 
     )
 
 
-def handle_loopgate_error(_: Request[object, object, object], exc: LoopgateError) -> Response[bytes]:
+def handle_loopgate_error(_: Request[object, object, State], exc: LoopgateError) -> Response[bytes]:
     return _response(exc.status, exc.body(), exc.headers())
 
 
-def handle_engine_error(request: Request[object, object, object], exc: EngineError) -> Response[bytes]:
+def handle_engine_error(
+    request: Request[object, object, State], exc: EngineError
+) -> Response[bytes]:
     if exc.status_code >= 500:  # an engine crash is a bad gateway, not a 500 of ours
         detail = exc.content.decode(errors="replace")[:500]
-        return handle_loopgate_error(request, UpstreamUnavailable(f"the inference engine failed: {detail}"))
+        return handle_loopgate_error(
+            request, UpstreamUnavailable(f"the inference engine failed: {detail}")
+        )
     return Response(exc.content, status_code=exc.status_code, media_type="application/json")
 
 
-def handle_http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[bytes]:
+def handle_http_exception(_: Request[object, object, State], exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (unknown route, wrong method, body too large) in OpenAI shape."""
     status = exc.status_code
     message = exc.detail or "request failed"
@@ -188,7 +193,7 @@ def handle_http_exception(_: Request[object, object, object], exc: HTTPException
     return _response(status, ErrorEnvelope(ErrorBody(message, kind)), {})
 
 
-def handle_unexpected(request: Request[object, object, object], exc: Exception) -> Response[bytes]:
+def handle_unexpected(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     """Last resort: log with the trace, answer without one."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = ErrorEnvelope(ErrorBody("internal error; see the gateway log", "api_error"))

@@ -118,9 +118,7 @@ def prepare_bundled(target: Path, *, force: bool = False) -> Path:
         bar.update()
         _convert(gguf, staging, bar)
         bar.set_postfix_str("hashing files")
-        files = {
-            p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()
-        }
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         manifest = {
             "source": str(gguf),
             "source_sha256": gguf_hash,
@@ -156,7 +154,7 @@ def _convert(gguf: Path, out: Path, bar: tqdm) -> None:
     )
     # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights
     # are already dequantized to plain tensors, so drop the marker.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     bar.update()

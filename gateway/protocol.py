@@ -66,21 +66,21 @@ class _Sampling(_Forbidden, kw_only=True):
 
     model: ModelName
     stream: bool = False
-    stream_options: StreamOptions | None | UnsetType = UNSET
-    max_tokens: PositiveInt | None | UnsetType = UNSET
+    stream_options: StreamOptions | UnsetType | None = UNSET
+    max_tokens: PositiveInt | UnsetType | None = UNSET
     n: Annotated[int, Meta(ge=1, le=16)] | UnsetType = UNSET
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None | UnsetType = UNSET
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None | UnsetType = UNSET
-    stop: str | Annotated[list[str], Meta(max_length=16)] | None | UnsetType = UNSET
-    seed: int | None | UnsetType = UNSET
-    presence_penalty: Penalty | None | UnsetType = UNSET
-    frequency_penalty: Penalty | None | UnsetType = UNSET
-    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | UnsetType | None = UNSET
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | UnsetType | None = UNSET
+    stop: str | Annotated[list[str], Meta(max_length=16)] | UnsetType | None = UNSET
+    seed: int | UnsetType | None = UNSET
+    presence_penalty: Penalty | UnsetType | None = UNSET
+    frequency_penalty: Penalty | UnsetType | None = UNSET
+    logit_bias: dict[str, float] | UnsetType | None = UNSET
     user: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
     # vLLM sampling extensions that are safe to expose.
-    top_k: int | None | UnsetType = UNSET
-    min_p: Probability | None | UnsetType = UNSET
-    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None | UnsetType = UNSET
+    top_k: int | UnsetType | None = UNSET
+    min_p: Probability | UnsetType | None = UNSET
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] | UnsetType | None = UNSET
     min_tokens: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
 
     def check_forbidden(self) -> None:
@@ -99,25 +99,25 @@ class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class ChatCompletionRequest(_Sampling, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    max_completion_tokens: PositiveInt | None | UnsetType = UNSET
-    logprobs: bool | None | UnsetType = UNSET
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None | UnsetType = UNSET
+    max_completion_tokens: PositiveInt | UnsetType | None = UNSET
+    logprobs: bool | UnsetType | None = UNSET
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | UnsetType | None = UNSET
     response_format: object = UNSET
-    tools: list[object] | None | UnsetType = UNSET
+    tools: list[object] | UnsetType | None = UNSET
     tool_choice: object = UNSET
-    parallel_tool_calls: bool | None | UnsetType = UNSET
+    parallel_tool_calls: bool | UnsetType | None = UNSET
     # Gateway-side fields: acted on here, never forwarded.
-    store: bool | None | UnsetType = UNSET
-    metadata: Metadata | None | UnsetType = UNSET
+    store: bool | UnsetType | None = UNSET
+    metadata: Metadata | UnsetType | None = UNSET
 
 
 class CompletionRequest(_Sampling, kw_only=True):
     # A string, a list of strings, token ids, or lists of token ids (checked in check_prompt).
     prompt: Annotated[str, Meta(min_length=1)] | Annotated[list[object], Meta(min_length=1)]
-    echo: bool | None | UnsetType = UNSET
-    logprobs: Annotated[int, Meta(ge=0, le=5)] | None | UnsetType = UNSET
-    best_of: Annotated[int, Meta(ge=1, le=16)] | None | UnsetType = UNSET
-    suffix: str | None | UnsetType = UNSET
+    echo: bool | UnsetType | None = UNSET
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | UnsetType | None = UNSET
+    best_of: Annotated[int, Meta(ge=1, le=16)] | UnsetType | None = UNSET
+    suffix: str | UnsetType | None = UNSET
 
 
 _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -166,7 +166,10 @@ def _is_prompt_list(items: list[object]) -> bool:
         return True
     if all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in items):
         return True
-    return all(isinstance(p, list) and p and _is_prompt_list(p) and not isinstance(p[0], (str, list)) for p in items)
+    return all(
+        isinstance(p, list) and p and _is_prompt_list(p) and not isinstance(p[0], (str, list))
+        for p in items
+    )
 
 
 def encode_for_engine(req: ChatCompletionRequest | CompletionRequest, engine_model: str) -> bytes:

@@ -49,7 +49,9 @@ class Gateway:
         if self._transport is not None:  # tests: a fake network edge
             timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
             return httpx.AsyncClient(transport=self._transport, timeout=timeout)
-        return make_client(s.upstream_connect_timeout_s, s.upstream_read_timeout_s, "aiohttp")
+        return make_client(
+            s.upstream_connect_timeout_s, s.upstream_read_timeout_s, s.upstream_transport
+        )
 
     async def start(self) -> None:
         await self.store.open()
@@ -112,7 +114,9 @@ class Gateway:
             raise PermissionDenied("the admin API is disabled: set LOOPGATE_ADMIN_KEY")
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationFailed("missing admin credential: send 'Authorization: Bearer <admin key>'")
+            raise AuthenticationFailed(
+                "missing admin credential: send 'Authorization: Bearer <admin key>'"
+            )
         digest = hashlib.sha256(token.strip().encode()).digest()
         if not hmac.compare_digest(digest, self._admin_hash):
             raise PermissionDenied("this credential may not use the admin API")

@@ -10,6 +10,7 @@ from typing import Literal, get_args
 
 EngineMode = Literal["embedded", "external"]
 EngineDevice = Literal["auto", "cpu", "cuda"]
+UpstreamTransport = Literal["aiohttp", "httpx"]
 
 BUNDLED_MODEL = "bundled"
 ENV_PREFIX = "LOOPGATE_"
@@ -83,7 +84,8 @@ class Settings:
         default="auto", metadata={"help": "auto (CUDA if visible, else CPU), cpu or cuda."}
     )
     engine_port: int = field(
-        default=0, metadata={"help": "Port of the embedded engine on 127.0.0.1; 0 picks a free one."}
+        default=0,
+        metadata={"help": "Port of the embedded engine on 127.0.0.1; 0 picks a free one."},
     )
     engine_max_loras: int = field(default=4, metadata={"help": "vLLM --max-loras."})
     engine_max_lora_rank: int = field(default=16, metadata={"help": "vLLM --max-lora-rank."})
@@ -107,6 +109,12 @@ class Settings:
     upstream_read_timeout_s: float = field(
         default=300.0, metadata={"help": "Longest wait for any byte from vLLM."}
     )
+    upstream_transport: UpstreamTransport = field(
+        default="aiohttp",
+        metadata={
+            "help": "HTTP transport toward vLLM: aiohttp (httpx-aiohttp, measured faster) or httpx."
+        },
+    )
     max_body_bytes: int = field(
         default=4 * 1024 * 1024, metadata={"help": "Largest accepted request body (bytes)."}
     )
@@ -120,16 +128,31 @@ class Settings:
         if not 0 < self.port < 65536:
             raise ConfigError(f"LOOPGATE_PORT must be 1..65535, got {self.port}")
         if self.engine_mode not in get_args(EngineMode):
-            raise ConfigError(f"LOOPGATE_ENGINE_MODE must be embedded or external, got {self.engine_mode!r}")
+            raise ConfigError(
+                f"LOOPGATE_ENGINE_MODE must be embedded or external, got {self.engine_mode!r}"
+            )
         if self.engine_device not in get_args(EngineDevice):
-            raise ConfigError(f"LOOPGATE_ENGINE_DEVICE must be auto, cpu or cuda, got {self.engine_device!r}")
+            raise ConfigError(
+                f"LOOPGATE_ENGINE_DEVICE must be auto, cpu or cuda, got {self.engine_device!r}"
+            )
+        if self.upstream_transport not in get_args(UpstreamTransport):
+            raise ConfigError(
+                f"LOOPGATE_UPSTREAM_TRANSPORT must be aiohttp or httpx, got {self.upstream_transport!r}"
+            )
         if self.engine_mode == "external" and not self.engine_urls:
-            raise ConfigError("LOOPGATE_ENGINE_MODE=external needs LOOPGATE_ENGINE_URLS (comma-separated)")
+            raise ConfigError(
+                "LOOPGATE_ENGINE_MODE=external needs LOOPGATE_ENGINE_URLS (comma-separated)"
+            )
         for url in self.engine_urls:
             if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"LOOPGATE_ENGINE_URLS entry {url!r} must start with http:// or https://")
+                raise ConfigError(
+                    f"LOOPGATE_ENGINE_URLS entry {url!r} must start with http:// or https://"
+                )
         if self.engine_max_lora_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
-            raise ConfigError("LOOPGATE_ENGINE_MAX_LORA_RANK must be one of vLLM's ranks 1,8,16,32,64,128,256,320,512")
+            raise ConfigError(
+                "LOOPGATE_ENGINE_MAX_LORA_RANK must be one of vLLM's ranks "
+                "1, 8, 16, 32, 64, 128, 256, 320, 512"
+            )
         if self.max_body_bytes < 1024:
             raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
 

@@ -254,7 +254,11 @@ def _tenant(row: sqlite3.Row) -> Tenant:
 
 def _key(row: sqlite3.Row) -> ApiKey:
     return ApiKey(
-        row["id"], row["tenant_id"], row["name"], row["key_hash"], row["created_at"],
+        row["id"],
+        row["tenant_id"],
+        row["name"],
+        row["key_hash"],
+        row["created_at"],
         row["revoked_at"],
     )
 

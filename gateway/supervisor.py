@@ -74,16 +74,26 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
     port = port or settings.engine_port or free_port()
     api_key = secrets.token_urlsafe(32)
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model,
-        "--served-model-name", settings.base_model_name,
-        "--host", "127.0.0.1",
-        "--port", str(port),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        settings.base_model_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         "--enable-lora",
-        "--max-loras", str(settings.engine_max_loras),
-        "--max-lora-rank", str(settings.engine_max_lora_rank),
-        "--max-model-len", str(settings.engine_max_model_len),
-        "--dtype", settings.engine_dtype,
+        "--max-loras",
+        str(settings.engine_max_loras),
+        "--max-lora-rank",
+        str(settings.engine_max_lora_rank),
+        "--max-model-len",
+        str(settings.engine_max_model_len),
+        "--dtype",
+        settings.engine_dtype,
         "--disable-uvicorn-access-log",
         *settings.engine_extra_args,
     ]
@@ -165,14 +175,18 @@ class EngineSupervisor:
                 log.error("engine did not become ready: %s (log: %s)", exc, self.launch.log_path)
             else:
                 self._set(EngineState.READY)
-                log.info("engine ready at %s after %.0f s", self.launch.url, time.monotonic() - started)
+                log.info(
+                    "engine ready at %s after %.0f s", self.launch.url, time.monotonic() - started
+                )
                 await self._wait_exit()
             if self._stopping:
                 break
             self._kill_group()
             self.restarts += 1
             # A run that stayed up for a while resets the backoff; a crash loop doubles it.
-            backoff = 1.0 if time.monotonic() - started > 120 else min(backoff * 2, self.max_backoff_s)
+            backoff = (
+                1.0 if time.monotonic() - started > 120 else min(backoff * 2, self.max_backoff_s)
+            )
             self._set(EngineState.BACKOFF)
             log.warning("engine exited; restart %d in %.0f s", self.restarts, backoff)
             await asyncio.sleep(backoff)
@@ -215,7 +229,8 @@ class EngineSupervisor:
         raise TimeoutError(f"not ready within {self.start_timeout_s:.0f} s")
 
     async def _wait_exit(self) -> None:
-        while self._proc is not None and self._proc.poll() is None and not self._stopping:
+        # Polling, not waitpid in a thread: stop() must be able to interrupt it at any time.
+        while self._proc is not None and self._proc.poll() is None and not self._stopping:  # noqa: ASYNC110
             await asyncio.sleep(0.5)
 
     def _kill_group(self, grace_s: float = 15.0) -> None:

@@ -96,7 +96,11 @@ class Directory:
         if match is None:
             return None
         key = await self.store.get_key(match.group(1))
-        if key is None or key.revoked_at is not None or not hmac.compare_digest(digest, key.key_hash):
+        if (
+            key is None
+            or key.revoked_at is not None
+            or not hmac.compare_digest(digest, key.key_hash)
+        ):
             return None
         tenant = await self.store.get_tenant(key.tenant_id)
         if tenant is None or tenant.disabled:

@@ -62,7 +62,9 @@ class BackendPool:
         return any(b.ready for b in self.backends)
 
 
-def make_client(connect_timeout_s: float, read_timeout_s: float, transport: str) -> httpx.AsyncClient:
+def make_client(
+    connect_timeout_s: float, read_timeout_s: float, transport: str
+) -> httpx.AsyncClient:
     timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     if transport == "aiohttp":
@@ -102,7 +104,9 @@ class Upstream:
 
     async def open_stream(self, backend: Backend, path: str, body: bytes) -> httpx.Response:
         """Send the request; return once the engine has accepted it (status 200)."""
-        request = self.client.build_request("POST", backend.url + path, content=body, headers=backend.headers)
+        request = self.client.build_request(
+            "POST", backend.url + path, content=body, headers=backend.headers
+        )
         backend.inflight += 1
         try:
             resp = await self.client.send(request, stream=True)

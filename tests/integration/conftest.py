@@ -85,8 +85,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _cli("model", "prepare", env=env)  # idempotent; the cache dir is shared between runs
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     stack = Stack(f"http://127.0.0.1:{port}", data_dir, proc, log_path, {})
     try:
         stack.wait_ready()
@@ -97,7 +101,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         admin.put("/admin/tenants/globex/aliases/globex-support", json={}).raise_for_status()
         yield stack
     finally:
-        engine_pid = int(stack.engine()["pid"]) if (data_dir / "run" / "engine.json").exists() else None
+        engine_pid = (
+            int(stack.engine()["pid"]) if (data_dir / "run" / "engine.json").exists() else None
+        )
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=90)

@@ -19,7 +19,9 @@ STORY = [{"role": "user", "content": "Write a short story about a lighthouse kee
 
 
 def test_chat_non_streaming(stack: Stack) -> None:
-    resp = stack.client().chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=24)
+    resp = stack.client().chat.completions.create(
+        model="smollm2", messages=QUESTION, temperature=0, max_tokens=24
+    )
     assert resp.model == "smollm2"
     assert "Paris" in (resp.choices[0].message.content or "")
     assert resp.usage is not None and resp.usage.completion_tokens > 0
@@ -28,9 +30,15 @@ def test_chat_non_streaming(stack: Stack) -> None:
 
 def test_stream_reassembles_to_the_non_streaming_answer(stack: Stack) -> None:
     client = stack.client()
-    whole = client.chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=40)
+    whole = client.chat.completions.create(
+        model="smollm2", messages=STORY, temperature=0, max_tokens=40
+    )
     stream = client.chat.completions.create(
-        model="smollm2", messages=STORY, temperature=0, max_tokens=40, stream=True,
+        model="smollm2",
+        messages=STORY,
+        temperature=0,
+        max_tokens=40,
+        stream=True,
         stream_options={"include_usage": True},
     )
     parts, usage, chunks = [], None, 0
@@ -48,7 +56,9 @@ def test_stream_reassembles_to_the_non_streaming_answer(stack: Stack) -> None:
 
 
 def test_legacy_completions(stack: Stack) -> None:
-    resp = stack.client().completions.create(model="smollm2", prompt="The capital of France is", max_tokens=5, temperature=0)
+    resp = stack.client().completions.create(
+        model="smollm2", prompt="The capital of France is", max_tokens=5, temperature=0
+    )
     assert resp.model == "smollm2"
     assert resp.choices[0].text.strip()
     assert resp.choices[0].finish_reason == "length"
@@ -56,19 +66,25 @@ def test_legacy_completions(stack: Stack) -> None:
 
 
 def test_max_tokens_is_honoured(stack: Stack) -> None:
-    resp = stack.client().chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=3)
+    resp = stack.client().chat.completions.create(
+        model="smollm2", messages=STORY, temperature=0, max_tokens=3
+    )
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage is not None and resp.usage.completion_tokens == 3
 
 
 def test_stop_is_honoured(stack: Stack) -> None:
     client = stack.client()
-    full = client.chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=40)
+    full = client.chat.completions.create(
+        model="smollm2", messages=STORY, temperature=0, max_tokens=40
+    )
     text = full.choices[0].message.content or ""
     words = re.findall(r"[A-Za-z]{4,}", text)
     assert len(words) >= 4, text
     stop_word = words[3]
-    cut = client.chat.completions.create(model="smollm2", messages=STORY, temperature=0, max_tokens=40, stop=[stop_word])
+    cut = client.chat.completions.create(
+        model="smollm2", messages=STORY, temperature=0, max_tokens=40, stop=[stop_word]
+    )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.content == text[: text.index(stop_word)]
 
@@ -85,8 +101,11 @@ def test_sixteen_concurrent_streams_all_complete(stack: Stack) -> None:
     async def one(i: int) -> tuple[str, str | None]:
         client = stack.aclient()
         stream = await client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": f"Count from {i} to {i + 5}."}],
-            max_tokens=16, temperature=0, stream=True,
+            model="smollm2",
+            messages=[{"role": "user", "content": f"Count from {i} to {i + 5}."}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
         )
         text, reason = [], None
         async for chunk in stream:
@@ -131,8 +150,14 @@ def test_invalid_requests_are_400_with_openai_bodies(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as negative:
         client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=-1)
     assert "max_tokens" in str(negative.value)
-    resp = httpx.post(stack.api + "/chat/completions", content=b'{"model": "smollm2", "messages": [',
-                      headers={"Authorization": f"Bearer {stack.keys['acme']}", "content-type": "application/json"})
+    resp = httpx.post(
+        stack.api + "/chat/completions",
+        content=b'{"model": "smollm2", "messages": [',
+        headers={
+            "Authorization": f"Bearer {stack.keys['acme']}",
+            "content-type": "application/json",
+        },
+    )
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == "invalid_request_error"
     # An engine-side refusal (prompt too long for the context) comes back as the engine's 400.
@@ -151,10 +176,18 @@ def _aborted(stack: Stack) -> float:
 
 def test_client_disconnect_aborts_the_engine_request(stack: Stack) -> None:
     before = _aborted(stack)
-    body = {"model": "smollm2", "messages": STORY, "max_tokens": 1500, "stream": True,
-            "temperature": 0.8, "min_tokens": 1500}
+    body = {
+        "model": "smollm2",
+        "messages": STORY,
+        "max_tokens": 1500,
+        "stream": True,
+        "temperature": 0.8,
+        "min_tokens": 1500,
+    }
     headers = {"Authorization": f"Bearer {stack.keys['acme']}"}
-    with httpx.stream("POST", stack.api + "/chat/completions", json=body, headers=headers, timeout=60) as resp:
+    with httpx.stream(
+        "POST", stack.api + "/chat/completions", json=body, headers=headers, timeout=60
+    ) as resp:
         assert resp.status_code == 200
         for i, _ in enumerate(resp.iter_raw()):
             if i >= 3:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
 import openai
@@ -19,8 +18,11 @@ pytestmark = pytest.mark.engine
 def test_engine_killed_during_a_stream(stack: Stack) -> None:
     old_pid = int(stack.engine()["pid"])
     stream = stack.client().chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "Tell me a long story."}],
-        max_tokens=1500, extra_body={"min_tokens": 1500}, stream=True,
+        model="smollm2",
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=1500,
+        extra_body={"min_tokens": 1500},
+        stream=True,
     )
     received = 0
     with pytest.raises(openai.APIError) as failure:
@@ -34,13 +36,17 @@ def test_engine_killed_during_a_stream(stack: Stack) -> None:
     assert httpx.get(stack.url + "/health").status_code == 200  # the gateway is still up
     # While the engine is down requests fail cleanly (503/502), never hang or 500.
     try:
-        stack.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        stack.client().chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
     except openai.APIStatusError as exc:
         assert exc.status_code in (502, 503)
     stack.wait_ready(timeout_s=600)
     assert int(stack.engine()["pid"]) != old_pid
     resp = stack.client().chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
-        temperature=0, max_tokens=16,
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=16,
     )
     assert "Paris" in (resp.choices[0].message.content or "")

@@ -55,7 +55,9 @@ def env(tmp_path: Path, engine: FakeEngine, overrides: dict[str, object]) -> Ite
     with TestClient(app) as client:
         keys = []
         for name in ("acme", "globex"):
-            assert client.post("/admin/tenants", json={"name": name}, headers=ADMIN).status_code == 201
+            assert (
+                client.post("/admin/tenants", json={"name": name}, headers=ADMIN).status_code == 201
+            )
             resp = client.post(f"/admin/tenants/{name}/keys", json={"name": "k"}, headers=ADMIN)
             assert resp.status_code == 201
             keys.append(resp.json()["key"])

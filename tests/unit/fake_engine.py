@@ -17,7 +17,9 @@ def chat_body(text: str = "Paris.", model: str = ENGINE_MODEL) -> dict[str, obje
         "object": "chat.completion",
         "created": 1,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
     }
 
@@ -25,8 +27,13 @@ def chat_body(text: str = "Paris.", model: str = ENGINE_MODEL) -> dict[str, obje
 def sse_chunks(words: list[str], model: str = ENGINE_MODEL, done: bool = True) -> list[bytes]:
     out = []
     for w in words:
-        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                 "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+        chunk = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+        }
         out.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
     if done:
         out.append(b"data: [DONE]\n\n")
@@ -42,7 +49,9 @@ class BrokenStream(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for c in self.chunks:
             yield c
-        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+        raise httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body"
+        )
 
 
 class ChunkStream(httpx.AsyncByteStream):
@@ -60,7 +69,9 @@ class FakeEngine:
 
     mode: str = "ok"
     requests: list[httpx.Request] = field(default_factory=list)
-    stream_words: list[str] = field(default_factory=lambda: ["The", " capital", " is", " Paris", "."])
+    stream_words: list[str] = field(
+        default_factory=lambda: ["The", " capital", " is", " Paris", "."]
+    )
     healthy: bool = True
     custom: Callable[[httpx.Request], httpx.Response] | None = None
 
@@ -81,18 +92,38 @@ class FakeEngine:
         if self.mode == "timeout":
             raise httpx.ReadTimeout("timed out")
         if self.mode == "engine400":
-            return httpx.Response(400, json={"error": {"message": "engine says no", "type": "BadRequestError", "param": None, "code": 400}})
+            return httpx.Response(
+                400,
+                json={
+                    "error": {
+                        "message": "engine says no",
+                        "type": "BadRequestError",
+                        "param": None,
+                        "code": 400,
+                    }
+                },
+            )
         if self.mode == "engine500":
             return httpx.Response(500, text="Internal Server Error")
         body = json.loads(request.content)
         if body.get("stream"):
             chunks = sse_chunks(self.stream_words, model=body["model"])
             if self.mode == "break":
-                return httpx.Response(200, stream=BrokenStream(chunks[:2]), headers={"content-type": "text/event-stream"})
+                return httpx.Response(
+                    200,
+                    stream=BrokenStream(chunks[:2]),
+                    headers={"content-type": "text/event-stream"},
+                )
             if self.mode == "truncate":
-                return httpx.Response(200, stream=ChunkStream(chunks[:2]), headers={"content-type": "text/event-stream"})
+                return httpx.Response(
+                    200,
+                    stream=ChunkStream(chunks[:2]),
+                    headers={"content-type": "text/event-stream"},
+                )
             # Re-cut the bytes at awkward places: events must still arrive whole.
             data = b"".join(chunks)
             pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
-            return httpx.Response(200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"})
+            return httpx.Response(
+                200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"}
+            )
         return httpx.Response(200, json=chat_body(model=body["model"]))

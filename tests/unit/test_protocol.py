@@ -16,9 +16,14 @@ from tests.unit.fake_engine import sse_chunks
 
 def test_chat_round_trip_keeps_allowed_fields_untouched() -> None:
     body = {
-        "model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "hé ✓"}]}],
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-        "response_format": {"type": "json_object"}, "stop": ["\n"], "seed": 7,
+        "model": "a",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hé ✓"}]}],
+        "tools": [
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        ],
+        "response_format": {"type": "json_object"},
+        "stop": ["\n"],
+        "seed": 7,
     }
     req = decode_chat(json.dumps(body).encode())
     sent = msgspec.json.decode(encode_for_engine(req, "engine-name"))
@@ -26,7 +31,9 @@ def test_chat_round_trip_keeps_allowed_fields_untouched() -> None:
 
 
 def test_gateway_fields_are_not_forwarded() -> None:
-    req = decode_chat(b'{"model":"a","messages":[{"role":"user","content":"x"}],"store":true,"metadata":{"k":"v"}}')
+    req = decode_chat(
+        b'{"model":"a","messages":[{"role":"user","content":"x"}],"store":true,"metadata":{"k":"v"}}'
+    )
     assert req.store is True and req.metadata == {"k": "v"}
     sent = msgspec.json.decode(encode_for_engine(req, "e"))
     assert "store" not in sent and "metadata" not in sent
@@ -34,7 +41,14 @@ def test_gateway_fields_are_not_forwarded() -> None:
 
 @pytest.mark.parametrize(
     "patch",
-    [{"max_tokens": 0}, {"n": 99}, {"top_p": 0}, {"metadata": {"k" * 65: "v"}}, {"stop": 5}, {"user": 3}],
+    [
+        {"max_tokens": 0},
+        {"n": 99},
+        {"top_p": 0},
+        {"metadata": {"k" * 65: "v"}},
+        {"stop": 5},
+        {"user": 3},
+    ],
 )
 def test_invalid_values_raise_invalid_request(patch: dict[str, object]) -> None:
     body = {"model": "a", "messages": [{"role": "user", "content": "x"}], **patch}
@@ -45,7 +59,10 @@ def test_invalid_values_raise_invalid_request(patch: dict[str, object]) -> None:
 
 def test_completion_prompt_forms() -> None:
     for prompt in ("hi", ["a", "b"], [1, 2, 3], [[1], [2]]):
-        assert decode_completion(json.dumps({"model": "m", "prompt": prompt}).encode()).prompt == prompt
+        assert (
+            decode_completion(json.dumps({"model": "m", "prompt": prompt}).encode()).prompt
+            == prompt
+        )
     for bad in ("", [], None):
         with pytest.raises(InvalidRequest):
             decode_completion(json.dumps({"model": "m", "prompt": bad}).encode())

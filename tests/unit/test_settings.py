@@ -8,9 +8,14 @@ from gateway.settings import ConfigError, Settings, describe
 
 
 def test_env_is_parsed_and_overrides_win() -> None:
-    env = {"LOOPGATE_PORT": "9000", "LOOPGATE_ENGINE_MODE": "external",
-           "LOOPGATE_ENGINE_URLS": "http://a:8000, http://b:8000", "LOOPGATE_DATA_DIR": "/tmp/x",
-           "LOOPGATE_ENGINE_EXTRA_ARGS": "--enforce-eager --seed 1", "LOOPGATE_AUTH_CACHE_TTL_S": "0.5"}
+    env = {
+        "LOOPGATE_PORT": "9000",
+        "LOOPGATE_ENGINE_MODE": "external",
+        "LOOPGATE_ENGINE_URLS": "http://a:8000, http://b:8000",
+        "LOOPGATE_DATA_DIR": "/tmp/x",
+        "LOOPGATE_ENGINE_EXTRA_ARGS": "--enforce-eager --seed 1",
+        "LOOPGATE_AUTH_CACHE_TTL_S": "0.5",
+    }
     s = Settings.from_env(env, port=9001)
     assert s.port == 9001
     assert s.engine_urls == ("http://a:8000", "http://b:8000")

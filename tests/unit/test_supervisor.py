@@ -37,8 +37,11 @@ async def test_start_restart_and_stop_leave_no_processes(tmp_path: Path) -> None
     port = free_port()
     grandchild_file = tmp_path / "grandchild.pid"
     launch = EngineLaunch(
-        [sys.executable, str(STUB), str(port), str(grandchild_file)], dict(os.environ),
-        f"http://127.0.0.1:{port}", "k", tmp_path / "engine.log",
+        [sys.executable, str(STUB), str(port), str(grandchild_file)],
+        dict(os.environ),
+        f"http://127.0.0.1:{port}",
+        "k",
+        tmp_path / "engine.log",
     )
     states: list[EngineState] = []
     sup = EngineSupervisor(launch, start_timeout_s=30, max_backoff_s=1, on_state=states.append)
@@ -54,7 +57,9 @@ async def test_start_restart_and_stop_leave_no_processes(tmp_path: Path) -> None
     assert not alive(first_grandchild)  # its whole group went with it
     await sup.wait_ready(timeout_s=30)
     assert sup.restarts == 1 and sup.pid != first_pid
-    await wait_for(lambda: grandchild_file.exists() and int(grandchild_file.read_text()) != first_grandchild)
+    await wait_for(
+        lambda: grandchild_file.exists() and int(grandchild_file.read_text()) != first_grandchild
+    )
     second_pid, second_grandchild = sup.pid, int(grandchild_file.read_text())
 
     await sup.stop()
@@ -65,8 +70,13 @@ async def test_start_restart_and_stop_leave_no_processes(tmp_path: Path) -> None
 
 
 async def test_engine_that_never_gets_ready_is_retried(tmp_path: Path) -> None:
-    launch = EngineLaunch([sys.executable, "-c", "import sys; sys.exit(3)"], dict(os.environ),
-                          f"http://127.0.0.1:{free_port()}", "k", tmp_path / "engine.log")
+    launch = EngineLaunch(
+        [sys.executable, "-c", "import sys; sys.exit(3)"],
+        dict(os.environ),
+        f"http://127.0.0.1:{free_port()}",
+        "k",
+        tmp_path / "engine.log",
+    )
     sup = EngineSupervisor(launch, start_timeout_s=5, max_backoff_s=0.5)
     await sup.start()
     await wait_for(lambda: sup.restarts >= 2)

@@ -47,7 +47,14 @@ async def test_authenticate_and_revoke(store: SQLiteStore) -> None:
     directory = Directory(store, ttl_s=60)
     caller = await directory.authenticate(f"Bearer {issued.key}")
     assert (caller.tenant_id, caller.key_id) == (tenant.id, issued.id)
-    for bad in (None, "", "Basic abc", "Bearer ", "Bearer lg-0000000000000000-" + "A" * 43, f"Bearer {issued.key}x"):
+    for bad in (
+        None,
+        "",
+        "Basic abc",
+        "Bearer ",
+        "Bearer lg-0000000000000000-" + "A" * 43,
+        f"Bearer {issued.key}x",
+    ):
         with pytest.raises(AuthenticationFailed):
             await directory.authenticate(bad)
     await store.revoke_key(issued.id)
