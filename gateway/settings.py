@@ -137,7 +137,8 @@ class Settings:
             )
         if self.upstream_transport not in get_args(UpstreamTransport):
             raise ConfigError(
-                f"LOOPGATE_UPSTREAM_TRANSPORT must be aiohttp or httpx, got {self.upstream_transport!r}"
+                "LOOPGATE_UPSTREAM_TRANSPORT must be aiohttp or httpx, "
+                f"got {self.upstream_transport!r}"
             )
         if self.engine_mode == "external" and not self.engine_urls:
             raise ConfigError(
