@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     al_del.add_argument("name")
     al_del.set_defaults(func=_store_cmd(_alias_delete))
 
-    sub.add_parser("config", help="print the configuration reference").set_defaults(func=cmd_config)
+    cfg = sub.add_parser("config", help="print the configuration reference")
+    cfg.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    cfg.set_defaults(func=cmd_config)
     return p
 
 
@@ -257,9 +259,14 @@ def cmd_model_verify(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(_: Settings, __: argparse.Namespace) -> int:
+def cmd_config(_: Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        print("| variable | default | meaning |\n|---|---|---|")
     for name, default, help_text in describe():
-        print(f"{name:<40} {default:<22} {help_text}")
+        if args.markdown:
+            print(f"| `{name}` | `{default}` | {help_text} |")
+        else:
+            print(f"{name:<40} {default:<22} {help_text}")
     return 0
 
 

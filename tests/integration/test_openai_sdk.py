@@ -124,12 +124,18 @@ def test_sixteen_concurrent_streams_all_complete(stack: Stack) -> None:
 
 
 def test_missing_and_wrong_keys_are_authentication_errors(stack: Stack) -> None:
-    for key in ("", "lg-0000000000000000-" + "A" * 43, "sk-not-ours"):
-        client = openai.OpenAI(base_url=stack.api, api_key=key, max_retries=0)
+    no_header = {"Authorization": openai.Omit()}
+    missing = openai.OpenAI(base_url=stack.api, api_key="", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        missing.chat.completions.create(model="smollm2", messages=QUESTION, extra_headers=no_header)
+    with pytest.raises(openai.AuthenticationError):
+        missing.models.list(extra_headers=no_header)
+    for key in ("lg-0000000000000000-" + "A" * 43, "sk-not-ours", stack.keys["acme"] + "x"):
+        wrong = openai.OpenAI(base_url=stack.api, api_key=key, max_retries=0)
         with pytest.raises(openai.AuthenticationError):
-            client.chat.completions.create(model="smollm2", messages=QUESTION)
+            wrong.chat.completions.create(model="smollm2", messages=QUESTION)
         with pytest.raises(openai.AuthenticationError):
-            client.models.list()
+            wrong.models.list()
 
 
 def test_other_tenants_aliases_and_unknown_models_are_not_found(stack: Stack) -> None:

@@ -51,3 +51,9 @@ def test_base_model_name() -> None:
     assert Settings().base_model_name == "smollm2-135m-instruct"
     assert Settings(base_model="/models/Qwen2-0.5B").base_model_name == "qwen2-0.5b"
     assert Settings(served_model_name="x").base_model_name == "x"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [name for name, _, _ in describe() if f"`{name}`" not in readme]
+    assert missing == [], f"README's configuration reference lacks {missing}"

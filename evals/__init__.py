@@ -1,0 +1,1 @@
+"""Eval suites, graders, the promotion gate and its reports (issue 6)."""
