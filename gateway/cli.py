@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("LOOPGATE_LOG_LEVEL", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call otherwise
     try:
         settings = (
             Settings.from_env(host=args.host, port=args.port)

@@ -181,7 +181,7 @@ class EngineSupervisor:
                 await self._wait_exit()
             if self._stopping:
                 break
-            self._kill_group()
+            await asyncio.to_thread(self._kill_group)
             self.restarts += 1
             # A run that stayed up for a while resets the backoff; a crash loop doubles it.
             backoff = (

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -145,7 +146,10 @@ class Upstream:
             yield sse_error_event(_transport_error(exc, backend))
         finally:
             backend.inflight -= 1
-            await resp.aclose()
+            # The relay may be finishing because its task was cancelled (client disconnect);
+            # the close must still run to the end so the engine sees the request go away.
+            with anyio.CancelScope(shield=True):
+                await resp.aclose()
 
 
 class SSEEvents:
