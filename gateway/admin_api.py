@@ -100,12 +100,24 @@ class AdminController(Controller):
     async def set_alias(
         self, tenant: FromPath[str], name: FromPath[str], data: JSONBody[SetAlias], gw: GW
     ) -> Alias:
-        alias = await gw.admin.set_alias(tenant, name, data.target)
+        found = await gw.admin.tenant(tenant)
+        existing = await gw.store.get_alias(found.id, name)
+        if existing is not None and gw.swapper.current(existing).kind == "adapter":
+            await gw.swapper.to_base(found, name, actor="admin", reason="set to base")
+            alias = await gw.store.get_alias(found.id, name)
+            assert alias is not None
+        else:
+            alias = await gw.admin.set_alias(tenant, name, data.target)
         gw.directory.invalidate()
         return alias
 
     @delete("/tenants/{tenant:str}/aliases/{name:str}", status_code=204)
     async def delete_alias(self, tenant: FromPath[str], name: FromPath[str], gw: GW) -> None:
         found = await gw.admin.tenant(tenant)
-        await gw.store.delete_alias(found.id, name)
-        gw.directory.invalidate()
+        async with gw.swapper.lock(found.id, name):
+            existing = await gw.store.get_alias(found.id, name)
+            await gw.store.delete_alias(found.id, name)
+            gw.swapper.forget(found.id, name)
+            gw.directory.invalidate()
+        if existing is not None and existing.target.adapter_version:
+            await gw.swapper.retire_if_unused(existing.target.adapter_version)

@@ -49,7 +49,8 @@ async def retrieve_model(request: AnyRequest, gw: GW, model_id: FromPath[str]) -
 
 def model_card(alias: Alias, owner: str, gw: GW) -> dict[str, object]:
     base = gw.settings.base_model_name
-    adapter = alias.target.kind == "adapter"
+    target = gw.swapper.current(alias)
+    adapter = target.kind == "adapter"
     return {
         "id": alias.name,
         "object": "model",
@@ -58,7 +59,7 @@ def model_card(alias: Alias, owner: str, gw: GW) -> dict[str, object]:
         "root": base,
         "parent": base if adapter else None,
         "max_model_len": gw.settings.engine_max_model_len,
-        "metadata": {"target": alias.target.kind, "adapter_version": alias.target.adapter_version},
+        "metadata": {"target": target.kind, "adapter_version": target.adapter_version},
     }
 
 

@@ -14,6 +14,7 @@ from litestar.di import Provide
 from litestar.types import Message, Scope
 
 from gateway import api
+from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.runtime import Gateway
@@ -64,6 +65,8 @@ def create_app(
             api.health,
             api.ready,
             AdminController,
+            AdapterController,
+            backends,
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

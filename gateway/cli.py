@@ -225,7 +225,7 @@ def _banner(settings: Settings, demo_key: str | None) -> str:
             f"  curl {base}/chat/completions -H 'Authorization: Bearer {demo_key}' \\",
             "    -H 'Content-Type: application/json' \\",
             f'    -d \'{{"model": "{model}", "messages": '
-            '[{"role": "user", "content": "What is the capital of France?"}]}\'',
+            '[{"role": "user", "content": "What is the capital of France?"}], "temperature": 0}\'',
             "",
             '  python -c "from openai import OpenAI; '
             f"c = OpenAI(base_url='{base}', api_key='{demo_key}'); "

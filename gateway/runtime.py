@@ -7,11 +7,18 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
+from collections.abc import Coroutine
+from pathlib import Path
 
 import httpx
 
+from adapters.placement import AdapterPool
+from adapters.registry import Registry
+from adapters.swap import Swapper
+from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.model import resolve_model
+from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
 from gateway.settings import Settings
 from gateway.store import Store, open_store
@@ -36,9 +43,32 @@ class Gateway:
         self.client = self._make_client()
         self.upstream = Upstream(self.client)
         self.pool = BackendPool([])
-        self.serving = Serving(self.directory, self.pool, self.upstream, settings.base_model_name)
+        self.adapters = AdapterPool(self.pool, self.client, capacity=settings.engine_max_loras)
+        self.registry = Registry(
+            self.store,
+            settings.adapters_path,
+            BaseModelInfo(settings.base_model_name, frozenset({settings.base_model_name}), ""),
+            Limits(settings.adapter_max_bytes, settings.engine_max_lora_rank),
+        )
+        self.swapper = Swapper(
+            self.store,
+            self.registry,
+            self.adapters,
+            self.client,
+            settings.base_model_name,
+            drain_timeout_s=settings.swap_drain_timeout_s,
+        )
+        self.serving = Serving(
+            self.directory,
+            self.pool,
+            self.upstream,
+            self.adapters,
+            self.swapper,
+            settings.base_model_name,
+        )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._admin_hash = (
             hashlib.sha256(settings.admin_key.encode()).digest() if settings.admin_key else None
         )
@@ -55,6 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        self.registry.base = await asyncio.to_thread(self._base_info)
         if self.settings.engine_mode == "embedded":
             await self._start_embedded()
         else:
@@ -63,7 +94,42 @@ class Gateway:
                 for i, url in enumerate(self.settings.engine_urls)
             ]
             await self._check_health()
-            self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
+        self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
+
+    def _base_info(self) -> BaseModelInfo:
+        """The served base's identity and module shapes, when its files are on this host."""
+        s = self.settings
+        try:
+            folder = Path(resolve_model(s, prepare=s.engine_mode == "embedded"))
+        except ModelError:  # external replicas serve a base whose files are not here
+            folder = None
+        if folder is not None and folder.is_dir():
+            return base_model_info(folder, s.base_model_name, (s.base_model, *s.base_model_aliases))
+        log.warning("base model files are not local: adapters get config-level checks only")
+        names = frozenset({s.base_model_name, s.base_model, *s.base_model_aliases})
+        return BaseModelInfo(s.base_model_name, names, "")
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_ready(self, backend: Backend, ready: bool) -> None:
+        """Readiness changes: a replica that (re)appears is reconciled; a lost one forgotten."""
+        if ready == backend.ready:
+            return
+        if not ready:
+            self.adapters.forget(backend)
+        backend.ready = ready
+        log.info("replica %s is now %s", backend.name, "ready" if ready else "down")
+        if ready:
+            self._spawn(self._reconcile(backend))
+
+    async def _reconcile(self, backend: Backend) -> None:
+        try:
+            await self.adapters.reconcile(backend, await self.swapper.pinned_versions())
+        except Exception:  # a failed pass is retried by the next one
+            log.exception("reconciling %s failed", backend.name)
 
     async def _start_embedded(self) -> None:
         model = await asyncio.to_thread(resolve_model, self.settings)
@@ -72,7 +138,7 @@ class Gateway:
         self.pool.backends[:] = [backend]
 
         def on_state(state: EngineState) -> None:
-            backend.ready = state is EngineState.READY
+            self._set_ready(backend, state is EngineState.READY)
 
         self.supervisor = EngineSupervisor(
             launch,
@@ -89,17 +155,24 @@ class Gateway:
                 healthy = resp.status_code == 200
             except httpx.HTTPError:
                 healthy = False
-            if healthy != backend.ready:
-                log.info("replica %s is now %s", backend.name, "ready" if healthy else "down")
-            backend.ready = healthy
+            self._set_ready(backend, healthy)
 
     async def _health_loop(self) -> None:
+        last_reconcile = time.monotonic()
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            await self._check_health()
+            if self.supervisor is None:  # the supervisor reports the embedded engine itself
+                await self._check_health()
+            if time.monotonic() - last_reconcile >= self.settings.reconcile_interval_s:
+                last_reconcile = time.monotonic()
+                for backend in self.pool.backends:
+                    if backend.ready:
+                        await self._reconcile(backend)
 
     async def stop(self) -> None:
         self.draining = True
+        for task in list(self._tasks):
+            task.cancel()
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -103,6 +103,28 @@ class Settings:
     engine_restart_max_backoff_s: float = field(
         default=30.0, metadata={"help": "Upper bound of the restart backoff after engine deaths."}
     )
+    adapters_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Adapter registry files; empty means <data_dir>/adapters (use shared "
+            "storage that every replica can read in multi-host setups)."
+        },
+    )
+    adapter_max_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "Largest accepted adapter (upload or unpacked)."},
+    )
+    base_model_aliases: tuple[str, ...] = field(
+        default=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+        metadata={"help": "Other names adapters may give for the served base (comma-separated)."},
+    )
+    swap_drain_timeout_s: float = field(
+        default=300.0,
+        metadata={"help": "How long a swap waits for requests on the old version to finish."},
+    )
+    reconcile_interval_s: float = field(
+        default=30.0, metadata={"help": "How often replicas' loaded adapters are reconciled."}
+    )
     upstream_connect_timeout_s: float = field(
         default=5.0, metadata={"help": "Connect timeout toward vLLM."}
     )
@@ -162,6 +184,10 @@ class Settings:
         return self.database_url or f"sqlite:///{self.data_dir / 'loopgate.db'}"
 
     @property
+    def adapters_path(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
+
+    @property
     def base_model_name(self) -> str:
         """The engine-side name of the base model (what vLLM serves it as)."""
         if self.served_model_name:
@@ -195,10 +221,10 @@ def _parse(name: str, type_name: str, raw: str) -> object:
             return int(raw)
         if type_name == "float":
             return float(raw)
-        if type_name == "Path":
+        if type_name in ("Path", "Path | None"):
             return Path(raw).expanduser()
         if type_name.startswith("tuple"):
-            sep = "," if name == "engine_urls" else None
+            sep = "," if name in ("engine_urls", "base_model_aliases") else None
             return tuple(p.strip() for p in raw.split(sep) if p.strip())
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name}") from exc

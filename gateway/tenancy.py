@@ -169,7 +169,8 @@ class Admin:
             )
         if target.kind == "adapter":
             raise InvalidRequest(
-                "adapter targets arrive with the adapter registry; only 'base' is accepted now",
+                "point an alias at an adapter version with POST "
+                "/admin/tenants/{tenant}/aliases/{alias}/promote (it loads, probes and swaps live)",
                 param="target",
             )
         tenant = await self.tenant(tenant_ref)

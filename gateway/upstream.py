@@ -8,7 +8,7 @@ after its first byte ends with exactly one OpenAI-shaped error event (never a fa
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -126,7 +126,12 @@ class Upstream:
         return resp
 
     async def relay(
-        self, backend: Backend, resp: httpx.Response, engine_model: bytes, public_model: bytes
+        self,
+        backend: Backend,
+        resp: httpx.Response,
+        engine_model: bytes,
+        public_model: bytes,
+        on_close: Callable[[], None] = lambda: None,
     ) -> AsyncIterator[bytes]:
         """Yield whole SSE events as they arrive, with the engine's model name rewritten.
 
@@ -146,6 +151,7 @@ class Upstream:
             yield sse_error_event(_transport_error(exc, backend))
         finally:
             backend.inflight -= 1
+            on_close()
             # The relay may be finishing because its task was cancelled (client disconnect);
             # the close must still run to the end so the engine sees the request go away.
             with anyio.CancelScope(shield=True):

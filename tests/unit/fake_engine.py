@@ -74,9 +74,11 @@ class FakeEngine:
     )
     healthy: bool = True
     custom: Callable[[httpx.Request], httpx.Response] | None = None
+    loras: dict[str, str] = field(default_factory=dict)  # engine name -> path
+    lora_log: list[tuple[str, str]] = field(default_factory=list)  # (load|unload, name)
 
     def bodies(self) -> list[dict[str, object]]:
-        return [json.loads(r.content) for r in self.requests if r.url.path.startswith("/v1/")]
+        return [json.loads(r.content) for r in self.requests if r.url.path.endswith("completions")]
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -84,6 +86,12 @@ class FakeEngine:
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
             return httpx.Response(200 if self.healthy else 503)
+        if request.url.path == "/v1/models":
+            data = [{"id": ENGINE_MODEL, "parent": None}]
+            data += [{"id": name, "parent": ENGINE_MODEL} for name in self.loras]
+            return httpx.Response(200, json={"object": "list", "data": data})
+        if request.url.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            return self.lora_admin(request)
         self.requests.append(request)
         if self.custom is not None:
             return self.custom(request)
@@ -106,6 +114,8 @@ class FakeEngine:
         if self.mode == "engine500":
             return httpx.Response(500, text="Internal Server Error")
         body = json.loads(request.content)
+        if body["model"] != ENGINE_MODEL and body["model"] not in self.loras:
+            return httpx.Response(404, json={"error": {"message": "no such model", "type": "NotFoundError", "param": None, "code": 404}})
         if body.get("stream"):
             chunks = sse_chunks(self.stream_words, model=body["model"])
             if self.mode == "break":
@@ -127,3 +137,18 @@ class FakeEngine:
                 200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"}
             )
         return httpx.Response(200, json=chat_body(model=body["model"]))
+
+    def lora_admin(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        name = body["lora_name"]
+        if request.url.path.endswith("/load_lora_adapter"):
+            if name in self.loras:
+                return httpx.Response(400, json={"error": {"message": f"{name} already loaded"}})
+            self.loras[name] = body["lora_path"]
+            self.lora_log.append(("load", name))
+            return httpx.Response(200, text=f"Success: LoRA adapter '{name}' added successfully.")
+        if name not in self.loras:
+            return httpx.Response(404, json={"error": {"message": f"{name} not found"}})
+        del self.loras[name]
+        self.lora_log.append(("unload", name))
+        return httpx.Response(200, text="Success")

@@ -1,115 +1,149 @@
-"""The store: tenants, API keys and model aliases behind one interface, with migrations.
-
-The schema is the contract between gateway/, adapters/, training/ and evals/. SQLite (WAL)
-is the embedded default; other backends implement the same `Store` protocol.
-"""
+"""The SQLite backend of the store (WAL mode, one aiosqlite connection on its own thread)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Literal, Protocol
 
 import aiosqlite
-import msgspec
 
 from gateway.errors import Conflict, NotFound
-
-TargetKind = Literal["base", "adapter"]
-
-
-class Tenant(msgspec.Struct, frozen=True):
-    id: str
-    name: str
-    created_at: float
-    disabled: bool = False
-
-
-class ApiKey(msgspec.Struct, frozen=True):
-    id: str
-    tenant_id: str
-    name: str
-    key_hash: str
-    created_at: float
-    revoked_at: float | None = None
-
-
-class AliasTarget(msgspec.Struct, frozen=True):
-    """What an alias serves: the base model, or one immutable adapter version."""
-
-    kind: TargetKind = "base"
-    adapter_version: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.kind == "base") != (self.adapter_version is None):
-            raise ValueError("a base target has no adapter_version; an adapter target needs one")
-
-
-class Alias(msgspec.Struct, frozen=True):
-    tenant_id: str
-    name: str
-    target: AliasTarget
-    created_at: float
-    updated_at: float
-
-
-# Each entry is applied once, in order, inside one transaction; never edit a shipped one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE tenants (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        disabled INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        key_hash TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    );
-    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
-    CREATE TABLE aliases (
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        target_kind TEXT NOT NULL CHECK (target_kind IN ('base', 'adapter')),
-        adapter_version TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (tenant_id, name),
-        CHECK ((target_kind = 'base') = (adapter_version IS NULL))
-    );
-    """,
+from gateway.store.records import (
+    AdapterStatus,
+    AdapterVersion,
+    Alias,
+    AliasEvent,
+    AliasTarget,
+    ApiKey,
+    Tenant,
 )
+from gateway.store.schema import MIGRATIONS
 
 
-class Store(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def schema_version(self) -> int: ...
-    async def create_tenant(self, tenant_id: str, name: str) -> Tenant: ...
-    async def get_tenant(self, id_or_name: str) -> Tenant | None: ...
-    async def list_tenants(self) -> list[Tenant]: ...
-    async def add_key(self, key: ApiKey) -> None: ...
-    async def get_key(self, key_id: str) -> ApiKey | None: ...
-    async def list_keys(self, tenant_id: str) -> list[ApiKey]: ...
-    async def revoke_key(self, key_id: str) -> ApiKey: ...
-    async def set_alias(self, tenant_id: str, name: str, target: AliasTarget) -> Alias: ...
-    async def get_alias(self, tenant_id: str, name: str) -> Alias | None: ...
-    async def list_aliases(self, tenant_id: str) -> list[Alias]: ...
-    async def delete_alias(self, tenant_id: str, name: str) -> None: ...
+class _AdapterMixin:
+    """SQLite statements for adapter versions and alias history."""
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        raise NotImplementedError
+
+    async def flip_alias(
+        self, tenant_id: str, name: str, target: AliasTarget, event: AliasEvent
+    ) -> AliasTarget | None:
+        """Point an alias at a new target and record why, in one transaction."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self.db.execute(
+                "SELECT target_kind, adapter_version FROM aliases WHERE tenant_id = ? AND name = ?",
+                (tenant_id, name),
+            ) as cur:
+                row = await cur.fetchone()
+            previous = AliasTarget(row[0], row[1]) if row else None
+            now = time.time()
+            await self.db.execute(
+                "INSERT INTO aliases VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name) DO "
+                "UPDATE SET target_kind = excluded.target_kind, "
+                "adapter_version = excluded.adapter_version, updated_at = excluded.updated_at",
+                (tenant_id, name, target.kind, target.adapter_version, now, now),
+            )
+            await self.db.execute(
+                "INSERT INTO alias_events (tenant_id, alias, action, from_version, to_version, "
+                "actor, reason, forced, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    tenant_id,
+                    name,
+                    event.action,
+                    event.from_version,
+                    event.to_version,
+                    event.actor,
+                    event.reason,
+                    int(event.forced),
+                    now,
+                ),
+            )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return previous
+
+    async def alias_events(self, tenant_id: str, name: str) -> list[AliasEvent]:
+        async with self.db.execute(
+            "SELECT * FROM alias_events WHERE tenant_id = ? AND alias = ? ORDER BY seq",
+            (tenant_id, name),
+        ) as cur:
+            return [_event(r) for r in await cur.fetchall()]
+
+    async def add_adapter(self, v: AdapterVersion) -> None:
+        await self.db.execute(
+            "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, "
+            "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
+            "status, path, size_bytes, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                v.id,
+                v.tenant_id,
+                v.name,
+                v.content_hash,
+                v.base_model,
+                v.base_hash,
+                v.rank,
+                v.alpha,
+                json.dumps(list(v.target_modules)),
+                v.created_by,
+                v.dataset_id,
+                json.dumps(list(v.eval_report_ids)),
+                v.status,
+                v.path,
+                v.size_bytes,
+                v.created_at,
+            ),
+        )
+
+    async def get_adapter(self, version_id: str) -> AdapterVersion | None:
+        async with self.db.execute(
+            "SELECT * FROM adapter_versions WHERE id = ?", (version_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _adapter(row) if row else None
+
+    async def find_adapter(self, tenant_id: str, content_hash: str) -> AdapterVersion | None:
+        async with self.db.execute(
+            "SELECT * FROM adapter_versions WHERE tenant_id = ? AND content_hash = ?",
+            (tenant_id, content_hash),
+        ) as cur:
+            row = await cur.fetchone()
+        return _adapter(row) if row else None
+
+    async def list_adapters(self, tenant_id: str | None = None) -> list[AdapterVersion]:
+        sql = "SELECT * FROM adapter_versions"
+        args: tuple[str, ...] = ()
+        if tenant_id is not None:
+            sql, args = sql + " WHERE tenant_id = ?", (tenant_id,)
+        async with self.db.execute(sql + " ORDER BY created_at", args) as cur:
+            return [_adapter(r) for r in await cur.fetchall()]
+
+    async def set_adapter_status(self, version_id: str, status: AdapterStatus) -> None:
+        await self.db.execute(
+            "UPDATE adapter_versions SET status = ? WHERE id = ?", (status, version_id)
+        )
+
+    async def delete_adapter(self, version_id: str) -> None:
+        await self.db.execute("DELETE FROM adapter_versions WHERE id = ?", (version_id,))
+
+    async def aliases_to(self, version_id: str) -> list[Alias]:
+        async with self.db.execute(
+            "SELECT * FROM aliases WHERE adapter_version = ?", (version_id,)
+        ) as cur:
+            return [_alias(r) for r in await cur.fetchall()]
+
+    async def live_aliases(self) -> list[Alias]:
+        async with self.db.execute("SELECT * FROM aliases WHERE target_kind = 'adapter'") as cur:
+            return [_alias(r) for r in await cur.fetchall()]
 
 
-def open_store(url: str) -> Store:
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///<path> (PostgreSQL: issue 4)")
-
-
-class SQLiteStore:
+class SQLiteStore(_AdapterMixin):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 
     def __init__(self, path: Path):
@@ -246,6 +280,42 @@ class SQLiteStore:
         )
         if cur.rowcount == 0:
             raise NotFound(f"no alias '{name}' for this tenant", param="name")
+
+
+def _event(row: sqlite3.Row) -> AliasEvent:
+    return AliasEvent(
+        row["seq"],
+        row["tenant_id"],
+        row["alias"],
+        row["action"],
+        row["from_version"],
+        row["to_version"],
+        row["actor"],
+        row["reason"],
+        bool(row["forced"]),
+        row["at"],
+    )
+
+
+def _adapter(row: sqlite3.Row) -> AdapterVersion:
+    return AdapterVersion(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        content_hash=row["content_hash"],
+        base_model=row["base_model"],
+        base_hash=row["base_hash"],
+        rank=row["rank"],
+        alpha=row["alpha"],
+        target_modules=tuple(json.loads(row["target_modules"])),
+        created_by=row["created_by"],
+        status=row["status"],
+        path=row["path"],
+        size_bytes=row["size_bytes"],
+        created_at=row["created_at"],
+        dataset_id=row["dataset_id"],
+        eval_report_ids=tuple(json.loads(row["eval_report_ids"])),
+    )
 
 
 def _tenant(row: sqlite3.Row) -> Tenant:

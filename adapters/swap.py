@@ -1,0 +1,267 @@
+"""The live-swap protocol: load everywhere → probe → flip the alias → drain → unload the old.
+
+The flip is the only moment a request's version is decided differently: `Swapper.current`
+answers, without awaiting, which target an alias has right now in this process, and routing
+takes its lease in the same step, so a request either leased the old version before the flip
+(and finishes on it: the drain waits for it) or sees the new one. Operations on one alias are
+serialised by a lock; concurrent promotes end in one consistent state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import msgspec
+
+from adapters.placement import AdapterPool, Placement
+from adapters.registry import Registry, Transition, next_status
+from gateway.errors import Conflict, EngineNotReady, NotFound, Unprocessable
+from gateway.store import AdapterVersion, Alias, AliasEvent, AliasTarget, Store, Tenant
+
+log = logging.getLogger("loopgate.swap")
+
+PROBE_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+
+
+class SwapReport(msgspec.Struct):
+    alias: str
+    action: str
+    from_version: str | None
+    to_version: str | None
+    load_s: float
+    probe_s: float
+    flip_s: float
+    drain_s: float
+    drained: bool
+    probe_output: str
+    at: float
+
+
+@dataclass
+class Swapper:
+    store: Store
+    registry: Registry
+    adapters: AdapterPool
+    client: httpx.AsyncClient
+    base_engine_name: str
+    drain_timeout_s: float = 300.0
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    _current: dict[tuple[str, str], AliasTarget] = field(default_factory=dict)
+
+    def current(self, alias: Alias) -> AliasTarget:
+        """The alias's target as this process knows it now (newer than any cached read)."""
+        return self._current.get((alias.tenant_id, alias.name), alias.target)
+
+    def forget(self, tenant_id: str, alias: str) -> None:
+        """The alias was changed outside a swap (admin set/delete): the store is the truth."""
+        self._current.pop((tenant_id, alias), None)
+
+    def lock(self, tenant_id: str, alias: str) -> asyncio.Lock:
+        return self._locks.setdefault((tenant_id, alias), asyncio.Lock())
+
+    async def promote(
+        self,
+        tenant: Tenant,
+        alias: str,
+        version_ref: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        require_change: bool = False,
+        action: str = "promote",
+    ) -> SwapReport:
+        async with self.lock(tenant.id, alias):
+            version = await self.registry.get(tenant, version_ref)
+            next_status(version.status, Transition.PROMOTE)
+            existing = await self.store.get_alias(tenant.id, alias)
+            old = self.current(existing) if existing else AliasTarget()
+            if old.adapter_version == version.id:
+                raise Conflict(f"alias '{alias}' already serves {version.id}")
+            return await self._swap(
+                tenant, alias, old, version, actor, reason, require_change, action
+            )
+
+    async def rollback(
+        self, tenant: Tenant, alias: str, *, actor: str, reason: str | None
+    ) -> SwapReport:
+        """Return the alias to what it served before its last promote or rollback."""
+        events = [
+            e
+            for e in await self.store.alias_events(tenant.id, alias)
+            if e.action in ("promote", "rollback")
+        ]
+        if not events:
+            raise NotFound(f"alias '{alias}' has no earlier version to roll back to", param="alias")
+        previous = events[-1].from_version
+        if previous is None:
+            return await self.to_base(tenant, alias, actor=actor, reason=reason)
+        return await self.promote(
+            tenant, alias, previous, actor=actor, reason=reason, action="rollback"
+        )
+
+    async def to_base(
+        self, tenant: Tenant, alias: str, *, actor: str, reason: str | None
+    ) -> SwapReport:
+        async with self.lock(tenant.id, alias):
+            existing = await self.store.get_alias(tenant.id, alias)
+            if existing is None:
+                raise NotFound(f"no alias '{alias}' for this tenant", param="alias")
+            old = self.current(existing)
+            started = time.monotonic()
+            await self._flip(tenant.id, alias, old, AliasTarget(), actor, reason, "rollback")
+            flipped = time.monotonic()
+            drained = await self.retire_if_unused(old.adapter_version)
+            return SwapReport(
+                alias,
+                "rollback",
+                old.adapter_version,
+                None,
+                0.0,
+                0.0,
+                flipped - started,
+                time.monotonic() - flipped,
+                drained,
+                "",
+                time.time(),
+            )
+
+    async def _swap(
+        self,
+        tenant: Tenant,
+        alias: str,
+        old: AliasTarget,
+        version: AdapterVersion,
+        actor: str,
+        reason: str | None,
+        require_change: bool,
+        action: str,
+    ) -> SwapReport:
+        t0 = time.monotonic()
+        placements = await self._load_everywhere(version)
+        t1 = time.monotonic()
+        try:
+            output = await self._probe(placements, require_change)
+        except BaseException:
+            if not await self.store.aliases_to(version.id):
+                await self.adapters.retire(version.id)
+            raise
+        t2 = time.monotonic()
+        await self._flip(
+            tenant.id, alias, old, AliasTarget("adapter", version.id), actor, reason, action
+        )
+        await self.store.set_adapter_status(
+            version.id, next_status(version.status, Transition.PROMOTE)
+        )
+        t3 = time.monotonic()
+        drained = await self.retire_if_unused(old.adapter_version)
+        t4 = time.monotonic()
+        log.info(
+            "%s %s/%s: %s -> %s (load %.2fs probe %.2fs drain %.2fs)",
+            action,
+            tenant.name,
+            alias,
+            old.adapter_version or "base",
+            version.id,
+            t1 - t0,
+            t2 - t1,
+            t4 - t3,
+        )
+        return SwapReport(
+            alias,
+            action,
+            old.adapter_version,
+            version.id,
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            t4 - t3,
+            drained,
+            output,
+            time.time(),
+        )
+
+    async def _load_everywhere(self, version: AdapterVersion) -> list[Placement]:
+        backends = [b for b in self.adapters.pool.backends if b.ready]
+        if not backends:
+            raise EngineNotReady("no replica is ready to load the adapter")
+        return list(
+            await asyncio.gather(*(self.adapters.load(b, version, pinned=True) for b in backends))
+        )
+
+    async def _probe(self, placements: list[Placement], require_change: bool) -> str:
+        """One short greedy request per replica must succeed (and differ from the base)."""
+        outputs = await asyncio.gather(
+            *(self._complete(p.backend.url, p.backend.headers, p.engine_name) for p in placements)
+        )
+        if require_change:
+            p = placements[0]
+            base = await self._complete(p.backend.url, p.backend.headers, self.base_engine_name)
+            if base == outputs[0]:
+                raise Unprocessable(
+                    "probe: the adapter answers exactly like the base model; refusing to promote",
+                    param="require_change",
+                )
+        return outputs[0]
+
+    async def _complete(self, url: str, headers: dict[str, str], model: str) -> str:
+        body = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": 16, "temperature": 0}
+        try:
+            resp = await self.client.post(url + "/v1/chat/completions", json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unprocessable(f"probe request failed: {exc}") from None
+        if resp.status_code != 200:
+            raise Unprocessable(f"probe answered {resp.status_code}: {resp.text[:300]}")
+        return str(resp.json()["choices"][0]["message"]["content"] or "")
+
+    async def _flip(
+        self,
+        tenant_id: str,
+        alias: str,
+        old: AliasTarget,
+        new: AliasTarget,
+        actor: str,
+        reason: str | None,
+        action: str,
+    ) -> None:
+        event = AliasEvent(
+            0,
+            tenant_id,
+            alias,
+            action,
+            old.adapter_version,
+            new.adapter_version,
+            actor,
+            reason,
+            False,
+            0.0,
+        )
+        await self.store.flip_alias(tenant_id, alias, new, event)
+        self._current[(tenant_id, alias)] = new  # routing sees it from this instant
+
+    async def retire_if_unused(self, version_id: str | None) -> bool:
+        if version_id is None:
+            return True
+        if any(
+            self.current(a).adapter_version == version_id
+            for a in await self.store.aliases_to(version_id)
+        ):
+            return True  # still served by another alias
+        old = await self.store.get_adapter(version_id)
+        if old is not None and old.status == "live":
+            await self.store.set_adapter_status(
+                version_id, next_status(old.status, Transition.REPLACE)
+            )
+        return await self.adapters.retire(version_id, self.drain_timeout_s)
+
+    async def pinned_versions(self) -> list[AdapterVersion]:
+        """Versions some alias serves now: what every replica should hold."""
+        versions = []
+        for alias in await self.store.live_aliases():
+            version_id = self.current(alias).adapter_version
+            if version_id and (v := await self.store.get_adapter(version_id)) is not None:
+                versions.append(v)
+        return versions

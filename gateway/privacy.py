@@ -1,0 +1,518 @@
+"""PII redaction of captured text: finds emails, phones, cards, IBANs, IPs and secrets, masks them.
+
+Every detector is a precompiled regex (ASCII semantics) that proposes candidate spans, followed,
+where the format has one, by a checksum or structural validator. Patterns have no nested
+unbounded quantifiers, and the ones that can scan long runs start only at the first character of a
+run (a negative lookbehind), so time grows linearly with the input. Detected spans are replaced
+by `[EMAIL]`, `[PHONE]`, `[CARD]`, `[IBAN]`, `[IP]` or `[SECRET]`.
+
+Patterns and their known limits:
+
+- EMAIL: `local@domain.tld`, found from each `@`: the local part is the run of `A-Za-z0-9._%+-`
+  right before it (at most 64 characters, so a longer run is masked only in its last 64), the
+  domain is 1-8 dot-separated labels and an alphabetic TLD of 2-24 letters. No quoted local
+  parts, no IP-literal domains, no internationalised (non-ASCII or punycode-TLD) addresses.
+- PHONE: international `+<cc>` (or `00<cc>` followed by a separator) with groups separated by
+  single spaces, dots or dashes and an optional parenthesised group (`+33 (0)1 ...`); US
+  `(555) 123-4567`, `555-123-4567`, `555.123.4567`, `555 123 4567` (optionally `1-` first);
+  European trunk-prefixed national numbers: FR `01 23 45 67 89` (also `.`, `-` or unseparated),
+  UK/DE `020 7946 0958`, `07700 900123`, `030 1234567`, `030/1234567`, `(030) 1234567` and
+  unseparated `0` + 9-10 digits. 7-15 digits in all. Dates, times, prices, versions and plain
+  years do not have these shapes; a national number right after "ISBN" is skipped. Not found:
+  national numbers in other shapes (e.g. 7-digit US local numbers, `+` or `0` missing), numbers
+  glued to letters. Any 3-3-4 digit group with consistent separators counts as a US number.
+- CARD: 13-19 digits, either one unseparated run or groups of 3-6 digits separated by single
+  spaces or dashes, starting with an issuer digit 2-6 (Mastercard 2/5, Amex/Diners/JCB 3,
+  Visa 4, Discover/UnionPay/Maestro 6) and passing the Luhn check. A number glued to letters,
+  or inside a longer digit run, is not a card. About 1 in 10 random issuer-prefixed numbers
+  passes Luhn, so a Luhn-valid order number of card length will be masked.
+- IBAN: two upper-case letters, two check digits and up to 30 upper-case alphanumerics, compact
+  or in groups of 4 separated by single spaces; ISO 7064 mod-97 must give 1 and the length must
+  match the country (a table of IBAN countries; 15-34 for a code not in it). Lower-case IBANs
+  are not found. About 1 in 97 random strings of this shape passes the checksum.
+- IP: IPv4 dotted quads with octets 0-255 and no leading zeros (a 4-part version number with
+  valid octets is an IP; `v1.2.3.4` glued to a letter is not); IPv6 full, compressed and
+  IPv4-embedded forms, with an optional `%zone`, checked by `ipaddress`. An IPv6 candidate must
+  contain a decimal digit (so hex-only code paths like `abc::def` are not read as addresses).
+  Times and MAC addresses are not valid IPv6.
+- SECRET: `sk-` keys (OpenAI `sk-`, `sk-proj-`, Anthropic `sk-ant-`; body of 20+ URL-safe
+  characters with a digit and mixed classes), loopgate keys `lg-<16 hex>-<43>` and
+  `lg-admin-<43>`, AWS access key ids `AKIA`/`ASIA`, GitHub `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_`
+  and `github_pat_`, Slack `xox[baprs]-`, Google `AIza` + 35, JWTs (`eyJ...` . `eyJ...` .
+  `...`), the credential of `Bearer <token>` (the token needs a character that is not a
+  lower-case letter) and of `Authorization:` headers, PEM private key blocks (up to the END line
+  within 64 KiB, or the base64 lines that follow when the END line is missing), the password in
+  `scheme://user:password@host`, and the value of assignments whose key ends in password,
+  passwd, passphrase, pwd, secret, api_key/apikey, access_key, secret_key, private_key or token
+  (`DB_PASSWORD=...`, `"api_key": "..."`, `token: ...`); the key itself is kept. Values that are
+  references or placeholders (`$VAR`, `${...}`, `{{...}}`, `None`, `***`, a call such as
+  `os.getenv(...)`) and model special tokens (`eos_token`, `pad_token`, ...) are left alone.
+  Not found: secrets in prose ("my password is hunter2"), unprefixed random keys.
+
+Overlapping detections are merged: the union of overlapping spans is masked once, under the kind
+of the longest span, ties going to SECRET > CARD > IBAN > EMAIL > IP > PHONE. Placeholders are
+never detected again, so redacting twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+class PiiKind(enum.StrEnum):
+    EMAIL = enum.auto()
+    PHONE = enum.auto()
+    CARD = enum.auto()
+    IBAN = enum.auto()
+    IP = enum.auto()
+    SECRET = enum.auto()
+
+    @property
+    def placeholder(self) -> str:
+        return f"[{self.name}]"
+
+
+ALL: frozenset[PiiKind] = frozenset(PiiKind)
+
+# Lower rank wins a tie between overlapping spans of the same length.
+_RANK: dict[PiiKind, int] = {
+    PiiKind.SECRET: 0,
+    PiiKind.CARD: 1,
+    PiiKind.IBAN: 2,
+    PiiKind.EMAIL: 3,
+    PiiKind.IP: 4,
+    PiiKind.PHONE: 5,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """The redacted text and how many spans of each kind were masked (kinds with none omitted)."""
+
+    text: str
+    counts: dict[PiiKind, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+_Spans = Iterator[tuple[int, int]]
+_A = re.ASCII
+
+# --------------------------------------------------------------------------------------- EMAIL
+
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_AT_DOMAIN_RE = re.compile(
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9-])",
+    _A,
+)
+
+
+def _emails(text: str) -> _Spans:
+    last_end = 0
+    for m in _AT_DOMAIN_RE.finditer(text):
+        at = m.start()
+        start = at
+        floor = max(last_end, at - 64)
+        while start > floor and text[start - 1] in _LOCAL_CHARS:
+            start -= 1
+        while start < at and text[start] == ".":
+            start += 1
+        if start < at:
+            last_end = m.end()
+            yield start, last_end
+
+
+# ---------------------------------------------------------------------------------------- CARD
+
+_CARD_RUN_RE = re.compile(
+    r"(?<![0-9A-Za-z_.,+-])[0-9]+(?:[ -][0-9]+)*(?![0-9A-Za-z_]|[.,-][0-9])", _A
+)
+_DIGITS_RE = re.compile(r"[0-9]+", _A)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        v = ord(ch) - 48
+        if i % 2:
+            v *= 2
+            if v > 9:
+                v -= 9
+        total += v
+    return total % 10 == 0
+
+
+def _card_ok(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and _luhn_ok(digits)
+
+
+def _cards(text: str) -> _Spans:
+    for m in _CARD_RUN_RE.finditer(text):
+        run = m.group()
+        if len(run) < 13:
+            continue
+        base = m.start()
+        groups = [(g.start(), g.end()) for g in _DIGITS_RE.finditer(run)]
+        i = 0
+        while i < len(groups):
+            gs, ge = groups[i]
+            found: tuple[int, int] | None = None  # (index of last group, end offset)
+            if ge - gs >= 13:
+                if _card_ok(run[gs:ge]):
+                    found = (i, ge)
+            elif 3 <= ge - gs <= 6:
+                digits = run[gs:ge]
+                j = i + 1
+                while j < len(groups):
+                    s2, e2 = groups[j]
+                    if not 3 <= e2 - s2 <= 6 or len(digits) + e2 - s2 > 19:
+                        break
+                    digits += run[s2:e2]
+                    if _card_ok(digits):
+                        found = (j, e2)
+                    j += 1
+            if found is None:
+                i += 1
+            else:
+                yield base + gs, base + found[1]
+                i = found[0] + 1
+
+
+# ---------------------------------------------------------------------------------------- IBAN
+
+# Total IBAN length per country (SWIFT IBAN registry).
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
+    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+_IBAN_RE = re.compile(
+    r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])",
+    _A,
+)
+
+
+def _iban_ok(compact: str) -> bool:
+    expected = _IBAN_LENGTHS.get(compact[:2])
+    if expected is None:
+        if not 15 <= len(compact) <= 34:
+            return False
+    elif len(compact) != expected:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _ibans(text: str) -> _Spans:
+    for m in _IBAN_RE.finditer(text):
+        cand = m.group()
+        # Possible ends: before each space (a following word may have been taken as a group).
+        ends = [len(cand)] + [i for i in range(len(cand) - 1, 0, -1) if cand[i] == " "]
+        for end in ends:
+            if _iban_ok(cand[:end].replace(" ", "")):
+                yield m.start(), m.start() + end
+                break
+
+
+# --------------------------------------------------------------------------------------- PHONE
+
+_PHONE_END = r"(?![0-9A-Za-z_]|[.,:/-][0-9])"
+_PHONE_INTL_RE = re.compile(
+    r"(?<![0-9A-Za-z_+.,/$-])(?<![0-9] )(?:\+|00(?=[1-9][0-9]{0,2}[ .-]))[1-9][0-9]{0,14}"
+    r"(?:(?:[ .-]|[ ]?\([0-9]{1,4}\)[ ]?)[0-9]{1,12}){0,7}" + _PHONE_END,
+    _A,
+)
+_PHONE_NATIONAL_RE = re.compile(
+    r"(?<![0-9A-Za-z_+.,/$-])(?<![0-9] )(?:"
+    r"(?:1[ .-])?(?:\([0-9]{3}\)[ ]?[0-9]{3}[ .-]|[0-9]{3}([ .-])[0-9]{3}\1)[0-9]{4}"  # US
+    r"|0[1-9]([ .-]?)[0-9]{2}(?:\2[0-9]{2}){3}"  # FR
+    r"|\(0[1-9][0-9]{1,4}\)[ ]?[0-9]{3,8}(?:[ -][0-9]{3,8})?"  # (030) 1234567
+    r"|0[1-9][0-9]{1,4}[ /-][0-9]{3,8}(?:[ -][0-9]{3,8})?"  # UK / DE
+    r"|0[1-9][0-9]{8,9}"  # unseparated national
+    r")" + _PHONE_END,
+    _A,
+)
+_SEPARATOR_RE = re.compile(r"[ .-]|[ ]?\(", _A)
+
+
+def _digit_count(s: str) -> int:
+    return sum(1 for c in s if "0" <= c <= "9")
+
+
+def _after_isbn(text: str, start: int) -> bool:
+    return "ISBN" in text[max(0, start - 12) : start].upper()
+
+
+def _phones(text: str) -> _Spans:
+    for m in _PHONE_INTL_RE.finditer(text):
+        cand = m.group()
+        if _after_isbn(text, m.start()):
+            continue
+        offset = 2 if cand.startswith("00") else 0
+        # Trailing groups past 15 digits are most likely a following number, not the phone.
+        while _digit_count(cand) - offset > 15:
+            cuts = [s.start() for s in _SEPARATOR_RE.finditer(cand)]
+            if not cuts:
+                break
+            cand = cand[: cuts[-1]]
+        if 7 <= _digit_count(cand) - offset <= 15:
+            yield m.start(), m.start() + len(cand)
+    for m in _PHONE_NATIONAL_RE.finditer(text):
+        if not 7 <= _digit_count(m.group()) <= 15:
+            continue
+        if _after_isbn(text, m.start()):
+            continue
+        yield m.start(), m.end()
+
+
+# ------------------------------------------------------------------------------------------ IP
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"(?<![0-9A-Za-z_.])(?:{_OCTET}\.){{3}}{_OCTET}(?![0-9A-Za-z_]|\.[0-9])", _A)
+_IPV6_RE = re.compile(
+    r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+    rf"(?:(?:{_OCTET}\.){{3}}{_OCTET}|[0-9A-Fa-f]{{0,4}})"
+    r"(?:%[0-9A-Za-z_.-]{1,32})?(?![0-9A-Za-z_]|:[0-9A-Fa-f]|\.[0-9])",
+    _A,
+)
+_HAS_DIGIT_RE = re.compile(r"[0-9]", _A)
+
+
+def _ips(text: str) -> _Spans:
+    for m in _IPV4_RE.finditer(text):
+        yield m.start(), m.end()
+    if "::" not in text and text.count(":") < 7:
+        return
+    for m in _IPV6_RE.finditer(text):
+        cand = m.group()
+        if _HAS_DIGIT_RE.search(cand) is None:
+            continue
+        try:
+            ipaddress.IPv6Address(cand)
+        except ValueError:
+            continue
+        yield m.start(), m.end()
+
+
+# -------------------------------------------------------------------------------------- SECRET
+
+_TOKEN_RE = re.compile(
+    r"(?<![0-9A-Za-z_-])(?:"
+    r"(?P<sk>sk-[A-Za-z0-9_-]{20,})"
+    r"|lg-(?:admin-|[0-9a-f]{16}-)[A-Za-z0-9_-]{43}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,255}"
+    r"|github_pat_[A-Za-z0-9_]{22,255}"
+    r"|xox[baprs]-[A-Za-z0-9-]{10,255}"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    r")(?![0-9A-Za-z_-])",
+    _A,
+)
+_BEARER_RE = re.compile(
+    r"(?i)(?<![0-9A-Za-z_-])bearer[ \t]+(?P<v>[A-Za-z0-9._~+/-]{8,}=*)(?![A-Za-z0-9._~+/=-])", _A
+)
+_AUTH_HEADER_RE = re.compile(
+    r"(?i)(?<![0-9A-Za-z_-])(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
+    r"(?:(?:bearer|basic|token|digest|apikey)[ \t]+)?(?P<v>[^\s\"',;]{4,4096})",
+    _A,
+)
+_URL_CREDENTIALS_RE = re.compile(
+    r"(?i)(?<![0-9A-Za-z+.-])[a-z][a-z0-9+.-]{1,15}://[^\s/:@]{1,128}:(?P<v>[^\s/@]{1,256})@", _A
+)
+_ASSIGN_RE = re.compile(
+    r"(?i)(?<![0-9A-Za-z])"
+    r"(?P<key>(?:[a-z0-9]{1,32}[_.-]){0,4}"
+    r"(?:pass(?:word|wd|phrase)|pwd|secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key"
+    r"|private[_-]?key|token))"
+    r"(?![0-9A-Za-z])[\"']?[ \t]{0,8}(?:=>|:=|==?|:)[ \t]{0,8}"
+    r"(?:\"(?P<dq>[^\"\r\n]{1,1024})\"|'(?P<sq>[^'\r\n]{1,1024})'|(?P<bare>[^\s\"',;&<>]{1,1024}))",
+    _A,
+)
+_PEM_BEGIN_RE = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", _A)
+_PEM_END_RE = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", _A)
+_PEM_BODY_RE = re.compile(
+    r"(?:[ \t]*\r?\n(?:[A-Za-z0-9+/=]{1,128}|[A-Za-z-]{1,32}: [^\r\n]{0,256}))*", _A
+)
+_PEM_MAX_BODY = 65536
+
+_SPECIAL_TOKEN_KEYS = ("eos", "bos", "pad", "unk", "sep", "cls", "mask", "special", "stop")
+_PLACEHOLDER_VALUES = frozenset(
+    {"none", "null", "nil", "undefined", "true", "false", "redacted", "[secret]", "<redacted>"}
+)
+_REFERENCE_RE = re.compile(r"\$|\{\{|%\(|[A-Za-z_][A-Za-z0-9_.]*[(\[]", _A)
+_TRAILING_PUNCTUATION = ".,!?:)]}»”’"
+_KEY_SPLIT_RE = re.compile(r"[_.-]", _A)
+_MASK_CHARS = frozenset("*xX.•-_ ")
+
+
+def _looks_random(body: str) -> bool:
+    has_digit = has_lower = has_upper = False
+    for c in body:
+        if "0" <= c <= "9":
+            has_digit = True
+        elif "a" <= c <= "z":
+            has_lower = True
+        elif "A" <= c <= "Z":
+            has_upper = True
+    return has_digit and (has_lower or has_upper)
+
+
+def _assigned_value_ok(key: str, value: str) -> bool:
+    low_key = key.lower()
+    stem = _KEY_SPLIT_RE.split(low_key[:-5].rstrip("_.-"))[-1]
+    if low_key.endswith("token") and stem in _SPECIAL_TOKEN_KEYS:
+        return False
+    low = value.strip().lower()
+    if not low or low in _PLACEHOLDER_VALUES or low == low_key:
+        return False
+    if all(c in _MASK_CHARS for c in low):
+        return False
+    return _REFERENCE_RE.match(value) is None
+
+
+def _pem_blocks(text: str) -> _Spans:
+    if "-----BEGIN" not in text:
+        return
+    ends = [m.end() for m in _PEM_END_RE.finditer(text)]
+    last_end = 0
+    for m in _PEM_BEGIN_RE.finditer(text):
+        if m.start() < last_end:
+            continue
+        k = bisect.bisect_left(ends, m.end())
+        if k < len(ends) and ends[k] - m.end() <= _PEM_MAX_BODY:
+            last_end = ends[k]
+        else:
+            body = _PEM_BODY_RE.match(text, m.end())
+            last_end = body.end() if body is not None else m.end()
+        yield m.start(), last_end
+
+
+def _tokens(text: str) -> _Spans:
+    for m in _TOKEN_RE.finditer(text):
+        sk = m.group("sk")
+        if sk is not None:
+            body = sk[3:]
+            for prefix in ("proj-", "ant-", "svcacct-", "admin-"):
+                if body.startswith(prefix):
+                    body = body[len(prefix) :]
+                    break
+            if not _looks_random(body):
+                continue
+        yield m.start(), m.end()
+
+
+def _credentials(text: str) -> _Spans:
+    lower = text.lower()
+    if "bearer" in lower:
+        for m in _BEARER_RE.finditer(text):
+            if any(not ("a" <= c <= "z") for c in m.group("v")):
+                yield m.span("v")
+    if "authorization" in lower:
+        for m in _AUTH_HEADER_RE.finditer(text):
+            if m.group("v").lower() not in ("bearer", "basic", "token", "digest", "apikey"):
+                yield m.span("v")
+    if "://" in text:
+        for m in _URL_CREDENTIALS_RE.finditer(text):
+            yield m.span("v")
+
+
+def _assignments(text: str) -> _Spans:
+    if ":" not in text and "=" not in text:
+        return
+    for m in _ASSIGN_RE.finditer(text):
+        group = "dq" if m.group("dq") is not None else "sq" if m.group("sq") else "bare"
+        start, end = m.span(group)
+        if group == "bare":
+            # Sentence punctuation or a closing bracket after an unquoted value is not part of it.
+            end = start + len(m.group(group).rstrip(_TRAILING_PUNCTUATION))
+        if end > start and _assigned_value_ok(m.group("key"), text[start:end]):
+            yield start, end
+
+
+def _secrets(text: str) -> _Spans:
+    yield from _tokens(text)
+    yield from _pem_blocks(text)
+    yield from _credentials(text)
+    yield from _assignments(text)
+
+
+# ------------------------------------------------------------------------------------- driver
+
+_Detector = Callable[[str], _Spans]
+_DETECTORS: tuple[tuple[PiiKind, _Detector], ...] = (
+    (PiiKind.SECRET, _secrets),
+    (PiiKind.CARD, _cards),
+    (PiiKind.IBAN, _ibans),
+    (PiiKind.EMAIL, _emails),
+    (PiiKind.IP, _ips),
+    (PiiKind.PHONE, _phones),
+)
+# Every pattern but EMAIL and SECRET needs a digit somewhere in the text.
+_NEEDS_DIGIT = frozenset({PiiKind.CARD, PiiKind.IBAN, PiiKind.PHONE, PiiKind.IP})
+
+
+def _applicable(text: str, kinds: frozenset[PiiKind]) -> Iterator[tuple[PiiKind, _Detector]]:
+    has_digit: bool | None = None
+    for kind, detector in _DETECTORS:
+        if kind not in kinds:
+            continue
+        if kind is PiiKind.EMAIL and "@" not in text:
+            continue
+        if kind in _NEEDS_DIGIT:
+            if has_digit is None:
+                has_digit = _HAS_DIGIT_RE.search(text) is not None
+            if not has_digit:
+                continue
+        yield kind, detector
+
+
+def redact(text: str, kinds: frozenset[PiiKind] = ALL) -> Redaction:
+    """Mask every detected span of the given kinds; see the module docstring for what is found."""
+    spans: list[tuple[int, int, PiiKind]] = []
+    for kind, detector in _applicable(text, kinds):
+        spans.extend((start, end, kind) for start, end in detector(text) if end > start)
+    if not spans:
+        return Redaction(text, {})
+    spans.sort(key=lambda s: (s[0], -s[1]))
+    out: list[str] = []
+    counts: dict[PiiKind, int] = {}
+    pos = 0
+    i = 0
+    while i < len(spans):
+        start, end, kind = spans[i]
+        best = (end - start, -_RANK[kind], kind)
+        i += 1
+        while i < len(spans) and spans[i][0] < end:
+            s2, e2, k2 = spans[i]
+            end = max(end, e2)
+            best = max(best, (e2 - s2, -_RANK[k2], k2))
+            i += 1
+        out.append(text[pos:start])
+        out.append(best[2].placeholder)
+        counts[best[2]] = counts.get(best[2], 0) + 1
+        pos = end
+    out.append(text[pos:])
+    return Redaction("".join(out), {k: counts[k] for k in PiiKind if k in counts})
+
+
+def contains_pii(text: str, kinds: frozenset[PiiKind] = ALL) -> bool:
+    """Whether `redact` would mask anything; stops at the first detection."""
+    for _kind, detector in _applicable(text, kinds):
+        for start, end in detector(text):
+            if end > start:
+                return True
+    return False
