@@ -28,7 +28,6 @@ from gateway.upstream import Backend, BackendPool, Upstream, make_client
 
 log = logging.getLogger("loopgate")
 
-HEALTH_INTERVAL_S = 5.0
 
 
 class Gateway:
@@ -160,7 +159,7 @@ class Gateway:
     async def _health_loop(self) -> None:
         last_reconcile = time.monotonic()
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await asyncio.sleep(self.settings.engine_health_interval_s)
             if self.supervisor is None:  # the supervisor reports the embedded engine itself
                 await self._check_health()
             if time.monotonic() - last_reconcile >= self.settings.reconcile_interval_s:

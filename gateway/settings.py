@@ -100,6 +100,9 @@ class Settings:
     engine_start_timeout_s: float = field(
         default=900.0, metadata={"help": "How long to wait for the engine to become ready."}
     )
+    engine_health_interval_s: float = field(
+        default=5.0, metadata={"help": "How often external replicas' /health is polled."}
+    )
     engine_restart_max_backoff_s: float = field(
         default=30.0, metadata={"help": "Upper bound of the restart backoff after engine deaths."}
     )

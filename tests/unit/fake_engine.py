@@ -115,7 +115,17 @@ class FakeEngine:
             return httpx.Response(500, text="Internal Server Error")
         body = json.loads(request.content)
         if body["model"] != ENGINE_MODEL and body["model"] not in self.loras:
-            return httpx.Response(404, json={"error": {"message": "no such model", "type": "NotFoundError", "param": None, "code": 404}})
+            return httpx.Response(
+                404,
+                json={
+                    "error": {
+                        "message": "no such model",
+                        "type": "NotFoundError",
+                        "param": None,
+                        "code": 404,
+                    }
+                },
+            )
         if body.get("stream"):
             chunks = sse_chunks(self.stream_words, model=body["model"])
             if self.mode == "break":

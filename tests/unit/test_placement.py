@@ -1,0 +1,99 @@
+"""AdapterPool against the fake engine: leases, drain-before-unload, LRU eviction, capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from adapters.placement import AdapterPool, LoadState
+from gateway.errors import EngineNotReady
+from gateway.store import AdapterVersion
+from gateway.upstream import Backend, BackendPool
+from tests.unit.fake_engine import FakeEngine
+
+
+def version(n: int) -> AdapterVersion:
+    return AdapterVersion(
+        f"av-{n}",
+        "t",
+        "v",
+        f"h{n}",
+        "b",
+        "",
+        8,
+        16.0,
+        ("q_proj",),
+        "test",
+        "candidate",
+        f"/adapters/{n}",
+        1,
+        time.time(),
+    )
+
+
+@pytest.fixture
+async def setup():  # type: ignore[no-untyped-def]
+    engine = FakeEngine()
+    backend = Backend("http://engine.test", "", "r0", ready=True)
+    async with httpx.AsyncClient(transport=engine.transport()) as client:
+        yield engine, AdapterPool(BackendPool([backend]), client, capacity=2), backend
+
+
+async def test_lease_loads_on_demand_and_reuses(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, _ = setup
+    first = await pool.lease(version(1))
+    second = await pool.lease(version(1))
+    assert first.engine_name == second.engine_name and len(engine.loras) == 1
+    assert first.placement is not None and first.placement.inflight == 2
+    first.release()
+    first.release()  # idempotent
+    second.release()
+    assert first.placement.inflight == 0
+
+
+async def test_unload_waits_for_inflight_and_blocks_new_leases(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, _ = setup
+    lease = await pool.lease(version(1))
+    placement = lease.placement
+    assert placement is not None
+    unloading = asyncio.create_task(pool.unload(placement))
+    await asyncio.sleep(0.05)
+    assert (
+        placement.state is LoadState.DRAINING and engine.loras
+    )  # still loaded: a request is using it
+    assert pool.try_lease("av-1") is None  # no new requests on a draining placement
+    lease.release()
+    assert await unloading is True
+    assert engine.loras == {} and placement.state is LoadState.GONE
+
+
+async def test_drain_timeout_keeps_the_adapter(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, _ = setup
+    lease = await pool.lease(version(1))
+    assert lease.placement is not None
+    assert await pool.unload(lease.placement, drain_timeout_s=0.05) is False
+    assert engine.loras and lease.placement.state is LoadState.READY
+
+
+async def test_full_replica_evicts_least_recently_used_idle(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, _ = setup
+    (await pool.lease(version(1))).release()
+    await asyncio.sleep(0.01)
+    (await pool.lease(version(2))).release()
+    (await pool.lease(version(1))).release()  # v1 is now the most recently used
+    (await pool.lease(version(3))).release()
+    assert sorted(n.rsplit("-", 1)[-1] for n in engine.loras) == ["1", "3"]
+
+
+async def test_pinned_and_busy_adapters_are_never_evicted(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, backend = setup
+    await pool.load(backend, version(1), pinned=True)
+    busy = await pool.lease(version(2))
+    with pytest.raises(EngineNotReady):
+        await pool.lease(version(3))
+    busy.release()
+    (await pool.lease(version(3))).release()
+    assert {n.rsplit("-", 1)[-1] for n in engine.loras} == {"1", "3"}
