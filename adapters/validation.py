@@ -249,7 +249,11 @@ def _check_config(
             param="target_modules",
         )
     claimed = config.get("base_model_name_or_path")
-    if isinstance(claimed, str) and claimed and claimed not in base.accepted_names:
+    # A local training path names the base by its folder (the shape checks below are the
+    # strong test); a hub id or served name must match one of the accepted names.
+    if isinstance(claimed, str) and claimed and not (
+        claimed in base.accepted_names or PurePosixPath(claimed).name in base.accepted_names
+    ):
         raise Unprocessable(
             f"the adapter was trained for base model '{claimed}'; this gateway serves "
             f"'{base.name}'",

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from gateway.cli_adapters import add_adapter_commands
 from gateway.errors import LoopgateError
 from gateway.settings import ConfigError, Settings, describe
 from gateway.store import AliasTarget, open_store
@@ -108,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     al_del.add_argument("tenant")
     al_del.add_argument("name")
     al_del.set_defaults(func=_store_cmd(_alias_delete))
+
+    add_adapter_commands(sub)
 
     cfg = sub.add_parser("config", help="print the configuration reference")
     cfg.add_argument("--markdown", action="store_true", help="as a Markdown table")

@@ -62,6 +62,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 
 class PiiKind(enum.StrEnum):
@@ -104,10 +105,15 @@ class Redaction:
 
 _Spans = Iterator[tuple[int, int]]
 _A = re.ASCII
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+# Patterns start with a character class or literal (so the regex engine can skip ahead fast) and
+# check what precedes the match with a fixed-width lookbehind placed right after that first
+# character: `X(?<![...].)` means "X, not preceded by one of ...". Starting only at the beginning
+# of a run is what keeps the scans linear.
 
 # --------------------------------------------------------------------------------------- EMAIL
 
-_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_LOCAL_CHARS = _ALNUM | frozenset("._%+-")
 _AT_DOMAIN_RE = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9-])",
     _A,
@@ -132,57 +138,67 @@ def _emails(text: str) -> _Spans:
 # ---------------------------------------------------------------------------------------- CARD
 
 _CARD_RUN_RE = re.compile(
-    r"(?<![0-9A-Za-z_.,+-])[0-9]+(?:[ -][0-9]+)*(?![0-9A-Za-z_]|[.,-][0-9])", _A
+    r"[0-9](?<![0-9A-Za-z_.,+-].)[0-9]*(?:[ -][0-9]+)*(?![0-9A-Za-z_]|[.,-][0-9])", _A
 )
 _DIGITS_RE = re.compile(r"[0-9]+", _A)
 
 
+# Luhn doubles every second digit from the right and adds the digits of the product; for a
+# single digit that is again a single digit, so doubling can be done with a translation table.
+_LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")
+
+
 def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        v = ord(ch) - 48
-        if i % 2:
-            v *= 2
-            if v > 9:
-                v -= 9
-        total += v
-    return total % 10 == 0
+    return sum(map(int, digits[-1::-2] + digits[-2::-2].translate(_LUHN_DOUBLE))) % 10 == 0
 
 
 def _card_ok(digits: str) -> bool:
     return 13 <= len(digits) <= 19 and digits[0] in "23456" and _luhn_ok(digits)
 
 
+def _cards_in_run(run: str, base: int) -> _Spans:
+    """Cards in a run of digit groups: one whole group, or consecutive groups of 3-6 digits."""
+    groups = run.replace("-", " ").split(" ")
+    if len(groups) == 1:
+        if _card_ok(run):
+            yield base, base + len(run)
+        return
+    # Luhn sums of any window in O(1): prefix sums with every other digit doubled, one array
+    # for windows whose last digit sits at an even offset, one for an odd offset.
+    digits = "".join(groups)
+    doubled = digits.translate(_LUHN_DOUBLE)
+    plain_at_even, plain_at_odd = list(digits), list(doubled)
+    plain_at_even[1::2], plain_at_odd[1::2] = doubled[1::2], digits[1::2]
+    sums = ([0, *accumulate(map(int, plain_at_even))], [0, *accumulate(map(int, plain_at_odd))])
+    lengths = [len(g) for g in groups]
+    offsets = [0, *accumulate(lengths)]  # digit offset of each group; text offset adds i
+    i = 0
+    while i < len(groups):
+        found = -1  # index of the last group of the longest card starting at group i
+        if groups[i][0] in "23456" and (3 <= lengths[i] <= 6 or 13 <= lengths[i] <= 19):
+            j = i
+            while j < len(groups) and offsets[j + 1] - offsets[i] <= 19:
+                last = offsets[j + 1] - 1
+                window = sums[last % 2]
+                if (
+                    offsets[j + 1] - offsets[i] >= 13
+                    and (window[last + 1] - window[offsets[i]]) % 10 == 0
+                ):
+                    found = j
+                j += 1
+                if lengths[i] > 6 or not (j < len(groups) and 3 <= lengths[j] <= 6):
+                    break
+        if found < 0:
+            i += 1
+        else:
+            yield base + offsets[i] + i, base + offsets[found + 1] + found
+            i = found + 1
+
+
 def _cards(text: str) -> _Spans:
     for m in _CARD_RUN_RE.finditer(text):
-        run = m.group()
-        if len(run) < 13:
-            continue
-        base = m.start()
-        groups = [(g.start(), g.end()) for g in _DIGITS_RE.finditer(run)]
-        i = 0
-        while i < len(groups):
-            gs, ge = groups[i]
-            found: tuple[int, int] | None = None  # (index of last group, end offset)
-            if ge - gs >= 13:
-                if _card_ok(run[gs:ge]):
-                    found = (i, ge)
-            elif 3 <= ge - gs <= 6:
-                digits = run[gs:ge]
-                j = i + 1
-                while j < len(groups):
-                    s2, e2 = groups[j]
-                    if not 3 <= e2 - s2 <= 6 or len(digits) + e2 - s2 > 19:
-                        break
-                    digits += run[s2:e2]
-                    if _card_ok(digits):
-                        found = (j, e2)
-                    j += 1
-            if found is None:
-                i += 1
-            else:
-                yield base + gs, base + found[1]
-                i = found[0] + 1
+        if m.end() - m.start() >= 13:
+            yield from _cards_in_run(m.group(), m.start())
 
 
 # ---------------------------------------------------------------------------------------- IBAN
@@ -200,7 +216,7 @@ _IBAN_LENGTHS: dict[str, int] = {
     "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }  # fmt: skip
 _IBAN_RE = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])",
+    r"[A-Z](?<![A-Za-z0-9].)[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])",
     _A,
 )
 
@@ -229,19 +245,24 @@ def _ibans(text: str) -> _Spans:
 
 # --------------------------------------------------------------------------------------- PHONE
 
+# Not glued to a word, a number, a sign or a currency, and not the tail of "<digit> ".
+_PHONE_START = r"(?<![0-9A-Za-z_+.,/$-].)(?<![0-9] .)"
 _PHONE_END = r"(?![0-9A-Za-z_]|[.,:/-][0-9])"
 _PHONE_INTL_RE = re.compile(
-    r"(?<![0-9A-Za-z_+.,/$-])(?<![0-9] )(?:\+|00(?=[1-9][0-9]{0,2}[ .-]))[1-9][0-9]{0,14}"
+    rf"(?:\+{_PHONE_START}|0{_PHONE_START}0(?=[1-9][0-9]{{0,2}}[ .-]))[1-9][0-9]{{0,14}}"
     r"(?:(?:[ .-]|[ ]?\([0-9]{1,4}\)[ ]?)[0-9]{1,12}){0,7}" + _PHONE_END,
     _A,
 )
+# Each alternative first asserts (lookbehind) which character the shared first class consumed.
 _PHONE_NATIONAL_RE = re.compile(
-    r"(?<![0-9A-Za-z_+.,/$-])(?<![0-9] )(?:"
-    r"(?:1[ .-])?(?:\([0-9]{3}\)[ ]?[0-9]{3}[ .-]|[0-9]{3}([ .-])[0-9]{3}\1)[0-9]{4}"  # US
-    r"|0[1-9]([ .-]?)[0-9]{2}(?:\2[0-9]{2}){3}"  # FR
-    r"|\(0[1-9][0-9]{1,4}\)[ ]?[0-9]{3,8}(?:[ -][0-9]{3,8})?"  # (030) 1234567
-    r"|0[1-9][0-9]{1,4}[ /-][0-9]{3,8}(?:[ -][0-9]{3,8})?"  # UK / DE
-    r"|0[1-9][0-9]{8,9}"  # unseparated national
+    rf"[0-9(]{_PHONE_START}(?:"
+    r"(?<=1)[ .-](?:\([0-9]{3}\)[ ]?[0-9]{3}[ .-]|[0-9]{3}(?P<us1>[ .-])[0-9]{3}(?P=us1))[0-9]{4}"
+    r"|(?<=\()[0-9]{3}\)[ ]?[0-9]{3}[ .-][0-9]{4}"  # US (555) 123-4567
+    r"|(?<=[0-9])[0-9]{2}(?P<us>[ .-])[0-9]{3}(?P=us)[0-9]{4}"  # US 555-123-4567
+    r"|(?<=0)[1-9](?P<fr>[ .-]?)[0-9]{2}(?:(?P=fr)[0-9]{2}){3}"  # FR 01 23 45 67 89
+    r"|(?<=\()0[1-9][0-9]{1,4}\)[ ]?[0-9]{3,8}(?:[ -][0-9]{3,8})?"  # (030) 1234567
+    r"|(?<=0)[1-9][0-9]{1,4}[ /-][0-9]{3,8}(?:[ -][0-9]{3,8})?"  # UK / DE 020 7946 0958
+    r"|(?<=0)[1-9][0-9]{8,9}"  # unseparated 0 + 9-10 digits
     r")" + _PHONE_END,
     _A,
 )
@@ -257,7 +278,8 @@ def _after_isbn(text: str, start: int) -> bool:
 
 
 def _phones(text: str) -> _Spans:
-    for m in _PHONE_INTL_RE.finditer(text):
+    intl = _PHONE_INTL_RE.finditer(text) if "+" in text or "00" in text else iter(())
+    for m in intl:
         cand = m.group()
         if _after_isbn(text, m.start()):
             continue
@@ -280,48 +302,73 @@ def _phones(text: str) -> _Spans:
 
 # ------------------------------------------------------------------------------------------ IP
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
-_IPV4_RE = re.compile(rf"(?<![0-9A-Za-z_.])(?:{_OCTET}\.){{3}}{_OCTET}(?![0-9A-Za-z_]|\.[0-9])", _A)
-_IPV6_RE = re.compile(
-    r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
-    rf"(?:(?:{_OCTET}\.){{3}}{_OCTET}|[0-9A-Fa-f]{{0,4}})"
-    r"(?:%[0-9A-Za-z_.-]{1,32})?(?![0-9A-Za-z_]|:[0-9A-Fa-f]|\.[0-9])",
+# Candidates are loose (octets and groups are checked in Python, IPv6 by `ipaddress`).
+_IPV4_RE = re.compile(
+    r"[0-9](?<![0-9A-Za-z_.].)[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
+    r"(?![0-9A-Za-z_]|\.[0-9])",
     _A,
 )
+_IPV6_RE = re.compile(
+    r"[0-9A-Fa-f:](?<![0-9A-Za-z_:.].)(?=[0-9A-Fa-f]{0,3}:)"
+    r"(?:[0-9A-Fa-f:]{0,40}:[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|[0-9A-Fa-f:]{1,45})"
+    r"(?:%[0-9A-Za-z_.-]{1,32})?(?![0-9A-Za-z_]|\.[0-9])",
+    _A,
+)
+_IPV6_HINT_RE = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]", _A)
 _HAS_DIGIT_RE = re.compile(r"[0-9]", _A)
 
 
+def _octets_ok(dotted: str) -> bool:
+    """Four decimal octets 0-255 without leading zeros."""
+    octets = dotted.split(".")
+    return len(octets) == 4 and all(
+        octet.isascii()
+        and octet.isdigit()
+        and len(octet) <= 3
+        and int(octet) <= 255
+        and (len(octet) == 1 or octet[0] != "0")
+        for octet in octets
+    )
+
+
 def _ips(text: str) -> _Spans:
-    for m in _IPV4_RE.finditer(text):
-        yield m.start(), m.end()
-    if "::" not in text and text.count(":") < 7:
+    if text.count(".") >= 3:
+        for m in _IPV4_RE.finditer(text):
+            if _octets_ok(m.group()):
+                yield m.span()
+    if "::" not in text and (text.count(":") < 6 or _IPV6_HINT_RE.search(text) is None):
         return
     for m in _IPV6_RE.finditer(text):
         cand = m.group()
-        if _HAS_DIGIT_RE.search(cand) is None:
+        if cand.endswith(":") and not cand.endswith("::"):
+            cand = cand[:-1]  # a colon ending a sentence
+        if cand.count(":") < 2 or _HAS_DIGIT_RE.search(cand) is None:
+            continue
+        address = cand.partition("%")[0]
+        if "." in address and not _octets_ok(address[address.rindex(":") + 1 :]):
             continue
         try:
             ipaddress.IPv6Address(cand)
         except ValueError:
             continue
-        yield m.start(), m.end()
+        yield m.start(), m.start() + len(cand)
 
 
 # -------------------------------------------------------------------------------------- SECRET
 
+_NOT_GLUED = r"(?<![0-9A-Za-z_-].)"
 _TOKEN_RE = re.compile(
-    r"(?<![0-9A-Za-z_-])(?:"
-    r"(?P<sk>sk-[A-Za-z0-9_-]{20,})"
-    r"|lg-(?:admin-|[0-9a-f]{16}-)[A-Za-z0-9_-]{43}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
-    r"|gh[pousr]_[A-Za-z0-9]{36,255}"
-    r"|github_pat_[A-Za-z0-9_]{22,255}"
-    r"|xox[baprs]-[A-Za-z0-9-]{10,255}"
-    r"|AIza[0-9A-Za-z_-]{35}"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    rf"(?:s{_NOT_GLUED}(?P<sk>k-[A-Za-z0-9_-]{{20,}})"
+    rf"|l{_NOT_GLUED}g-(?:admin-|[0-9a-f]{{16}}-)[A-Za-z0-9_-]{{43}}"
+    rf"|A{_NOT_GLUED}(?:(?:KIA|SIA)[0-9A-Z]{{16}}|Iza[0-9A-Za-z_-]{{35}})"
+    rf"|g{_NOT_GLUED}(?:h[pousr]_[A-Za-z0-9]{{36,255}}|ithub_pat_[A-Za-z0-9_]{{22,255}})"
+    rf"|x{_NOT_GLUED}ox[baprs]-[A-Za-z0-9-]{{10,255}}"
+    rf"|e{_NOT_GLUED}yJ[A-Za-z0-9_-]{{8,}}\.eyJ[A-Za-z0-9_-]{{8,}}\.[A-Za-z0-9_-]*"
     r")(?![0-9A-Za-z_-])",
     _A,
 )
+_TOKEN_HINTS = ("sk-", "lg-", "AKIA", "ASIA", "AIza", "xox", "eyJ", "github_pat_", "gh")
+_GITHUB_HINTS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 _BEARER_RE = re.compile(
     r"(?i)(?<![0-9A-Za-z_-])bearer[ \t]+(?P<v>[A-Za-z0-9._~+/-]{8,}=*)(?![A-Za-z0-9._~+/=-])", _A
 )
@@ -333,15 +380,24 @@ _AUTH_HEADER_RE = re.compile(
 _URL_CREDENTIALS_RE = re.compile(
     r"(?i)(?<![0-9A-Za-z+.-])[a-z][a-z0-9+.-]{1,15}://[^\s/:@]{1,128}:(?P<v>[^\s/@]{1,256})@", _A
 )
-_ASSIGN_RE = re.compile(
-    r"(?i)(?<![0-9A-Za-z])"
-    r"(?P<key>(?:[a-z0-9]{1,32}[_.-]){0,4}"
-    r"(?:pass(?:word|wd|phrase)|pwd|secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key"
-    r"|private[_-]?key|token))"
-    r"(?![0-9A-Za-z])[\"']?[ \t]{0,8}(?:=>|:=|==?|:)[ \t]{0,8}"
-    r"(?:\"(?P<dq>[^\"\r\n]{1,1024})\"|'(?P<sq>[^'\r\n]{1,1024})'|(?P<bare>[^\s\"',;&<>]{1,1024}))",
+# Assignments are found from their operator: the key must end right before it (an optional
+# closing quote and blanks in between) with one of these names, not glued to a letter or digit.
+_ASSIGN_OP_RE = re.compile(r"=>|:=|==?|:", _A)
+_ASSIGN_KEY_NAMES = (
+    *(f"{stem}{sep}key" for stem in ("api", "access", "secret", "private") for sep in "_-"),
+    *("apikey", "accesskey", "secretkey", "privatekey"),
+    *("password", "passwd", "passphrase", "pwd", "secret", "token"),
+)
+# Run over the lower-cased text to find candidate operators quickly.
+_ASSIGN_HIT_RE = re.compile(
+    r"(?:key|password|passwd|passphrase|pwd|secret|token)[\"']?[ \t]{0,8}(?P<op>=>|:=|==?|:)", _A
+)
+_ASSIGN_VALUE_RE = re.compile(
+    r"[ \t]{0,8}(?:\"(?P<dq>[^\"\r\n]{1,1024})\"|'(?P<sq>[^'\r\n]{1,1024})'"
+    r"|(?P<bare>[^\s\"',;&<>]{1,1024}))",
     _A,
 )
+_KEY_CHARS = _ALNUM | frozenset("_.-")
 _PEM_BEGIN_RE = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", _A)
 _PEM_END_RE = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", _A)
 _PEM_BODY_RE = re.compile(
@@ -354,7 +410,7 @@ _PLACEHOLDER_VALUES = frozenset(
     {"none", "null", "nil", "undefined", "true", "false", "redacted", "[secret]", "<redacted>"}
 )
 _REFERENCE_RE = re.compile(r"\$|\{\{|%\(|[A-Za-z_][A-Za-z0-9_.]*[(\[]", _A)
-_TRAILING_PUNCTUATION = ".,!?:)]}»”’"
+_TRAILING_PUNCTUATION = ".,!?:)]}\u00bb\u201d\u2019"
 _KEY_SPLIT_RE = re.compile(r"[_.-]", _A)
 _MASK_CHARS = frozenset("*xX.•-_ ")
 
@@ -373,9 +429,10 @@ def _looks_random(body: str) -> bool:
 
 def _assigned_value_ok(key: str, value: str) -> bool:
     low_key = key.lower()
-    stem = _KEY_SPLIT_RE.split(low_key[:-5].rstrip("_.-"))[-1]
-    if low_key.endswith("token") and stem in _SPECIAL_TOKEN_KEYS:
-        return False
+    if low_key.endswith("token"):
+        stem = _KEY_SPLIT_RE.split(low_key[:-5].rstrip("_.-"))[-1]
+        if stem in _SPECIAL_TOKEN_KEYS:
+            return False
     low = value.strip().lower()
     if not low or low in _PLACEHOLDER_VALUES or low == low_key:
         return False
@@ -402,10 +459,15 @@ def _pem_blocks(text: str) -> _Spans:
 
 
 def _tokens(text: str) -> _Spans:
+    hints = [hint for hint in _TOKEN_HINTS if hint in text]
+    if hints == ["gh"] and not any(hint in text for hint in _GITHUB_HINTS):
+        return
+    if not hints:
+        return
     for m in _TOKEN_RE.finditer(text):
         sk = m.group("sk")
         if sk is not None:
-            body = sk[3:]
+            body = sk[2:]
             for prefix in ("proj-", "ant-", "svcacct-", "admin-"):
                 if body.startswith(prefix):
                     body = body[len(prefix) :]
@@ -430,16 +492,56 @@ def _credentials(text: str) -> _Spans:
             yield m.span("v")
 
 
-def _assignments(text: str) -> _Spans:
+def _assignment_key(text: str, op: int) -> str | None:
+    """The secret-looking key that ends right before the operator at `op`, if there is one."""
+    end = op
+    floor = max(0, op - 8)
+    while end > floor and text[end - 1] in " \t":
+        end -= 1
+    if end > 0 and text[end - 1] in "\"'":
+        end -= 1
+    tail = text[max(0, end - 12) : end].lower()
+    if not tail.endswith(_ASSIGN_KEY_NAMES):
+        return None
+    start = end - next(len(name) for name in _ASSIGN_KEY_NAMES if tail.endswith(name))
+    if start > 0 and text[start - 1] in _ALNUM:
+        return None
+    floor = max(0, start - 160)
+    while start > floor and text[start - 1] in _KEY_CHARS:
+        start -= 1
+    return text[start:end]
+
+
+def _assignment_ops(text: str) -> Iterator[tuple[int, int]]:
     if ":" not in text and "=" not in text:
         return
-    for m in _ASSIGN_RE.finditer(text):
+    lower = text.lower()
+    if len(lower) == len(text):  # the usual case: offsets in `lower` are offsets in `text`
+        for m in _ASSIGN_HIT_RE.finditer(lower):
+            yield m.span("op")
+    else:  # lower() lengthened a character (e.g. U+0130): look at every operator instead
+        for m in _ASSIGN_OP_RE.finditer(text):
+            yield m.span()
+
+
+def _assignments(text: str) -> _Spans:
+    last_end = 0
+    for op_start, op_end in _assignment_ops(text):
+        if op_start < last_end:
+            continue  # inside the value just masked
+        key = _assignment_key(text, op_start)
+        if key is None:
+            continue
+        m = _ASSIGN_VALUE_RE.match(text, op_end)
+        if m is None:
+            continue
         group = "dq" if m.group("dq") is not None else "sq" if m.group("sq") else "bare"
         start, end = m.span(group)
         if group == "bare":
             # Sentence punctuation or a closing bracket after an unquoted value is not part of it.
             end = start + len(m.group(group).rstrip(_TRAILING_PUNCTUATION))
-        if end > start and _assigned_value_ok(m.group("key"), text[start:end]):
+        if end > start and _assigned_value_ok(key, text[start:end]):
+            last_end = end
             yield start, end
 
 

@@ -29,7 +29,6 @@ from gateway.upstream import Backend, BackendPool, Upstream, make_client
 log = logging.getLogger("loopgate")
 
 
-
 class Gateway:
     """Store, directory, backend pool, upstream client and (embedded) engine supervisor."""
 

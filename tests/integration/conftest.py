@@ -1,5 +1,4 @@
-"""One real stack per test session: `loopgate serve` with its embedded vLLM-CPU engine serving
-the bundled model, two tenants with keys, driven through the official openai SDK."""
+"""Real-process helpers for the integration tiers: a running `loopgate serve` and its logs."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +39,11 @@ class Stack:
     def aclient(self, tenant: str = "acme") -> AsyncOpenAI:
         return AsyncOpenAI(base_url=self.api, api_key=self.keys[tenant], max_retries=0)
 
+    def admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=600
+        )
+
     def engine(self) -> dict[str, object]:
         return dict(json.loads((self.data_dir / "run" / "engine.json").read_text()))
 
@@ -65,24 +68,22 @@ class Stack:
         pytest.fail(f"stack not ready within {timeout_s} s:\n{self.log_tail()}")
 
 
-def _cli(*args: str, env: dict[str, str]) -> None:
+def cli(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, check=True)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    port = free_port()
+def start_gateway(data_dir: Path, extra_env: dict[str, str]) -> Stack:
+    """`loopgate serve` as a real process; returns once /ready answers 200."""
     env = {
         **os.environ,
         "LOOPGATE_DATA_DIR": str(data_dir),
-        "LOOPGATE_PORT": str(port),
+        "LOOPGATE_PORT": str(free_port()),
         "LOOPGATE_ADMIN_KEY": ADMIN_KEY,
-        "LOOPGATE_ENGINE_RESTART_MAX_BACKOFF_S": "2",
         "LOOPGATE_AUTH_CACHE_TTL_S": "0",
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
-    _cli("model", "prepare", env=env)  # idempotent; the cache dir is shared between runs
+    cli("model", "prepare", env=env)  # idempotent; the cache dir is shared between runs
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -91,27 +92,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    stack = Stack(f"http://127.0.0.1:{port}", data_dir, proc, log_path, {})
+    stack = Stack(f"http://127.0.0.1:{env['LOOPGATE_PORT']}", data_dir, proc, log_path, {})
     try:
         stack.wait_ready()
-        admin = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        for tenant in ("acme", "globex"):
+    except BaseException:
+        stop_gateway(stack)
+        raise
+    return stack
+
+
+def add_tenants(stack: Stack, *names: str) -> None:
+    with stack.admin() as admin:
+        for tenant in names:
             admin.post("/admin/tenants", json={"name": tenant}).raise_for_status()
             stack.keys[tenant] = admin.post(f"/admin/tenants/{tenant}/keys", json={}).json()["key"]
-        admin.put("/admin/tenants/globex/aliases/globex-support", json={}).raise_for_status()
-        yield stack
-    finally:
-        engine_pid = (
-            int(stack.engine()["pid"]) if (data_dir / "run" / "engine.json").exists() else None
-        )
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("gateway did not stop within 90 s of SIGTERM")
-        if engine_pid is not None:
-            deadline = time.monotonic() + 30
-            while Path(f"/proc/{engine_pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not Path(f"/proc/{engine_pid}").exists(), "engine outlived the gateway"
+
+
+def stop_gateway(stack: Stack) -> None:
+    """SIGTERM, and the gateway must be gone within 90 s (its engine with it)."""
+    stack.proc.send_signal(signal.SIGTERM)
+    try:
+        stack.proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        stack.proc.kill()
+        pytest.fail("gateway did not stop within 90 s of SIGTERM")

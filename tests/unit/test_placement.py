@@ -97,3 +97,23 @@ async def test_pinned_and_busy_adapters_are_never_evicted(setup) -> None:  # typ
     busy.release()
     (await pool.lease(version(3))).release()
     assert {n.rsplit("-", 1)[-1] for n in engine.loras} == {"1", "3"}
+
+
+async def test_routing_prefers_a_replica_that_holds_the_adapter() -> None:
+    engine = FakeEngine()
+    b0 = Backend("http://engine.test", "", "r0", ready=True)
+    b1 = Backend("http://engine.test", "", "r1", ready=True)
+    async with httpx.AsyncClient(transport=engine.transport()) as client:
+        pool = AdapterPool(BackendPool([b0, b1]), client, capacity=2)
+        await pool.load(b0, version(1), pinned=False)
+        b0.inflight = 5  # busier, but it has the adapter: no second copy is loaded
+        lease = await pool.lease(version(1))
+        assert lease.backend is b0 and len(engine.loras) == 1
+        lease.release()
+        b1.inflight = 9
+        other = await pool.lease(version(2))  # a new version goes where there is least load
+        assert other.backend is b0
+        b0.ready = False
+        pool.forget(b0)
+        moved = await pool.lease(version(1))  # its replica is gone: loaded on the other one
+        assert moved.backend is b1
