@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
@@ -29,12 +32,17 @@ class _AdapterMixin:
     def db(self) -> aiosqlite.Connection:
         raise NotImplementedError
 
+    def transaction(self) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
+        raise NotImplementedError
+
     async def flip_alias(
         self, tenant_id: str, name: str, target: AliasTarget, event: AliasEvent
     ) -> AliasTarget | None:
         """Point an alias at a new target and record why, in one transaction."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             async with self.db.execute(
                 "SELECT target_kind, adapter_version FROM aliases WHERE tenant_id = ? AND name = ?",
                 (tenant_id, name),
@@ -63,10 +71,6 @@ class _AdapterMixin:
                     now,
                 ),
             )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
         return previous
 
     async def alias_events(self, tenant_id: str, name: str) -> list[AliasEvent]:
@@ -77,7 +81,7 @@ class _AdapterMixin:
             return [_event(r) for r in await cur.fetchall()]
 
     async def add_adapter(self, v: AdapterVersion) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, "
             "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
             "status, path, size_bytes, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -125,12 +129,12 @@ class _AdapterMixin:
             return [_adapter(r) for r in await cur.fetchall()]
 
     async def set_adapter_status(self, version_id: str, status: AdapterStatus) -> None:
-        await self.db.execute(
+        await self._write(
             "UPDATE adapter_versions SET status = ? WHERE id = ?", (status, version_id)
         )
 
     async def delete_adapter(self, version_id: str) -> None:
-        await self.db.execute("DELETE FROM adapter_versions WHERE id = ?", (version_id,))
+        await self._write("DELETE FROM adapter_versions WHERE id = ?", (version_id,))
 
     async def aliases_to(self, version_id: str) -> list[Alias]:
         async with self.db.execute(
@@ -149,6 +153,7 @@ class SQLiteStore(_AdapterMixin):
     def __init__(self, path: Path):
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._tx_lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -165,6 +170,23 @@ class SQLiteStore(_AdapterMixin):
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
+
+    async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
+        """A single-statement write, never inside someone else's open transaction."""
+        async with self._tx_lock:
+            return await self.db.execute(sql, args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction at a time on the shared connection (BEGIN IMMEDIATE)."""
+        async with self._tx_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -186,7 +208,7 @@ class SQLiteStore(_AdapterMixin):
                     continue
                 for statement in filter(str.strip, script.split(";")):
                     await self.db.execute(statement)
-                await self.db.execute(
+                await self._write(
                     "INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time())
                 )
                 await self.db.execute("COMMIT")
@@ -202,7 +224,7 @@ class SQLiteStore(_AdapterMixin):
     async def create_tenant(self, tenant_id: str, name: str) -> Tenant:
         tenant = Tenant(tenant_id, name, time.time())
         try:
-            await self.db.execute(
+            await self._write(
                 "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)",
                 (tenant.id, tenant.name, tenant.created_at),
             )
@@ -222,7 +244,7 @@ class SQLiteStore(_AdapterMixin):
             return [_tenant(r) for r in await cur.fetchall()]
 
     async def add_key(self, key: ApiKey) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (key.id, key.tenant_id, key.name, key.key_hash, key.created_at),
@@ -240,7 +262,7 @@ class SQLiteStore(_AdapterMixin):
             return [_key(r) for r in await cur.fetchall()]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
-        await self.db.execute(
+        await self._write(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (time.time(), key_id),
         )
@@ -251,7 +273,7 @@ class SQLiteStore(_AdapterMixin):
 
     async def set_alias(self, tenant_id: str, name: str, target: AliasTarget) -> Alias:
         now = time.time()
-        await self.db.execute(
+        await self._write(
             "INSERT INTO aliases VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name) DO "
             "UPDATE SET target_kind = excluded.target_kind, "
             "adapter_version = excluded.adapter_version, updated_at = excluded.updated_at",
@@ -275,7 +297,7 @@ class SQLiteStore(_AdapterMixin):
             return [_alias(r) for r in await cur.fetchall()]
 
     async def delete_alias(self, tenant_id: str, name: str) -> None:
-        cur = await self.db.execute(
+        cur = await self._write(
             "DELETE FROM aliases WHERE tenant_id = ? AND name = ?", (tenant_id, name)
         )
         if cur.rowcount == 0:

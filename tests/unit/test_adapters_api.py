@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -215,3 +216,49 @@ def test_replica_restart_is_reconciled(env: Env, tmp_path: Path) -> None:
     assert new_name != old_name and new_name.endswith(str(v1["id"]))
     resp = env.client.post("/v1/chat/completions", json=CHAT, headers=env.auth())
     assert resp.status_code == 200 and env.engine.bodies()[-1]["model"] == new_name
+
+
+async def test_concurrent_promotes_end_in_one_consistent_state(tmp_path: Path) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from gateway.app import create_app
+    from gateway.errors import Conflict
+    from tests.unit.conftest import make_settings
+    from tests.unit.fake_engine import FakeEngine
+
+    engine = FakeEngine()
+    app = create_app(make_settings(tmp_path), transport=engine.transport())
+    async with AsyncTestClient(app) as client:
+        await client.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN)
+        ids = []
+        for seed in (1, 2, 3):
+            data = pack(write_adapter(tmp_path / f"c{seed}", seed=seed))
+            resp = await client.post("/admin/tenants/acme/adapters", content=data, headers=ADMIN)
+            ids.append(resp.json()["id"])
+        gw = app.state.gateway
+        tenant = await gw.admin.tenant("acme")
+
+        async def promote_one(i: int) -> str:
+            try:
+                await gw.swapper.promote(tenant, "support", ids[i % 3], actor="t")
+            except Conflict:
+                return "conflict"
+            return "ok"
+
+        results = await asyncio.gather(*(promote_one(i) for i in range(9)))
+        assert "ok" in results
+        history = (
+            await client.get("/admin/tenants/acme/aliases/support/history", headers=ADMIN)
+        ).json()
+        for before, after in zip(history, history[1:], strict=False):
+            assert after["from_version"] == before["to_version"]  # one unbroken chain
+        final = history[-1]["to_version"]
+        (name,) = engine.loras
+        assert name.endswith(final)
+        statuses = {
+            a["id"]: a["status"]
+            for a in (await client.get("/admin/tenants/acme/adapters", headers=ADMIN)).json()[
+                "data"
+            ]
+        }
+        assert [v for v, s in statuses.items() if s == "live"] == [final]

@@ -4,6 +4,7 @@ uploads under traffic, hot swap under load, replica loss and reconciliation."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import statistics
 import threading
 import time
@@ -194,7 +195,9 @@ async def stream_client(stack: Stack, run: LoadRun, stop: asyncio.Event) -> None
                 model="support", messages=PROMPT, temperature=0, max_tokens=6, stream=True
             )
             record.version = raw.headers.get("x-loopgate-adapter-version")
-            async for chunk in await raw.parse():
+            parsed = raw.parse()  # the SDK returns the stream itself here
+            stream = await parsed if inspect.isawaitable(parsed) else parsed
+            async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     record.first_token = record.first_token or time.monotonic()
                     record.text += chunk.choices[0].delta.content
