@@ -208,7 +208,7 @@ class Swapper:
         return outputs[0]
 
     async def _complete(self, url: str, headers: dict[str, str], model: str) -> str:
-        body = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": 16, "temperature": 0}
+        body = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": 4, "temperature": 0}
         try:
             resp = await self.client.post(url + "/v1/chat/completions", json=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -9,6 +9,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from gateway.errors import EngineNotReady, NotFound
+from gateway.request_id import request_id
 from gateway.runtime import Gateway
 from gateway.store import Alias
 
@@ -20,13 +21,16 @@ AnyRequest = Request[object, object, State]
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: AnyRequest, gw: GW) -> Response[bytes] | Stream:
     caller = await gw.directory.authenticate(request.headers.get("authorization"))
-    return await gw.serving.complete(caller, await request.body(), "chat")
+    return await gw.serving.complete(
+        caller, await request.body(), "chat", request_id(request.scope)
+    )
 
 
 @post("/v1/completions", status_code=200)
 async def completions(request: AnyRequest, gw: GW) -> Response[bytes] | Stream:
     caller = await gw.directory.authenticate(request.headers.get("authorization"))
-    return await gw.serving.complete(caller, await request.body(), "completion")
+    body = await request.body()
+    return await gw.serving.complete(caller, body, "completion", request_id(request.scope))
 
 
 @get("/v1/models")

@@ -17,6 +17,7 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import BaseModelInfo, Limits, base_model_info
+from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
@@ -56,6 +57,7 @@ class Gateway:
             settings.base_model_name,
             drain_timeout_s=settings.swap_drain_timeout_s,
         )
+        self.capture = CaptureWriter(self.store) if settings.capture_enabled else None
         self.serving = Serving(
             self.directory,
             self.pool,
@@ -63,6 +65,7 @@ class Gateway:
             self.adapters,
             self.swapper,
             settings.base_model_name,
+            self.capture,
         )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False
@@ -83,6 +86,12 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        # Rows left in_progress by a process that died never finished: say so.
+        lost = await self.store.mark_incomplete(before=time.time())
+        if lost:
+            log.warning("marked %d captured requests from an earlier run as incomplete", lost)
+        if self.capture is not None:
+            await self.capture.start()
         self.registry.base = await asyncio.to_thread(self._base_info)
         if self.settings.engine_mode == "embedded":
             await self._start_embedded()
@@ -175,6 +184,8 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        if self.capture is not None:
+            await self.capture.stop()  # flush every queued row before the store closes
         if self.supervisor is not None:
             await self.supervisor.stop()
         await self.client.aclose()

@@ -1,17 +1,30 @@
-"""Serving one completion: validate → resolve the caller's alias → lease a backend → relay."""
+"""Serving one completion: validate → resolve the caller's alias → lease a backend → capture
+(write-ahead) → relay → finalize the capture before the last byte."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Literal
 
+import msgspec
 from litestar import Response
 from litestar.response import Stream
+from msgspec import UNSET
 
 from adapters.placement import AdapterPool, Lease
 from adapters.swap import Swapper
-from gateway.errors import EngineNotReady, NotFound
-from gateway.protocol import decode_chat, decode_completion, encode_for_engine
-from gateway.store import Alias
+from gateway.capture import CaptureWriter, Exchange, captured_stream
+from gateway.errors import EngineNotReady, LoopgateError, NotFound
+from gateway.privacy import redact
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    decode_chat,
+    decode_completion,
+    encode_for_engine,
+)
+from gateway.store import Alias, Completion
 from gateway.tenancy import Caller, Directory
 from gateway.upstream import BackendPool, Upstream, rename_model
 
@@ -19,7 +32,9 @@ Kind = Literal["chat", "completion"]
 
 VERSION_HEADER = "x-loopgate-adapter-version"
 _PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+_PREFIX: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-"}
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_encoder = msgspec.json.Encoder()
 
 
 class Serving:
@@ -31,6 +46,7 @@ class Serving:
         adapters: AdapterPool,
         swapper: Swapper,
         base_engine_name: str,
+        capture: CaptureWriter | None,
     ):
         self.directory = directory
         self.pool = pool
@@ -38,6 +54,7 @@ class Serving:
         self.adapters = adapters
         self.swapper = swapper
         self.base_engine_name = base_engine_name
+        self.capture = capture
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
@@ -57,27 +74,116 @@ class Serving:
             lease.release()  # the alias moved while we were loading: route again
         raise EngineNotReady("the model is being swapped; retry shortly")
 
-    async def complete(self, caller: Caller, body: bytes, kind: Kind) -> Response[bytes] | Stream:
+    async def complete(
+        self, caller: Caller, body: bytes, kind: Kind, request_id: str
+    ) -> Response[bytes] | Stream:
         req = decode_chat(body) if kind == "chat" else decode_completion(body)
         alias = await self.directory.resolve(caller, req.model)
         lease = await self.route(alias)
+        engine_id = secrets.token_hex(12)
+        try:
+            exchange = await self._begin(caller, req, kind, alias, lease, engine_id, request_id)
+        except BaseException:
+            lease.release()
+            raise
         headers = {VERSION_HEADER: lease.version_id or "base"}
         engine_b, public_b = lease.engine_name.encode(), alias.name.encode()
         payload = encode_for_engine(req, lease.engine_name)
         try:
             if req.stream:
-                resp = await self.upstream.open_stream(lease.backend, _PATHS[kind], payload)
+                resp = await self.upstream.open_stream(
+                    lease.backend, _PATHS[kind], payload, engine_id
+                )
                 relay = self.upstream.relay(lease.backend, resp, engine_b, public_b, lease.release)
+                if exchange is not None and self.capture is not None:
+                    relay = captured_stream(relay, exchange, self.capture)
                 return Stream(
                     relay, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers}
                 )
-            content = await self.upstream.post(lease.backend, _PATHS[kind], payload)
-        except BaseException:
+            content = await self.upstream.post(lease.backend, _PATHS[kind], payload, engine_id)
+        except BaseException as exc:
             lease.release()
+            await self._failed(exchange, exc)
             raise
         lease.release()
+        if exchange is not None and self.capture is not None:
+            exchange.read_body(content)
+            await self.capture.finish(exchange.final("complete"))
         return Response(
             rename_model(content, engine_b, public_b),
             media_type="application/json",
             headers=headers,
         )
+
+    async def _begin(
+        self,
+        caller: Caller,
+        req: ChatCompletionRequest | CompletionRequest,
+        kind: Kind,
+        alias: Alias,
+        lease: Lease,
+        engine_id: str,
+        request_id: str,
+    ) -> Exchange | None:
+        """Commit the write-ahead row of this request (nothing when capture is off)."""
+        if self.capture is None:
+            return None
+        store = getattr(req, "store", UNSET)
+        stored = store if isinstance(store, bool) else caller.store_default
+        metadata = getattr(req, "metadata", UNSET)
+        record = Completion(
+            id=_PREFIX[kind] + engine_id,
+            tenant_id=caller.tenant_id,
+            key_id=caller.key_id,
+            kind=kind,
+            alias=alias.name,
+            adapter_version=lease.version_id,
+            backend=lease.backend.name,
+            stored=stored,
+            request=request_record(req, caller.redact_pii) if stored else None,
+            response=None,
+            finish_reason=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+            latency_ms=None,
+            ttft_ms=None,
+            status="in_progress",
+            error=None,
+            end_user=req.user if isinstance(req.user, str) else None,
+            metadata=metadata if isinstance(metadata, dict) and stored else {},
+            do_not_train=False,
+            request_id=request_id,
+            created_at=time.time(),
+            completed_at=None,
+        )
+        await self.capture.begin(record)
+        return Exchange(record.id, time.monotonic(), stored, redact=caller.redact_pii)
+
+    async def _failed(self, exchange: Exchange | None, exc: BaseException) -> None:
+        if exchange is None or self.capture is None:
+            return
+        exchange.error = exc.message if isinstance(exc, LoopgateError) else type(exc).__name__
+        await self.capture.finish(exchange.final("error"))
+
+
+def request_record(req: ChatCompletionRequest | CompletionRequest, redact_pii: bool) -> str:
+    """The request as stored: the validated body (PII-redacted when the tenant wants it)."""
+    kept = (
+        msgspec.structs.replace(req, store=UNSET, metadata=UNSET)
+        if isinstance(req, ChatCompletionRequest)
+        else req
+    )
+    data = msgspec.to_builtins(kept)
+    if redact_pii:
+        data = _redact_tree(data)
+    return _encoder.encode(data).decode()
+
+
+def _redact_tree(value: object) -> object:
+    if isinstance(value, str):
+        return redact(value).text
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_tree(v) for k, v in value.items()}
+    return value

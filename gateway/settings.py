@@ -128,6 +128,13 @@ class Settings:
     reconcile_interval_s: float = field(
         default=30.0, metadata={"help": "How often replicas' loaded adapters are reconciled."}
     )
+    capture_enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Capture every exchange (write-ahead) for stored completions, feedback "
+            "and training; off only for benchmarking."
+        },
+    )
     upstream_connect_timeout_s: float = field(
         default=5.0, metadata={"help": "Connect timeout toward vLLM."}
     )
@@ -220,6 +227,10 @@ class Settings:
 
 def _parse(name: str, type_name: str, raw: str) -> object:
     try:
+        if type_name == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
         if type_name == "int":
             return int(raw)
         if type_name == "float":

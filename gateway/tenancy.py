@@ -45,6 +45,8 @@ class Caller:
     tenant_id: str
     tenant_name: str
     key_id: str
+    store_default: bool = True
+    redact_pii: bool = True
 
 
 class IssuedKey(msgspec.Struct):
@@ -105,7 +107,7 @@ class Directory:
         tenant = await self.store.get_tenant(key.tenant_id)
         if tenant is None or tenant.disabled:
             return None
-        return Caller(tenant.id, tenant.name, key.id)
+        return Caller(tenant.id, tenant.name, key.id, tenant.store_default, tenant.redact_pii)
 
     async def resolve(self, caller: Caller, model: str) -> Alias:
         """The caller's alias named `model`; anything else is 'not found' (no existence leak)."""

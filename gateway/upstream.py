@@ -78,6 +78,13 @@ def make_client(
     return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
 
 
+def _headers(backend: Backend, request_id: str | None) -> dict[str, str]:
+    """The backend's headers; vLLM names the completion `chatcmpl-<X-Request-Id>`."""
+    if request_id is None:
+        return backend.headers
+    return {**backend.headers, "x-request-id": request_id}
+
+
 def _transport_error(exc: httpx.TransportError, backend: Backend) -> LoopgateError:
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"the engine did not answer in time ({type(exc).__name__})")
@@ -91,10 +98,14 @@ class Upstream:
     def __init__(self, client: httpx.AsyncClient):
         self.client = client
 
-    async def post(self, backend: Backend, path: str, body: bytes) -> bytes:
+    async def post(
+        self, backend: Backend, path: str, body: bytes, request_id: str | None = None
+    ) -> bytes:
         backend.inflight += 1
         try:
-            resp = await self.client.post(backend.url + path, content=body, headers=backend.headers)
+            resp = await self.client.post(
+                backend.url + path, content=body, headers=_headers(backend, request_id)
+            )
         except httpx.TransportError as exc:
             raise _transport_error(exc, backend) from None
         finally:
@@ -103,10 +114,12 @@ class Upstream:
             raise EngineError(resp.status_code, resp.content)
         return resp.content
 
-    async def open_stream(self, backend: Backend, path: str, body: bytes) -> httpx.Response:
+    async def open_stream(
+        self, backend: Backend, path: str, body: bytes, request_id: str | None = None
+    ) -> httpx.Response:
         """Send the request; return once the engine has accepted it (status 200)."""
         request = self.client.build_request(
-            "POST", backend.url + path, content=body, headers=backend.headers
+            "POST", backend.url + path, content=body, headers=_headers(backend, request_id)
         )
         backend.inflight += 1
         try:

@@ -15,6 +15,11 @@ from gateway.store.records import (
     AliasEvent,
     AliasTarget,
     ApiKey,
+    CaptureFinal,
+    CaptureStatus,
+    Completion,
+    CompletionQuery,
+    Feedback,
     TargetKind,
     Tenant,
 )
@@ -29,6 +34,11 @@ __all__ = [
     "AliasEvent",
     "AliasTarget",
     "ApiKey",
+    "CaptureFinal",
+    "CaptureStatus",
+    "Completion",
+    "CompletionQuery",
+    "Feedback",
     "SQLiteStore",
     "Store",
     "TargetKind",
@@ -64,9 +74,38 @@ class Store(Protocol):
     async def delete_adapter(self, version_id: str) -> None: ...
     async def aliases_to(self, version_id: str) -> list[Alias]: ...
     async def live_aliases(self) -> list[Alias]: ...
+    async def set_tenant_policy(
+        self, tenant_id: str, *, store_default: bool, redact_pii: bool, retention_days: int | None
+    ) -> None: ...
+    async def capture_batch(
+        self, inserts: list[Completion], finals: list[CaptureFinal]
+    ) -> None: ...
+    async def mark_incomplete(self, before: float) -> int: ...
+    async def get_completion(self, tenant_id: str, completion_id: str) -> Completion | None: ...
+    async def list_completions(self, query: CompletionQuery) -> tuple[list[Completion], bool]: ...
+    async def update_completion(
+        self,
+        tenant_id: str,
+        completion_id: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        do_not_train: bool | None = None,
+    ) -> Completion | None: ...
+    async def delete_completion(self, tenant_id: str, completion_id: str) -> bool: ...
+    async def add_feedback(self, feedback: Feedback) -> None: ...
+    async def list_feedback(self, tenant_id: str, completion_id: str) -> list[Feedback]: ...
+    async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int: ...
+    async def purge_before(self, tenant_id: str, before: float) -> int: ...
+    async def export_completions(
+        self, tenant_id: str
+    ) -> list[tuple[Completion, list[Feedback]]]: ...
 
 
 def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        synchronous = query.removeprefix("synchronous=").upper() if query else "NORMAL"
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unsupported SQLite synchronous mode {synchronous!r} in {url!r}")
+        return SQLiteStore(Path(path), synchronous)
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:///<path> (PostgreSQL: issue 4)")

@@ -14,6 +14,9 @@ class Tenant(msgspec.Struct, frozen=True):
     name: str
     created_at: float
     disabled: bool = False
+    store_default: bool = True  # `store` when a request does not say
+    redact_pii: bool = True  # PII redaction before anything is written
+    retention_days: int | None = None  # captured traffic older than this is purged
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -84,3 +87,73 @@ class Alias(msgspec.Struct, frozen=True):
 
 
 # Each entry is applied once, in order, inside one transaction; never edit a shipped one.
+
+
+CaptureStatus = Literal["in_progress", "complete", "incomplete", "error"]
+
+
+class Completion(msgspec.Struct, frozen=True):
+    """One captured exchange: what was asked, what answered (which exact version), how it went."""
+
+    id: str
+    tenant_id: str
+    key_id: str
+    kind: Literal["chat", "completion"]
+    alias: str
+    adapter_version: str | None
+    backend: str
+    stored: bool
+    request: str | None  # JSON of messages/prompt + sampling params (None when not stored)
+    response: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float | None
+    ttft_ms: float | None
+    status: CaptureStatus
+    error: str | None
+    end_user: str | None
+    metadata: dict[str, str]
+    do_not_train: bool
+    request_id: str | None
+    created_at: float
+    completed_at: float | None
+
+
+class Feedback(msgspec.Struct, frozen=True):
+    id: str
+    completion_id: str
+    tenant_id: str
+    rating: Literal["up", "down"] | None
+    score: float | None
+    correction: str | None
+    comment: str | None
+    tags: tuple[str, ...]
+    author: str
+    created_at: float
+
+
+class CaptureFinal(msgspec.Struct, frozen=True):
+    """The end of an exchange, written over its `in_progress` row."""
+
+    id: str
+    response: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float
+    ttft_ms: float | None
+    status: CaptureStatus
+    error: str | None
+    completed_at: float
+
+
+class CompletionQuery(msgspec.Struct, frozen=True):
+    """A page of a tenant's stored completions (OpenAI's list parameters)."""
+
+    tenant_id: str
+    alias: str | None = None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    after: str | None = None
+    limit: int = 20
+    order: Literal["asc", "desc"] = "asc"

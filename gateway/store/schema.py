@@ -66,4 +66,59 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alias_events_alias ON alias_events(tenant_id, alias, seq);
     """,
+    """
+    ALTER TABLE tenants ADD COLUMN store_default INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tenants ADD COLUMN redact_pii INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tenants ADD COLUMN retention_days INTEGER;
+    CREATE TABLE completions (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('chat', 'completion')),
+        alias TEXT NOT NULL,
+        adapter_version TEXT,
+        backend TEXT NOT NULL,
+        stored INTEGER NOT NULL,
+        request TEXT,
+        response TEXT,
+        finish_reason TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_ms REAL,
+        ttft_ms REAL,
+        status TEXT NOT NULL
+            CHECK (status IN ('in_progress', 'complete', 'incomplete', 'error')),
+        error TEXT,
+        end_user TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        do_not_train INTEGER NOT NULL DEFAULT 0,
+        request_id TEXT,
+        created_at REAL NOT NULL,
+        completed_at REAL
+    );
+    CREATE INDEX completions_tenant ON completions(tenant_id, created_at);
+    CREATE INDEX completions_end_user ON completions(tenant_id, end_user);
+    CREATE INDEX completions_status ON completions(status);
+    CREATE TABLE feedback (
+        id TEXT PRIMARY KEY,
+        completion_id TEXT NOT NULL REFERENCES completions(id) ON DELETE CASCADE,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        rating TEXT CHECK (rating IN ('up', 'down')),
+        score REAL,
+        correction TEXT,
+        comment TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        author TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX feedback_completion ON feedback(completion_id, created_at);
+    CREATE TABLE erasures (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        end_user TEXT,
+        completions INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )

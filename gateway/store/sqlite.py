@@ -23,6 +23,7 @@ from gateway.store.records import (
     Tenant,
 )
 from gateway.store.schema import MIGRATIONS
+from gateway.store.sqlite_capture import CaptureMixin
 
 
 class _AdapterMixin:
@@ -147,11 +148,12 @@ class _AdapterMixin:
             return [_alias(r) for r in await cur.fetchall()]
 
 
-class SQLiteStore(_AdapterMixin):
+class SQLiteStore(_AdapterMixin, CaptureMixin):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, synchronous: str = "NORMAL"):
         self.path = path
+        self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._tx_lock = asyncio.Lock()
 
@@ -166,7 +168,7 @@ class SQLiteStore(_AdapterMixin):
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
@@ -341,7 +343,15 @@ def _adapter(row: sqlite3.Row) -> AdapterVersion:
 
 
 def _tenant(row: sqlite3.Row) -> Tenant:
-    return Tenant(row["id"], row["name"], row["created_at"], bool(row["disabled"]))
+    return Tenant(
+        row["id"],
+        row["name"],
+        row["created_at"],
+        bool(row["disabled"]),
+        bool(row["store_default"]),
+        bool(row["redact_pii"]),
+        row["retention_days"],
+    )
 
 
 def _key(row: sqlite3.Row) -> ApiKey:

@@ -1,0 +1,253 @@
+"""SQLite statements for captured traffic: completions, feedback, erasure, retention, export."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+
+import aiosqlite
+
+from gateway.store.records import CaptureFinal, Completion, CompletionQuery, Feedback
+
+_INSERT = (
+    "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
+    "stored, request, status, end_user, metadata, request_id, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FINAL = (
+    "UPDATE completions SET response = ?, finish_reason = ?, prompt_tokens = ?, "
+    "completion_tokens = ?, latency_ms = ?, ttft_ms = ?, status = ?, error = ?, "
+    "completed_at = ? WHERE id = ?"
+)
+
+
+class CaptureMixin:
+    @property
+    def db(self) -> aiosqlite.Connection:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
+        raise NotImplementedError
+
+    async def set_tenant_policy(
+        self, tenant_id: str, *, store_default: bool, redact_pii: bool, retention_days: int | None
+    ) -> None:
+        await self._write(
+            "UPDATE tenants SET store_default = ?, redact_pii = ?, retention_days = ? WHERE id = ?",
+            (int(store_default), int(redact_pii), retention_days, tenant_id),
+        )
+
+    async def capture_batch(self, inserts: list[Completion], finals: list[CaptureFinal]) -> None:
+        async with self.transaction():
+            if inserts:
+                await self.db.executemany(_INSERT, [_insert_row(c) for c in inserts])
+            if finals:
+                await self.db.executemany(_FINAL, [_final_row(f) for f in finals])
+
+    async def mark_incomplete(self, before: float) -> int:
+        cur = await self._write(
+            "UPDATE completions SET status = 'incomplete', completed_at = ? "
+            "WHERE status = 'in_progress' AND created_at < ?",
+            (time.time(), before),
+        )
+        return cur.rowcount
+
+    async def get_completion(self, tenant_id: str, completion_id: str) -> Completion | None:
+        async with self.db.execute(
+            "SELECT * FROM completions WHERE tenant_id = ? AND id = ?", (tenant_id, completion_id)
+        ) as cur:
+            row = await cur.fetchone()
+        return _completion(row) if row else None
+
+    async def list_completions(self, query: CompletionQuery) -> tuple[list[Completion], bool]:
+        sql = ["SELECT * FROM completions WHERE tenant_id = ? AND stored = 1"]
+        args: list[object] = [query.tenant_id]
+        if query.alias is not None:
+            sql.append("AND alias = ?")
+            args.append(query.alias)
+        for key, value in query.metadata.items():
+            sql.append("AND json_extract(metadata, ?) = ?")
+            args += [f'$."{key}"', value]
+        op, direction = (">", "ASC") if query.order == "asc" else ("<", "DESC")
+        if query.after is not None:
+            sql.append(
+                f"AND (created_at, id) {op} "
+                "(SELECT created_at, id FROM completions WHERE tenant_id = ? AND id = ?)"
+            )
+            args += [query.tenant_id, query.after]
+        sql.append(f"ORDER BY created_at {direction}, id {direction} LIMIT ?")
+        args.append(query.limit + 1)
+        async with self.db.execute(" ".join(sql), args) as cur:
+            rows = [_completion(r) for r in await cur.fetchall()]
+        return rows[: query.limit], len(rows) > query.limit
+
+    async def update_completion(
+        self,
+        tenant_id: str,
+        completion_id: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        do_not_train: bool | None = None,
+    ) -> Completion | None:
+        if metadata is not None:
+            await self._write(
+                "UPDATE completions SET metadata = ? WHERE tenant_id = ? AND id = ?",
+                (json.dumps(metadata), tenant_id, completion_id),
+            )
+        if do_not_train is not None:
+            await self._write(
+                "UPDATE completions SET do_not_train = ? WHERE tenant_id = ? AND id = ?",
+                (int(do_not_train), tenant_id, completion_id),
+            )
+        return await self.get_completion(tenant_id, completion_id)
+
+    async def delete_completion(self, tenant_id: str, completion_id: str) -> bool:
+        cur = await self._write(
+            "DELETE FROM completions WHERE tenant_id = ? AND id = ?", (tenant_id, completion_id)
+        )
+        return cur.rowcount > 0
+
+    async def add_feedback(self, feedback: Feedback) -> None:
+        f = feedback
+        await self._write(
+            "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                f.id,
+                f.completion_id,
+                f.tenant_id,
+                f.rating,
+                f.score,
+                f.correction,
+                f.comment,
+                json.dumps(list(f.tags)),
+                f.author,
+                f.created_at,
+            ),
+        )
+
+    async def list_feedback(self, tenant_id: str, completion_id: str) -> list[Feedback]:
+        async with self.db.execute(
+            "SELECT * FROM feedback WHERE tenant_id = ? AND completion_id = ? ORDER BY created_at",
+            (tenant_id, completion_id),
+        ) as cur:
+            return [_feedback(r) for r in await cur.fetchall()]
+
+    async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int:
+        """Delete a tenant's (or one end-user's) captured traffic and feedback; audit it."""
+        where, args = "tenant_id = ?", [tenant_id]
+        if end_user is not None:
+            where, args = where + " AND end_user = ?", [tenant_id, end_user]
+        async with self.transaction():
+            await self.db.execute(
+                "DELETE FROM feedback WHERE completion_id IN "
+                f"(SELECT id FROM completions WHERE {where})",
+                args,
+            )
+            cur = await self.db.execute(f"DELETE FROM completions WHERE {where}", args)
+            count = cur.rowcount
+            await self.db.execute(
+                "INSERT INTO erasures (tenant_id, end_user, completions, actor, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (tenant_id, end_user, count, actor, time.time()),
+            )
+        return count
+
+    async def purge_before(self, tenant_id: str, before: float) -> int:
+        cur = await self._write(
+            "DELETE FROM completions WHERE tenant_id = ? AND created_at < ? "
+            "AND status != 'in_progress'",
+            (tenant_id, before),
+        )
+        return cur.rowcount
+
+    async def export_completions(self, tenant_id: str) -> list[tuple[Completion, list[Feedback]]]:
+        async with self.db.execute(
+            "SELECT * FROM completions WHERE tenant_id = ? AND stored = 1 AND status = 'complete' "
+            "ORDER BY created_at",
+            (tenant_id,),
+        ) as cur:
+            rows = [_completion(r) for r in await cur.fetchall()]
+        return [(c, await self.list_feedback(tenant_id, c.id)) for c in rows]
+
+
+def _insert_row(c: Completion) -> tuple[object, ...]:
+    return (
+        c.id,
+        c.tenant_id,
+        c.key_id,
+        c.kind,
+        c.alias,
+        c.adapter_version,
+        c.backend,
+        int(c.stored),
+        c.request,
+        c.status,
+        c.end_user,
+        json.dumps(c.metadata),
+        c.request_id,
+        c.created_at,
+    )
+
+
+def _final_row(f: CaptureFinal) -> tuple[object, ...]:
+    return (
+        f.response,
+        f.finish_reason,
+        f.prompt_tokens,
+        f.completion_tokens,
+        f.latency_ms,
+        f.ttft_ms,
+        f.status,
+        f.error,
+        f.completed_at,
+        f.id,
+    )
+
+
+def _completion(row: sqlite3.Row) -> Completion:
+    return Completion(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        key_id=row["key_id"],
+        kind=row["kind"],
+        alias=row["alias"],
+        adapter_version=row["adapter_version"],
+        backend=row["backend"],
+        stored=bool(row["stored"]),
+        request=row["request"],
+        response=row["response"],
+        finish_reason=row["finish_reason"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        latency_ms=row["latency_ms"],
+        ttft_ms=row["ttft_ms"],
+        status=row["status"],
+        error=row["error"],
+        end_user=row["end_user"],
+        metadata=json.loads(row["metadata"]),
+        do_not_train=bool(row["do_not_train"]),
+        request_id=row["request_id"],
+        created_at=row["created_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+def _feedback(row: sqlite3.Row) -> Feedback:
+    return Feedback(
+        id=row["id"],
+        completion_id=row["completion_id"],
+        tenant_id=row["tenant_id"],
+        rating=row["rating"],
+        score=row["score"],
+        correction=row["correction"],
+        comment=row["comment"],
+        tags=tuple(json.loads(row["tags"])),
+        author=row["author"],
+        created_at=row["created_at"],
+    )
