@@ -112,6 +112,12 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     CREATE INDEX feedback_completion ON feedback(completion_id, created_at);
+    CREATE TABLE training_optouts (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        end_user TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, end_user)
+    );
     CREATE TABLE erasures (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         tenant_id TEXT NOT NULL,

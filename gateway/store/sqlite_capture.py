@@ -166,6 +166,19 @@ class CaptureMixin:
         )
         return cur.rowcount
 
+    async def opt_out(self, tenant_id: str, end_user: str) -> int:
+        """Never train on this end-user's data: flag their rows, remember them for new ones."""
+        async with self.transaction():
+            await self.db.execute(
+                "INSERT OR IGNORE INTO training_optouts VALUES (?, ?, ?)",
+                (tenant_id, end_user, time.time()),
+            )
+            cur = await self.db.execute(
+                "UPDATE completions SET do_not_train = 1 WHERE tenant_id = ? AND end_user = ?",
+                (tenant_id, end_user),
+            )
+        return cur.rowcount
+
     async def export_completions(self, tenant_id: str) -> list[tuple[Completion, list[Feedback]]]:
         async with self.db.execute(
             "SELECT * FROM completions WHERE tenant_id = ? AND stored = 1 AND status = 'complete' "
