@@ -11,9 +11,11 @@ import httpx
 ENGINE_MODEL = "smollm2-135m-instruct"
 
 
-def chat_body(text: str = "Paris.", model: str = ENGINE_MODEL) -> dict[str, object]:
+def chat_body(
+    text: str = "Paris.", model: str = ENGINE_MODEL, cid: str = "chatcmpl-1"
+) -> dict[str, object]:
     return {
-        "id": "chatcmpl-1",
+        "id": cid,
         "object": "chat.completion",
         "created": 1,
         "model": model,
@@ -24,11 +26,13 @@ def chat_body(text: str = "Paris.", model: str = ENGINE_MODEL) -> dict[str, obje
     }
 
 
-def sse_chunks(words: list[str], model: str = ENGINE_MODEL, done: bool = True) -> list[bytes]:
+def sse_chunks(
+    words: list[str], model: str = ENGINE_MODEL, done: bool = True, cid: str = "chatcmpl-1"
+) -> list[bytes]:
     out = []
     for w in words:
         chunk = {
-            "id": "chatcmpl-1",
+            "id": cid,
             "object": "chat.completion.chunk",
             "created": 1,
             "model": model,
@@ -73,6 +77,7 @@ class FakeEngine:
         default_factory=lambda: ["The", " capital", " is", " Paris", "."]
     )
     healthy: bool = True
+    reply: str = "Paris."
     custom: Callable[[httpx.Request], httpx.Response] | None = None
     loras: dict[str, str] = field(default_factory=dict)  # engine name -> path
     lora_log: list[tuple[str, str]] = field(default_factory=list)  # (load|unload, name)
@@ -126,8 +131,9 @@ class FakeEngine:
                     }
                 },
             )
+        cid = "chatcmpl-" + request.headers.get("x-request-id", "1")  # as vLLM names it
         if body.get("stream"):
-            chunks = sse_chunks(self.stream_words, model=body["model"])
+            chunks = sse_chunks(self.stream_words, model=body["model"], cid=cid)
             if self.mode == "break":
                 return httpx.Response(
                     200,
@@ -146,7 +152,7 @@ class FakeEngine:
             return httpx.Response(
                 200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"}
             )
-        return httpx.Response(200, json=chat_body(model=body["model"]))
+        return httpx.Response(200, json=chat_body(text=self.reply, model=body["model"], cid=cid))
 
     def lora_admin(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
