@@ -100,7 +100,7 @@ class AdapterPool:
         for backend in self.pool.backends:
             p = self.on(backend).get(version_id)
             usable = backend.ready and p is not None and p.state is LoadState.READY
-            if usable and (best is None or backend.inflight < best.backend.inflight):
+            if usable and (best is None or _load(p) < _load(best)):
                 best = p
         if best is None:
             return None
@@ -247,6 +247,11 @@ class AdapterPool:
             p.state = LoadState.GONE
             p.idle.set()
         self.on(backend).clear()
+
+
+def _load(p: Placement) -> tuple[int, int]:
+    """Fewest requests in flight first; among equals, the one that served least (round robin)."""
+    return (p.backend.inflight, p.served)
 
 
 def current_version(target: AliasTarget) -> str | None:

@@ -251,8 +251,12 @@ def _check_config(
     claimed = config.get("base_model_name_or_path")
     # A local training path names the base by its folder (the shape checks below are the
     # strong test); a hub id or served name must match one of the accepted names.
-    if isinstance(claimed, str) and claimed and not (
-        claimed in base.accepted_names or PurePosixPath(claimed).name in base.accepted_names
+    if (
+        isinstance(claimed, str)
+        and claimed
+        and not (
+            claimed in base.accepted_names or PurePosixPath(claimed).name in base.accepted_names
+        )
     ):
         raise Unprocessable(
             f"the adapter was trained for base model '{claimed}'; this gateway serves "

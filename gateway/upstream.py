@@ -38,6 +38,7 @@ class Backend:
     name: str
     ready: bool = False
     inflight: int = 0
+    picks: int = 0  # breaks ties between equally idle replicas (round robin)
     headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,7 +57,9 @@ class BackendPool:
         ready = [b for b in self.backends if b.ready]
         if not ready:
             raise EngineNotReady("the inference engine is not ready yet; retry shortly")
-        return min(ready, key=lambda b: b.inflight)
+        best = min(ready, key=lambda b: (b.inflight, b.picks))
+        best.picks += 1
+        return best
 
     @property
     def any_ready(self) -> bool:

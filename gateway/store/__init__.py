@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from gateway.store.postgres import PostgresStore
 from gateway.store.records import (
     AdapterStatus,
     AdapterVersion,
@@ -24,10 +25,12 @@ from gateway.store.records import (
     Tenant,
 )
 from gateway.store.schema import MIGRATIONS
+from gateway.store.schema_postgres import MIGRATIONS_PG
 from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
     "MIGRATIONS",
+    "MIGRATIONS_PG",
     "AdapterStatus",
     "AdapterVersion",
     "Alias",
@@ -39,6 +42,7 @@ __all__ = [
     "Completion",
     "CompletionQuery",
     "Feedback",
+    "PostgresStore",
     "SQLiteStore",
     "Store",
     "TargetKind",
@@ -109,4 +113,8 @@ def open_store(url: str) -> Store:
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"unsupported SQLite synchronous mode {synchronous!r} in {url!r}")
         return SQLiteStore(Path(path), synchronous)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///<path> (PostgreSQL: issue 4)")
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError(
+        f"unsupported store URL {url!r}: use sqlite:///<path> or postgresql://<user>@<host>/<db>"
+    )

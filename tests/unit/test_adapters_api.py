@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -250,7 +251,7 @@ async def test_concurrent_promotes_end_in_one_consistent_state(tmp_path: Path) -
         history = (
             await client.get("/admin/tenants/acme/aliases/support/history", headers=ADMIN)
         ).json()
-        for before, after in zip(history, history[1:], strict=False):
+        for before, after in itertools.pairwise(history):
             assert after["from_version"] == before["to_version"]  # one unbroken chain
         final = history[-1]["to_version"]
         (name,) = engine.loras

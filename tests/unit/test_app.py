@@ -223,7 +223,7 @@ def test_every_response_has_a_request_id(env: Env) -> None:
 def test_unknown_route_and_wrong_method_are_openai_shaped(env: Env) -> None:
     assert_openai_error(env.client.get("/v1/nothing"), 404, "not_found_error")
     assert_openai_error(
-        env.client.get("/v1/chat/completions", headers=env.auth()), 405, "invalid_request_error"
+        env.client.put("/v1/chat/completions", headers=env.auth()), 405, "invalid_request_error"
     )
 
 

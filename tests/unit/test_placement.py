@@ -117,3 +117,20 @@ async def test_routing_prefers_a_replica_that_holds_the_adapter() -> None:
         pool.forget(b0)
         moved = await pool.lease(version(1))  # its replica is gone: loaded on the other one
         assert moved.backend is b1
+
+
+async def test_equally_idle_replicas_share_sequential_traffic() -> None:
+    engine = FakeEngine()
+    b0 = Backend("http://engine.test", "", "r0", ready=True)
+    b1 = Backend("http://engine.test", "", "r1", ready=True)
+    async with httpx.AsyncClient(transport=engine.transport()) as client:
+        pool = AdapterPool(BackendPool([b0, b1]), client, capacity=2)
+        await pool.load(b0, version(1), pinned=True)
+        await pool.load(b1, version(1), pinned=True)
+        used = []
+        for _ in range(6):
+            lease = await pool.lease(version(1))
+            used.append(lease.backend.name)
+            lease.release()
+        assert used.count("r0") == used.count("r1") == 3
+        assert [BackendPool([b0, b1]).pick().name for _ in range(4)].count("r1") == 2
