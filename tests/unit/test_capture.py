@@ -227,8 +227,8 @@ def test_in_progress_rows_of_a_dead_process_become_incomplete(tmp_path: Path, en
     con = sqlite3.connect(db)
     con.execute("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', 0)")
     con.execute(
-        "INSERT INTO completions (id, tenant_id, key_id, kind, alias, backend, stored, status, created_at) "
-        "VALUES ('chatcmpl-x', 't', 'k', 'chat', 'a', 'b', 1, 'in_progress', 1)"
+        "INSERT INTO completions (id, tenant_id, key_id, kind, alias, backend, stored, status, "
+        "created_at) VALUES ('chatcmpl-x', 't', 'k', 'chat', 'a', 'b', 1, 'in_progress', 1)"
     )
     con.commit()
     with TestClient(create_app(make_settings(tmp_path), transport=engine.transport())):
