@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -30,6 +30,21 @@ class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
 
 class SetAlias(msgspec.Struct, forbid_unknown_fields=True):
     target: AliasTarget = msgspec.field(default_factory=AliasTarget)
+
+
+class TenantPolicy(msgspec.Struct, forbid_unknown_fields=True):
+    store_default: bool | None = None
+    redact_pii: bool | None = None
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] | None = None
+    keep_forever: bool = False  # clears retention_days
+
+
+class Erase(msgspec.Struct, forbid_unknown_fields=True):
+    end_user: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
+class OptOut(msgspec.Struct, forbid_unknown_fields=True):
+    end_user: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class KeyInfo(msgspec.Struct):
@@ -66,6 +81,47 @@ class AdminController(Controller):
     @get("/tenants/{tenant:str}")
     async def get_tenant(self, tenant: FromPath[str], gw: GW) -> Tenant:
         return await gw.admin.tenant(tenant)
+
+    @patch("/tenants/{tenant:str}")
+    async def set_policy(
+        self, tenant: FromPath[str], data: JSONBody[TenantPolicy], gw: GW
+    ) -> Tenant:
+        """Capture policy: default `store`, PII redaction, retention in days."""
+        found = await gw.admin.tenant(tenant)
+        retention = None if data.keep_forever else (data.retention_days or found.retention_days)
+        await gw.store.set_tenant_policy(
+            found.id,
+            store_default=found.store_default if data.store_default is None else data.store_default,
+            redact_pii=found.redact_pii if data.redact_pii is None else data.redact_pii,
+            retention_days=retention,
+        )
+        gw.directory.invalidate()
+        return await gw.admin.tenant(found.id)
+
+    @post("/tenants/{tenant:str}/erase", status_code=200)
+    async def erase(
+        self,
+        tenant: FromPath[str],
+        data: JSONBody[Erase],
+        gw: GW,
+        request: Request[object, object, State],
+    ) -> dict[str, object]:
+        """Delete a tenant's captured traffic and feedback (all, or one end-user's)."""
+        found = await gw.admin.tenant(tenant)
+        actor = request.headers.get("x-loopgate-actor") or "admin"
+        count = await gw.store.erase(found.id, data.end_user, actor[:128])
+        return {"erased": count, "end_user": data.end_user}
+
+    @post("/tenants/{tenant:str}/opt-out", status_code=200)
+    async def opt_out(
+        self, tenant: FromPath[str], data: JSONBody[OptOut], gw: GW
+    ) -> dict[str, object]:
+        """Never train on this end-user's data (existing and future)."""
+        found = await gw.admin.tenant(tenant)
+        return {
+            "flagged": await gw.store.opt_out(found.id, data.end_user),
+            "end_user": data.end_user,
+        }
 
     @post("/tenants/{tenant:str}/keys", status_code=201)
     async def create_key(

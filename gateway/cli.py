@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -17,7 +18,7 @@ import msgspec
 from gateway.cli_adapters import add_adapter_commands
 from gateway.errors import LoopgateError
 from gateway.settings import ConfigError, Settings, describe
-from gateway.store import AliasTarget, open_store
+from gateway.store import AliasTarget, Completion, Feedback, open_store
 from gateway.tenancy import Admin
 
 log = logging.getLogger("loopgate")
@@ -111,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     al_del.set_defaults(func=_store_cmd(_alias_delete))
 
     add_adapter_commands(sub)
+
+    exp = sub.add_parser("export", help="a tenant's captured traffic + feedback as chat JSONL")
+    exp.add_argument("tenant")
+    exp.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
+    exp.set_defaults(func=cmd_export)
 
     cfg = sub.add_parser("config", help="print the configuration reference")
     cfg.add_argument("--markdown", action="store_true", help="as a Markdown table")
@@ -261,6 +267,48 @@ def cmd_model_verify(settings: Settings, _: argparse.Namespace) -> int:
         print(f"not verified: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """One JSON object per line: the conversation (the correction, if any, as the answer)."""
+
+    async def rows() -> list[bytes]:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            tenant = await Admin(store, settings.default_alias).tenant(args.tenant)
+            return [export_line(c, f) for c, f in await store.export_completions(tenant.id)]
+        finally:
+            await store.close()
+
+    lines = asyncio.run(rows())
+    out = args.out.open("wb") if args.out else sys.stdout.buffer
+    try:
+        for line in lines:
+            out.write(line + b"\n")
+    finally:
+        if args.out:
+            out.close()
+    print(f"exported {len(lines)} conversations", file=sys.stderr)
+    return 0
+
+
+def export_line(c: Completion, feedback: list[Feedback]) -> bytes:
+    request = json.loads(c.request or "{}")
+    messages = list(request.get("messages") or [{"role": "user", "content": request.get("prompt")}])
+    corrected = next((f.correction for f in reversed(feedback) if f.correction), None)
+    messages.append({"role": "assistant", "content": corrected or c.response})
+    record = {
+        "messages": messages,
+        "completion_id": c.id,
+        "alias": c.alias,
+        "adapter_version": c.adapter_version,
+        "end_user": c.end_user,
+        "do_not_train": c.do_not_train,
+        "metadata": c.metadata,
+        "feedback": [msgspec.to_builtins(f) for f in feedback],
+    }
+    return msgspec.json.encode(record)
 
 
 def cmd_config(_: Settings, args: argparse.Namespace) -> int:

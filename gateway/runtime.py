@@ -102,6 +102,7 @@ class Gateway:
             ]
             await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
+        self._spawn(self._retention_loop())
 
     def _base_info(self) -> BaseModelInfo:
         """The served base's identity and module shapes, when its files are on this host."""
@@ -175,6 +176,25 @@ class Gateway:
                 for backend in self.pool.backends:
                     if backend.ready:
                         await self._reconcile(backend)
+
+    async def purge_expired(self) -> int:
+        """Delete captured traffic older than each tenant's retention period."""
+        purged = 0
+        for tenant in await self.store.list_tenants():
+            if tenant.retention_days:
+                cutoff = time.time() - tenant.retention_days * 86400
+                purged += await self.store.purge_before(tenant.id, cutoff)
+        if purged:
+            log.info("retention: purged %d captured requests", purged)
+        return purged
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("retention purge failed; retrying next interval")
+            await asyncio.sleep(self.settings.retention_interval_s)
 
     async def stop(self) -> None:
         self.draining = True

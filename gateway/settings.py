@@ -135,6 +135,10 @@ class Settings:
             "and training; off only for benchmarking."
         },
     )
+    retention_interval_s: float = field(
+        default=3600.0,
+        metadata={"help": "How often captured traffic past a tenant's retention_days is purged."},
+    )
     upstream_connect_timeout_s: float = field(
         default=5.0, metadata={"help": "Connect timeout toward vLLM."}
     )
