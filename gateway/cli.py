@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -163,6 +164,9 @@ async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM, then re-raises the signal once it has restored the previous
+    # handler; a no-op handler makes a drained SIGTERM shutdown exit 0 instead of -15.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     if banner is None:
         await server.serve()
         return

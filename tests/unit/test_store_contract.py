@@ -1,0 +1,828 @@
+"""The `Store` contract, run against every backend: SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+import gateway.store.postgres
+import gateway.store.sqlite
+import gateway.store.sqlite_capture
+from gateway.errors import Conflict, NotFound
+from gateway.store import (
+    MIGRATIONS,
+    MIGRATIONS_PG,
+    AdapterVersion,
+    AliasEvent,
+    AliasTarget,
+    ApiKey,
+    CaptureFinal,
+    Completion,
+    CompletionQuery,
+    Feedback,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
+from tests.support.postgres import PostgresServer, postgres_server
+
+IntegrityError = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """Stands in for `time` inside the store modules: every reading is one second later."""
+
+    def __init__(self) -> None:
+        self.now = T0 + 1_000_000
+
+    def time(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Deterministic store timestamps, so both backends can be compared record for record."""
+    c = Clock()
+    for module in (gateway.store.sqlite, gateway.store.sqlite_capture, gateway.store.postgres):
+        monkeypatch.setattr(module, "time", c)
+    return c
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    started = time.monotonic()
+    with postgres_server() as server:
+        print(
+            f"\nPostgreSQL {server.bin_dir.parent.name} ready in {time.monotonic() - started:.1f}s"
+            f" (apt install {server.installed_in_s:.1f}s, start {server.started_in_s:.1f}s)"
+        )
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty store URL of each backend (PostgreSQL: a new database per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    db = await server.create_database()
+    yield db
+    await server.drop_database(db)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def pg_url(pg_server: PostgresServer) -> AsyncIterator[str]:
+    db = await pg_server.create_database()
+    yield db
+    await pg_server.drop_database(db)
+
+
+async def migration_versions(url: str) -> list[int]:
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            rows = db.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        return [r[0] for r in rows]
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
+
+
+# -- builders -----------------------------------------------------------------------------------
+
+
+def adapter(vid: str, tenant: str = "t1", *, created_at: float, **kw: Any) -> AdapterVersion:
+    fields: dict[str, Any] = {
+        "id": vid,
+        "tenant_id": tenant,
+        "name": f"{vid}-name",
+        "content_hash": f"sha256:{vid}",
+        "base_model": "smollm2-135m",
+        "base_hash": "sha256:base",
+        "rank": 8,
+        "alpha": 16.0,
+        "target_modules": ("q_proj", "v_proj"),
+        "created_by": "trainer",
+        "status": "candidate",
+        "path": f"/adapters/{vid}",
+        "size_bytes": 5_000_000_000,  # past 32 bits
+        "created_at": created_at,
+        "dataset_id": None,
+        "eval_report_ids": (),
+    }
+    fields.update(kw)
+    return AdapterVersion(**fields)
+
+
+def completion(cid: str, tenant: str = "t1", *, created_at: float, **kw: Any) -> Completion:
+    fields: dict[str, Any] = {
+        "id": cid,
+        "tenant_id": tenant,
+        "key_id": "k1",
+        "kind": "chat",
+        "alias": "support",
+        "adapter_version": None,
+        "backend": "http://engine:8000",
+        "stored": True,
+        "request": '{"messages": [{"role": "user", "content": "hi \\u00e9"}]}',
+        "response": None,
+        "finish_reason": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "latency_ms": None,
+        "ttft_ms": None,
+        "status": "in_progress",
+        "error": None,
+        "end_user": None,
+        "metadata": {},
+        "do_not_train": False,
+        "request_id": f"req-{cid}",
+        "created_at": created_at,
+        "completed_at": None,
+    }
+    fields.update(kw)
+    return Completion(**fields)
+
+
+def final(cid: str, *, completed_at: float, status: str = "complete", **kw: Any) -> CaptureFinal:
+    fields: dict[str, Any] = {
+        "id": cid,
+        "response": f'{{"content": "answer to {cid}"}}',
+        "finish_reason": "stop",
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "latency_ms": 123.25,
+        "ttft_ms": 45.5,
+        "status": status,
+        "error": None,
+        "completed_at": completed_at,
+    }
+    fields.update(kw)
+    return CaptureFinal(**fields)
+
+
+def finished(c: Completion, f: CaptureFinal) -> Completion:
+    """What the store holds once `f` is written over `c`'s in-progress row."""
+    return msgspec.structs.replace(
+        c,
+        response=f.response,
+        finish_reason=f.finish_reason,
+        prompt_tokens=f.prompt_tokens,
+        completion_tokens=f.completion_tokens,
+        latency_ms=f.latency_ms,
+        ttft_ms=f.ttft_ms,
+        status=f.status,
+        error=f.error,
+        completed_at=f.completed_at,
+    )
+
+
+def feedback(fid: str, cid: str, tenant: str = "t1", *, created_at: float, **kw: Any) -> Feedback:
+    fields: dict[str, Any] = {
+        "id": fid,
+        "completion_id": cid,
+        "tenant_id": tenant,
+        "rating": "up",
+        "score": 0.75,
+        "correction": None,
+        "comment": "good",
+        "tags": ("tone", "facts"),
+        "author": "reviewer",
+        "created_at": created_at,
+    }
+    fields.update(kw)
+    return Feedback(**fields)
+
+
+def event(action: str, to: str | None, frm: str | None = None, *, forced: bool = False) -> AliasEvent:
+    return AliasEvent(0, "", "", action, frm, to, "ops", f"why {action}", forced, 0.0)
+
+
+def adapter_target(version: str) -> AliasTarget:
+    return AliasTarget("adapter", version)
+
+
+# -- schema and migrations ----------------------------------------------------------------------
+
+
+def test_every_sqlite_migration_has_a_postgres_twin() -> None:
+    assert len(MIGRATIONS_PG) == len(MIGRATIONS)
+
+
+async def test_migrations_apply_once_and_reopen_cleanly(url: str) -> None:
+    for _ in range(3):
+        s = open_store(url)
+        await s.open()
+        assert await s.schema_version() == len(MIGRATIONS)
+        await s.close()
+    assert await migration_versions(url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_concurrent_opens_migrate_exactly_once(url: str) -> None:
+    stores = [open_store(url) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert [await s.schema_version() for s in stores] == [len(MIGRATIONS)] * 4
+        assert await migration_versions(url) == list(range(1, len(MIGRATIONS) + 1))
+        # Every one of them works on the shared schema.
+        await stores[0].create_tenant("t1", "acme")
+        assert [t.name for t in await stores[3].list_tenants()] == ["acme"]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_schemas_have_the_same_tables_columns_and_indexes(
+    tmp_path: Path, pg_url: str
+) -> None:
+    lite = SQLiteStore(tmp_path / "db.sqlite")
+    await lite.open()
+    await lite.close()
+    pg = PostgresStore(pg_url)
+    await pg.open()
+    await pg.close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        tables = [
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        lite_columns = {
+            t: [(r[1], bool(r[3]), r[5] > 0) for r in db.execute(f"PRAGMA table_info({t})")]
+            for t in tables
+        }
+        lite_indexes = {
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        }
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.table_name, c.column_name, c.is_nullable = 'NO' AS notnull, "
+            "(kcu.column_name IS NOT NULL) AS pk FROM information_schema.columns c "
+            "LEFT JOIN information_schema.table_constraints tc ON tc.table_name = c.table_name "
+            "AND tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = 'public' "
+            "LEFT JOIN information_schema.key_column_usage kcu "
+            "ON kcu.constraint_name = tc.constraint_name AND kcu.column_name = c.column_name "
+            "AND kcu.table_schema = 'public' "
+            "WHERE c.table_schema = 'public' ORDER BY c.table_name, c.ordinal_position"
+        )
+        pg_indexes = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+                "AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'"
+            )
+        }
+    finally:
+        await conn.close()
+    pg_columns: dict[str, list[tuple[str, bool, bool]]] = {}
+    for r in rows:
+        # SQLite lets a PRIMARY KEY column be NULL unless it says NOT NULL; PostgreSQL never.
+        notnull = r["notnull"] and not (r["pk"] and r["table_name"] in ("schema_migrations",))
+        pg_columns.setdefault(r["table_name"], []).append((r["column_name"], notnull, r["pk"]))
+    for table, columns in lite_columns.items():
+        assert [(c, pk) for c, _, pk in pg_columns[table]] == [(c, pk) for c, _, pk in columns]
+        for (name, lite_nn, pk), (_, pg_nn, _) in zip(columns, pg_columns[table], strict=True):
+            assert pk or lite_nn == pg_nn, (table, name)
+    assert sorted(pg_columns) == sorted(lite_columns)
+    assert pg_indexes == lite_indexes
+
+
+# -- tenants, keys, aliases ---------------------------------------------------------------------
+
+
+async def test_tenants(store: Store) -> None:
+    acme = await store.create_tenant("t1", "acme")
+    globex = await store.create_tenant("t2", "globex")
+    assert acme.created_at < globex.created_at
+    assert (acme.disabled, acme.store_default, acme.redact_pii, acme.retention_days) == (
+        False,
+        True,
+        True,
+        None,
+    )
+    assert await store.get_tenant("t1") == acme
+    assert await store.get_tenant("acme") == acme
+    assert await store.get_tenant("nope") is None
+    assert await store.list_tenants() == [acme, globex]
+    with pytest.raises(Conflict):
+        await store.create_tenant("t3", "acme")
+    with pytest.raises(Conflict):
+        await store.create_tenant("t1", "other")
+    await store.set_tenant_policy("t1", store_default=False, redact_pii=False, retention_days=30)
+    assert await store.get_tenant("acme") == msgspec.structs.replace(
+        acme, store_default=False, redact_pii=False, retention_days=30
+    )
+    await store.set_tenant_policy("t1", store_default=True, redact_pii=False, retention_days=None)
+    changed = await store.get_tenant("t1")
+    assert changed is not None
+    assert (changed.store_default, changed.redact_pii, changed.retention_days) == (
+        True,
+        False,
+        None,
+    )
+    assert await store.get_tenant("t2") == globex
+
+
+async def test_keys(store: Store, clock: Clock) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    k2 = ApiKey("k2", "t1", "second", "hash2", T0 + 2)
+    k1 = ApiKey("k1", "t1", "first", "hash1", T0 + 1)
+    other = ApiKey("k3", "t2", "theirs", "hash3", T0)
+    for k in (k2, k1, other):
+        await store.add_key(k)
+    assert await store.get_key("k1") == k1
+    assert await store.get_key("nope") is None
+    assert await store.list_keys("t1") == [k1, k2]
+    assert await store.list_keys("t3") == []
+    revoked = await store.revoke_key("k1")
+    assert revoked == msgspec.structs.replace(k1, revoked_at=clock.now)
+    assert await store.revoke_key("k1") == revoked  # the first revocation time is kept
+    assert await store.get_key("k1") == revoked
+    with pytest.raises(NotFound):
+        await store.revoke_key("nope")
+    with pytest.raises(IntegrityError):
+        await store.add_key(ApiKey("k1", "t1", "dup", "h", T0))
+    with pytest.raises(IntegrityError):
+        await store.add_key(ApiKey("k9", "no-such-tenant", "x", "h", T0))
+
+
+async def test_aliases(store: Store, clock: Clock) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    base = await store.set_alias("t1", "support", AliasTarget())
+    assert base.target == AliasTarget() and base.created_at == base.updated_at == clock.now
+    moved = await store.set_alias("t1", "support", adapter_target("v1"))
+    assert moved.target == adapter_target("v1")
+    assert (moved.created_at, moved.updated_at) == (base.created_at, clock.now)
+    assert await store.get_alias("t1", "support") == moved
+    assert await store.get_alias("t2", "support") is None
+    # Bytewise order, like SQLite, whatever the PostgreSQL database's locale.
+    names = ["support", "a", "B", "_x", "Z-1", "z@canary", "\u00e9t\u00e9"]
+    for n in names[1:]:
+        await store.set_alias("t1", n, AliasTarget())
+    await store.set_alias("t2", "theirs", adapter_target("v9"))
+    assert [a.name for a in await store.list_aliases("t1")] == sorted(names)
+    await store.delete_alias("t1", "a")
+    assert await store.get_alias("t1", "a") is None
+    with pytest.raises(NotFound):
+        await store.delete_alias("t1", "a")
+    with pytest.raises(NotFound):
+        await store.delete_alias("t1", "theirs")  # another tenant's
+    with pytest.raises(IntegrityError):
+        await store.set_alias("no-such-tenant", "x", AliasTarget())
+
+
+async def test_flip_alias_records_events_in_order(store: Store, clock: Clock) -> None:
+    await store.create_tenant("t1", "acme")
+    assert await store.flip_alias("t1", "support", adapter_target("v1"), event("promote", "v1")) is None
+    at_first = clock.now
+    assert (await store.get_alias("t1", "support")).target == adapter_target("v1")  # type: ignore[union-attr]
+    previous = await store.flip_alias(
+        "t1", "support", adapter_target("v2"), event("promote", "v2", "v1", forced=True)
+    )
+    assert previous == adapter_target("v1")
+    assert await store.flip_alias("t1", "support", AliasTarget(), event("rollback", None, "v2")) == (
+        adapter_target("v2")
+    )
+    alias = await store.get_alias("t1", "support")
+    assert alias is not None
+    assert (alias.target, alias.created_at, alias.updated_at) == (AliasTarget(), at_first, clock.now)
+    events = await store.alias_events("t1", "support")
+    assert events == [
+        AliasEvent(1, "t1", "support", "promote", None, "v1", "ops", "why promote", False, at_first),
+        AliasEvent(2, "t1", "support", "promote", "v1", "v2", "ops", "why promote", True, at_first + 1),
+        AliasEvent(3, "t1", "support", "rollback", "v2", None, "ops", "why rollback", False, clock.now),
+    ]
+    assert await store.alias_events("t1", "other") == []
+
+
+async def test_concurrent_flips_are_atomic(url: str) -> None:
+    """Each flip sees exactly the target the one before it left: a chain, no lost update."""
+    stores = [open_store(url) for _ in range(3)]  # PostgreSQL: three pools, like three gateways
+    for s in stores:
+        await s.open()
+    try:
+        await stores[0].create_tenant("t1", "acme")
+        targets = [adapter_target(f"v{i}") for i in range(12)]
+        previous = await asyncio.gather(
+            *(
+                stores[i % 3].flip_alias("t1", "support", t, event("promote", t.adapter_version))
+                for i, t in enumerate(targets)
+            )
+        )
+        final_alias = await stores[1].get_alias("t1", "support")
+        assert final_alias is not None
+        assert previous.count(None) == 1
+        assert sorted(p.adapter_version for p in previous if p is not None) == sorted(
+            t.adapter_version for t in targets if t != final_alias.target
+        )
+        events = await stores[2].alias_events("t1", "support")
+        assert [e.seq for e in events] == sorted(e.seq for e in events)
+        assert len(events) == len(targets)
+        # Event order is flip order: each flip's "previous" is the event before it.
+        chain = [e.to_version for e in events]
+        by_version = {t.adapter_version: p for t, p in zip(targets, previous, strict=True)}
+        assert [by_version[v] for v in chain] == [None, *(adapter_target(v) for v in chain[:-1] if v)]
+        assert chain[-1] == final_alias.target.adapter_version
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# -- adapter versions ---------------------------------------------------------------------------
+
+
+async def test_adapter_versions(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    v2 = adapter("v2", created_at=T0 + 2, dataset_id="ds-1", eval_report_ids=("ev-1", "ev-2"))
+    v1 = adapter("v1", created_at=T0 + 1, alpha=32, rank=16, target_modules=("o_proj",))
+    theirs = adapter("v3", "t2", created_at=T0 + 3)
+    for v in (v2, v1, theirs):
+        await store.add_adapter(v)
+    assert await store.get_adapter("v1") == msgspec.structs.replace(v1, alpha=32.0)
+    assert isinstance((await store.get_adapter("v1")).alpha, float)  # type: ignore[union-attr]
+    assert await store.get_adapter("v2") == v2
+    assert await store.get_adapter("nope") is None
+    assert await store.find_adapter("t1", "sha256:v2") == v2
+    assert await store.find_adapter("t2", "sha256:v2") is None
+    assert [v.id for v in await store.list_adapters()] == ["v1", "v2", "v3"]
+    assert [v.id for v in await store.list_adapters("t1")] == ["v1", "v2"]
+    assert await store.list_adapters("t9") == []
+    with pytest.raises(IntegrityError):  # same content in the same tenant
+        await store.add_adapter(adapter("v4", created_at=T0 + 4, content_hash="sha256:v2"))
+    await store.add_adapter(adapter("v5", "t2", created_at=T0 + 5, content_hash="sha256:v2"))
+
+    await store.set_adapter_status("v2", "live")
+    assert (await store.get_adapter("v2")).status == "live"  # type: ignore[union-attr]
+    await store.set_adapter_status("nope", "retired")  # nothing to do, no error
+
+    a = await store.set_alias("t1", "support", adapter_target("v2"))
+    b = await store.set_alias("t1", "canary", adapter_target("v2"))
+    await store.set_alias("t1", "plain", AliasTarget())
+    c = await store.set_alias("t2", "theirs", adapter_target("v3"))
+    assert sorted(await store.aliases_to("v2"), key=lambda x: x.name) == [b, a]
+    assert await store.aliases_to("v1") == []
+    assert sorted(await store.live_aliases(), key=lambda x: (x.tenant_id, x.name)) == [b, a, c]
+
+    await store.delete_adapter("v1")
+    assert await store.get_adapter("v1") is None
+    await store.delete_adapter("v1")  # already gone: no error
+    assert [v.id for v in await store.list_adapters("t1")] == ["v2"]
+
+
+# -- captured traffic ---------------------------------------------------------------------------
+
+
+async def seed_completions(store: Store) -> list[Completion]:
+    """Two tenants' traffic, finished, in one batch-insert and one batch-final."""
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    inserts = [
+        completion("c-b", created_at=T0 + 1, end_user="alice", metadata={"team": "red"}),
+        completion("c-a", created_at=T0 + 1, end_user="bob", metadata={"team": "blue"}),
+        completion(
+            "c-C", created_at=T0 + 2, alias="canary", adapter_version="v2", metadata={"team": "red"}
+        ),
+        completion("c-d", created_at=T0 + 3, end_user="alice", metadata={"team": "red", "x.y": "1"}),
+        completion("c-e", created_at=T0 + 4, stored=False, request=None, end_user="alice"),
+        completion("c-f", created_at=T0 + 5, kind="completion", metadata={"team": "blue"}),
+        completion("c-z", "t2", created_at=T0 + 1, end_user="alice", metadata={"team": "red"}),
+    ]
+    await store.capture_batch(inserts, [])
+    return inserts
+
+
+async def test_capture_batch_inserts_then_finals(store: Store) -> None:
+    inserts = await seed_completions(store)
+    by_id = {c.id: c for c in inserts}
+    assert await store.get_completion("t1", "c-a") == by_id["c-a"]
+    assert await store.get_completion("t2", "c-a") is None  # another tenant's
+    assert await store.get_completion("t1", "nope") is None
+    finals = [
+        final("c-a", completed_at=T0 + 10),
+        final("c-b", completed_at=T0 + 11, status="error", error="engine said no", response=None),
+    ]
+    late = completion("c-g", created_at=T0 + 6)
+    await store.capture_batch([late], [*finals, final("c-g", completed_at=T0 + 12)])
+    assert await store.get_completion("t1", "c-a") == finished(by_id["c-a"], finals[0])
+    assert await store.get_completion("t1", "c-b") == finished(by_id["c-b"], finals[1])
+    assert await store.get_completion("t1", "c-g") == finished(
+        late, final("c-g", completed_at=T0 + 12)
+    )
+    await store.capture_batch([], [final("ghost", completed_at=T0)])  # an unknown id: no-op
+    await store.capture_batch([], [])
+
+
+async def test_capture_batch_is_one_transaction(store: Store) -> None:
+    await seed_completions(store)
+    with pytest.raises(IntegrityError):
+        await store.capture_batch(
+            [completion("new-1", created_at=T0 + 7), completion("c-a", created_at=T0)],
+            [final("c-b", completed_at=T0 + 10)],
+        )
+    assert await store.get_completion("t1", "new-1") is None
+    assert (await store.get_completion("t1", "c-b")).status == "in_progress"  # type: ignore[union-attr]
+
+
+async def page_ids(store: Store, **kw: Any) -> tuple[list[str], bool]:
+    rows, more = await store.list_completions(CompletionQuery("t1", **kw))
+    return [r.id for r in rows], more
+
+
+async def test_list_completions_filters_and_pages(store: Store) -> None:
+    await seed_completions(store)
+    # Only stored rows; by created_at then id (bytewise: "c-a" < "c-b"; "c-C" < "c-a").
+    assert await page_ids(store) == (["c-a", "c-b", "c-C", "c-d", "c-f"], False)
+    assert await page_ids(store, order="desc") == (["c-f", "c-d", "c-C", "c-b", "c-a"], False)
+    assert await page_ids(store, alias="canary") == (["c-C"], False)
+    assert await page_ids(store, alias="nope") == ([], False)
+    assert await page_ids(store, metadata={"team": "red"}) == (["c-b", "c-C", "c-d"], False)
+    assert await page_ids(store, metadata={"team": "red", "x.y": "1"}) == (["c-d"], False)
+    assert await page_ids(store, metadata={"team": "green"}) == ([], False)
+    assert await page_ids(store, alias="support", metadata={"team": "blue"}) == (
+        ["c-a", "c-f"],
+        False,
+    )
+
+    assert await page_ids(store, limit=2) == (["c-a", "c-b"], True)
+    assert await page_ids(store, limit=2, after="c-b") == (["c-C", "c-d"], True)
+    assert await page_ids(store, limit=2, after="c-d") == (["c-f"], False)
+    assert await page_ids(store, limit=3, after="c-C") == (["c-d", "c-f"], False)
+    assert await page_ids(store, limit=5) == (["c-a", "c-b", "c-C", "c-d", "c-f"], False)
+    assert await page_ids(store, limit=2, order="desc") == (["c-f", "c-d"], True)
+    assert await page_ids(store, limit=2, order="desc", after="c-d") == (["c-C", "c-b"], True)
+    assert await page_ids(store, limit=2, order="desc", after="c-b") == (["c-a"], False)
+    assert await page_ids(store, limit=1, after="c-a", metadata={"team": "red"}) == (["c-b"], True)
+    assert await page_ids(store, after="c-z") == ([], False)  # another tenant's cursor
+    assert await page_ids(store, after="nope") == ([], False)
+    # An unstored row still works as a cursor.
+    assert await page_ids(store, after="c-e") == (["c-f"], False)
+
+    rows, _ = await store.list_completions(CompletionQuery("t2"))
+    assert [r.id for r in rows] == ["c-z"]
+
+
+async def test_update_and_delete_completion(store: Store) -> None:
+    inserts = await seed_completions(store)
+    a = inserts[1]
+    updated = await store.update_completion("t1", "c-a", metadata={"team": "green", "n": "2"})
+    assert updated == msgspec.structs.replace(a, metadata={"team": "green", "n": "2"})
+    assert await page_ids(store, metadata={"team": "green"}) == (["c-a"], False)
+    flagged = await store.update_completion("t1", "c-a", do_not_train=True)
+    assert flagged == msgspec.structs.replace(updated, do_not_train=True)
+    both = await store.update_completion("t1", "c-a", metadata={}, do_not_train=False)
+    assert both == a
+    assert await store.update_completion("t1", "c-a") == a
+    assert await store.update_completion("t1", "nope", metadata={"a": "b"}) is None
+    assert await store.update_completion("t2", "c-a", do_not_train=True) is None
+    assert (await store.get_completion("t1", "c-a")).do_not_train is False  # type: ignore[union-attr]
+
+    assert await store.delete_completion("t2", "c-a") is False
+    assert await store.delete_completion("t1", "c-a") is True
+    assert await store.delete_completion("t1", "c-a") is False
+    assert await store.get_completion("t1", "c-a") is None
+
+
+async def test_feedback(store: Store) -> None:
+    await seed_completions(store)
+    f2 = feedback("f2", "c-a", created_at=T0 + 20, rating=None, score=None, tags=())
+    f1 = feedback("f1", "c-a", created_at=T0 + 10, correction="better answer", comment=None)
+    f3 = feedback("f3", "c-b", created_at=T0 + 15, rating="down")
+    for f in (f2, f1, f3):
+        await store.add_feedback(f)
+    assert await store.list_feedback("t1", "c-a") == [f1, f2]
+    assert await store.list_feedback("t1", "c-b") == [f3]
+    assert await store.list_feedback("t2", "c-a") == []
+    assert await store.list_feedback("t1", "c-d") == []
+    with pytest.raises(IntegrityError):
+        await store.add_feedback(feedback("f4", "nope", created_at=T0))
+    with pytest.raises(IntegrityError):
+        await store.add_feedback(feedback("f5", "c-a", created_at=T0, rating="meh"))
+    # Deleting the completion takes its feedback with it.
+    await store.delete_completion("t1", "c-a")
+    assert await store.list_feedback("t1", "c-a") == []
+
+
+async def test_erase_one_end_user_then_the_tenant(store: Store) -> None:
+    await seed_completions(store)
+    await store.add_feedback(feedback("f1", "c-b", created_at=T0 + 10))
+    await store.add_feedback(feedback("f2", "c-a", created_at=T0 + 11))
+    await store.add_feedback(feedback("f3", "c-z", "t2", created_at=T0 + 12))
+    assert await store.erase("t1", "alice", "admin") == 3  # c-b, c-d, c-e
+    assert await page_ids(store) == (["c-a", "c-C", "c-f"], False)
+    assert await store.list_feedback("t1", "c-b") == []
+    assert len(await store.list_feedback("t1", "c-a")) == 1
+    assert await store.erase("t1", "nobody", "admin") == 0
+    assert await store.erase("t1", None, "admin") == 3
+    assert await page_ids(store) == ([], False)
+    assert await store.list_feedback("t1", "c-a") == []
+    # The other tenant's alice is untouched.
+    assert await store.get_completion("t2", "c-z") is not None
+    assert len(await store.list_feedback("t2", "c-z")) == 1
+
+
+async def test_purge_mark_incomplete_and_opt_out(store: Store, clock: Clock) -> None:
+    await seed_completions(store)
+    await store.capture_batch(
+        [],
+        [final(c, completed_at=T0 + 10) for c in ("c-a", "c-b", "c-C")]
+        + [final("c-z", completed_at=T0 + 10)],
+    )
+    await store.add_feedback(feedback("f1", "c-a", created_at=T0 + 10))
+    # Only finished rows created before the cutoff go; in-progress ones stay.
+    assert await store.purge_before("t1", T0 + 3) == 3
+    assert await page_ids(store) == (["c-d", "c-f"], False)
+    assert await store.purge_before("t1", T0 + 3) == 0
+    assert await store.get_completion("t2", "c-z") is not None
+
+    assert await store.mark_incomplete(T0 + 5) == 2  # c-d, c-e (c-f is at T0 + 5)
+    d = await store.get_completion("t1", "c-d")
+    assert d is not None and (d.status, d.completed_at) == ("incomplete", clock.now)
+    assert (await store.get_completion("t1", "c-f")).status == "in_progress"  # type: ignore[union-attr]
+    assert await store.mark_incomplete(T0 + 5) == 0
+
+    assert await store.opt_out("t1", "alice") == 2  # c-d, c-e
+    assert await store.opt_out("t1", "alice") == 2  # idempotent, still counts matched rows
+    assert await store.opt_out("t1", "nobody") == 0
+    assert (await store.get_completion("t1", "c-d")).do_not_train is True  # type: ignore[union-attr]
+    assert (await store.get_completion("t1", "c-f")).do_not_train is False  # type: ignore[union-attr]
+    assert (await store.get_completion("t2", "c-z")).do_not_train is False  # type: ignore[union-attr]
+
+
+async def test_export_completions(store: Store) -> None:
+    inserts = {c.id: c for c in await seed_completions(store)}
+    finals = {c: final(c, completed_at=T0 + 10) for c in ("c-a", "c-b", "c-e", "c-f")}
+    finals["c-b"] = final("c-b", completed_at=T0 + 10, status="error", error="boom")
+    await store.capture_batch([], list(finals.values()))
+    f2 = feedback("f2", "c-f", created_at=T0 + 21)
+    f1 = feedback("f1", "c-f", created_at=T0 + 20)
+    f3 = feedback("f3", "c-a", created_at=T0 + 22)
+    for f in (f2, f1, f3):
+        await store.add_feedback(f)
+    # Stored and complete only, oldest first, each with its feedback.
+    assert await store.export_completions("t1") == [
+        (finished(inserts["c-a"], finals["c-a"]), [f3]),
+        (finished(inserts["c-f"], finals["c-f"]), [f1, f2]),
+    ]
+    assert await store.export_completions("t9") == []
+
+
+# -- both backends, the same records ------------------------------------------------------------
+
+
+async def scenario(store: Store) -> list[object]:
+    """Every method, with odd inputs included; what each returned (or raised), in order."""
+    out: list[object] = []
+
+    async def record(call: Awaitable[object]) -> None:
+        try:
+            out.append(await call)
+        except (Conflict, NotFound, *IntegrityError) as e:
+            kind = "IntegrityError" if isinstance(e, IntegrityError) else type(e).__name__
+            out.append(("raised", kind))
+
+    steps: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.schema_version(),
+        lambda: store.create_tenant("t1", "acme"),
+        lambda: store.create_tenant("t2", "globex"),
+        lambda: store.create_tenant("t3", "acme"),
+        lambda: store.set_tenant_policy(
+            "t2", store_default=False, redact_pii=True, retention_days=7
+        ),
+        lambda: store.list_tenants(),
+        lambda: store.get_tenant("globex"),
+        lambda: store.add_key(ApiKey("k1", "t1", "ci", "h1", T0)),
+        lambda: store.add_key(ApiKey("k1", "t1", "ci", "h1", T0)),
+        lambda: store.revoke_key("k1"),
+        lambda: store.revoke_key("k404"),
+        lambda: store.list_keys("t1"),
+        lambda: store.add_adapter(adapter("v1", created_at=T0 + 1, alpha=8)),
+        lambda: store.add_adapter(adapter("v2", created_at=T0 + 2, eval_report_ids=("e",))),
+        lambda: store.add_adapter(adapter("v3", created_at=T0 + 3, content_hash="sha256:v1")),
+        lambda: store.set_adapter_status("v1", "retired"),
+        lambda: store.list_adapters(),
+        lambda: store.find_adapter("t1", "sha256:v2"),
+        lambda: store.set_alias("t1", "support", AliasTarget()),
+        lambda: store.flip_alias("t1", "support", adapter_target("v1"), event("promote", "v1")),
+        lambda: store.flip_alias("t1", "canary", adapter_target("v2"), event("set", "v2")),
+        lambda: store.flip_alias("t1", "support", adapter_target("v2"), event("p", "v2", "v1")),
+        lambda: store.alias_events("t1", "support"),
+        lambda: store.list_aliases("t1"),
+        lambda: store.aliases_to("v2"),
+        lambda: store.live_aliases(),
+        lambda: store.delete_alias("t1", "canary"),
+        lambda: store.delete_alias("t1", "canary"),
+        lambda: store.delete_adapter("v1"),
+        lambda: store.get_adapter("v1"),
+        lambda: store.capture_batch(
+            [
+                completion("c1", created_at=T0 + 1, end_user="u1", metadata={"k": "v"}),
+                # Fields an insert does not carry: what each backend keeps must agree.
+                completion("c2", created_at=T0 + 1, do_not_train=True, response="early"),
+                completion("c3", created_at=T0 + 2, end_user="u1", stored=False),
+                completion("c4", "t2", created_at=T0 + 3),
+            ],
+            [final("c1", completed_at=T0 + 4), final("c2", completed_at=T0 + 5, ttft_ms=None)],
+        ),
+        lambda: store.list_completions(CompletionQuery("t1", limit=1)),
+        lambda: store.list_completions(CompletionQuery("t1", metadata={"k": "v"})),
+        lambda: store.list_completions(CompletionQuery("t1", order="desc", after="c2")),
+        lambda: store.get_completion("t1", "c2"),
+        lambda: store.update_completion("t1", "c1", metadata={"k": "w"}, do_not_train=True),
+        lambda: store.add_feedback(feedback("f1", "c1", created_at=T0 + 6)),
+        lambda: store.add_feedback(feedback("f1", "c1", created_at=T0 + 6)),
+        lambda: store.list_feedback("t1", "c1"),
+        lambda: store.export_completions("t1"),
+        lambda: store.opt_out("t1", "u1"),
+        lambda: store.mark_incomplete(T0 + 10),
+        lambda: store.get_completion("t1", "c3"),
+        lambda: store.purge_before("t1", T0 + 2),
+        lambda: store.erase("t1", "u1", "admin"),
+        lambda: store.erase("t2", None, "admin"),
+        lambda: store.delete_completion("t1", "c1"),
+        lambda: store.export_completions("t1"),
+        lambda: store.get_tenant("t2"),
+    ]
+    for step in steps:
+        await record(step())
+    return out
+
+
+async def test_both_backends_return_identical_records(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = []
+    for url in (f"sqlite:///{tmp_path / 'db.sqlite'}", pg_url):
+        clock = Clock()
+        for module in (gateway.store.sqlite, gateway.store.sqlite_capture, gateway.store.postgres):
+            monkeypatch.setattr(module, "time", clock)
+        s = open_store(url)
+        await s.open()
+        try:
+            results.append(await scenario(s))
+        finally:
+            await s.close()
+    lite, pg = results
+    assert len(lite) == len(pg)
+    for i, (a, b) in enumerate(zip(lite, pg, strict=True)):
+        assert a == b, f"step {i}: {a!r} != {b!r}"
+        assert repr(a) == repr(b), f"step {i}: same value, different types"
+
+
+# -- URLs ---------------------------------------------------------------------------------------
+
+
+def test_open_store_urls() -> None:
+    for scheme in ("postgresql", "postgres"):
+        s = open_store(f"{scheme}://u@db.example:5433/loopgate?pool_max=3&sslmode=disable")
+        assert isinstance(s, PostgresStore)
+        assert (s.pool_min, s.pool_max) == (1, 3)
+        assert s.dsn == f"{scheme}://u@db.example:5433/loopgate?sslmode=disable"
+    default = PostgresStore("postgresql://u@h/db")
+    assert (default.pool_min, default.pool_max, default.dsn) == (1, 10, "postgresql://u@h/db")
+    assert PostgresStore("postgresql://u@h/db?pool_min=4&pool_max=2").pool_min == 2
+    for bad in ("pool_max=0", "pool_max=x", "pool_min=-1"):
+        with pytest.raises(ValueError, match="positive integer"):
+            PostgresStore(f"postgresql://u@h/db?{bad}")
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("mysql://u@h/db")
+
+
+async def test_a_closed_store_says_so(pg_url: str) -> None:
+    s = PostgresStore(pg_url + "?pool_max=2")
+    with pytest.raises(RuntimeError, match="not open"):
+        await s.list_tenants()
+    await s.open()
+    await s.close()
+    await s.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await s.schema_version()
