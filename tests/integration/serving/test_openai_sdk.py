@@ -210,3 +210,35 @@ def test_client_disconnect_aborts_the_engine_request(stack: Stack) -> None:
         assert time.monotonic() < deadline, "the engine kept generating for a client that left"
         previous = now
     assert now - start < 1000
+
+
+def test_stored_completions_through_the_sdk(stack: Stack) -> None:
+    client = stack.client()
+    made = client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=12,
+        store=True,
+        metadata={"suite": "sdk", "run": "1"},
+    )
+    got = client.chat.completions.retrieve(made.id)
+    assert got.id == made.id and got.choices[0].message.content == made.choices[0].message.content
+    assert got.metadata == {"suite": "sdk", "run": "1"}
+    listed = client.chat.completions.list(metadata={"suite": "sdk"}, limit=10)
+    assert made.id in [c.id for c in listed.data]
+    messages = client.chat.completions.messages.list(made.id)
+    assert [m.content for m in messages.data] == [QUESTION[0]["content"]]
+    updated = client.chat.completions.update(made.id, metadata={"suite": "sdk", "run": "2"})
+    assert updated.metadata == {"suite": "sdk", "run": "2"}
+    with pytest.raises(openai.NotFoundError):
+        stack.client("globex").chat.completions.retrieve(made.id)
+    deleted = client.chat.completions.delete(made.id)
+    assert deleted.deleted and deleted.id == made.id
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve(made.id)
+    private = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, max_tokens=4, store=False
+    )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve(private.id)
