@@ -99,8 +99,9 @@ class AdapterPool:
         best: Placement | None = None
         for backend in self.pool.backends:
             p = self.on(backend).get(version_id)
-            usable = backend.ready and p is not None and p.state is LoadState.READY
-            if usable and (best is None or _load(p) < _load(best)):
+            if p is None or not backend.ready or p.state is not LoadState.READY:
+                continue
+            if best is None or _load(p) < _load(best):
                 best = p
         if best is None:
             return None

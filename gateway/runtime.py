@@ -86,8 +86,12 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
-        # Rows left in_progress by a process that died never finished: say so.
-        lost = await self.store.mark_incomplete(before=time.time())
+        # Rows left in_progress by a process that died never finished: say so. A shared
+        # (PostgreSQL) store may hold other live gateways' requests: only rows older than any
+        # request can live are theirs to close.
+        shared = not self.settings.store_url.startswith("sqlite:")
+        grace = self.settings.upstream_read_timeout_s + 60 if shared else 0.0
+        lost = await self.store.mark_incomplete(before=time.time() - grace)
         if lost:
             log.warning("marked %d captured requests from an earlier run as incomplete", lost)
         if self.capture is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgspec
@@ -97,6 +98,7 @@ class Serving:
                 relay = self.upstream.relay(lease.backend, resp, engine_b, public_b, lease.release)
                 if exchange is not None and self.capture is not None:
                     relay = captured_stream(relay, exchange, self.capture)
+                relay = await primed(relay)
                 return Stream(
                     relay, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers}
                 )
@@ -164,6 +166,28 @@ class Serving:
             return
         exchange.error = exc.message if isinstance(exc, LoopgateError) else type(exc).__name__
         await self.capture.finish(exchange.final("error"))
+
+
+async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Start the stream now (up to its first event). A started async generator is closed by the
+    event loop even if the client vanishes before the body is sent, so its `finally` (lease,
+    upstream connection, capture row) always runs; an unstarted one would never run it."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return _empty()
+    return _prepend(first, stream)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
 
 
 def request_record(req: ChatCompletionRequest | CompletionRequest, redact_pii: bool) -> str:

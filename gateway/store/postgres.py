@@ -42,6 +42,9 @@ _UPSERT_ALIAS = (
     "target_kind = excluded.target_kind, adapter_version = excluded.adapter_version, "
     "updated_at = excluded.updated_at"
 )
+# SQLite answers these unordered queries in rowid order, i.e. creation order, which an upsert
+# keeps; PostgreSQL moves an updated row, so it says the order outright.
+_CREATION_ORDER = "ORDER BY created_at, tenant_id, name"
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
     "stored, request, status, end_user, metadata, request_id, created_at) "
@@ -281,11 +284,15 @@ class PostgresStore:
         return [_event(r) for r in rows]
 
     async def aliases_to(self, version_id: str) -> list[Alias]:
-        rows = await self.pool.fetch("SELECT * FROM aliases WHERE adapter_version = $1", version_id)
+        rows = await self.pool.fetch(
+            f"SELECT * FROM aliases WHERE adapter_version = $1 {_CREATION_ORDER}", version_id
+        )
         return [_alias(r) for r in rows]
 
     async def live_aliases(self) -> list[Alias]:
-        rows = await self.pool.fetch("SELECT * FROM aliases WHERE target_kind = 'adapter'")
+        rows = await self.pool.fetch(
+            f"SELECT * FROM aliases WHERE target_kind = 'adapter' {_CREATION_ORDER}"
+        )
         return [_alias(r) for r in rows]
 
     # -- adapter versions -----------------------------------------------------------------------

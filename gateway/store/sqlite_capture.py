@@ -167,7 +167,8 @@ class CaptureMixin:
         return cur.rowcount
 
     async def opt_out(self, tenant_id: str, end_user: str) -> int:
-        """Never train on this end-user's data: flag their rows, remember them for new ones."""
+        """Never train on this end-user's data: flag their rows now; the opt-out list is kept
+        for the dataset builder, which excludes the user's later traffic too."""
         async with self.transaction():
             await self.db.execute(
                 "INSERT OR IGNORE INTO training_optouts VALUES (?, ?, ?)",

@@ -1,0 +1,1 @@
+"""Benchmarks: measured answers to design questions (run as `python -m benchmarks.<name>`)."""
