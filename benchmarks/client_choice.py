@@ -60,6 +60,8 @@ TARGETS = (
     Target("C", "bare Litestar + aiohttp", "bare", "aiohttp"),
     Target("D", "loopgate + httpx", "loopgate", "httpx"),
     Target("E", "loopgate + aiohttp", "loopgate", "aiohttp"),
+    # The same gateway with traffic capture off: E / F is capture's cost (issue 4: >= 0.95x).
+    Target("F", "loopgate + aiohttp, capture off", "loopgate", "aiohttp+nocapture"),
 )
 
 
@@ -211,7 +213,9 @@ def mock_argv(port: int, opts: Options) -> list[str]:
 
 
 def loopgate_env(bench: Bench, port: int, transport: str) -> dict[str, str]:
+    transport, _, variant = transport.partition("+")
     return child_env(
+        LOOPGATE_CAPTURE_ENABLED="false" if variant == "nocapture" else "true",
         LOOPGATE_DATA_DIR=str(bench.workdir / "loopgate-data"),
         LOOPGATE_ENGINE_MODE="external",
         LOOPGATE_ENGINE_URLS=f"http://127.0.0.1:{bench.mock_port}",
@@ -364,23 +368,25 @@ def latencies(bench: Bench, port: int, count: int) -> list[float]:
 
 
 def throughput(bench: Bench, port: int, server_pid: int) -> dict[str, float]:
+    """wrk at --concurrency; CPU of the server, of the load side, and of anything else."""
+    cores = (bench.opts.server_core, bench.opts.load_core)
     server0, mock0 = cpu_seconds(server_pid), cpu_seconds(bench.mock_pid)
-    core0, start = core_busy_seconds(bench.opts.server_core), time.monotonic()
+    busy0, start = [core_busy_seconds(c) for c in cores], time.monotonic()
     report, wrk_cpu = run_wrk(bench, port, bench.opts.duration_s)
     wall = time.monotonic() - start
     server_cpu = cpu_seconds(server_pid) - server0
-    core_busy = core_busy_seconds(bench.opts.server_core) - core0
-    mock_cpu = cpu_seconds(bench.mock_pid) - mock0
-    errors = sum(report[k] for k in ("connect", "read", "write", "status", "timeout"))
+    load_cpu = wrk_cpu + cpu_seconds(bench.mock_pid) - mock0
+    server_core, load_core = (core_busy_seconds(c) - b for c, b in zip(cores, busy0, strict=True))
     requests = max(1, report["requests"])
     return {
         "rps": report["requests"] / (report["duration_us"] / 1e6),
         "requests": report["requests"],
-        "errors": errors,
+        "errors": sum(report[k] for k in ("connect", "read", "write", "status", "timeout")),
         "server_cpu_us_per_req": server_cpu / requests * 1e6,
         "server_busy": server_cpu / wall,
-        "server_core_other": max(0.0, core_busy - server_cpu) / wall,
-        "load_core_busy": (wrk_cpu + mock_cpu) / wall,
+        "server_core_other": max(0.0, server_core - server_cpu) / wall,
+        "load_core_busy": load_cpu / wall,
+        "load_core_other": max(0.0, load_core - load_cpu) / wall,
         "loaded_p50_ms": report["p50_us"] / 1000,
         "loaded_p99_ms": report["p99_us"] / 1000,
     }
@@ -443,6 +449,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "server_busy": statistics.median(t["server_busy"] for t in tput),
         "server_core_other": statistics.median(t["server_core_other"] for t in tput),
         "load_core_busy": statistics.median(t["load_core_busy"] for t in tput),
+        "load_core_other": statistics.median(t["load_core_other"] for t in tput),
         "loaded_p99_ms": statistics.median(t["loaded_p99_ms"] for t in tput),
         "errors": sum(t["errors"] for t in tput),
         "ttfc_p50_ms": pct(ttfc, 50) * 1e3,
@@ -452,13 +459,13 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def added_over(base: dict[str, Any], s: dict[str, Any], proxied: bool) -> dict[str, float]:
+def added_over(base: dict[str, Any], s: dict[str, Any]) -> dict[str, float]:
     """Cost over direct. CPU: a proxy's own CPU is all added (the mock's runs elsewhere)."""
     return {
         "lat_p50_ms": s["lat_p50_ms"] - base["lat_p50_ms"],
         "lat_p99_ms": s["lat_p99_ms"] - base["lat_p99_ms"],
         "us_per_req_at_saturation": (1 / s["rps_median"] - 1 / base["rps_median"]) * 1e6,
-        "cpu_us_per_req": s["cpu_us_per_req"] if proxied else 0.0,
+        "cpu_us_per_req": s["cpu_us_per_req"],
         "ttfc_p50_ms": s["ttfc_p50_ms"] - base["ttfc_p50_ms"],
         "stream_p50_ms": s["stream_p50_ms"] - base["stream_p50_ms"],
     }
@@ -468,12 +475,13 @@ def print_tables(summary: dict[str, dict[str, Any]], added: dict[str, dict[str, 
     labels = {t.name: f"{t.name} {t.label}" for t in TARGETS}
     print(
         "\nAbsolute (p50/p99: sequential, one keep-alive connection; req/s: wrk closed loop;"
-        "\n srv busy: server CPU / wall; other: rest of the server core; load: wrk + mock)"
+        "\n srv busy: server CPU / wall; other: anything else on that core;"
+        "\n load: wrk + mock on the load core; l.oth: anything else on the load core)"
     )
     print(
         f"{'target':<28}{'p50 ms':>8}{'p99 ms':>8}{'req/s':>9}{'(min-max)':>15}"
-        f"{'cpu us/req':>11}{'srv busy':>9}{'other':>6}{'load':>6}{'ttfc p50':>9}{'ttfc p99':>9}"
-        f"{'stream p50':>11}{'errors':>7}"
+        f"{'cpu us/req':>11}{'srv busy':>9}{'other':>6}{'load':>6}{'l.oth':>6}"
+        f"{'ttfc p50':>9}{'ttfc p99':>9}{'stream p50':>11}{'errors':>7}"
     )
     for name, s in summary.items():
         span = f"{s['rps_min']:.0f}-{s['rps_max']:.0f}"
@@ -481,6 +489,7 @@ def print_tables(summary: dict[str, dict[str, Any]], added: dict[str, dict[str, 
             f"{labels[name]:<28}{s['lat_p50_ms']:>8.3f}{s['lat_p99_ms']:>8.3f}"
             f"{s['rps_median']:>9.0f}{span:>15}{s['cpu_us_per_req']:>11.0f}"
             f"{s['server_busy']:>9.0%}{s['server_core_other']:>6.0%}{s['load_core_busy']:>6.0%}"
+            f"{s['load_core_other']:>6.0%}"
             f"{s['ttfc_p50_ms']:>9.3f}"
             f"{s['ttfc_p99_ms']:>9.3f}{s['stream_p50_ms']:>11.2f}{s['errors']:>7}"
         )
@@ -499,29 +508,44 @@ def print_tables(summary: dict[str, dict[str, Any]], added: dict[str, dict[str, 
         )
 
 
-def transport_effect(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """aiohttp relative to httpx, once in the bare pass-through (C/B), once in loopgate (E/D)."""
-    effect = {}
+def transport_effect(
+    summary: dict[str, dict[str, Any]], per_round: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """aiohttp relative to httpx: in the bare pass-through (C/B) and in loopgate (E/D).
+
+    Besides the summaries, each round's pair is compared on its own: the two ran minutes
+    apart at most, so drift of the machine cancels out of the ratio.
+    """
+    effect: dict[str, dict[str, Any]] = {}
     for httpx_t, aio_t in (("B", "C"), ("D", "E")):
-        if httpx_t in summary and aio_t in summary:
-            h, a = summary[httpx_t], summary[aio_t]
-            effect[f"{aio_t}_vs_{httpx_t}"] = {
-                "rps_change_pct": (a["rps_median"] / h["rps_median"] - 1) * 100,
-                "cpu_us_per_req_change": a["cpu_us_per_req"] - h["cpu_us_per_req"],
-                "lat_p50_ms_change": a["lat_p50_ms"] - h["lat_p50_ms"],
-                "lat_p99_ms_change": a["lat_p99_ms"] - h["lat_p99_ms"],
-                "ttfc_p50_ms_change": a["ttfc_p50_ms"] - h["ttfc_p50_ms"],
-            }
+        if httpx_t not in summary or aio_t not in summary:
+            continue
+        h, a = summary[httpx_t], summary[aio_t]
+        pairs = list(zip(per_round[httpx_t], per_round[aio_t], strict=True))
+        effect[f"{aio_t}_vs_{httpx_t}"] = {
+            "rps_change_pct": (a["rps_median"] / h["rps_median"] - 1) * 100,
+            "cpu_us_per_req_change": a["cpu_us_per_req"] - h["cpu_us_per_req"],
+            "lat_p50_ms_change": a["lat_p50_ms"] - h["lat_p50_ms"],
+            "lat_p99_ms_change": a["lat_p99_ms"] - h["lat_p99_ms"],
+            "ttfc_p50_ms_change": a["ttfc_p50_ms"] - h["ttfc_p50_ms"],
+            "per_round_rps_ratio": [
+                y["throughput"]["rps"] / x["throughput"]["rps"] for x, y in pairs
+            ],
+            "per_round_cpu_ratio": [
+                y["throughput"]["server_cpu_us_per_req"] / x["throughput"]["server_cpu_us_per_req"]
+                for x, y in pairs
+            ],
+        }
     for key, e in effect.items():
+        rps_r, cpu_r = e["per_round_rps_ratio"], e["per_round_cpu_ratio"]
         print(
             f"\naiohttp vs httpx ({key.replace('_vs_', ' vs ')}): "
             f"throughput {e['rps_change_pct']:+.1f}%, cpu/req "
             f"{e['cpu_us_per_req_change']:+.0f} us, p50 {e['lat_p50_ms_change']:+.3f} ms, "
-            f"p99 {e['lat_p99_ms_change']:+.3f} ms, ttfc p50 "
-            f"{e['ttfc_p50_ms_change']:+.3f} ms",
-            end="",
+            f"p99 {e['lat_p99_ms_change']:+.3f} ms, ttfc p50 {e['ttfc_p50_ms_change']:+.3f} ms"
+            f"\n  paired by round: req/s x{min(rps_r):.2f}..x{max(rps_r):.2f}, "
+            f"cpu/req x{min(cpu_r):.2f}..x{max(cpu_r):.2f}"
         )
-    print()
     return effect
 
 
@@ -542,7 +566,7 @@ def environment(wrk: str, opts: Options) -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpu": model,
-        "cpus": sorted(os.sched_getaffinity(0)),
+        "cpus_online": os.cpu_count(),
         "load_core": opts.load_core,
         "server_core": opts.server_core,
         "wrk": (wrk_version.stdout or wrk_version.stderr).splitlines()[0],
@@ -569,7 +593,7 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--warmup", type=int, default=2, help="wrk warm-up, seconds")
     p.add_argument("--load-core", type=int, default=0)
     p.add_argument("--server-core", type=int, default=1)
-    p.add_argument("--targets", default="ABCDE", help="subset of ABCDE")
+    p.add_argument("--targets", default="ABCDEF", help="subset of ABCDEF")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     a = p.parse_args(argv)
     if not (1 <= a.rounds <= 20 and 10 <= a.requests <= 100_000 and 1 <= a.duration <= 120):
@@ -585,7 +609,7 @@ def parse_args(argv: list[str] | None) -> Options:
         a.warmup,
         a.load_core,
         a.server_core,
-        "".join(t for t in "ABCDE" if t in a.targets.upper()),
+        "".join(t for t in "ABCDEF" if t in a.targets.upper()),
         a.output,
     )
 
@@ -612,7 +636,7 @@ def bench_session(opts: Options) -> Iterator[Bench]:
             mock_port = free_port()
             mock_pid = procs.start("mock", mock_argv(mock_port, opts), opts.load_core, child_env())
             wait_ready(procs, "mock", mock_port, "/health")
-            key = provision_loopgate(workdir, mock_port) if set(opts.targets) & {"D", "E"} else ""
+            key = provision_loopgate(workdir, mock_port) if set(opts.targets) & {"D", "E", "F"} else ""
             script = workdir / "post.lua"
             write_wrk_script(script, key)
             yield Bench(opts, workdir, procs, wrk, mock_port, mock_pid, key, script)
@@ -639,18 +663,19 @@ def run(opts: Options) -> dict[str, Any]:
                     f"p50 {statistics.median(result['latency_s']) * 1e3:.3f} ms, "
                     f"{t['rps']:.0f} req/s, {t['server_cpu_us_per_req']:.0f} us cpu/req, "
                     f"server busy {t['server_busy']:.0%} (other {t['server_core_other']:.0%}), "
-                    f"load core busy {t['load_core_busy']:.0%}"
+                    f"load core busy {t['load_core_busy']:.0%} "
+                    f"(other {t['load_core_other']:.0%})"
                     f"  [{time.monotonic() - started:.0f} s]",
                     flush=True,
                 )
     summary = {name: summarize(rounds) for name, rounds in per_round.items()}
     added = (
-        {n: added_over(summary["A"], s, proxied=True) for n, s in summary.items() if n != "A"}
+        {n: added_over(summary["A"], s) for n, s in summary.items() if n != "A"}
         if "A" in summary
         else {}
     )
     print_tables(summary, added)
-    effect = transport_effect(summary)
+    effect = transport_effect(summary, per_round)
     return {
         "options": {**asdict(opts), "output": str(opts.output)},
         "environment": env,

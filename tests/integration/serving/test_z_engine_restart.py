@@ -32,6 +32,14 @@ def test_engine_killed_during_a_stream(stack: Stack) -> None:
                 os.kill(old_pid, signal.SIGKILL)
     assert received >= 3
     assert "engine" in str(failure.value.message).lower()
+    # The cut stream is captured as incomplete, with the text that was streamed.
+    latest = httpx.get(
+        stack.api + "/chat/completions",
+        params={"order": "desc", "limit": 1},
+        headers={"Authorization": f"Bearer {stack.keys['acme']}"},
+    ).json()["data"][0]
+    assert latest["loopgate"]["status"] == "incomplete"
+    assert latest["choices"][0]["message"]["content"]
 
     assert httpx.get(stack.url + "/health").status_code == 200  # the gateway is still up
     # While the engine is down requests fail cleanly (503 once the supervisor has seen the
