@@ -173,6 +173,10 @@ class SQLiteStore(_AdapterMixin, CaptureMixin):
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
 
+    @property
+    def tx_lock(self) -> asyncio.Lock:
+        return self._tx_lock
+
     async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
         """A single-statement write, never inside someone else's open transaction."""
         async with self._tx_lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -35,6 +36,10 @@ class CaptureMixin:
     async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
         raise NotImplementedError
 
+    @property
+    def tx_lock(self) -> asyncio.Lock:
+        raise NotImplementedError
+
     async def set_tenant_policy(
         self, tenant_id: str, *, store_default: bool, redact_pii: bool, retention_days: int | None
     ) -> None:
@@ -44,11 +49,13 @@ class CaptureMixin:
         )
 
     async def capture_batch(self, inserts: list[Completion], finals: list[CaptureFinal]) -> None:
-        async with self.transaction():
-            if inserts:
-                await self.db.executemany(_INSERT, [_insert_row(c) for c in inserts])
-            if finals:
-                await self.db.executemany(_FINAL, [_final_row(f) for f in finals])
+        """One transaction, one hop to the connection's thread (this is the hot write path)."""
+        rows = [_insert_row(c) for c in inserts]
+        updates = [_final_row(f) for f in finals]
+        async with self.tx_lock:
+            # aiosqlite's _execute runs a callable on its connection thread: the whole batch
+            # costs one thread round trip instead of four.
+            await self.db._execute(_write_batch, self.db._conn, rows, updates)  # type: ignore[no-untyped-call]
 
     async def mark_incomplete(self, before: float) -> int:
         cur = await self._write(
@@ -188,6 +195,21 @@ class CaptureMixin:
         ) as cur:
             rows = [_completion(r) for r in await cur.fetchall()]
         return [(c, await self.list_feedback(tenant_id, c.id)) for c in rows]
+
+
+def _write_batch(
+    conn: sqlite3.Connection, rows: list[tuple[object, ...]], updates: list[tuple[object, ...]]
+) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if rows:
+            conn.executemany(_INSERT, rows)
+        if updates:
+            conn.executemany(_FINAL, updates)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _insert_row(c: Completion) -> tuple[object, ...]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from litestar.testing import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.support.postgres import PostgresServer, postgres_server
 from tests.unit.fake_engine import FakeEngine
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -64,3 +66,14 @@ def env(tmp_path: Path, engine: FakeEngine, overrides: dict[str, object]) -> Ite
         resp = client.put("/admin/tenants/globex/aliases/globex-private", json={}, headers=ADMIN)
         assert resp.status_code == 200
         yield Env(client, engine, keys[0], keys[1])
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    started = time.monotonic()
+    with postgres_server() as server:
+        print(
+            f"\nPostgreSQL {server.bin_dir.parent.name} ready in {time.monotonic() - started:.1f}s"
+            f" (apt install {server.installed_in_s:.1f}s, start {server.started_in_s:.1f}s)"
+        )
+        yield server

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from gateway.store import (
     Store,
     open_store,
 )
-from tests.support.postgres import PostgresServer, postgres_server
+from tests.support.postgres import PostgresServer
 
 IntegrityError = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 T0 = 1_700_000_000.0
@@ -57,17 +56,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     for module in (gateway.store.sqlite, gateway.store.sqlite_capture, gateway.store.postgres):
         monkeypatch.setattr(module, "time", c)
     return c
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    started = time.monotonic()
-    with postgres_server() as server:
-        print(
-            f"\nPostgreSQL {server.bin_dir.parent.name} ready in {time.monotonic() - started:.1f}s"
-            f" (apt install {server.installed_in_s:.1f}s, start {server.started_in_s:.1f}s)"
-        )
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
