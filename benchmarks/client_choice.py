@@ -636,7 +636,11 @@ def bench_session(opts: Options) -> Iterator[Bench]:
             mock_port = free_port()
             mock_pid = procs.start("mock", mock_argv(mock_port, opts), opts.load_core, child_env())
             wait_ready(procs, "mock", mock_port, "/health")
-            key = provision_loopgate(workdir, mock_port) if set(opts.targets) & {"D", "E", "F"} else ""
+            key = (
+                provision_loopgate(workdir, mock_port)
+                if set(opts.targets) & {"D", "E", "F"}
+                else ""
+            )
             script = workdir / "post.lua"
             write_wrk_script(script, key)
             yield Bench(opts, workdir, procs, wrk, mock_port, mock_pid, key, script)
