@@ -167,11 +167,23 @@ class SQLiteStore(_AdapterMixin, CaptureMixin):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._enable_wal()
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
+
+    async def _enable_wal(self) -> None:
+        """Switching a new file to WAL needs a moment alone with it; SQLite does not apply the
+        busy timeout to that switch, so processes opening it together retry here."""
+        for attempt in range(50):
+            try:
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                await asyncio.sleep(0.02 * (attempt + 1))
 
     @property
     def tx_lock(self) -> asyncio.Lock:
