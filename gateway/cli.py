@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -129,13 +130,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
+    _check_port_free(settings)
     asyncio.run(_serve(settings, banner=None))
     return 0
+
+
+def _check_port_free(settings: Settings) -> None:
+    """Fail before starting an engine when the gateway's address is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+                "set LOOPGATE_PORT or --port to a free port"
+            ) from None
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.model import resolve_model
 
+    _check_port_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.admin_key:
         settings = settings.with_overrides(

@@ -62,3 +62,17 @@ def test_config_reference(capsys: pytest.CaptureFixture[str]) -> None:
 def test_model_verify_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "model", "verify")
     assert code == 1 and "loopgate model prepare" in err
+
+
+def test_a_taken_port_is_a_clear_error_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for command in ("serve", "up"):
+            code, _, err = run(capsys, command, "--port", str(port))
+            assert code == 2 and f"127.0.0.1:{port}" in err and "LOOPGATE_PORT" in err
