@@ -104,7 +104,6 @@ MIGRATIONS_PG: tuple[str, ...] = (
     );
     CREATE INDEX completions_tenant ON completions(tenant_id, created_at);
     CREATE INDEX completions_end_user ON completions(tenant_id, end_user);
-    CREATE INDEX completions_status ON completions(status);
     CREATE TABLE feedback (
         id TEXT PRIMARY KEY,
         completion_id TEXT NOT NULL REFERENCES completions(id) ON DELETE CASCADE,
