@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from gateway.errors import Conflict, NotFound
+from gateway.store import rows as rowmap
 from gateway.store.records import (
     AdapterStatus,
     AdapterVersion,
@@ -154,11 +154,12 @@ class PostgresStore:
         row = await self.pool.fetchrow(
             "SELECT * FROM tenants WHERE id = $1 OR name = $1 LIMIT 1", id_or_name
         )
-        return _tenant(row) if row else None
+        return rowmap.tenant(row) if row else None
 
     async def list_tenants(self) -> list[Tenant]:
         return [
-            _tenant(r) for r in await self.pool.fetch("SELECT * FROM tenants ORDER BY created_at")
+            rowmap.tenant(r)
+            for r in await self.pool.fetch("SELECT * FROM tenants ORDER BY created_at")
         ]
 
     async def set_tenant_policy(
@@ -186,13 +187,13 @@ class PostgresStore:
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self.pool.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id)
-        return _key(row) if row else None
+        return rowmap.key(row) if row else None
 
     async def list_keys(self, tenant_id: str) -> list[ApiKey]:
         rows = await self.pool.fetch(
             "SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at", tenant_id
         )
-        return [_key(r) for r in rows]
+        return [rowmap.key(r) for r in rows]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         await self.pool.execute(
@@ -217,19 +218,19 @@ class PostgresStore:
             time.time(),
         )
         assert row is not None
-        return _alias(row)
+        return rowmap.alias(row)
 
     async def get_alias(self, tenant_id: str, name: str) -> Alias | None:
         row = await self.pool.fetchrow(
             "SELECT * FROM aliases WHERE tenant_id = $1 AND name = $2", tenant_id, name
         )
-        return _alias(row) if row else None
+        return rowmap.alias(row) if row else None
 
     async def list_aliases(self, tenant_id: str) -> list[Alias]:
         rows = await self.pool.fetch(
             "SELECT * FROM aliases WHERE tenant_id = $1 ORDER BY name", tenant_id
         )
-        return [_alias(r) for r in rows]
+        return [rowmap.alias(r) for r in rows]
 
     async def delete_alias(self, tenant_id: str, name: str) -> None:
         status = await self.pool.execute(
@@ -281,19 +282,19 @@ class PostgresStore:
             tenant_id,
             name,
         )
-        return [_event(r) for r in rows]
+        return [rowmap.event(r) for r in rows]
 
     async def aliases_to(self, version_id: str) -> list[Alias]:
         rows = await self.pool.fetch(
             f"SELECT * FROM aliases WHERE adapter_version = $1 {_CREATION_ORDER}", version_id
         )
-        return [_alias(r) for r in rows]
+        return [rowmap.alias(r) for r in rows]
 
     async def live_aliases(self) -> list[Alias]:
         rows = await self.pool.fetch(
             f"SELECT * FROM aliases WHERE target_kind = 'adapter' {_CREATION_ORDER}"
         )
-        return [_alias(r) for r in rows]
+        return [rowmap.alias(r) for r in rows]
 
     # -- adapter versions -----------------------------------------------------------------------
 
@@ -304,27 +305,12 @@ class PostgresStore:
             "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
             "status, path, size_bytes, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-            v.id,
-            v.tenant_id,
-            v.name,
-            v.content_hash,
-            v.base_model,
-            v.base_hash,
-            v.rank,
-            v.alpha,
-            json.dumps(list(v.target_modules)),
-            v.created_by,
-            v.dataset_id,
-            json.dumps(list(v.eval_report_ids)),
-            v.status,
-            v.path,
-            v.size_bytes,
-            v.created_at,
+            *rowmap.adapter_params(v),
         )
 
     async def get_adapter(self, version_id: str) -> AdapterVersion | None:
         row = await self.pool.fetchrow("SELECT * FROM adapter_versions WHERE id = $1", version_id)
-        return _adapter(row) if row else None
+        return rowmap.adapter(row) if row else None
 
     async def find_adapter(self, tenant_id: str, content_hash: str) -> AdapterVersion | None:
         row = await self.pool.fetchrow(
@@ -332,7 +318,7 @@ class PostgresStore:
             tenant_id,
             content_hash,
         )
-        return _adapter(row) if row else None
+        return rowmap.adapter(row) if row else None
 
     async def list_adapters(self, tenant_id: str | None = None) -> list[AdapterVersion]:
         if tenant_id is None:
@@ -342,7 +328,7 @@ class PostgresStore:
                 "SELECT * FROM adapter_versions WHERE tenant_id = $1 ORDER BY created_at",
                 tenant_id,
             )
-        return [_adapter(r) for r in rows]
+        return [rowmap.adapter(r) for r in rows]
 
     async def set_adapter_status(self, version_id: str, status: AdapterStatus) -> None:
         await self.pool.execute(
@@ -357,9 +343,9 @@ class PostgresStore:
     async def capture_batch(self, inserts: list[Completion], finals: list[CaptureFinal]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             if inserts:
-                await conn.executemany(_INSERT, [_insert_row(c) for c in inserts])
+                await conn.executemany(_INSERT, [rowmap.completion_params(c) for c in inserts])
             if finals:
-                await conn.executemany(_FINAL, [_final_row(f) for f in finals])
+                await conn.executemany(_FINAL, [rowmap.final_params(f) for f in finals])
 
     async def mark_incomplete(self, before: float) -> int:
         status = await self.pool.execute(
@@ -374,7 +360,7 @@ class PostgresStore:
         row = await self.pool.fetchrow(
             "SELECT * FROM completions WHERE tenant_id = $1 AND id = $2", tenant_id, completion_id
         )
-        return _completion(row) if row else None
+        return rowmap.completion(row) if row else None
 
     async def list_completions(self, query: CompletionQuery) -> tuple[list[Completion], bool]:
         args: list[object] = [query.tenant_id]
@@ -395,7 +381,7 @@ class PostgresStore:
                 f"WHERE tenant_id = $1 AND id = {arg(query.after)})"
             )
         sql.append(f"ORDER BY created_at {direction}, id {direction} LIMIT {arg(query.limit + 1)}")
-        rows = [_completion(r) for r in await self.pool.fetch(" ".join(sql), *args)]
+        rows = [rowmap.completion(r) for r in await self.pool.fetch(" ".join(sql), *args)]
         return rows[: query.limit], len(rows) > query.limit
 
     async def update_completion(
@@ -426,7 +412,7 @@ class PostgresStore:
                 tenant_id,
                 completion_id,
             )
-        return _completion(row) if row else None
+        return rowmap.completion(row) if row else None
 
     async def delete_completion(self, tenant_id: str, completion_id: str) -> bool:
         status = await self.pool.execute(
@@ -458,7 +444,7 @@ class PostgresStore:
             tenant_id,
             completion_id,
         )
-        return [_feedback(r) for r in rows]
+        return [rowmap.feedback(r) for r in rows]
 
     async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int:
         """Delete a tenant's (or one end-user's) captured traffic and feedback; audit it."""
@@ -527,115 +513,5 @@ class PostgresStore:
             )
         by_completion: dict[str, list[Feedback]] = {}
         for r in feedback:
-            by_completion.setdefault(r["completion_id"], []).append(_feedback(r))
-        return [(_completion(r), by_completion.get(r["id"], [])) for r in rows]
-
-
-def _insert_row(c: Completion) -> Sequence[object]:
-    return (
-        c.id,
-        c.tenant_id,
-        c.key_id,
-        c.kind,
-        c.alias,
-        c.adapter_version,
-        c.backend,
-        bool(c.stored),
-        c.request,
-        c.status,
-        c.end_user,
-        json.dumps(c.metadata),
-        c.request_id,
-        c.created_at,
-    )
-
-
-def _final_row(f: CaptureFinal) -> Sequence[object]:
-    return (
-        f.response,
-        f.finish_reason,
-        f.prompt_tokens,
-        f.completion_tokens,
-        f.latency_ms,
-        f.ttft_ms,
-        f.status,
-        f.error,
-        f.completed_at,
-        f.id,
-    )
-
-
-def _tenant(row: Row) -> Tenant:
-    return Tenant(
-        row["id"],
-        row["name"],
-        row["created_at"],
-        row["disabled"],
-        row["store_default"],
-        row["redact_pii"],
-        row["retention_days"],
-    )
-
-
-def _key(row: Row) -> ApiKey:
-    return ApiKey(
-        row["id"],
-        row["tenant_id"],
-        row["name"],
-        row["key_hash"],
-        row["created_at"],
-        row["revoked_at"],
-    )
-
-
-def _alias(row: Row) -> Alias:
-    target = AliasTarget(row["target_kind"], row["adapter_version"])
-    return Alias(row["tenant_id"], row["name"], target, row["created_at"], row["updated_at"])
-
-
-def _event(row: Row) -> AliasEvent:
-    return AliasEvent(
-        row["seq"],
-        row["tenant_id"],
-        row["alias"],
-        row["action"],
-        row["from_version"],
-        row["to_version"],
-        row["actor"],
-        row["reason"],
-        row["forced"],
-        row["at"],
-    )
-
-
-def _adapter(row: Row) -> AdapterVersion:
-    return AdapterVersion(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        content_hash=row["content_hash"],
-        base_model=row["base_model"],
-        base_hash=row["base_hash"],
-        rank=row["rank"],
-        alpha=row["alpha"],
-        target_modules=tuple(json.loads(row["target_modules"])),
-        created_by=row["created_by"],
-        status=row["status"],
-        path=row["path"],
-        size_bytes=row["size_bytes"],
-        created_at=row["created_at"],
-        dataset_id=row["dataset_id"],
-        eval_report_ids=tuple(json.loads(row["eval_report_ids"])),
-    )
-
-
-def _completion(row: Row) -> Completion:
-    fields: dict[str, Any] = dict(row.items())
-    fields["metadata"] = json.loads(fields["metadata"])
-    return Completion(**fields)
-
-
-def _feedback(row: Row) -> Feedback:
-    fields: dict[str, Any] = dict(row.items())
-    fields["tags"] = tuple(json.loads(fields["tags"]))
-    return Feedback(**fields)
+            by_completion.setdefault(r["completion_id"], []).append(rowmap.feedback(r))
+        return [(rowmap.completion(r), by_completion.get(r["id"], [])) for r in rows]

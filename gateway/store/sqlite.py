@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 import aiosqlite
 
 from gateway.errors import Conflict, NotFound
+from gateway.store import rows as rowmap
 from gateway.store.records import (
     AdapterStatus,
     AdapterVersion,
@@ -79,31 +79,14 @@ class _AdapterMixin:
             "SELECT * FROM alias_events WHERE tenant_id = ? AND alias = ? ORDER BY seq",
             (tenant_id, name),
         ) as cur:
-            return [_event(r) for r in await cur.fetchall()]
+            return [rowmap.event(r) for r in await cur.fetchall()]
 
     async def add_adapter(self, v: AdapterVersion) -> None:
         await self._write(
             "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, "
             "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
             "status, path, size_bytes, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                v.id,
-                v.tenant_id,
-                v.name,
-                v.content_hash,
-                v.base_model,
-                v.base_hash,
-                v.rank,
-                v.alpha,
-                json.dumps(list(v.target_modules)),
-                v.created_by,
-                v.dataset_id,
-                json.dumps(list(v.eval_report_ids)),
-                v.status,
-                v.path,
-                v.size_bytes,
-                v.created_at,
-            ),
+            rowmap.adapter_params(v),
         )
 
     async def get_adapter(self, version_id: str) -> AdapterVersion | None:
@@ -111,7 +94,7 @@ class _AdapterMixin:
             "SELECT * FROM adapter_versions WHERE id = ?", (version_id,)
         ) as cur:
             row = await cur.fetchone()
-        return _adapter(row) if row else None
+        return rowmap.adapter(row) if row else None
 
     async def find_adapter(self, tenant_id: str, content_hash: str) -> AdapterVersion | None:
         async with self.db.execute(
@@ -119,7 +102,7 @@ class _AdapterMixin:
             (tenant_id, content_hash),
         ) as cur:
             row = await cur.fetchone()
-        return _adapter(row) if row else None
+        return rowmap.adapter(row) if row else None
 
     async def list_adapters(self, tenant_id: str | None = None) -> list[AdapterVersion]:
         sql = "SELECT * FROM adapter_versions"
@@ -127,7 +110,7 @@ class _AdapterMixin:
         if tenant_id is not None:
             sql, args = sql + " WHERE tenant_id = ?", (tenant_id,)
         async with self.db.execute(sql + " ORDER BY created_at", args) as cur:
-            return [_adapter(r) for r in await cur.fetchall()]
+            return [rowmap.adapter(r) for r in await cur.fetchall()]
 
     async def set_adapter_status(self, version_id: str, status: AdapterStatus) -> None:
         await self._write(
@@ -141,11 +124,11 @@ class _AdapterMixin:
         async with self.db.execute(
             "SELECT * FROM aliases WHERE adapter_version = ?", (version_id,)
         ) as cur:
-            return [_alias(r) for r in await cur.fetchall()]
+            return [rowmap.alias(r) for r in await cur.fetchall()]
 
     async def live_aliases(self) -> list[Alias]:
         async with self.db.execute("SELECT * FROM aliases WHERE target_kind = 'adapter'") as cur:
-            return [_alias(r) for r in await cur.fetchall()]
+            return [rowmap.alias(r) for r in await cur.fetchall()]
 
 
 class SQLiteStore(_AdapterMixin, CaptureMixin):
@@ -255,11 +238,11 @@ class SQLiteStore(_AdapterMixin, CaptureMixin):
             "SELECT * FROM tenants WHERE id = ? OR name = ?", (id_or_name, id_or_name)
         ) as cur:
             row = await cur.fetchone()
-        return _tenant(row) if row else None
+        return rowmap.tenant(row) if row else None
 
     async def list_tenants(self) -> list[Tenant]:
         async with self.db.execute("SELECT * FROM tenants ORDER BY created_at") as cur:
-            return [_tenant(r) for r in await cur.fetchall()]
+            return [rowmap.tenant(r) for r in await cur.fetchall()]
 
     async def add_key(self, key: ApiKey) -> None:
         await self._write(
@@ -271,13 +254,13 @@ class SQLiteStore(_AdapterMixin, CaptureMixin):
     async def get_key(self, key_id: str) -> ApiKey | None:
         async with self.db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)) as cur:
             row = await cur.fetchone()
-        return _key(row) if row else None
+        return rowmap.key(row) if row else None
 
     async def list_keys(self, tenant_id: str) -> list[ApiKey]:
         async with self.db.execute(
             "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at", (tenant_id,)
         ) as cur:
-            return [_key(r) for r in await cur.fetchall()]
+            return [rowmap.key(r) for r in await cur.fetchall()]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         await self._write(
@@ -306,13 +289,13 @@ class SQLiteStore(_AdapterMixin, CaptureMixin):
             "SELECT * FROM aliases WHERE tenant_id = ? AND name = ?", (tenant_id, name)
         ) as cur:
             row = await cur.fetchone()
-        return _alias(row) if row else None
+        return rowmap.alias(row) if row else None
 
     async def list_aliases(self, tenant_id: str) -> list[Alias]:
         async with self.db.execute(
             "SELECT * FROM aliases WHERE tenant_id = ? ORDER BY name", (tenant_id,)
         ) as cur:
-            return [_alias(r) for r in await cur.fetchall()]
+            return [rowmap.alias(r) for r in await cur.fetchall()]
 
     async def delete_alias(self, tenant_id: str, name: str) -> None:
         cur = await self._write(
@@ -320,67 +303,3 @@ class SQLiteStore(_AdapterMixin, CaptureMixin):
         )
         if cur.rowcount == 0:
             raise NotFound(f"no alias '{name}' for this tenant", param="name")
-
-
-def _event(row: sqlite3.Row) -> AliasEvent:
-    return AliasEvent(
-        row["seq"],
-        row["tenant_id"],
-        row["alias"],
-        row["action"],
-        row["from_version"],
-        row["to_version"],
-        row["actor"],
-        row["reason"],
-        bool(row["forced"]),
-        row["at"],
-    )
-
-
-def _adapter(row: sqlite3.Row) -> AdapterVersion:
-    return AdapterVersion(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        name=row["name"],
-        content_hash=row["content_hash"],
-        base_model=row["base_model"],
-        base_hash=row["base_hash"],
-        rank=row["rank"],
-        alpha=row["alpha"],
-        target_modules=tuple(json.loads(row["target_modules"])),
-        created_by=row["created_by"],
-        status=row["status"],
-        path=row["path"],
-        size_bytes=row["size_bytes"],
-        created_at=row["created_at"],
-        dataset_id=row["dataset_id"],
-        eval_report_ids=tuple(json.loads(row["eval_report_ids"])),
-    )
-
-
-def _tenant(row: sqlite3.Row) -> Tenant:
-    return Tenant(
-        row["id"],
-        row["name"],
-        row["created_at"],
-        bool(row["disabled"]),
-        bool(row["store_default"]),
-        bool(row["redact_pii"]),
-        row["retention_days"],
-    )
-
-
-def _key(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(
-        row["id"],
-        row["tenant_id"],
-        row["name"],
-        row["key_hash"],
-        row["created_at"],
-        row["revoked_at"],
-    )
-
-
-def _alias(row: sqlite3.Row) -> Alias:
-    target = AliasTarget(row["target_kind"], row["adapter_version"])
-    return Alias(row["tenant_id"], row["name"], target, row["created_at"], row["updated_at"])

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 
 import aiosqlite
 
+from gateway.store import rows as rowmap
 from gateway.store.records import CaptureFinal, Completion, CompletionQuery, Feedback
 
 _INSERT = (
@@ -50,8 +51,8 @@ class CaptureMixin:
 
     async def capture_batch(self, inserts: list[Completion], finals: list[CaptureFinal]) -> None:
         """One transaction, one hop to the connection's thread (this is the hot write path)."""
-        rows = [_insert_row(c) for c in inserts]
-        updates = [_final_row(f) for f in finals]
+        rows = [rowmap.completion_params(c) for c in inserts]
+        updates = [rowmap.final_params(f) for f in finals]
         async with self.tx_lock:
             # aiosqlite's _execute runs a callable on its connection thread: the whole batch
             # costs one thread round trip instead of four.
@@ -70,7 +71,7 @@ class CaptureMixin:
             "SELECT * FROM completions WHERE tenant_id = ? AND id = ?", (tenant_id, completion_id)
         ) as cur:
             row = await cur.fetchone()
-        return _completion(row) if row else None
+        return rowmap.completion(row) if row else None
 
     async def list_completions(self, query: CompletionQuery) -> tuple[list[Completion], bool]:
         sql = ["SELECT * FROM completions WHERE tenant_id = ? AND stored = 1"]
@@ -91,7 +92,7 @@ class CaptureMixin:
         sql.append(f"ORDER BY created_at {direction}, id {direction} LIMIT ?")
         args.append(query.limit + 1)
         async with self.db.execute(" ".join(sql), args) as cur:
-            rows = [_completion(r) for r in await cur.fetchall()]
+            rows = [rowmap.completion(r) for r in await cur.fetchall()]
         return rows[: query.limit], len(rows) > query.limit
 
     async def update_completion(
@@ -143,7 +144,7 @@ class CaptureMixin:
             "SELECT * FROM feedback WHERE tenant_id = ? AND completion_id = ? ORDER BY created_at",
             (tenant_id, completion_id),
         ) as cur:
-            return [_feedback(r) for r in await cur.fetchall()]
+            return [rowmap.feedback(r) for r in await cur.fetchall()]
 
     async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int:
         """Delete a tenant's (or one end-user's) captured traffic and feedback; audit it."""
@@ -193,7 +194,7 @@ class CaptureMixin:
             "ORDER BY created_at",
             (tenant_id,),
         ) as cur:
-            rows = [_completion(r) for r in await cur.fetchall()]
+            rows = [rowmap.completion(r) for r in await cur.fetchall()]
         return [(c, await self.list_feedback(tenant_id, c.id)) for c in rows]
 
 
@@ -210,80 +211,3 @@ def _write_batch(
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _insert_row(c: Completion) -> tuple[object, ...]:
-    return (
-        c.id,
-        c.tenant_id,
-        c.key_id,
-        c.kind,
-        c.alias,
-        c.adapter_version,
-        c.backend,
-        int(c.stored),
-        c.request,
-        c.status,
-        c.end_user,
-        json.dumps(c.metadata),
-        c.request_id,
-        c.created_at,
-    )
-
-
-def _final_row(f: CaptureFinal) -> tuple[object, ...]:
-    return (
-        f.response,
-        f.finish_reason,
-        f.prompt_tokens,
-        f.completion_tokens,
-        f.latency_ms,
-        f.ttft_ms,
-        f.status,
-        f.error,
-        f.completed_at,
-        f.id,
-    )
-
-
-def _completion(row: sqlite3.Row) -> Completion:
-    return Completion(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        key_id=row["key_id"],
-        kind=row["kind"],
-        alias=row["alias"],
-        adapter_version=row["adapter_version"],
-        backend=row["backend"],
-        stored=bool(row["stored"]),
-        request=row["request"],
-        response=row["response"],
-        finish_reason=row["finish_reason"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        latency_ms=row["latency_ms"],
-        ttft_ms=row["ttft_ms"],
-        status=row["status"],
-        error=row["error"],
-        end_user=row["end_user"],
-        metadata=json.loads(row["metadata"]),
-        do_not_train=bool(row["do_not_train"]),
-        request_id=row["request_id"],
-        created_at=row["created_at"],
-        completed_at=row["completed_at"],
-    )
-
-
-def _feedback(row: sqlite3.Row) -> Feedback:
-    return Feedback(
-        id=row["id"],
-        completion_id=row["completion_id"],
-        tenant_id=row["tenant_id"],
-        rating=row["rating"],
-        score=row["score"],
-        correction=row["correction"],
-        comment=row["comment"],
-        tags=tuple(json.loads(row["tags"])),
-        author=row["author"],
-        created_at=row["created_at"],
-    )
