@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
@@ -23,21 +23,11 @@ from gateway.store.records import (
     Tenant,
 )
 from gateway.store.schema import MIGRATIONS
-from gateway.store.sqlite_capture import CaptureMixin
+from gateway.store.sqlite_capture import CaptureMixin, SQLiteMixin
 
 
-class _AdapterMixin:
+class _AdapterMixin(SQLiteMixin):
     """SQLite statements for adapter versions and alias history."""
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        raise NotImplementedError
-
-    def transaction(self) -> AbstractAsyncContextManager[None]:
-        raise NotImplementedError
-
-    async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
-        raise NotImplementedError
 
     async def flip_alias(
         self, tenant_id: str, name: str, target: AliasTarget, event: AliasEvent

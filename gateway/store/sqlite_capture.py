@@ -26,7 +26,9 @@ _FINAL = (
 )
 
 
-class CaptureMixin:
+class SQLiteMixin:
+    """What the statement mixins need from SQLiteStore (which provides each of these)."""
+
     @property
     def db(self) -> aiosqlite.Connection:
         raise NotImplementedError
@@ -40,6 +42,10 @@ class CaptureMixin:
     @property
     def tx_lock(self) -> asyncio.Lock:
         raise NotImplementedError
+
+
+class CaptureMixin(SQLiteMixin):
+    """SQLite statements for captured traffic."""
 
     async def set_tenant_policy(
         self, tenant_id: str, *, store_default: bool, redact_pii: bool, retention_days: int | None
