@@ -5,6 +5,7 @@ SQLite (WAL) is the embedded default; other backends implement the same `Store` 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,14 @@ from gateway.store.records import (
     CaptureStatus,
     Completion,
     CompletionQuery,
+    Dataset,
     Feedback,
+    FileObject,
+    FineTuningJob,
+    JobChanges,
+    JobEvent,
+    JobStage,
+    JobStatus,
     TargetKind,
     Tenant,
 )
@@ -41,7 +49,14 @@ __all__ = [
     "CaptureStatus",
     "Completion",
     "CompletionQuery",
+    "Dataset",
     "Feedback",
+    "FileObject",
+    "FineTuningJob",
+    "JobChanges",
+    "JobEvent",
+    "JobStage",
+    "JobStatus",
     "PostgresStore",
     "SQLiteStore",
     "Store",
@@ -104,6 +119,38 @@ class Store(Protocol):
     async def export_completions(
         self, tenant_id: str
     ) -> list[tuple[Completion, list[Feedback]]]: ...
+    async def list_optouts(self, tenant_id: str) -> set[str]: ...
+    # -- training: files, datasets, jobs (one job is claimed by exactly one worker) ------------
+    async def add_file(self, f: FileObject) -> None: ...
+    async def get_file(self, tenant_id: str, file_id: str) -> FileObject | None: ...
+    async def list_files(self, tenant_id: str) -> list[FileObject]: ...
+    async def delete_file(self, tenant_id: str, file_id: str) -> bool: ...
+    async def add_dataset(self, d: Dataset, completion_ids: Collection[str]) -> None: ...
+    async def get_dataset(self, tenant_id: str, dataset_id: str) -> Dataset | None: ...
+    async def list_datasets(self, tenant_id: str) -> list[Dataset]: ...
+    async def create_job(self, job: FineTuningJob) -> None: ...
+    async def get_job(self, job_id: str, tenant_id: str | None = None) -> FineTuningJob | None: ...
+    async def list_jobs(
+        self, tenant_id: str, after: str | None, limit: int
+    ) -> tuple[list[FineTuningJob], bool]: ...
+    async def claim_job(self, worker: str) -> FineTuningJob | None: ...
+    async def update_job(
+        self, job_id: str, changes: JobChanges, *, worker: str | None = None
+    ) -> bool: ...
+    async def heartbeat_job(self, job_id: str, worker: str) -> bool | None: ...
+    async def request_cancel(self, tenant_id: str, job_id: str) -> FineTuningJob | None: ...
+    async def requeue_stale(self, before: float) -> list[tuple[str, str]]: ...
+    async def jobs_in_stage(self, stage: JobStage) -> list[FineTuningJob]: ...
+    async def add_job_event(
+        self,
+        job_id: str,
+        level: str,
+        message: str,
+        data: dict[str, float | int | str] | None = None,
+    ) -> None: ...
+    async def list_job_events(
+        self, job_id: str, after: int | None, limit: int
+    ) -> tuple[list[JobEvent], bool]: ...
 
 
 def open_store(url: str) -> Store:

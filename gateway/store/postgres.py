@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.errors import Conflict, NotFound
 from gateway.store import rows as rowmap
+from gateway.store.postgres_training import TrainingMixinPG
 from gateway.store.records import (
     AdapterStatus,
     AdapterVersion,
@@ -25,6 +26,7 @@ from gateway.store.records import (
     Tenant,
 )
 from gateway.store.schema_postgres import MIGRATIONS_PG
+from gateway.store.training_sql import TAINT_DATASETS, numbered, taint_reason
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -79,7 +81,7 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore:
+class PostgresStore(TrainingMixinPG):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 
     def __init__(self, url: str):
@@ -452,6 +454,10 @@ class PostgresStore:
         if end_user is not None:
             where, args = where + " AND end_user = $2", [tenant_id, end_user]
         async with self.pool.acquire() as conn, conn.transaction():
+            taint = numbered(
+                TAINT_DATASETS.format(where=where.replace("$1", "?").replace("$2", "?"))
+            )
+            await conn.execute(taint, time.time(), taint_reason(end_user), *args)
             await conn.execute(
                 "DELETE FROM feedback WHERE completion_id IN "
                 f"(SELECT id FROM completions WHERE {where})",

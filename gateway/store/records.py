@@ -157,3 +157,112 @@ class CompletionQuery(msgspec.Struct, frozen=True):
     after: str | None = None
     limit: int = 20
     order: Literal["asc", "desc"] = "asc"
+
+
+# -- training: uploaded files, dataset snapshots, fine-tuning jobs ------------------------------
+
+
+class FileObject(msgspec.Struct, frozen=True):
+    """An uploaded file (purpose 'fine-tune': chat JSONL, validated line by line on upload)."""
+
+    id: str
+    tenant_id: str
+    purpose: str
+    filename: str
+    bytes: int
+    lines: int
+    path: str
+    created_by: str
+    created_at: float
+
+
+DatasetSource = Literal["traffic", "file"]
+
+
+class Dataset(msgspec.Struct, frozen=True):
+    """An immutable dataset snapshot; `tainted_at` is set when data it used is later erased."""
+
+    id: str
+    tenant_id: str
+    content_hash: str
+    source: DatasetSource
+    source_file_id: str | None
+    train_count: int
+    eval_count: int
+    preference_count: int
+    path: str
+    stats: str  # JSON of the builder's stats report
+    created_by: str
+    created_at: float
+    tainted_at: float | None = None
+    taint_reason: str | None = None
+
+
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+JobStage = Literal["queued", "training", "registering", "done"]
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class FineTuningJob(msgspec.Struct, frozen=True):
+    """A fine-tuning job; the store is its only state (workers and gateways come and go)."""
+
+    id: str
+    tenant_id: str
+    created_by: str
+    model: str  # the alias the caller asked to fine-tune
+    base_model: str  # the engine-side base model name
+    base_adapter: str | None  # the adapter version the alias served (lineage), if any
+    training_file: str | None
+    validation_file: str | None
+    dataset_id: str | None
+    hyperparameters: str  # JSON of the resolved training config
+    suffix: str | None
+    seed: int
+    status: JobStatus
+    stage: JobStage
+    created_at: float
+    fine_tuned_model: str | None = None
+    adapter_version: str | None = None
+    output_dir: str | None = None  # the trained adapter, awaiting registration
+    result: str | None = None  # JSON: training metrics, parity report
+    error: str | None = None  # JSON: {"code", "message", "param"}
+    trained_tokens: int | None = None
+    worker: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    heartbeat_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class JobChanges(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Columns of a job to change; UNSET fields are left alone."""
+
+    status: JobStatus | msgspec.UnsetType = msgspec.UNSET
+    stage: JobStage | msgspec.UnsetType = msgspec.UNSET
+    dataset_id: str | msgspec.UnsetType = msgspec.UNSET
+    fine_tuned_model: str | msgspec.UnsetType = msgspec.UNSET
+    adapter_version: str | msgspec.UnsetType = msgspec.UNSET
+    output_dir: str | msgspec.UnsetType | None = msgspec.UNSET
+    result: str | msgspec.UnsetType = msgspec.UNSET
+    error: str | msgspec.UnsetType | None = msgspec.UNSET
+    trained_tokens: int | msgspec.UnsetType = msgspec.UNSET
+    worker: str | msgspec.UnsetType | None = msgspec.UNSET
+    heartbeat_at: float | msgspec.UnsetType = msgspec.UNSET
+    finished_at: float | msgspec.UnsetType = msgspec.UNSET
+
+    def columns(self) -> dict[str, object]:
+        return {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not msgspec.UNSET
+        }
+
+
+class JobEvent(msgspec.Struct, frozen=True):
+    seq: int
+    job_id: str
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: str | None  # JSON of structured metrics (step, loss, tokens/s ...)
+    at: float

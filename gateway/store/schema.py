@@ -126,4 +126,81 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        purpose TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        lines INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX files_tenant ON files(tenant_id, created_at);
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        content_hash TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('traffic', 'file')),
+        source_file_id TEXT,
+        train_count INTEGER NOT NULL,
+        eval_count INTEGER NOT NULL,
+        preference_count INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        stats TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        tainted_at REAL,
+        taint_reason TEXT
+    );
+    CREATE INDEX datasets_tenant ON datasets(tenant_id, created_at);
+    CREATE TABLE dataset_sources (
+        dataset_id TEXT NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        completion_id TEXT NOT NULL,
+        PRIMARY KEY (completion_id, dataset_id)
+    );
+    CREATE TABLE fine_tuning_jobs (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        created_by TEXT NOT NULL,
+        model TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        base_adapter TEXT,
+        training_file TEXT,
+        validation_file TEXT,
+        dataset_id TEXT,
+        hyperparameters TEXT NOT NULL,
+        suffix TEXT,
+        seed INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('validating_files', 'queued', 'running',
+            'succeeded', 'failed', 'cancelled')),
+        stage TEXT NOT NULL CHECK (stage IN ('queued', 'training', 'registering', 'done')),
+        created_at REAL NOT NULL,
+        fine_tuned_model TEXT,
+        adapter_version TEXT,
+        output_dir TEXT,
+        result TEXT,
+        error TEXT,
+        trained_tokens INTEGER,
+        worker TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        heartbeat_at REAL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX fine_tuning_jobs_tenant ON fine_tuning_jobs(tenant_id, created_at);
+    CREATE INDEX fine_tuning_jobs_stage ON fine_tuning_jobs(stage, created_at);
+    CREATE TABLE job_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id) ON DELETE CASCADE,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data TEXT,
+        at REAL NOT NULL
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, seq);
+    """,
 )

@@ -13,6 +13,7 @@ import aiosqlite
 
 from gateway.store import rows as rowmap
 from gateway.store.records import CaptureFinal, Completion, CompletionQuery, Feedback
+from gateway.store.training_sql import TAINT_DATASETS, taint_reason
 
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
@@ -158,6 +159,9 @@ class CaptureMixin(SQLiteMixin):
         if end_user is not None:
             where, args = where + " AND end_user = ?", [tenant_id, end_user]
         async with self.transaction():
+            await self.db.execute(
+                TAINT_DATASETS.format(where=where), [time.time(), taint_reason(end_user), *args]
+            )
             await self.db.execute(
                 "DELETE FROM feedback WHERE completion_id IN "
                 f"(SELECT id FROM completions WHERE {where})",

@@ -13,8 +13,10 @@ import msgspec
 import pytest
 
 import gateway.store.postgres
+import gateway.store.postgres_training
 import gateway.store.sqlite
 import gateway.store.sqlite_capture
+import gateway.store.sqlite_training
 from gateway.errors import Conflict, NotFound
 from gateway.store import (
     MIGRATIONS,
@@ -26,7 +28,11 @@ from gateway.store import (
     CaptureFinal,
     Completion,
     CompletionQuery,
+    Dataset,
     Feedback,
+    FileObject,
+    FineTuningJob,
+    JobChanges,
     PostgresStore,
     SQLiteStore,
     Store,
@@ -36,6 +42,15 @@ from tests.support.postgres import PostgresServer
 
 IntegrityError = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 T0 = 1_700_000_000.0
+
+
+TIMED_MODULES = (
+    gateway.store.sqlite,
+    gateway.store.sqlite_capture,
+    gateway.store.sqlite_training,
+    gateway.store.postgres,
+    gateway.store.postgres_training,
+)
 
 
 class Clock:
@@ -53,7 +68,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Deterministic store timestamps, so both backends can be compared record for record."""
     c = Clock()
-    for module in (gateway.store.sqlite, gateway.store.sqlite_capture, gateway.store.postgres):
+    for module in TIMED_MODULES:
         monkeypatch.setattr(module, "time", c)
     return c
 
@@ -791,7 +806,7 @@ async def test_both_backends_return_identical_records(
     results = []
     for url in (f"sqlite:///{tmp_path / 'db.sqlite'}", pg_url):
         clock = Clock()
-        for module in (gateway.store.sqlite, gateway.store.sqlite_capture, gateway.store.postgres):
+        for module in TIMED_MODULES:
             monkeypatch.setattr(module, "time", clock)
         s = open_store(url)
         await s.open()
@@ -834,3 +849,178 @@ async def test_a_closed_store_says_so(pg_url: str) -> None:
     await s.close()
     with pytest.raises(RuntimeError, match="not open"):
         await s.schema_version()
+
+
+# -- training: files, datasets, fine-tuning jobs ------------------------------------------------
+
+
+def job(jid: str, tenant: str = "t1", *, created_at: float, **kw: Any) -> FineTuningJob:
+    fields: dict[str, Any] = {
+        "id": jid,
+        "tenant_id": tenant,
+        "created_by": "k1",
+        "model": "smollm2",
+        "base_model": "smollm2-135m",
+        "base_adapter": None,
+        "training_file": "file-1",
+        "validation_file": None,
+        "dataset_id": None,
+        "hyperparameters": '{"epochs": 3}',
+        "suffix": "style",
+        "seed": 7,
+        "status": "queued",
+        "stage": "queued",
+        "created_at": created_at,
+    }
+    fields.update(kw)
+    return FineTuningJob(**fields)
+
+
+def dataset(did: str, tenant: str = "t1", **kw: Any) -> Dataset:
+    fields: dict[str, Any] = {
+        "id": did,
+        "tenant_id": tenant,
+        "content_hash": f"sha256:{did}",
+        "source": "traffic",
+        "source_file_id": None,
+        "train_count": 9,
+        "eval_count": 1,
+        "preference_count": 0,
+        "path": f"/datasets/{did}",
+        "stats": "{}",
+        "created_by": "k1",
+        "created_at": T0,
+    }
+    fields.update(kw)
+    return Dataset(**fields)
+
+
+async def test_files_are_scoped_to_their_tenant(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    f1 = FileObject("file-1", "t1", "fine-tune", "a.jsonl", 120, 3, "/f/1", "k1", T0)
+    f2 = FileObject("file-2", "t1", "fine-tune", "b.jsonl", 5_000_000_000, 1, "/f/2", "k1", T0 + 1)
+    await store.add_file(f1)
+    await store.add_file(f2)
+    assert await store.get_file("t1", "file-1") == f1
+    assert await store.get_file("t2", "file-1") is None
+    assert await store.list_files("t1") == [f2, f1]  # newest first
+    assert await store.list_files("t2") == []
+    assert not await store.delete_file("t2", "file-1")
+    assert await store.delete_file("t1", "file-1")
+    assert await store.list_files("t1") == [f2]
+
+
+async def test_erasure_marks_the_datasets_that_used_the_data(store: Store) -> None:
+    await seed_completions(store)
+    used_alice = dataset("ds-1")
+    used_bob = dataset("ds-2", source="file", source_file_id="file-9")
+    other = dataset("ds-3", "t2")
+    await store.add_dataset(used_alice, ["c-b", "c-a"])
+    await store.add_dataset(used_bob, ["c-a"])
+    await store.add_dataset(other, ["c-z"])
+    assert await store.get_dataset("t1", "ds-1") == used_alice
+    assert await store.get_dataset("t2", "ds-1") is None
+    assert [d.id for d in await store.list_datasets("t1")] == ["ds-2", "ds-1"]
+    await store.erase("t1", "alice", "admin")
+    marked = await store.get_dataset("t1", "ds-1")
+    assert marked is not None and marked.tainted_at is not None
+    assert marked.taint_reason == "erasure of an end-user's data"
+    assert (await store.get_dataset("t1", "ds-2")) == used_bob  # bob's data is still there
+    assert (await store.get_dataset("t2", "ds-3")) == other  # the other tenant's alice too
+    await store.erase("t1", None, "admin")
+    again = await store.get_dataset("t1", "ds-2")
+    assert again is not None and again.taint_reason == "erasure of the tenant's data"
+
+
+async def test_optouts_are_listed_for_the_dataset_builder(store: Store) -> None:
+    await seed_completions(store)
+    await store.opt_out("t1", "alice")
+    await store.opt_out("t2", "carol")
+    assert await store.list_optouts("t1") == {"alice"}
+    assert await store.list_optouts("t2") == {"carol"}
+
+
+async def test_jobs_list_newest_first_with_cursor_and_tenant_scope(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    for i in range(5):
+        await store.create_job(job(f"ftjob-{i}", created_at=T0 + i))
+    await store.create_job(job("ftjob-x", "t2", created_at=T0))
+    page, more = await store.list_jobs("t1", None, 2)
+    assert [j.id for j in page] == ["ftjob-4", "ftjob-3"] and more
+    page, more = await store.list_jobs("t1", "ftjob-3", 10)
+    assert [j.id for j in page] == ["ftjob-2", "ftjob-1", "ftjob-0"] and not more
+    assert await store.get_job("ftjob-x", "t1") is None
+    assert await store.get_job("ftjob-x") == job("ftjob-x", "t2", created_at=T0)
+
+
+async def test_a_job_is_claimed_once_and_only_its_worker_writes_it(url: str) -> None:
+    stores = [open_store(url) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        await stores[0].create_tenant("t1", "acme")
+        for i in range(3):
+            await stores[0].create_job(job(f"ftjob-{i}", created_at=T0 + i))
+        claims = await asyncio.gather(*(s.claim_job(f"w{n}") for n in range(4) for s in stores))
+        won = [c for c in claims if c is not None]
+        assert sorted(c.id for c in won) == ["ftjob-0", "ftjob-1", "ftjob-2"]  # each once
+        first = next(c for c in won if c.id == "ftjob-0")
+        assert (first.status, first.stage, first.attempts) == ("running", "training", 1)
+        assert first.started_at is not None and first.heartbeat_at is not None
+        owner = first.worker
+        assert owner is not None
+        s = stores[0]
+        assert await s.heartbeat_job("ftjob-0", owner) is False
+        assert await s.heartbeat_job("ftjob-0", "intruder") is None
+        changes = JobChanges(status="running", stage="registering", output_dir="/out")
+        assert not await s.update_job("ftjob-0", changes, worker="intruder")
+        assert await s.update_job("ftjob-0", changes, worker=owner)
+        assert [j.id for j in await s.jobs_in_stage("registering")] == ["ftjob-0"]
+        assert await s.heartbeat_job("ftjob-0", owner) is None  # no longer training
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_cancel_and_requeue_of_stale_jobs(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    await store.create_job(job("ftjob-q", created_at=T0))
+    await store.create_job(job("ftjob-r", created_at=T0 + 1))
+    await store.create_job(job("ftjob-s", created_at=T0 + 2))
+    # Queued: cancelled at once; another tenant cannot cancel it.
+    assert await store.request_cancel("t2", "ftjob-q") is None
+    cancelled = await store.request_cancel("t1", "ftjob-q")
+    assert cancelled is not None and (cancelled.status, cancelled.stage) == ("cancelled", "done")
+    running = await store.claim_job("w1")
+    assert running is not None and running.id == "ftjob-r"
+    # Running: the worker is asked to stop (it sees the flag on its next heartbeat).
+    flagged = await store.request_cancel("t1", "ftjob-r")
+    assert flagged is not None and flagged.status == "running" and flagged.cancel_requested
+    assert await store.heartbeat_job("ftjob-r", "w1") is True
+    other = await store.claim_job("w2")
+    assert other is not None and other.id == "ftjob-s"
+    # Both workers vanish: the cancelled one ends, the other goes back to the queue.
+    stale = await store.requeue_stale(before=2e10)
+    assert sorted(stale) == [("ftjob-r", "cancelled"), ("ftjob-s", "queued")]
+    requeued = await store.get_job("ftjob-s")
+    assert requeued is not None and (requeued.status, requeued.worker) == ("queued", None)
+    again = await store.claim_job("w3")
+    assert again is not None and again.id == "ftjob-s" and again.attempts == 2
+    assert await store.requeue_stale(before=0) == []
+
+
+async def test_job_events_newest_first_with_cursor(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_job(job("ftjob-1", created_at=T0))
+    for i in range(5):
+        await store.add_job_event(
+            "ftjob-1", "info", f"step {i}", {"step": i, "loss": 1.0 / (i + 1)}
+        )
+    events, more = await store.list_job_events("ftjob-1", None, 3)
+    assert [e.message for e in events] == ["step 4", "step 3", "step 2"] and more
+    assert msgspec.json.decode(events[0].data or "") == {"loss": 0.2, "step": 4}
+    rest, more = await store.list_job_events("ftjob-1", events[-1].seq, 10)
+    assert [e.message for e in rest] == ["step 1", "step 0"] and not more
