@@ -10,7 +10,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from gateway import api, completions_api
+from gateway import api, completions_api, finetuning_api
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.errors import EXCEPTION_HANDLERS
@@ -41,6 +41,7 @@ def create_app(
             api.health,
             api.ready,
             *completions_api.ROUTES,
+            *finetuning_api.routes(settings),
             AdminController,
             AdapterController,
             backends,

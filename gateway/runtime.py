@@ -19,6 +19,7 @@ from adapters.swap import Swapper
 from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.finetuning import FineTuning, WorkerProcess
 from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
 from gateway.settings import Settings
@@ -58,6 +59,10 @@ class Gateway:
             drain_timeout_s=settings.swap_drain_timeout_s,
         )
         self.capture = CaptureWriter(self.store) if settings.capture_enabled else None
+        self.finetuning = FineTuning(
+            settings, self.store, self.registry, self.adapters, self.swapper, self.pool, self.client
+        )
+        self.worker = WorkerProcess(settings) if settings.training_worker else None
         self.serving = Serving(
             self.directory,
             self.pool,
@@ -107,6 +112,9 @@ class Gateway:
             await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
         self._spawn(self._retention_loop())
+        self._spawn(self.finetuning.registration_loop())
+        if self.worker is not None:
+            self.worker.start()
 
     def _base_info(self) -> BaseModelInfo:
         """The served base's identity and module shapes, when its files are on this host."""
@@ -208,6 +216,8 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        if self.worker is not None:
+            await self.worker.stop()  # its job (if any) goes back to the queue
         if self.capture is not None:
             await self.capture.stop()  # flush every queued row before the store closes
         if self.supervisor is not None:

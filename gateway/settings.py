@@ -158,6 +158,44 @@ class Settings:
         default=5.0,
         metadata={"help": "Seconds a key/alias lookup is cached (revocation delay elsewhere)."},
     )
+    training_worker: bool = field(
+        default=True,
+        metadata={
+            "help": "Start a fine-tuning worker process beside the gateway (one job at a time); "
+            "false when workers run elsewhere (`loopgate worker` on a GPU host)."
+        },
+    )
+    training_device: EngineDevice = field(
+        default="auto",
+        metadata={"help": "Device the worker trains on: auto (CUDA when present), cpu or cuda."},
+    )
+    training_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Uploaded files, dataset snapshots and job outputs; empty means "
+            "<data_dir>/training (shared storage when workers run on other hosts)."
+        },
+    )
+    training_torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads a training job uses; 0 lets torch decide."}
+    )
+    file_max_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "Largest accepted /v1/files upload (bytes)."}
+    )
+    job_heartbeat_s: float = field(
+        default=5.0, metadata={"help": "How often a worker confirms it is still training a job."}
+    )
+    job_stale_after_s: float = field(
+        default=60.0,
+        metadata={"help": "A training job whose worker was silent this long is queued again."},
+    )
+    parity_min_agreement: float = field(
+        default=0.8,
+        metadata={
+            "help": "Share of fixed prompts on which vLLM and peft must agree (greedy) before "
+            "a trained adapter is registered."
+        },
+    )
     log_level: str = field(default="info", metadata={"help": "Log level."})
 
     def __post_init__(self) -> None:
@@ -192,6 +230,16 @@ class Settings:
             )
         if self.max_body_bytes < 1024:
             raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
+        if self.training_device not in get_args(EngineDevice):
+            raise ConfigError(
+                f"LOOPGATE_TRAINING_DEVICE must be auto, cpu or cuda, got {self.training_device!r}"
+            )
+        if not 0.0 <= self.parity_min_agreement <= 1.0:
+            raise ConfigError("LOOPGATE_PARITY_MIN_AGREEMENT must be between 0 and 1")
+
+    @property
+    def training_path(self) -> Path:
+        return self.training_dir or self.data_dir / "training"
 
     @property
     def store_url(self) -> str:
@@ -256,3 +304,20 @@ def describe() -> list[tuple[str, str, str]]:
         default = "(derived)" if f.default is MISSING else repr(f.default)
         rows.append((ENV_PREFIX + f.name.upper(), default, str(f.metadata.get("help", ""))))
     return rows
+
+
+def to_env(settings: Settings, *, omit: tuple[str, ...] = ()) -> dict[str, str]:
+    """The LOOPGATE_* variables that rebuild `settings` (for child processes such as workers)."""
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is None or f.name in omit:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, tuple):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
+        env[ENV_PREFIX + f.name.upper()] = text
+    return env

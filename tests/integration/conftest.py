@@ -81,6 +81,7 @@ def start_gateway(data_dir: Path, extra_env: dict[str, str]) -> Stack:
         "LOOPGATE_ADMIN_KEY": ADMIN_KEY,
         "LOOPGATE_AUTH_CACHE_TTL_S": "0",
         "PYTHONUNBUFFERED": "1",
+        "LOOPGATE_TRAINING_WORKER": "false",  # the training tier turns it on
         **extra_env,
     }
     cli("model", "prepare", env=env)  # idempotent; the cache dir is shared between runs

@@ -24,6 +24,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "engine_urls": ("http://engine.test",),
         "admin_key": "admin-secret",
         "auth_cache_ttl_s": 0.0,
+        "training_worker": False,  # worker processes are exercised by the integration tier
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]

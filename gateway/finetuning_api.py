@@ -1,0 +1,243 @@
+"""OpenAI-shaped files and fine-tuning jobs routes, plus loopgate's dataset snapshots (thin)."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
+
+from gateway.errors import InvalidRequest
+from gateway.finetuning import BuildDataset, CreateJob
+from gateway.runtime import Gateway
+from gateway.settings import Settings
+from gateway.store import Dataset, FileObject, FineTuningJob, JobEvent
+from gateway.tenancy import Caller
+
+GW = NamedDependency[Gateway]
+AnyRequest = Request[object, object, State]
+T = TypeVar("T")
+
+
+async def _caller(request: AnyRequest, gw: Gateway) -> Caller:
+    return await gw.directory.authenticate(request.headers.get("authorization"))
+
+
+def _decode(raw: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from None
+
+
+def _limit(raw: str | None, default: int = 20) -> int:
+    try:
+        limit = int(raw or default)
+    except ValueError:
+        raise InvalidRequest("limit must be an integer", param="limit") from None
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("limit must be between 1 and 100", param="limit")
+    return limit
+
+
+def file_object(f: FileObject) -> dict[str, object]:
+    return {
+        "id": f.id,
+        "object": "file",
+        "bytes": f.bytes,
+        "created_at": int(f.created_at),
+        "filename": f.filename,
+        "purpose": f.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+def dataset_object(d: Dataset) -> dict[str, object]:
+    return {
+        "id": d.id,
+        "object": "dataset",
+        "created_at": int(d.created_at),
+        "content_hash": d.content_hash,
+        "source": d.source,
+        "source_file_id": d.source_file_id,
+        "train_examples": d.train_count,
+        "eval_examples": d.eval_count,
+        "preference_pairs": d.preference_count,
+        "tainted": d.tainted_at is not None,
+        "taint_reason": d.taint_reason,
+        "report": json.loads(d.stats),
+    }
+
+
+def job_object(j: FineTuningJob) -> dict[str, object]:
+    config = json.loads(j.hyperparameters)
+    hyper = {
+        "n_epochs": config.get("epochs"),
+        "batch_size": config.get("batch_size"),
+        "learning_rate_multiplier": config.get("learning_rate", 2e-4) / 2e-4,
+        "lora_rank": config.get("rank"),
+        "lora_alpha": config.get("alpha"),
+    }
+    return {
+        "id": j.id,
+        "object": "fine_tuning.job",
+        "created_at": int(j.created_at),
+        "finished_at": int(j.finished_at) if j.finished_at else None,
+        "model": j.model,
+        "fine_tuned_model": j.fine_tuned_model,
+        "organization_id": j.tenant_id,
+        "result_files": [],
+        "status": j.status,
+        "validation_file": j.validation_file,
+        "training_file": j.training_file,
+        "hyperparameters": hyper,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "trained_tokens": j.trained_tokens,
+        "error": json.loads(j.error) if j.error else None,
+        "seed": j.seed,
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": None,
+        "user_provided_suffix": j.suffix,
+        "loopgate": {
+            "stage": j.stage,
+            "dataset_id": j.dataset_id,
+            "adapter_version": j.adapter_version,
+            "base_adapter": j.base_adapter,
+            "attempts": j.attempts,
+            "cancel_requested": j.cancel_requested,
+            "result": json.loads(j.result) if j.result else None,
+        },
+    }
+
+
+def event_object(e: JobEvent) -> dict[str, object]:
+    return {
+        "id": f"ftevent-{e.seq}",
+        "object": "fine_tuning.job.event",
+        "created_at": int(e.at),
+        "level": e.level,
+        "message": e.message,
+        "data": json.loads(e.data) if e.data else None,
+        "type": "metrics" if e.data and "step" in e.data else "message",
+    }
+
+
+def _page(items: list[dict[str, object]], has_more: bool) -> dict[str, object]:
+    return {"object": "list", "data": items, "has_more": has_more}
+
+
+def routes(settings: Settings) -> list[HTTPRouteHandler]:
+    """The handlers; the upload route's body limit comes from the settings."""
+
+    @post("/v1/files", status_code=200, request_max_body_size=settings.file_max_bytes + 65536)
+    async def upload_file(request: AnyRequest, gw: GW) -> dict[str, object]:
+        caller = await _caller(request, gw)
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("send the file as multipart form field 'file'", param="file")
+        data = await upload.read()
+        purpose = str(form.get("purpose") or "")
+        return file_object(await gw.finetuning.upload(caller, upload.filename, purpose, data))
+
+    return [upload_file, *ROUTES]
+
+
+@get("/v1/files")
+async def list_files(request: AnyRequest, gw: GW) -> dict[str, object]:
+    caller = await _caller(request, gw)
+    files = await gw.store.list_files(caller.tenant_id)
+    return _page([file_object(f) for f in files], False)
+
+
+@get("/v1/files/{file_id:str}")
+async def get_file(request: AnyRequest, gw: GW, file_id: FromPath[str]) -> dict[str, object]:
+    return file_object(await gw.finetuning.file(await _caller(request, gw), file_id))
+
+
+@delete("/v1/files/{file_id:str}", status_code=200)
+async def delete_file(request: AnyRequest, gw: GW, file_id: FromPath[str]) -> dict[str, object]:
+    await gw.finetuning.delete_file(await _caller(request, gw), file_id)
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@post("/v1/datasets", status_code=201)
+async def build_dataset(request: AnyRequest, gw: GW) -> dict[str, object]:
+    caller = await _caller(request, gw)
+    req = _decode(await request.body(), BuildDataset)
+    return dataset_object(await gw.finetuning.build_from_traffic(caller, req))
+
+
+@get("/v1/datasets")
+async def list_datasets(request: AnyRequest, gw: GW) -> dict[str, object]:
+    caller = await _caller(request, gw)
+    found = await gw.store.list_datasets(caller.tenant_id)
+    return _page([dataset_object(d) for d in found], False)
+
+
+@get("/v1/datasets/{dataset_id:str}")
+async def get_dataset(request: AnyRequest, gw: GW, dataset_id: FromPath[str]) -> dict[str, object]:
+    return dataset_object(await gw.finetuning.dataset(await _caller(request, gw), dataset_id))
+
+
+@post("/v1/fine_tuning/jobs", status_code=200)
+async def create_job(request: AnyRequest, gw: GW) -> dict[str, object]:
+    caller = await _caller(request, gw)
+    req = _decode(await request.body(), CreateJob)
+    return job_object(await gw.finetuning.create_job(caller, req))
+
+
+@get("/v1/fine_tuning/jobs")
+async def list_jobs(request: AnyRequest, gw: GW) -> dict[str, object]:
+    caller = await _caller(request, gw)
+    params = request.query_params
+    jobs, more = await gw.store.list_jobs(
+        caller.tenant_id, params.get("after"), _limit(params.get("limit"))
+    )
+    return _page([job_object(j) for j in jobs], more)
+
+
+@get("/v1/fine_tuning/jobs/{job_id:str}")
+async def get_job(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict[str, object]:
+    return job_object(await gw.finetuning.job(await _caller(request, gw), job_id))
+
+
+@get("/v1/fine_tuning/jobs/{job_id:str}/events")
+async def job_events(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict[str, object]:
+    job = await gw.finetuning.job(await _caller(request, gw), job_id)
+    params = request.query_params
+    after = params.get("after")
+    try:
+        after_seq = int(after.removeprefix("ftevent-")) if after else None
+    except ValueError:
+        raise InvalidRequest("after must be an event id", param="after") from None
+    events, more = await gw.store.list_job_events(job.id, after_seq, _limit(params.get("limit")))
+    return _page([event_object(e) for e in events], more)
+
+
+@post("/v1/fine_tuning/jobs/{job_id:str}/cancel", status_code=200)
+async def cancel_job(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict[str, object]:
+    return job_object(await gw.finetuning.cancel(await _caller(request, gw), job_id))
+
+
+ROUTES = [
+    list_files,
+    get_file,
+    delete_file,
+    build_dataset,
+    list_datasets,
+    get_dataset,
+    create_job,
+    list_jobs,
+    get_job,
+    job_events,
+    cancel_job,
+]
