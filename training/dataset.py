@@ -1,0 +1,838 @@
+"""Dataset snapshots: captured traffic or an uploaded file → filtered, deduplicated, split examples.
+
+The recipe, in order (each stage's removals are counted in `DatasetStats.counts`):
+
+1. Selection (traffic only): do-not-train completions, opted-out end users, unsupported
+   exchanges (legacy completions, tool use, non-text content), then feedback: the latest
+   correction replaces the answer; otherwise an 'up' rating or a score >= `positive_score` with
+   no negative signal keeps the model's answer; any 'down' or low score without a correction
+   excludes it; no feedback excludes it unless `include_unrated`. A corrected completion that
+   was also rated negative becomes a preference pair (chosen = correction, rejected = answer).
+   Uncorrected answers cut by `length` or not `complete` are dropped.
+2. PII is masked in every message (and in rejected answers).
+3. Quality and length: empty or punctuation-only answers, conversations over `max_tokens`.
+4. Exact duplicates (after whitespace and case folding), then near-duplicates (MinHash LSH on
+   word shingles of prompt + answer): the first example in time order is kept.
+5. Poisoning guards: trigger phrases, repeated prompts and duplicate clusters are flagged
+   (warnings); the author cap removes examples over max(1, floor(max_author_share * N)).
+6. Split by a seeded hash of the prompt, so an example always lands on the same side and one
+   prompt (hence its duplicates, all removed in step 4) never sits on both sides.
+
+Everything here is pure and deterministic: the same rows and config give the same snapshot,
+whatever their order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+from datasketch import MinHash, MinHashLSH
+
+from gateway.privacy import redact
+from gateway.store.records import Completion, Feedback
+from training.chat import ChatMessage, Conversation, answer_of, prompt_of
+from training.dataset_config import DatasetConfig
+
+Split = Literal["train", "eval"]
+Source = Literal["traffic", "file"]
+FlagKind = Literal["trigger_phrase", "repeated_prompt", "duplicate_cluster", "author_cap"]
+CountTokens = Callable[[Conversation], int]
+WHITESPACE_COUNTER = "whitespace words (no tokenizer was given: not model tokens)"
+TOKENIZER_COUNTER = "count_tokens (the caller's tokenizer)"
+_WORD_RE = re.compile(r"\w+")
+_TOP_AUTHORS = 10
+
+
+class Provenance(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one example came from; `content_hash` is the sha256 of its messages."""
+
+    source: Source
+    source_id: str  # the completion id, or "<file id>:<line>"
+    author: str
+    created_at: float | None
+    content_hash: str
+    corrected: bool = False
+    feedback_ids: tuple[str, ...] = ()
+    alias: str | None = None
+    adapter_version: str | None = None
+    pii_redacted: bool = False
+
+
+class Example(msgspec.Struct, frozen=True):
+    messages: list[ChatMessage]
+    provenance: Provenance
+
+
+class PreferencePair(msgspec.Struct, frozen=True):
+    """A DPO pair; it follows its corrected example (same split, same provenance)."""
+
+    prompt: list[ChatMessage]
+    chosen: list[ChatMessage]
+    rejected: list[ChatMessage]
+    split: Split
+    provenance: Provenance
+
+
+class Flag(msgspec.Struct, frozen=True):
+    """A warning for a human to look at; only `author_cap` flags describe removals."""
+
+    kind: FlagKind
+    detail: str
+    example_hashes: tuple[str, ...]
+    source_ids: tuple[str, ...]
+
+
+class StageCounts(msgspec.Struct, kw_only=True):
+    """Examples removed at each stage; `input` equals the removals plus `kept`."""
+
+    input: int = 0
+    do_not_train: int = 0
+    opted_out: int = 0
+    unsupported: int = 0
+    negative: int = 0
+    unrated: int = 0
+    incomplete: int = 0
+    low_quality: int = 0
+    too_long: int = 0
+    exact_duplicate: int = 0
+    near_duplicate: int = 0
+    author_cap: int = 0
+    kept: int = 0
+
+    def removed(self) -> int:
+        stages: tuple[int, ...] = msgspec.structs.astuple(self)
+        return sum(stages) - self.input - self.kept
+
+
+class TokenStats(msgspec.Struct, frozen=True):
+    counter: str
+    min: int
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+
+class AuthorCount(msgspec.Struct, frozen=True):
+    author: str
+    examples: int
+
+
+class SourceCount(msgspec.Struct, frozen=True):
+    source: Source
+    alias: str | None
+    adapter_version: str | None
+    examples: int
+
+
+class DatasetStats(msgspec.Struct, frozen=True, kw_only=True):
+    counts: StageCounts
+    pii_redacted: int  # examples in which something was masked (of those reaching that stage)
+    pii_spans: dict[str, int]  # masked spans per kind
+    corrected: int
+    train: int
+    eval: int
+    preferences: int
+    tokens: TokenStats
+    top_authors: list[AuthorCount]
+    sources: list[SourceCount]
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    train: list[Example]
+    eval: list[Example]
+    preferences: list[PreferencePair]
+    stats: DatasetStats
+    flags: list[Flag]
+    content_hash: str  # sha256 of the canonical JSON of config, train, eval and preferences
+    config: DatasetConfig
+
+
+@dataclass(slots=True, kw_only=True)
+class _Candidate:
+    messages: Conversation
+    source: Source
+    source_id: str
+    author: str
+    created_at: float | None = None
+    rejected: str | None = None  # the model's answer when this is also a preference pair
+    corrected: bool = False
+    feedback_ids: tuple[str, ...] = ()
+    alias: str | None = None
+    adapter_version: str | None = None
+    pii_redacted: bool = False
+    tokens: int = 0
+    hash: str = ""
+    prompt_key: str = ""
+    words: list[str] = field(default_factory=list)
+
+    def provenance(self) -> Provenance:
+        return Provenance(
+            source=self.source,
+            source_id=self.source_id,
+            author=self.author,
+            created_at=self.created_at,
+            content_hash=self.hash,
+            corrected=self.corrected,
+            feedback_ids=self.feedback_ids,
+            alias=self.alias,
+            adapter_version=self.adapter_version,
+            pii_redacted=self.pii_redacted,
+        )
+
+
+# ----------------------------------------------------------------------------------- entry points
+
+
+def from_traffic(
+    rows: Sequence[tuple[Completion, Sequence[Feedback]]],
+    *,
+    opted_out: Collection[str],
+    config: DatasetConfig,
+    count_tokens: CountTokens | None = None,
+) -> Snapshot:
+    """Build a snapshot from a tenant's captured completions, each with all of its feedback."""
+    counts = StageCounts(input=len(rows))
+    ordered = sorted(rows, key=lambda row: (row[0].created_at, row[0].id))
+    candidates = [c for row in ordered if (c := _select(row, opted_out, config, counts))]
+    return _build(candidates, counts, config, count_tokens, per_author=True)
+
+
+def from_conversations(
+    conversations: Sequence[Conversation],
+    *,
+    author: str,
+    source_id: str,
+    config: DatasetConfig,
+    count_tokens: CountTokens | None = None,
+) -> Snapshot:
+    """Build a snapshot from an uploaded file's conversations (see `training.jsonl`).
+
+    The same PII, quality, length, dedup and split stages apply, but not the per-author cap nor
+    the trigger-phrase flag: the uploader is the single author of the whole file, so there is
+    no crowd to be over-represented in. Provenance ids are `<source_id>:<n>`, n from 1 in order.
+    """
+    counts = StageCounts(input=len(conversations))
+    candidates: list[_Candidate] = []
+    for n, conversation in enumerate(conversations, start=1):
+        if not _is_trainable(conversation):
+            counts.unsupported += 1
+            continue
+        messages: Conversation = [
+            {"role": m["role"], "content": m["content"]} for m in conversation
+        ]
+        candidates.append(
+            _Candidate(
+                messages=messages, source="file", source_id=f"{source_id}:{n}", author=author
+            )
+        )
+    return _build(candidates, counts, config, count_tokens, per_author=False)
+
+
+def completion_ids(snapshot: Snapshot) -> set[str]:
+    """The captured completions a snapshot uses (what an erasure must look for)."""
+    examples = [*snapshot.train, *snapshot.eval]
+    return {e.provenance.source_id for e in examples if e.provenance.source == "traffic"}
+
+
+# -------------------------------------------------------------------------------- 1. selection
+
+
+class _Part(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class _RequestMessage(msgspec.Struct):
+    role: str
+    content: str | list[_Part] | None = None
+    tool_calls: list[object] | None = None
+
+
+class _StoredRequest(msgspec.Struct):
+    messages: list[_RequestMessage]
+    tools: list[object] | None = None
+
+
+_request_decoder = msgspec.json.Decoder(_StoredRequest)
+_ROLE_MAP: dict[str, Literal["system", "user", "assistant"]] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
+
+
+def _select(
+    row: tuple[Completion, Sequence[Feedback]],
+    opted_out: Collection[str],
+    config: DatasetConfig,
+    counts: StageCounts,
+) -> _Candidate | None:
+    completion, feedback = row
+    for f in feedback:
+        if f.completion_id != completion.id:
+            raise ValueError(
+                f"feedback {f.id} is for completion {f.completion_id}, "
+                f"not {completion.id}: pass each completion with its own feedback"
+            )
+    if completion.do_not_train:
+        counts.do_not_train += 1
+        return None
+    if completion.end_user is not None and completion.end_user in opted_out:
+        counts.opted_out += 1
+        return None
+    prompt = _prompt_of_request(completion)
+    if prompt is None:
+        counts.unsupported += 1
+        return None
+    return _judge(completion, prompt, feedback, config, counts)
+
+
+def _prompt_of_request(completion: Completion) -> Conversation | None:
+    """The request's messages as text-only chat, or None when they cannot be trained on."""
+    if completion.kind != "chat" or completion.request is None:
+        return None
+    try:
+        request = _request_decoder.decode(completion.request)
+    except msgspec.DecodeError:
+        return None
+    if request.tools:
+        return None
+    prompt: Conversation = []
+    for message in request.messages:
+        role = _ROLE_MAP.get(message.role)
+        text = _text_of(message.content)
+        if role is None or text is None or message.tool_calls:
+            return None
+        prompt.append({"role": role, "content": text})
+    return prompt if any(m["role"] == "user" for m in prompt) else None
+
+
+def _text_of(content: str | list[_Part] | None) -> str | None:
+    if isinstance(content, str):
+        return content
+    if content is None or any(p.type != "text" or p.text is None for p in content):
+        return None
+    return "\n".join(p.text for p in content if p.text is not None)
+
+
+def _judge(
+    completion: Completion,
+    prompt: Conversation,
+    feedback: Sequence[Feedback],
+    config: DatasetConfig,
+    counts: StageCounts,
+) -> _Candidate | None:
+    """Apply the feedback rules of the module docstring (step 1)."""
+    corrections = [f for f in feedback if f.correction is not None and f.correction.strip()]
+    negative = any(_is_negative(f, config) for f in feedback)
+    positive = any(f.rating == "up" or _score_at_least(f, config) for f in feedback)
+    correction = max(corrections, key=lambda f: (f.created_at, f.id)) if corrections else None
+    if correction is None:
+        if negative:
+            counts.negative += 1
+            return None
+        if not positive and not config.include_unrated:
+            counts.unrated += 1
+            return None
+        if completion.status != "complete" or completion.finish_reason == "length":
+            counts.incomplete += 1
+            return None
+    answer = correction.correction if correction is not None else completion.response
+    return _Candidate(
+        messages=[*prompt, {"role": "assistant", "content": answer or ""}],
+        source="traffic",
+        source_id=completion.id,
+        author=completion.end_user if completion.end_user is not None else completion.key_id,
+        created_at=completion.created_at,
+        rejected=completion.response if correction is not None and negative else None,
+        corrected=correction is not None,
+        feedback_ids=tuple(sorted(f.id for f in feedback)),
+        alias=completion.alias,
+        adapter_version=completion.adapter_version,
+    )
+
+
+def _is_negative(f: Feedback, config: DatasetConfig) -> bool:
+    return f.rating == "down" or (f.score is not None and f.score < config.positive_score)
+
+
+def _score_at_least(f: Feedback, config: DatasetConfig) -> bool:
+    return f.score is not None and f.score >= config.positive_score
+
+
+def _is_trainable(conversation: Conversation) -> bool:
+    return (
+        bool(conversation)
+        and conversation[-1]["role"] == "assistant"
+        and any(m["role"] == "user" for m in conversation)
+    )
+
+
+# ------------------------------------------------------------------------------------ the build
+
+
+def _build(
+    candidates: list[_Candidate],
+    counts: StageCounts,
+    config: DatasetConfig,
+    count_tokens: CountTokens | None,
+    *,
+    per_author: bool,
+) -> Snapshot:
+    spans = _redact_all(candidates) if config.redact_pii else Counter[str]()
+    pii_redacted = sum(c.pii_redacted for c in candidates)
+    candidates = _filter_quality(candidates, config, counts, count_tokens)
+    for c in candidates:
+        c.hash = _sha256(_canonical(c.messages))
+        c.prompt_key = _sha256(_canonical(_normalized(prompt_of(c.messages))))
+        c.words = _WORD_RE.findall(_flatten(c.messages).casefold())
+    candidates, clusters = _deduplicate(candidates, config, counts)
+    flags = _duplicate_flags(clusters, config) + _repeated_prompt_flags(candidates, config)
+    if per_author:
+        flags += _trigger_flags(candidates, config)
+        candidates, cap_flags = _cap_authors(candidates, config, counts)
+        flags += cap_flags
+    counts.kept = len(candidates)
+    train, eval_ = _split(candidates, config)
+    return _snapshot(train, eval_, counts, config, flags, (pii_redacted, spans), count_tokens)
+
+
+def _redact_all(candidates: list[_Candidate]) -> Counter[str]:
+    spans: Counter[str] = Counter()
+    for c in candidates:
+        for m in c.messages:
+            result = redact(m["content"])
+            m["content"] = result.text
+            spans.update({str(kind): n for kind, n in result.counts.items()})
+            c.pii_redacted = c.pii_redacted or result.total > 0
+        if c.rejected is not None:
+            result = redact(c.rejected)
+            c.rejected = result.text
+            spans.update({str(kind): n for kind, n in result.counts.items()})
+    return spans
+
+
+def _filter_quality(
+    candidates: list[_Candidate],
+    config: DatasetConfig,
+    counts: StageCounts,
+    count_tokens: CountTokens | None,
+) -> list[_Candidate]:
+    kept: list[_Candidate] = []
+    for c in candidates:
+        answer = answer_of(c.messages).strip()
+        if len(answer) < config.min_answer_chars or not any(ch.isalnum() for ch in answer):
+            counts.low_quality += 1
+            continue
+        c.tokens = count_tokens(c.messages) if count_tokens else _whitespace_words(c.messages)
+        if c.tokens > config.max_tokens:
+            counts.too_long += 1
+            continue
+        kept.append(c)
+    return kept
+
+
+def _whitespace_words(conversation: Conversation) -> int:
+    return sum(len(m["content"].split()) for m in conversation)
+
+
+# -------------------------------------------------------------------------------- 4. dedup
+
+
+_Cluster = tuple["_Candidate", list["_Candidate"]]  # a kept example and its removed duplicates
+
+
+def _deduplicate(
+    candidates: list[_Candidate], config: DatasetConfig, counts: StageCounts
+) -> tuple[list[_Candidate], list[_Cluster]]:
+    """Keep the first of each group of exact or near-duplicates (candidates are in time order)."""
+    # A missed pair would let near-duplicates straddle the split while a false candidate only
+    # costs a Jaccard check, so the LSH bands are tuned to favour recall.
+    lsh = MinHashLSH(
+        threshold=config.near_duplicate_threshold, num_perm=config.num_perm, weights=(0.2, 0.8)
+    )
+    exact: dict[str, int] = {}
+    sketches: list[MinHash] = []
+    kept: list[_Candidate] = []
+    removed: dict[int, list[_Candidate]] = defaultdict(list)
+    for c in candidates:
+        key = _sha256(_canonical(_normalized(c.messages)))
+        if key in exact:
+            counts.exact_duplicate += 1
+            removed[exact[key]].append(c)
+            continue
+        sketch = _minhash(c.words, config)
+        similar = _most_similar(lsh, sketches, sketch, config.near_duplicate_threshold)
+        if similar is not None:
+            counts.near_duplicate += 1
+            removed[similar].append(c)
+            continue
+        exact[key] = len(kept)
+        lsh.insert(len(kept), sketch)
+        sketches.append(sketch)
+        kept.append(c)
+    return kept, [(kept[i], removed[i]) for i in sorted(removed)]
+
+
+def _minhash(words: list[str], config: DatasetConfig) -> MinHash:
+    k = config.shingle_size
+    shingles = {" ".join(words[i : i + k]) for i in range(max(1, len(words) - k + 1))}
+    sketch = MinHash(num_perm=config.num_perm, seed=1)
+    sketch.update_batch([s.encode() for s in sorted(shingles)])
+    return sketch
+
+
+def _most_similar(
+    lsh: MinHashLSH, sketches: list[MinHash], sketch: MinHash, threshold: float
+) -> int | None:
+    """The earliest kept example whose estimated Jaccard similarity reaches the threshold."""
+    matches = [int(i) for i in lsh.query(sketch) if sketches[i].jaccard(sketch) >= threshold]
+    return min(matches) if matches else None
+
+
+# ------------------------------------------------------------------------- 5. poisoning guards
+
+
+def _duplicate_flags(clusters: list[_Cluster], config: DatasetConfig) -> list[Flag]:
+    flags: list[Flag] = []
+    for first, duplicates in clusters:
+        group = [first, *duplicates]
+        if len(group) >= config.duplicate_cluster_min:
+            detail = (
+                f"{len(duplicates)} duplicates of example {first.source_id} "
+                f'("{_excerpt(answer_of(first.messages))}") were removed; '
+                f"authors: {_names(c.author for c in group)}"
+            )
+            flags.append(_flag("duplicate_cluster", detail, group))
+    return flags
+
+
+def _repeated_prompt_flags(candidates: list[_Candidate], config: DatasetConfig) -> list[Flag]:
+    groups: dict[str, list[_Candidate]] = defaultdict(list)
+    for c in candidates:
+        groups[c.prompt_key].append(c)
+    return [
+        _flag(
+            "repeated_prompt",
+            f'the prompt "{_excerpt(_last_user(group[0].messages))}" is asked in {len(group)} '
+            f"examples; authors: {_names(c.author for c in group)}",
+            group,
+        )
+        for group in groups.values()
+        if len(group) >= config.repeated_prompt_min
+    ]
+
+
+def _trigger_flags(candidates: list[_Candidate], config: DatasetConfig) -> list[Flag]:
+    """Answer n-grams in more than `trigger_min_share` of examples, all from very few authors."""
+    if len({c.author for c in candidates}) <= config.trigger_max_authors:
+        return []  # too few authors for "few of them" to mean anything
+    n = config.trigger_ngram
+    carriers: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(candidates):
+        words = _WORD_RE.findall(answer_of(c.messages).casefold())
+        for gram in sorted({" ".join(words[j : j + n]) for j in range(len(words) - n + 1)}):
+            carriers[gram].append(i)
+    # "more than share * N" examples is at least floor(share * N) + 1 of them.
+    needed = max(
+        config.trigger_min_examples, math.floor(config.trigger_min_share * len(candidates)) + 1
+    )
+    # The n-grams of one injected phrase share their carriers: one flag per set of carriers.
+    phrases: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for gram, carrying in carriers.items():
+        authors = {candidates[i].author for i in carrying}
+        if len(carrying) >= needed and len(authors) <= config.trigger_max_authors:
+            phrases[tuple(carrying)].append(gram)
+    flags: list[Flag] = []
+    for shared, grams in sorted(phrases.items(), key=lambda item: (-len(item[0]), item[1])):
+        group = [candidates[i] for i in shared]
+        shown = ", ".join(f'"{g}"' for g in grams[:3]) + (" ..." if len(grams) > 3 else "")
+        detail = (
+            f"{len(group)} of {len(candidates)} answers contain {shown}, all from "
+            f"{_names(c.author for c in group)}"
+        )
+        flags.append(_flag("trigger_phrase", detail, group))
+    return flags
+
+
+def _cap_authors(
+    candidates: list[_Candidate], config: DatasetConfig, counts: StageCounts
+) -> tuple[list[_Candidate], list[Flag]]:
+    """Keep at most max(1, floor(share * N)) examples per author, chosen by a seeded hash."""
+    cap = max(1, math.floor(config.max_author_share * len(candidates)))
+    by_author: dict[str, list[_Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_author[c.author].append(c)
+    dropped: set[str] = set()
+    flags: list[Flag] = []
+    for author, own in sorted(by_author.items()):
+        if len(own) <= cap:
+            continue
+        removed = sorted(own, key=lambda c: _sha256(f"{config.seed}:{c.hash}".encode()))[cap:]
+        dropped.update(c.hash for c in removed)
+        detail = (
+            f"author {author!r} contributed {len(own)} of {len(candidates)} examples; {cap} kept "
+            f"(max_author_share={config.max_author_share})"
+        )
+        flags.append(_flag("author_cap", detail, removed))
+    if 2 * len(dropped) > len(candidates):
+        flags.append(
+            _flag(
+                "author_cap",
+                f"the author cap removed {len(dropped)} of {len(candidates)} examples: a few "
+                "authors send most of the traffic (requests without `user` count per API "
+                "key); set `user` on requests or raise max_author_share",
+                [],
+            )
+        )
+    counts.author_cap += len(dropped)
+    return [c for c in candidates if c.hash not in dropped], flags
+
+
+def _flag(kind: FlagKind, detail: str, group: Sequence[_Candidate]) -> Flag:
+    return Flag(kind, detail, tuple(c.hash for c in group), tuple(c.source_id for c in group))
+
+
+def _names(authors: Iterable[str], limit: int = 5) -> str:
+    distinct = sorted(set(authors))
+    more = f" and {len(distinct) - limit} more" if len(distinct) > limit else ""
+    return ", ".join(repr(a) for a in distinct[:limit]) + more
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _last_user(conversation: Conversation) -> str:
+    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+
+
+# ------------------------------------------------------------------------------------- 6. split
+
+
+def _split(
+    candidates: list[_Candidate], config: DatasetConfig
+) -> tuple[list[_Candidate], list[_Candidate]]:
+    """Held out: groups whose seeded hash falls under eval_fraction (one group at least).
+
+    Groups are prompts, so a prompt never sits on both sides; when every example has the same
+    prompt, each example is its own group. The only case that looks at the whole set is an
+    empty side, fixed by moving the group drawn lowest (to eval) or highest (to train).
+    """
+    if config.eval_fraction == 0 or len(candidates) < 2:
+        return list(candidates), []
+    by_prompt = len({c.prompt_key for c in candidates}) > 1
+
+    def group_of(c: _Candidate) -> str:
+        return c.prompt_key if by_prompt else c.hash
+
+    draws = {group_of(c): _unit(f"{config.seed}:{group_of(c)}") for c in candidates}
+    held = {g for g, u in draws.items() if u < config.eval_fraction}
+    order = sorted(draws, key=lambda g: (draws[g], g))
+    if not held:
+        held = {order[0]}
+    if len(held) == len(draws):
+        held.discard(order[-1])
+    train = [c for c in candidates if group_of(c) not in held]
+    return train, [c for c in candidates if group_of(c) in held]
+
+
+def _unit(text: str) -> float:
+    """A uniform draw in [0, 1) from a hash of the text."""
+    return int(_sha256(text.encode())[:16], 16) / 2**64
+
+
+# ---------------------------------------------------------------------------------- assembly
+
+
+def _snapshot(
+    train: list[_Candidate],
+    eval_: list[_Candidate],
+    counts: StageCounts,
+    config: DatasetConfig,
+    flags: list[Flag],
+    pii: tuple[int, Counter[str]],
+    count_tokens: CountTokens | None,
+) -> Snapshot:
+    kept = [*train, *eval_]
+    sides: tuple[tuple[Split, list[_Candidate]], ...] = (("train", train), ("eval", eval_))
+    preferences = [
+        pair for split, group in sides for c in group if (pair := _preference(c, split)) is not None
+    ]
+    stats = DatasetStats(
+        counts=counts,
+        pii_redacted=pii[0],
+        pii_spans=dict(sorted(pii[1].items())),
+        corrected=sum(c.corrected for c in kept),
+        train=len(train),
+        eval=len(eval_),
+        preferences=len(preferences),
+        tokens=_token_stats([c.tokens for c in kept], count_tokens is not None),
+        top_authors=_top_authors(kept),
+        sources=_sources(kept),
+    )
+    content = {
+        "config": config,
+        "train": [c.messages for c in train],
+        "eval": [c.messages for c in eval_],
+        "preferences": [[p.prompt, p.chosen, p.rejected] for p in preferences],
+    }
+    return Snapshot(
+        train=[Example(c.messages, c.provenance()) for c in train],
+        eval=[Example(c.messages, c.provenance()) for c in eval_],
+        preferences=preferences,
+        stats=stats,
+        flags=flags,
+        content_hash=_sha256(_canonical(content)),
+        config=config,
+    )
+
+
+def _preference(c: _Candidate, split: Split) -> PreferencePair | None:
+    chosen = answer_of(c.messages)
+    if c.rejected is None or _fold(c.rejected) in ("", _fold(chosen)):
+        return None
+    return PreferencePair(
+        prompt=prompt_of(c.messages),
+        chosen=[{"role": "assistant", "content": chosen}],
+        rejected=[{"role": "assistant", "content": c.rejected}],
+        split=split,
+        provenance=c.provenance(),
+    )
+
+
+def _token_stats(lengths: list[int], tokenizer: bool) -> TokenStats:
+    counter = TOKENIZER_COUNTER if tokenizer else WHITESPACE_COUNTER
+    if not lengths:
+        return TokenStats(counter, 0, 0.0, 0, 0, 0)
+    ordered = sorted(lengths)
+
+    def rank(p: float) -> int:  # nearest-rank percentile
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+    mean = round(sum(ordered) / len(ordered), 2)
+    return TokenStats(counter, ordered[0], mean, rank(0.5), rank(0.95), ordered[-1])
+
+
+def _top_authors(kept: list[_Candidate]) -> list[AuthorCount]:
+    tally = Counter(c.author for c in kept)
+    ranked = sorted(tally.items(), key=lambda item: (-item[1], item[0]))
+    return [AuthorCount(author, n) for author, n in ranked[:_TOP_AUTHORS]]
+
+
+def _sources(kept: list[_Candidate]) -> list[SourceCount]:
+    tally = Counter((c.source, c.alias, c.adapter_version) for c in kept)
+    ranked = sorted(tally.items(), key=lambda item: (-item[1], repr(item[0])))
+    return [SourceCount(s, alias, version, n) for (s, alias, version), n in ranked]
+
+
+# ------------------------------------------------------------------------------------ text bits
+
+
+def _canonical(value: object) -> bytes:
+    return msgspec.json.encode(value, order="sorted")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _normalized(conversation: Conversation) -> list[tuple[str, str]]:
+    return [(m["role"], _fold(m["content"])) for m in conversation]
+
+
+def _flatten(conversation: Conversation) -> str:
+    return "\n".join(m["content"] for m in conversation)
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+class _ChatLine(msgspec.Struct):
+    messages: list[ChatMessage]
+
+
+class _PreferenceLine(msgspec.Struct):
+    prompt: list[ChatMessage]
+    chosen: list[ChatMessage]
+    rejected: list[ChatMessage]
+
+
+class _ProvenanceLine(msgspec.Struct):
+    file: str
+    line: int
+    split: Split
+    provenance: Provenance
+
+
+class _Report(msgspec.Struct):
+    content_hash: str
+    config: DatasetConfig
+    stats: DatasetStats
+    flags: list[Flag]
+
+
+_encoder = msgspec.json.Encoder()
+_chat_line_decoder = msgspec.json.Decoder(_ChatLine)
+
+
+def write_snapshot(snapshot: Snapshot, folder: Path) -> None:
+    """Write train/eval.jsonl ({"messages"}), preferences.jsonl ({"prompt","chosen","rejected"}),
+    provenance.jsonl (one line per data line: file, line, split, provenance) and stats.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    provenance: list[_ProvenanceLine] = []
+    sides: tuple[tuple[Split, list[Example]], ...] = (
+        ("train", snapshot.train),
+        ("eval", snapshot.eval),
+    )
+    for split, examples in sides:
+        name = f"{split}.jsonl"
+        _write_lines(folder / name, [_ChatLine(e.messages) for e in examples])
+        provenance += [
+            _ProvenanceLine(name, n, split, e.provenance) for n, e in enumerate(examples, start=1)
+        ]
+    pairs = snapshot.preferences
+    _write_lines(
+        folder / "preferences.jsonl",
+        [_PreferenceLine(p.prompt, p.chosen, p.rejected) for p in pairs],
+    )
+    provenance += [
+        _ProvenanceLine("preferences.jsonl", n, p.split, p.provenance)
+        for n, p in enumerate(pairs, start=1)
+    ]
+    _write_lines(folder / "provenance.jsonl", provenance)
+    report = _Report(snapshot.content_hash, snapshot.config, snapshot.stats, snapshot.flags)
+    (folder / "stats.json").write_bytes(msgspec.json.format(_encoder.encode(report)) + b"\n")
+
+
+def _write_lines(path: Path, items: Sequence[msgspec.Struct]) -> None:
+    path.write_bytes(b"".join(_encoder.encode(item) + b"\n" for item in items))
+
+
+def read_split(folder: Path, split: Split) -> list[Conversation]:
+    """The conversations of a written snapshot's train or eval file."""
+    path = folder / f"{split}.jsonl"
+    conversations: list[Conversation] = []
+    for n, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            conversations.append(_chat_line_decoder.decode(line).messages)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{path}, line {n}: not a chat example ({exc})") from None
+    return conversations
