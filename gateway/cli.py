@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from gateway.cli_adapters import add_adapter_commands
+from gateway.cli_finetuning import add_finetuning_commands
 from gateway.errors import LoopgateError
 from gateway.settings import ConfigError, Settings, describe
 from gateway.store import AliasTarget, Completion, Feedback, open_store
@@ -114,7 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     al_del.set_defaults(func=_store_cmd(_alias_delete))
 
     add_adapter_commands(sub)
+    add_finetuning_commands(sub)
+    _add_data_commands(sub)
+    return p
 
+
+def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exp = sub.add_parser("export", help="a tenant's captured traffic + feedback as chat JSONL")
     exp.add_argument("tenant")
     exp.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
@@ -123,7 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the configuration reference")
     cfg.add_argument("--markdown", action="store_true", help="as a Markdown table")
     cfg.set_defaults(func=cmd_config)
-    return p
 
 
 # --- running the stack --------------------------------------------------------------------

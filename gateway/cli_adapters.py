@@ -68,25 +68,34 @@ def _http_cmd(
         if not key:
             print("error: no admin key: set LOOPGATE_ADMIN_KEY", file=sys.stderr)
             return 2
-        url = args.url or f"http://{settings.host}:{settings.port}"
         headers = {
             "Authorization": f"Bearer {key}",
             "x-loopgate-actor": f"cli:{os.environ.get('USER', '?')}",
         }
-        try:
-            with httpx.Client(base_url=url, headers=headers, timeout=900) as client:
-                resp = fn(client, args)
-        except httpx.HTTPError as exc:
-            print(f"error: cannot reach the gateway at {url}: {exc}", file=sys.stderr)
-            return 1
-        if resp.status_code >= 400:
-            message = resp.json().get("error", {}).get("message", resp.text) if resp.content else ""
-            print(f"error ({resp.status_code}): {message}", file=sys.stderr)
-            return 1
-        print(msgspec.json.format(resp.content).decode() if resp.content else "ok")
-        return 0
+        return http_call(args.url or f"http://{settings.host}:{settings.port}", headers, fn, args)
 
     return run
+
+
+def http_call(
+    url: str,
+    headers: dict[str, str],
+    fn: Callable[[httpx.Client, argparse.Namespace], httpx.Response],
+    args: argparse.Namespace,
+) -> int:
+    """Run one API call; print the JSON answer, or the error message (exit 1)."""
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=900) as client:
+            resp = fn(client, args)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the gateway at {url}: {exc}", file=sys.stderr)
+        return 1
+    if resp.status_code >= 400:
+        message = resp.json().get("error", {}).get("message", resp.text) if resp.content else ""
+        print(f"error ({resp.status_code}): {message}", file=sys.stderr)
+        return 1
+    print(msgspec.json.format(resp.content).decode() if resp.content else "ok")
+    return 0
 
 
 def _adapter_register(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:

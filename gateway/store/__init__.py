@@ -5,7 +5,7 @@ SQLite (WAL) is the embedded default; other backends implement the same `Store` 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -17,11 +17,16 @@ from gateway.store.records import (
     AliasEvent,
     AliasTarget,
     ApiKey,
+    Canary,
+    CanaryStatus,
     CaptureFinal,
     CaptureStatus,
     Completion,
     CompletionQuery,
     Dataset,
+    EvalResult,
+    EvalRun,
+    EvalStatus,
     Feedback,
     FileObject,
     FineTuningJob,
@@ -45,11 +50,16 @@ __all__ = [
     "AliasEvent",
     "AliasTarget",
     "ApiKey",
+    "Canary",
+    "CanaryStatus",
     "CaptureFinal",
     "CaptureStatus",
     "Completion",
     "CompletionQuery",
     "Dataset",
+    "EvalResult",
+    "EvalRun",
+    "EvalStatus",
     "Feedback",
     "FileObject",
     "FineTuningJob",
@@ -151,6 +161,31 @@ class Store(Protocol):
     async def list_job_events(
         self, job_id: str, after: int | None, limit: int
     ) -> tuple[list[JobEvent], bool]: ...
+    # -- evals, gate policies, canaries --------------------------------------------------------
+    async def add_eval_run(self, run: EvalRun) -> None: ...
+    async def finish_eval_run(
+        self,
+        run_id: str,
+        status: EvalStatus,
+        *,
+        promote: bool | None = None,
+        decision: str | None = None,
+        summary: str | None = None,
+        report_dir: str | None = None,
+        error: str | None = None,
+    ) -> None: ...
+    async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None: ...
+    async def list_eval_runs(
+        self, tenant_id: str, candidate: str | None = None
+    ) -> list[EvalRun]: ...
+    async def add_eval_results(self, results: Sequence[EvalResult]) -> None: ...
+    async def list_eval_results(self, run_id: str) -> list[EvalResult]: ...
+    async def set_gate_policy(self, tenant_id: str, policy: str) -> None: ...
+    async def get_gate_policy(self, tenant_id: str) -> str | None: ...
+    async def add_canary(self, canary: Canary) -> None: ...
+    async def active_canaries(self) -> list[Canary]: ...
+    async def canaries_of(self, tenant_id: str, alias: str) -> list[Canary]: ...
+    async def end_canary(self, canary_id: str, status: CanaryStatus, reason: str) -> bool: ...
 
 
 def open_store(url: str) -> Store:

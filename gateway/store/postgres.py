@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.errors import Conflict, NotFound
 from gateway.store import rows as rowmap
+from gateway.store.postgres_evals import EvalsMixinPG
 from gateway.store.postgres_training import TrainingMixinPG
 from gateway.store.records import (
     AdapterStatus,
@@ -81,7 +82,7 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(TrainingMixinPG):
+class PostgresStore(TrainingMixinPG, EvalsMixinPG):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 
     def __init__(self, url: str):

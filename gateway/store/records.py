@@ -266,3 +266,57 @@ class JobEvent(msgspec.Struct, frozen=True):
     message: str
     data: str | None  # JSON of structured metrics (step, loss, tokens/s ...)
     at: float
+
+
+# -- evals, the promotion gate, canaries ----------------------------------------------------------
+
+EvalStatus = Literal["running", "done", "failed"]
+
+
+class EvalRun(msgspec.Struct, frozen=True):
+    """One comparison of a candidate with the alias's live version and the base."""
+
+    id: str
+    tenant_id: str
+    alias: str
+    candidate: str  # adapter version id
+    live: str | None  # the live adapter version (None: the alias served the base)
+    status: EvalStatus
+    created_by: str
+    created_at: float
+    promote: bool | None = None  # the gate's verdict, once done
+    decision: str | None = None  # JSON: the gate decision with its reasons
+    summary: str | None = None  # JSON: per-suite means, deltas, CIs, latency
+    report_dir: str | None = None
+    error: str | None = None
+    finished_at: float | None = None
+
+
+class EvalResult(msgspec.Struct, frozen=True):
+    run_id: str
+    suite: str
+    case_id: str
+    system: str  # "candidate" | "live" | "base"
+    score: float
+    passed: bool
+    latency_ms: float | None
+    answer: str
+
+
+CanaryStatus = Literal["active", "promoted", "rolled_back", "stopped"]
+
+
+class Canary(msgspec.Struct, frozen=True):
+    """A share of an alias's traffic (sticky per end-user) sent to a candidate version."""
+
+    id: str
+    tenant_id: str
+    alias: str
+    version: str
+    percent: float
+    thresholds: str  # JSON of the rollback thresholds
+    status: CanaryStatus
+    actor: str
+    started_at: float
+    reason: str | None = None
+    ended_at: float | None = None

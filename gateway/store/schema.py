@@ -203,4 +203,53 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX job_events_job ON job_events(job_id, seq);
     """,
+    """
+    CREATE TABLE eval_runs (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        live TEXT,
+        status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+        promote INTEGER,
+        decision TEXT,
+        summary TEXT,
+        report_dir TEXT,
+        error TEXT,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX eval_runs_candidate ON eval_runs(tenant_id, candidate, created_at);
+    CREATE TABLE eval_results (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        suite TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        system TEXT NOT NULL,
+        score REAL NOT NULL,
+        passed INTEGER NOT NULL,
+        latency_ms REAL,
+        answer TEXT NOT NULL,
+        PRIMARY KEY (run_id, suite, case_id, system)
+    );
+    CREATE TABLE gate_policies (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        policy TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE canaries (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        version TEXT NOT NULL,
+        percent REAL NOT NULL,
+        thresholds TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'promoted', 'rolled_back', 'stopped')),
+        actor TEXT NOT NULL,
+        reason TEXT,
+        started_at REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE INDEX canaries_alias ON canaries(tenant_id, alias, started_at);
+    """,
 )

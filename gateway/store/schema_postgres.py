@@ -209,4 +209,53 @@ MIGRATIONS_PG: tuple[str, ...] = (
     );
     CREATE INDEX job_events_job ON job_events(job_id, seq);
     """,
+    """
+    CREATE TABLE eval_runs (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        live TEXT,
+        status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+        promote BOOLEAN,
+        decision TEXT,
+        summary TEXT,
+        report_dir TEXT,
+        error TEXT,
+        created_by TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION
+    );
+    CREATE INDEX eval_runs_candidate ON eval_runs(tenant_id, candidate, created_at);
+    CREATE TABLE eval_results (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        suite TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        system TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        passed BOOLEAN NOT NULL,
+        latency_ms DOUBLE PRECISION,
+        answer TEXT NOT NULL,
+        PRIMARY KEY (run_id, suite, case_id, system)
+    );
+    CREATE TABLE gate_policies (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        policy TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE canaries (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        version TEXT NOT NULL,
+        percent DOUBLE PRECISION NOT NULL,
+        thresholds TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'promoted', 'rolled_back', 'stopped')),
+        actor TEXT NOT NULL,
+        reason TEXT,
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION
+    );
+    CREATE INDEX canaries_alias ON canaries(tenant_id, alias, started_at);
+    """,
 )

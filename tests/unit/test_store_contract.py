@@ -13,9 +13,11 @@ import msgspec
 import pytest
 
 import gateway.store.postgres
+import gateway.store.postgres_evals
 import gateway.store.postgres_training
 import gateway.store.sqlite
 import gateway.store.sqlite_capture
+import gateway.store.sqlite_evals
 import gateway.store.sqlite_training
 from gateway.errors import Conflict, NotFound
 from gateway.store import (
@@ -25,10 +27,13 @@ from gateway.store import (
     AliasEvent,
     AliasTarget,
     ApiKey,
+    Canary,
     CaptureFinal,
     Completion,
     CompletionQuery,
     Dataset,
+    EvalResult,
+    EvalRun,
     Feedback,
     FileObject,
     FineTuningJob,
@@ -50,6 +55,8 @@ TIMED_MODULES = (
     gateway.store.sqlite_training,
     gateway.store.postgres,
     gateway.store.postgres_training,
+    gateway.store.sqlite_evals,
+    gateway.store.postgres_evals,
 )
 
 
@@ -1024,3 +1031,49 @@ async def test_job_events_newest_first_with_cursor(store: Store) -> None:
     assert msgspec.json.decode(events[0].data or "") == {"loss": 0.2, "step": 4}
     rest, more = await store.list_job_events("ftjob-1", events[-1].seq, 10)
     assert [e.message for e in rest] == ["step 1", "step 0"] and not more
+
+
+# -- evals, gate policies, canaries -------------------------------------------------------------
+
+
+async def test_eval_runs_results_and_gate_policy(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    run = EvalRun("ev-1", "t1", "support", "av-new", "av-old", "running", "admin", T0)
+    await store.add_eval_run(run)
+    await store.add_eval_run(EvalRun("ev-2", "t1", "support", "av-other", None, "running", "a", T0))
+    assert await store.get_eval_run("t1", "ev-1") == run
+    assert await store.get_eval_run("t2", "ev-1") is None
+    results = [
+        EvalResult("ev-1", "tenant", f"c{i}", system, 0.5 * i, i > 0, 12.5, f"answer {i} \u00e9")
+        for i in range(3)
+        for system in ("candidate", "live", "base")
+    ]
+    await store.add_eval_results(results)
+    assert sorted(await store.list_eval_results("ev-1"), key=lambda r: (r.case_id, r.system)) == (
+        sorted(results, key=lambda r: (r.case_id, r.system))
+    )
+    await store.finish_eval_run("ev-1", "done", promote=True, decision='{"promote": true}')
+    done = await store.get_eval_run("t1", "ev-1")
+    assert done is not None and done.status == "done" and done.promote is True
+    assert done.finished_at is not None
+    assert [r.id for r in await store.list_eval_runs("t1", "av-new")] == ["ev-1"]
+    assert len(await store.list_eval_runs("t1")) == 2
+    assert await store.get_gate_policy("t1") is None
+    await store.set_gate_policy("t1", '{"min_improvement": 0.1}')
+    await store.set_gate_policy("t1", '{"min_improvement": 0.2}')
+    assert await store.get_gate_policy("t1") == '{"min_improvement": 0.2}'
+    assert await store.get_gate_policy("t2") is None
+
+
+async def test_canaries_start_and_end_once(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    canary = Canary("cn-1", "t1", "support", "av-new", 10.0, "{}", "active", "admin", T0)
+    await store.add_canary(canary)
+    assert await store.active_canaries() == [canary]
+    assert await store.canaries_of("t1", "support") == [canary]
+    assert await store.end_canary("cn-1", "rolled_back", "error rate 0.5 > 0.1")
+    assert not await store.end_canary("cn-1", "promoted", "late")  # already ended
+    assert await store.active_canaries() == []
+    ended = (await store.canaries_of("t1", "support"))[0]
+    assert ended.status == "rolled_back" and ended.reason == "error rate 0.5 > 0.1"

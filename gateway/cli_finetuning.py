@@ -1,0 +1,161 @@
+"""`loopgate worker` and `loopgate finetune ...`: training workers, and files, datasets and jobs
+through the running gateway's API with a tenant key (LOOPGATE_API_KEY or --key)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from gateway.cli_adapters import http_call
+from gateway.settings import Settings
+
+Call = Callable[[httpx.Client, argparse.Namespace], httpx.Response]
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def add_finetuning_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = sub.add_parser(
+        "worker", help="run a fine-tuning worker (claims queued jobs from the store)"
+    )
+    worker.set_defaults(func=cmd_worker)
+    ft = sub.add_parser("finetune", help="files, datasets and fine-tuning jobs (tenant API)")
+    ft.add_argument("--url", default=None, help="gateway URL (default: http://HOST:PORT)")
+    ft.add_argument("--key", default=None, help="tenant API key (default: $LOOPGATE_API_KEY)")
+    acts = ft.add_subparsers(required=True, metavar="ACTION")
+    up = acts.add_parser("upload", help="upload a chat JSONL training file (purpose fine-tune)")
+    up.add_argument("file", type=Path)
+    up.set_defaults(func=_tenant_cmd(_upload))
+    ds = acts.add_parser("dataset", help="snapshot the tenant's captured traffic + feedback")
+    ds.add_argument("--include-unrated", action="store_true", default=None)
+    ds.add_argument("--max-author-share", type=float, default=None)
+    ds.add_argument("--eval-fraction", type=float, default=None)
+    ds.set_defaults(func=_tenant_cmd(_dataset))
+    cr = acts.add_parser("create", help="create a fine-tuning job")
+    cr.add_argument("--model", required=True, help="the alias to fine-tune (its base model)")
+    cr.add_argument("--training-file", required=True, help="a file-... or ds-... id")
+    cr.add_argument("--suffix", default=None)
+    cr.add_argument("--epochs", type=int, default=None)
+    cr.add_argument("--lr-multiplier", type=float, default=None)
+    cr.add_argument("--batch-size", type=int, default=None)
+    cr.add_argument("--seed", type=int, default=None)
+    cr.add_argument("--wait", action="store_true", help="follow the job's events until it ends")
+    cr.set_defaults(func=_create)
+    acts.add_parser("list", help="list jobs").set_defaults(func=_tenant_cmd(_list))
+    for action, help_text in (
+        ("show", "one job"),
+        ("events", "a job's events, newest first"),
+        ("cancel", "cancel a queued or running job"),
+    ):
+        p = acts.add_parser(action, help=help_text)
+        p.add_argument("job")
+        p.set_defaults(func=_tenant_cmd(_job_op), action=action)
+
+
+def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
+    from training.worker import serve  # torch and friends load only for this command
+
+    return asyncio.run(serve(settings))
+
+
+def _base(settings: Settings, args: argparse.Namespace) -> tuple[str, dict[str, str]] | None:
+    key = args.key or os.environ.get("LOOPGATE_API_KEY", "")
+    if not key:
+        print("error: no tenant key: pass --key or set LOOPGATE_API_KEY", file=sys.stderr)
+        return None
+    return args.url or f"http://{settings.host}:{settings.port}", {"Authorization": f"Bearer {key}"}
+
+
+def _tenant_cmd(fn: Call) -> Callable[[Settings, argparse.Namespace], int]:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        base = _base(settings, args)
+        return 2 if base is None else http_call(*base, fn, args)
+
+    return run
+
+
+def _upload(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    data = Path(args.file).read_bytes()
+    return client.post(
+        "/v1/files", files={"file": (Path(args.file).name, data)}, data={"purpose": "fine-tune"}
+    )
+
+
+def _dataset(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    body = {
+        "include_unrated": args.include_unrated,
+        "max_author_share": args.max_author_share,
+        "eval_fraction": args.eval_fraction,
+    }
+    return client.post("/v1/datasets", json={k: v for k, v in body.items() if v is not None})
+
+
+def _list(client: httpx.Client, _: argparse.Namespace) -> httpx.Response:
+    return client.get("/v1/fine_tuning/jobs", params={"limit": 100})
+
+
+def _job_op(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    path = f"/v1/fine_tuning/jobs/{args.job}"
+    if args.action == "show":
+        return client.get(path)
+    if args.action == "events":
+        return client.get(path + "/events", params={"limit": 100})
+    return client.post(path + "/cancel")
+
+
+def _create_call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    hyper = {
+        "n_epochs": args.epochs,
+        "learning_rate_multiplier": args.lr_multiplier,
+        "batch_size": args.batch_size,
+    }
+    body = {
+        "model": args.model,
+        "training_file": args.training_file,
+        "suffix": args.suffix,
+        "seed": args.seed,
+        "hyperparameters": {k: v for k, v in hyper.items() if v is not None},
+    }
+    return client.post(
+        "/v1/fine_tuning/jobs", json={k: v for k, v in body.items() if v is not None}
+    )
+
+
+def _create(settings: Settings, args: argparse.Namespace) -> int:
+    base = _base(settings, args)
+    if base is None:
+        return 2
+    if not args.wait:
+        return http_call(*base, _create_call, args)
+    with httpx.Client(base_url=base[0], headers=base[1], timeout=60) as client:
+        resp = _create_call(client, args)
+        if resp.status_code >= 400:
+            print(f"error ({resp.status_code}): {resp.json()['error']['message']}", file=sys.stderr)
+            return 1
+        return _follow(client, resp.json()["id"])
+
+
+def _follow(client: httpx.Client, job_id: str) -> int:
+    """Print the job's events as they come, until it ends; exit 0 only when it succeeded."""
+    print(f"job {job_id} created; following its events (Ctrl-C stops following, not the job)")
+    seen: set[str] = set()
+    while True:
+        events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()
+        for event in reversed(events["data"]):
+            if event["id"] not in seen:
+                seen.add(event["id"])
+                print(
+                    f"[{time.strftime('%H:%M:%S', time.localtime(event['created_at']))}] "
+                    f"{event['message']}"
+                )
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if job["status"] in TERMINAL:
+            print(f"job {job_id} {job['status']}; model: {job['fine_tuned_model']}")
+            return 0 if job["status"] == "succeeded" else 1
+        time.sleep(2)

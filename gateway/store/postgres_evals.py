@@ -1,0 +1,81 @@
+"""PostgreSQL statements for eval runs and results, gate policies and canaries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias
+
+import asyncpg
+
+from gateway.store import evals_sql as q
+from gateway.store.records import Canary, CanaryStatus, EvalResult, EvalRun, EvalStatus
+from gateway.store.training_sql import numbered as N
+
+if TYPE_CHECKING:
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+
+
+class EvalsMixinPG:
+    """Needs `self.pool` (an asyncpg pool), which PostgresStore provides."""
+
+    @property
+    def pool(self) -> Pool:
+        raise NotImplementedError
+
+    async def add_eval_run(self, run: EvalRun) -> None:
+        await self.pool.execute(N(q.INSERT_RUN), *q.run_params(run))
+
+    async def finish_eval_run(
+        self,
+        run_id: str,
+        status: EvalStatus,
+        *,
+        promote: bool | None = None,
+        decision: str | None = None,
+        summary: str | None = None,
+        report_dir: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        args = (status, promote, decision, summary, report_dir, error, time.time(), run_id)
+        await self.pool.execute(N(q.FINISH_RUN), *args)
+
+    async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None:
+        row = await self.pool.fetchrow(N(q.GET_RUN), tenant_id, run_id)
+        return q.run(row) if row else None
+
+    async def list_eval_runs(self, tenant_id: str, candidate: str | None = None) -> list[EvalRun]:
+        if candidate is None:
+            rows = await self.pool.fetch(N(q.LIST_RUNS), tenant_id)
+        else:
+            rows = await self.pool.fetch(N(q.RUNS_OF), tenant_id, candidate)
+        return [q.run(r) for r in rows]
+
+    async def add_eval_results(self, results: Sequence[EvalResult]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(N(q.INSERT_RESULT), [q.result_params(r) for r in results])
+
+    async def list_eval_results(self, run_id: str) -> list[EvalResult]:
+        return [q.result(r) for r in await self.pool.fetch(N(q.LIST_RESULTS), run_id)]
+
+    async def set_gate_policy(self, tenant_id: str, policy: str) -> None:
+        await self.pool.execute(N(q.SET_POLICY), tenant_id, policy, time.time())
+
+    async def get_gate_policy(self, tenant_id: str) -> str | None:
+        value = await self.pool.fetchval(N(q.GET_POLICY), tenant_id)
+        return None if value is None else str(value)
+
+    async def add_canary(self, canary: Canary) -> None:
+        await self.pool.execute(N(q.INSERT_CANARY), *q.canary_params(canary))
+
+    async def active_canaries(self) -> list[Canary]:
+        return [q.canary(r) for r in await self.pool.fetch(q.ACTIVE_CANARIES)]
+
+    async def canaries_of(self, tenant_id: str, alias: str) -> list[Canary]:
+        return [q.canary(r) for r in await self.pool.fetch(N(q.CANARIES_OF), tenant_id, alias)]
+
+    async def end_canary(self, canary_id: str, status: CanaryStatus, reason: str) -> bool:
+        status_text: str = await self.pool.execute(
+            N(q.END_CANARY), status, reason, time.time(), canary_id
+        )
+        return not status_text.endswith(" 0")

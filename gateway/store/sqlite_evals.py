@@ -1,0 +1,77 @@
+"""SQLite statements for eval runs and results, gate policies and canaries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from gateway.store import evals_sql as q
+from gateway.store.records import Canary, CanaryStatus, EvalResult, EvalRun, EvalStatus
+from gateway.store.sqlite_capture import SQLiteMixin
+
+
+class EvalsMixin(SQLiteMixin):
+    async def add_eval_run(self, run: EvalRun) -> None:
+        await self._write(q.INSERT_RUN, q.run_params(run))
+
+    async def finish_eval_run(
+        self,
+        run_id: str,
+        status: EvalStatus,
+        *,
+        promote: bool | None = None,
+        decision: str | None = None,
+        summary: str | None = None,
+        report_dir: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        args = (status, promote, decision, summary, report_dir, error, time.time(), run_id)
+        await self._write(q.FINISH_RUN, args)
+
+    async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None:
+        async with self.db.execute(q.GET_RUN, (tenant_id, run_id)) as cur:
+            row = await cur.fetchone()
+        return q.run(row) if row else None
+
+    async def list_eval_runs(self, tenant_id: str, candidate: str | None = None) -> list[EvalRun]:
+        sql, args = (
+            (q.LIST_RUNS, (tenant_id,))
+            if candidate is None
+            else (
+                q.RUNS_OF,
+                (tenant_id, candidate),
+            )
+        )
+        async with self.db.execute(sql, args) as cur:
+            return [q.run(r) for r in await cur.fetchall()]
+
+    async def add_eval_results(self, results: Sequence[EvalResult]) -> None:
+        async with self.transaction():
+            await self.db.executemany(q.INSERT_RESULT, [q.result_params(r) for r in results])
+
+    async def list_eval_results(self, run_id: str) -> list[EvalResult]:
+        async with self.db.execute(q.LIST_RESULTS, (run_id,)) as cur:
+            return [q.result(r) for r in await cur.fetchall()]
+
+    async def set_gate_policy(self, tenant_id: str, policy: str) -> None:
+        await self._write(q.SET_POLICY, (tenant_id, policy, time.time()))
+
+    async def get_gate_policy(self, tenant_id: str) -> str | None:
+        async with self.db.execute(q.GET_POLICY, (tenant_id,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def add_canary(self, canary: Canary) -> None:
+        await self._write(q.INSERT_CANARY, q.canary_params(canary))
+
+    async def active_canaries(self) -> list[Canary]:
+        async with self.db.execute(q.ACTIVE_CANARIES) as cur:
+            return [q.canary(r) for r in await cur.fetchall()]
+
+    async def canaries_of(self, tenant_id: str, alias: str) -> list[Canary]:
+        async with self.db.execute(q.CANARIES_OF, (tenant_id, alias)) as cur:
+            return [q.canary(r) for r in await cur.fetchall()]
+
+    async def end_canary(self, canary_id: str, status: CanaryStatus, reason: str) -> bool:
+        cur = await self._write(q.END_CANARY, (status, reason, time.time(), canary_id))
+        return cur.rowcount > 0
