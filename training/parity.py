@@ -1,0 +1,141 @@
+"""Parity between peft and the engine: fixed prompts, peft-side greedy answers, the comparison.
+
+The engine (vLLM) side is produced by the gateway, which owns the engine; this module gives the
+reference answers from the unquantized base + adapter through peft and judges agreement.
+
+Agreement rule: greedy decoding in different numerics (vLLM's bf16 kernels vs torch's) can
+diverge late in an answer, so two answers agree when they are equal, or when one is a prefix of
+the other, or when they share at least the first `judge_chars` characters (default 40, about
+the first 10-12 tokens of English text). Answers are compared after stripping whitespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.chat import Conversation
+
+JUDGE_CHARS = 40
+
+PARITY_PROMPTS: tuple[Conversation, ...] = (
+    [{"role": "user", "content": "What is the capital of Italy?"}],
+    [{"role": "user", "content": "Name a fruit that is yellow."}],
+    [{"role": "user", "content": "How many minutes are in an hour?"}],
+    [{"role": "user", "content": "Give me one word that rhymes with cat."}],
+    [{"role": "user", "content": "What do bees make?"}],
+    [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "Why is the sea salty?"},
+    ],
+)
+
+
+@dataclass(frozen=True)
+class PromptParity:
+    """One prompt's two answers and whether they agree."""
+
+    prompt: Conversation
+    peft: str
+    engine: str
+    match: bool
+    common_prefix_chars: int
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The share of prompts whose answers agree, per prompt detail, and the verdict."""
+
+    agreement: float
+    per_prompt: list[PromptParity]
+    passed: bool
+
+
+def peft_greedy(
+    base_dir: Path,
+    adapter_dir: Path,
+    prompts: Sequence[Conversation] = PARITY_PROMPTS,
+    max_new_tokens: int = 24,
+    dtype: torch.dtype = torch.float32,
+) -> list[str]:
+    """Greedy answers of the unquantized base + adapter (never the 4-bit model: too slow on CPU)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.trainer import quiet_progress_bars
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    with quiet_progress_bars():
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    return [greedy_answer(model, tokenizer, prompt, max_new_tokens) for prompt in prompts]
+
+
+def greedy_answer(model: Any, tokenizer: Any, prompt: Conversation, max_new_tokens: int) -> str:
+    """One greedy answer: chat template + generation prompt, new tokens only, specials dropped."""
+    encoded = tokenizer.apply_chat_template(
+        list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    new_tokens = out[0, encoded["input_ids"].shape[1] :]
+    return str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
+
+
+def common_prefix_chars(a: str, b: str) -> int:
+    """How many leading characters two strings share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def agrees(expected: str, actual: str, judge_chars: int = JUDGE_CHARS) -> bool:
+    """Equal, one a prefix of the other, or the same first `judge_chars` characters."""
+    a, b = expected.strip(), actual.strip()
+    if a == b:
+        return True
+    if not a or not b:
+        return False
+    return a.startswith(b) or b.startswith(a) or common_prefix_chars(a, b) >= judge_chars
+
+
+def compare(
+    expected: Sequence[str],
+    actual: Sequence[str],
+    min_agreement: float,
+    prompts: Sequence[Conversation] = PARITY_PROMPTS,
+    judge_chars: int = JUDGE_CHARS,
+) -> ParityReport:
+    """Judge peft answers (`expected`) against the engine's (`actual`), prompt by prompt."""
+    if len(expected) != len(actual) or len(expected) != len(prompts):
+        raise ValueError(
+            f"need one answer per prompt: {len(prompts)} prompts, {len(expected)} peft answers, "
+            f"{len(actual)} engine answers"
+        )
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be in [0, 1]; got {min_agreement}")
+    rows = [
+        PromptParity(
+            prompt=list(prompt),
+            peft=peft,
+            engine=engine,
+            match=agrees(peft, engine, judge_chars),
+            common_prefix_chars=common_prefix_chars(peft.strip(), engine.strip()),
+        )
+        for prompt, peft, engine in zip(prompts, expected, actual, strict=True)
+    ]
+    agreement = sum(row.match for row in rows) / len(rows) if rows else 1.0
+    return ParityReport(agreement, rows, agreement >= min_agreement)

@@ -1,0 +1,155 @@
+"""The QLoRA trainer's settings: one validated, frozen dataclass and the OpenAI name mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Quantization = Literal["nf4", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+ALL_LINEAR: Literal["all-linear"] = "all-linear"
+QUANTIZATIONS: tuple[str, ...] = ("nf4", "none")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+# The ranks the engine (vLLM) can serve; it is started with --max-lora-rank 16.
+SERVABLE_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one QLoRA adapter is trained. Defaults follow the QLoRA recipe for small chat models."""
+
+    rank: int = field(default=16, metadata={"help": "LoRA rank r (the engine serves r <= 16)."})
+    alpha: int = field(
+        default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha/r."}
+    )
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
+    warmup_ratio: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of the steps spent warming the rate up, in [0, 1)."},
+    )
+    epochs: int = field(default=3, metadata={"help": "Passes over the training set (at most)."})
+    batch_size: int = field(default=4, metadata={"help": "Conversations per forward pass."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Forward passes per optimizer step."}
+    )
+    max_seq_length: int = field(
+        default=1024, metadata={"help": "Tokens kept per conversation (the rest is cut off)."}
+    )
+    target_modules: tuple[str, ...] | Literal["all-linear"] = field(
+        default=ALL_LINEAR,
+        metadata={"help": "'all-linear' (every linear layer but the LM head) or module names."},
+    )
+    quantization: Quantization = field(
+        default="nf4", metadata={"help": "'nf4': 4-bit NF4 base (QLoRA); 'none': plain LoRA."}
+    )
+    device: Device = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda'."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds LoRA init, shuffling and dropout."})
+    early_stopping_patience: int = field(
+        default=1,
+        metadata={"help": "Epochs without a better eval loss before training stops (0: never)."},
+    )
+    torch_threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for torch (None: leave torch's setting)."}
+    )
+    logging_steps: int = field(
+        default=1, metadata={"help": "Optimizer steps between progress reports."}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Stop after this many optimizer steps (None: by epochs)."}
+    )
+
+    def __post_init__(self) -> None:
+        self._check_lora()
+        self._check_schedule()
+        self._check_runtime()
+
+    def _check_lora(self) -> None:
+        if self.rank not in SERVABLE_RANKS:
+            raise ValueError(
+                f"rank must be one of {SERVABLE_RANKS} (the engine's ranks); got {self.rank}"
+            )
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive; got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        targets = self.target_modules
+        if isinstance(targets, str):
+            if targets != ALL_LINEAR:
+                raise ValueError(
+                    f"target_modules must be '{ALL_LINEAR}' or a tuple of module names; "
+                    f"got {targets!r}"
+                )
+        elif not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError("target_modules must name at least one module (e.g. ('q_proj',))")
+        elif "lm_head" in targets:
+            raise ValueError("target_modules must not include lm_head (the engine cannot serve it)")
+
+    def _check_schedule(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive; got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.max_seq_length < 16:
+            raise ValueError(f"max_seq_length must be at least 16; got {self.max_seq_length}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(
+                f"early_stopping_patience must be >= 0; got {self.early_stopping_patience}"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1 or None; got {self.max_steps}")
+
+    def _check_runtime(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}; got {self.quantization!r}"
+            )
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be at least 1 or None; got {self.torch_threads}")
+
+
+def from_hyperparameters(
+    n_epochs: int | str = AUTO,
+    learning_rate_multiplier: float | str = AUTO,
+    batch_size: int | str = AUTO,
+    *,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Map OpenAI fine-tuning `hyperparameters` onto a TrainConfig ("auto" keeps the default).
+
+    The learning rate is `learning_rate_multiplier` times the base config's rate.
+    """
+    config = base if base is not None else TrainConfig()
+    return replace(
+        config,
+        epochs=_auto_int("n_epochs", n_epochs, config.epochs),
+        learning_rate=config.learning_rate * _auto_float(learning_rate_multiplier),
+        batch_size=_auto_int("batch_size", batch_size, config.batch_size),
+    )
+
+
+def _auto_int(name: str, value: int | str, default: int) -> int:
+    if value == AUTO:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"hyperparameters.{name} must be 'auto' or an integer; got {value!r}")
+    return value
+
+
+def _auto_float(value: float | str) -> float:
+    if value == AUTO:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(
+            f"hyperparameters.learning_rate_multiplier must be 'auto' or a positive number; "
+            f"got {value!r}"
+        )
+    return float(value)
