@@ -33,7 +33,7 @@ from evals.suite import (
 )
 from training.chat import Conversation
 
-PERSON = {
+PERSON: dict[str, object] = {
     "type": "object",
     "required": ["name", "age"],
     "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
