@@ -73,6 +73,7 @@ class Swapper:
         reason: str | None = None,
         require_change: bool = False,
         action: str = "promote",
+        forced: bool = False,
     ) -> SwapReport:
         async with self.lock(tenant.id, alias):
             version = await self.registry.get(tenant, version_ref)
@@ -82,7 +83,7 @@ class Swapper:
             if old.adapter_version == version.id:
                 raise Conflict(f"alias '{alias}' already serves {version.id}")
             return await self._swap(
-                tenant, alias, old, version, actor, reason, require_change, action
+                tenant, alias, old, version, actor, reason, require_change, action, forced
             )
 
     async def rollback(
@@ -139,6 +140,7 @@ class Swapper:
         reason: str | None,
         require_change: bool,
         action: str,
+        forced: bool = False,
     ) -> SwapReport:
         t0 = time.monotonic()
         placements = await self._load_everywhere(version)
@@ -150,9 +152,8 @@ class Swapper:
                 await self.adapters.retire(version.id)
             raise
         t2 = time.monotonic()
-        await self._flip(
-            tenant.id, alias, old, AliasTarget("adapter", version.id), actor, reason, action
-        )
+        target = AliasTarget("adapter", version.id)
+        await self._flip(tenant.id, alias, old, target, actor, reason, action, forced)
         await self.store.set_adapter_status(
             version.id, next_status(version.status, Transition.PROMOTE)
         )
@@ -226,6 +227,7 @@ class Swapper:
         actor: str,
         reason: str | None,
         action: str,
+        forced: bool = False,
     ) -> None:
         event = AliasEvent(
             0,
@@ -236,7 +238,7 @@ class Swapper:
             new.adapter_version,
             actor,
             reason,
-            False,
+            forced,
             0.0,
         )
         await self.store.flip_alias(tenant_id, alias, new, event)

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from adapters.registry import Transition, next_status
 from adapters.swap import SwapReport
 from gateway.admin_api import admin_guard
-from gateway.errors import Conflict
+from gateway.errors import Conflict, InvalidRequest
 from gateway.runtime import Gateway
 from gateway.store import AdapterVersion, Alias, AliasEvent
 
@@ -26,6 +26,7 @@ class Promote(msgspec.Struct, forbid_unknown_fields=True):
     version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     reason: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
     require_change: bool = False
+    force: bool = False  # skip the eval gate: needs a reason; recorded as a forced promotion
 
 
 class Rollback(msgspec.Struct, forbid_unknown_fields=True):
@@ -111,13 +112,22 @@ class AdapterController(Controller):
         request: Request[object, object, State],
     ) -> SwapReport:
         found = await gw.admin.tenant(tenant)
+        reason = data.reason
+        if data.force:
+            if not (data.reason or "").strip():
+                raise InvalidRequest("a forced promotion needs a reason", param="reason")
+        else:
+            version = await gw.registry.get(found, data.version)
+            run = await gw.evaluations.require_passing(found, alias, version.id)
+            reason = f"{data.reason or 'gate passed'} (eval {run.id})"
         report = await gw.swapper.promote(
             found,
             alias,
             data.version,
             actor=_actor(request),
-            reason=data.reason,
+            reason=reason,
             require_change=data.require_change,
+            forced=data.force,
         )
         gw.directory.invalidate()
         return report

@@ -13,6 +13,8 @@ from litestar.di import Provide
 from gateway import api, completions_api, finetuning_api
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
+from gateway.admin_canary import CanaryController
+from gateway.admin_evals import EvalController
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.request_id import add_request_id
 from gateway.runtime import Gateway
@@ -44,6 +46,8 @@ def create_app(
             *finetuning_api.routes(settings),
             AdminController,
             AdapterController,
+            CanaryController,
+            EvalController,
             backends,
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},

@@ -17,8 +17,10 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import BaseModelInfo, Limits, base_model_info
+from gateway.canary import Canaries
 from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.evaluations import Evaluations
 from gateway.finetuning import FineTuning, WorkerProcess
 from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
@@ -63,6 +65,18 @@ class Gateway:
             settings, self.store, self.registry, self.adapters, self.swapper, self.pool, self.client
         )
         self.worker = WorkerProcess(settings) if settings.training_worker else None
+        self.evaluations = Evaluations(
+            self.store,
+            self.registry,
+            self.adapters,
+            self.swapper,
+            self.client,
+            settings.base_model_name,
+            settings.data_dir / "evals",
+        )
+        self.canaries = Canaries(
+            self.store, self.registry, self.swapper, settings.canary_check_interval_s
+        )
         self.serving = Serving(
             self.directory,
             self.pool,
@@ -71,6 +85,7 @@ class Gateway:
             self.swapper,
             settings.base_model_name,
             self.capture,
+            canaries=self.canaries,
         )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False
@@ -101,6 +116,7 @@ class Gateway:
             log.warning("marked %d captured requests from an earlier run as incomplete", lost)
         if self.capture is not None:
             await self.capture.start()
+        await self.canaries.load()
         self.registry.base = await asyncio.to_thread(self._base_info)
         if self.settings.engine_mode == "embedded":
             await self._start_embedded()
@@ -112,6 +128,7 @@ class Gateway:
             await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
         self._spawn(self._retention_loop())
+        self._spawn(self.canaries.run())
         self._spawn(self.finetuning.registration_loop())
         if self.worker is not None:
             self.worker.start()

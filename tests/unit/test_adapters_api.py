@@ -33,7 +33,7 @@ def promote(
 ) -> dict[str, object]:
     resp = env.client.post(
         f"/admin/tenants/{tenant}/aliases/{alias}/promote",
-        json={"version": version, "reason": "test"},
+        json={"version": version, "reason": "test", "force": True},
         headers=ADMIN,
     )
     assert resp.status_code == 200, resp.text
@@ -164,7 +164,9 @@ def test_live_versions_cannot_be_deleted_or_retired(env: Env, tmp_path: Path) ->
     deleted = env.client.delete(f"/admin/tenants/acme/adapters/{v2['id']}", headers=ADMIN)
     assert deleted.status_code == 200 and not Path(str(v2["path"])).exists()
     again = env.client.post(
-        "/admin/tenants/acme/aliases/support/promote", json={"version": v1["id"]}, headers=ADMIN
+        "/admin/tenants/acme/aliases/support/promote",
+        json={"version": v1["id"], "force": True, "reason": "t"},
+        headers=ADMIN,
     )
     assert again.status_code == 409  # already serves it
 
@@ -190,7 +192,9 @@ def test_probe_failure_refuses_the_promotion(env: Env, tmp_path: Path) -> None:
 
     env.engine.custom = refuse_adapters
     resp = env.client.post(
-        "/admin/tenants/acme/aliases/support/promote", json={"version": v1["id"]}, headers=ADMIN
+        "/admin/tenants/acme/aliases/support/promote",
+        json={"version": v1["id"], "force": True, "reason": "t"},
+        headers=ADMIN,
     )
     assert resp.status_code == 422 and "probe" in resp.json()["error"]["message"]
     env.engine.custom = None

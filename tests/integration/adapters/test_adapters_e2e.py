@@ -38,7 +38,7 @@ def promote(stack: Stack, alias: str, version: str, tenant: str = "acme") -> dic
     with stack.admin() as admin:
         resp = admin.post(
             f"/admin/tenants/{tenant}/aliases/{alias}/promote",
-            json={"version": version, "require_change": True, "reason": "test"},
+            json={"version": version, "require_change": True, "reason": "test", "force": True},
         )
     assert resp.status_code == 200, resp.text
     return dict(resp.json())
@@ -224,7 +224,7 @@ async def swapper(stack: Stack, run: LoadRun, ids: dict[str, str], swaps: int) -
             else:
                 resp = await admin.post(
                     "/admin/tenants/acme/aliases/support/promote",
-                    json={"version": target, "reason": "load test"},
+                    json={"version": target, "reason": "load test", "force": True},
                 )
             assert resp.status_code == 200, resp.text
             assert resp.json()["to_version"] == target

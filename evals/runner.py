@@ -1,0 +1,112 @@
+"""Runs suites against several systems with the same cases and greedy decoding, then compares.
+
+Engine-agnostic: each system is an async `Generate` (messages → answer) that the caller builds
+(the gateway leases the candidate, live version and base on vLLM). The comparison is paired:
+every system answers every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from evals.gate import GateDecision, GatePolicy, decide
+from evals.graders import Judge
+from evals.report import CaseRow, EvalReport, SuiteReport
+from evals.stats import compare_paired, summarize_latency, summarize_scores
+from evals.suite import CaseResult, Suite, grade_case
+from training.chat import Conversation
+
+Generate = Callable[[Conversation], Awaitable[str]]
+CONCURRENCY = 8  # vLLM batches concurrent requests; more only queues
+
+
+@dataclass(frozen=True)
+class Answer:
+    suite: str
+    case_id: str
+    system: str
+    result: CaseResult
+    latency_ms: float
+
+
+async def answer_all(
+    suites: Sequence[Suite],
+    systems: Mapping[str, Generate],
+    *,
+    judge: Judge | None = None,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[Answer]:
+    """Every system answers every case of every suite; each answer graded."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+    jobs = [(s, i, name) for s in suites for i in range(len(s.cases)) for name in systems]
+    done = 0
+
+    async def one(suite: Suite, case_index: int, system: str) -> Answer:
+        nonlocal done
+        case = suite.cases[case_index]
+        async with gate:
+            started = time.perf_counter()
+            text = await systems[system](list(case.messages))
+            latency = (time.perf_counter() - started) * 1000
+        result = await grade_case(case, text, judge)
+        done += 1
+        if on_done is not None:
+            on_done(done, len(jobs))
+        return Answer(suite.name, case.id, system, result, latency)
+
+    return list(await asyncio.gather(*(one(s, i, n) for s, i, n in jobs)))
+
+
+def _scores(answers: Sequence[Answer], suite: Suite, system: str) -> list[float]:
+    by_case = {
+        a.case_id: a.result.score for a in answers if a.suite == suite.name and a.system == system
+    }
+    return [by_case[c.id] for c in suite.cases]
+
+
+def _rows(answers: Sequence[Answer], suite: Suite, reference: str) -> list[CaseRow]:
+    found = {(a.case_id, a.system): a.result for a in answers if a.suite == suite.name}
+    rows = []
+    for case in suite.cases:
+        cand, ref = found[(case.id, "candidate")], found[(case.id, reference)]
+        prompt = case.messages[-1]["content"]
+        rows.append(CaseRow(case.id, prompt, cand.score, ref.score, cand.answer, ref.answer))
+    return rows
+
+
+def compare(
+    answers: Sequence[Answer],
+    suites: Sequence[Suite],
+    tenant_suite: str,
+    guard_suite: str,
+    policy: GatePolicy,
+    title: str,
+) -> EvalReport:
+    """Per-suite summaries and paired comparisons (candidate vs live, vs base) and the gate."""
+    systems = sorted({a.system for a in answers}, key=["candidate", "live", "base"].index)
+    reports = []
+    for suite in suites:
+        summaries = {s: summarize_scores(_scores(answers, suite, s)) for s in systems}
+        cand = _scores(answers, suite, "candidate")
+        reports.append(
+            SuiteReport(
+                suite.name,
+                summaries,
+                vs_live=compare_paired(cand, _scores(answers, suite, "live")),
+                vs_base=compare_paired(cand, _scores(answers, suite, "base")),
+                cases=_rows(answers, suite, "live"),
+            )
+        )
+    latency = {
+        s: summarize_latency([a.latency_ms for a in answers if a.system == s]) for s in systems
+    }
+    by_name = {r.name: r for r in reports}
+    tenant, guard = by_name[tenant_suite], by_name[guard_suite]
+    assert tenant.vs_live is not None and guard.vs_live is not None
+    decision: GateDecision = decide(
+        policy, tenant.vs_live, guard.vs_live, latency["candidate"], latency["live"]
+    )
+    return EvalReport(title, reports, decision, latency)
