@@ -14,6 +14,7 @@ from litestar.response import File
 from gateway.admin_api import admin_guard
 from gateway.errors import NotFound
 from gateway.evaluations import PolicyIn, StartEval
+from gateway.loop import LoopRun, StartLoop
 from gateway.runtime import Gateway
 from gateway.store import EvalRun
 
@@ -91,6 +92,27 @@ class EvalController(Controller):
         if name not in REPORT_FILES or run.report_dir is None:
             raise NotFound(f"no report file '{name}' for {run_id}", param="name")
         return File(Path(run.report_dir) / name, media_type=REPORT_FILES[name])
+
+
+class LoopController(Controller):
+    path = "/admin/tenants/{tenant:str}/loops"
+    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
+
+    @post("/", status_code=202)
+    async def start(
+        self,
+        tenant: FromPath[str],
+        data: JSONBody[StartLoop],
+        gw: GW,
+        request: Request[object, object, State],
+    ) -> LoopRun:
+        found = await gw.admin.tenant(tenant)
+        actor = (request.headers.get("x-loopgate-actor") or "admin")[:128]
+        return await gw.loops.start(found, data, actor)
+
+    @get("/{run_id:str}")
+    async def show(self, tenant: FromPath[str], run_id: FromPath[str], gw: GW) -> LoopRun:
+        return gw.loops.get(await gw.admin.tenant(tenant), run_id)
 
 
 async def _run(gw: Gateway, tenant: str, run_id: str) -> EvalRun:

@@ -14,7 +14,7 @@ from gateway import api, completions_api, finetuning_api
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
-from gateway.admin_evals import EvalController
+from gateway.admin_evals import EvalController, LoopController
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.request_id import add_request_id
 from gateway.runtime import Gateway
@@ -48,6 +48,7 @@ def create_app(
             AdapterController,
             CanaryController,
             EvalController,
+            LoopController,
             backends,
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},

@@ -25,6 +25,20 @@ def add_finetuning_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         "worker", help="run a fine-tuning worker (claims queued jobs from the store)"
     )
     worker.set_defaults(func=cmd_worker)
+    loop = sub.add_parser(
+        "loop", help="dataset → QLoRA → eval → gate → promote for a tenant alias (admin API)"
+    )
+    loop.add_argument("tenant")
+    loop.add_argument("--alias", required=True, help="the alias to improve")
+    loop.add_argument(
+        "--base", default=None, help="alias whose base model to train (default: --alias)"
+    )
+    loop.add_argument("--suffix", default="loop")
+    loop.add_argument("--epochs", type=int, default=None)
+    loop.add_argument("--lr-multiplier", type=float, default=None)
+    loop.add_argument("--no-promote", action="store_true", help="stop after the gate's verdict")
+    loop.add_argument("--url", default=None, help="gateway URL (default: http://HOST:PORT)")
+    loop.set_defaults(func=cmd_loop)
     ft = sub.add_parser("finetune", help="files, datasets and fine-tuning jobs (tenant API)")
     ft.add_argument("--url", default=None, help="gateway URL (default: http://HOST:PORT)")
     ft.add_argument("--key", default=None, help="tenant API key (default: $LOOPGATE_API_KEY)")
@@ -159,3 +173,48 @@ def _follow(client: httpx.Client, job_id: str) -> int:
             print(f"job {job_id} {job['status']}; model: {job['fine_tuned_model']}")
             return 0 if job["status"] == "succeeded" else 1
         time.sleep(2)
+
+
+def _admin_key(settings: Settings) -> str:
+    key = settings.admin_key
+    key_file = settings.data_dir / "admin_key"
+    if not key and key_file.exists():
+        key = key_file.read_text().strip()
+    return key
+
+
+def cmd_loop(settings: Settings, args: argparse.Namespace) -> int:
+    """Start the loop through the admin API and print its steps until it ends."""
+    key = _admin_key(settings)
+    if not key:
+        print("error: no admin key: set LOOPGATE_ADMIN_KEY", file=sys.stderr)
+        return 2
+    hyper = {"n_epochs": args.epochs, "learning_rate_multiplier": args.lr_multiplier}
+    body: dict[str, object] = {
+        "alias": args.alias,
+        "suffix": args.suffix,
+        "promote": not args.no_promote,
+        "hyperparameters": {k: v for k, v in hyper.items() if v is not None},
+    }
+    if args.base:
+        body["base"] = args.base
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        resp = c.post(f"/admin/tenants/{args.tenant}/loops", json=body)
+        if resp.status_code >= 400:
+            print(f"error ({resp.status_code}): {resp.json()['error']['message']}", file=sys.stderr)
+            return 1
+        run_id, shown = resp.json()["id"], 0
+        while True:
+            run = c.get(f"/admin/tenants/{args.tenant}/loops/{run_id}").json()
+            for step in run["steps"][shown:]:
+                stamp = time.strftime("%H:%M:%S", time.localtime(step["at"]))
+                print(f"[{stamp}] {step['message']}", flush=True)
+            shown = len(run["steps"])
+            if run["status"] != "running":
+                break
+            time.sleep(2)
+    if run.get("eval_id"):
+        print(f"report: {url}/admin/tenants/{args.tenant}/evals/{run['eval_id']}/report.html")
+    print(f"loop {run_id}: {run['status']} ({run['seconds']})")
+    return 0 if run["status"] in ("promoted", "refused") else 1

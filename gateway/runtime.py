@@ -22,6 +22,7 @@ from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
 from gateway.finetuning import FineTuning, WorkerProcess
+from gateway.loop import Loops
 from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
 from gateway.settings import Settings
@@ -73,6 +74,13 @@ class Gateway:
             self.client,
             settings.base_model_name,
             settings.data_dir / "evals",
+        )
+        self.loops = Loops(
+            self.store,
+            self.finetuning,
+            self.evaluations,
+            self.swapper,
+            settings.data_dir / "loops",
         )
         self.canaries = Canaries(
             self.store, self.registry, self.swapper, settings.canary_check_interval_s
