@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from training.chat import Conversation
+
+if TYPE_CHECKING:  # torch loads only when peft outputs are computed (not in the gateway)
+    import torch
 
 JUDGE_CHARS = 40
 
@@ -60,9 +61,11 @@ def peft_greedy(
     adapter_dir: Path,
     prompts: Sequence[Conversation] = PARITY_PROMPTS,
     max_new_tokens: int = 24,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> list[str]:
-    """Greedy answers of the unquantized base + adapter (never the 4-bit model: too slow on CPU)."""
+    """Greedy answers of the unquantized base + adapter (never the 4-bit model: too slow on CPU);
+    float32 unless `dtype` says otherwise."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +73,7 @@ def peft_greedy(
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     with quiet_progress_bars():
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     return [greedy_answer(model, tokenizer, prompt, max_new_tokens) for prompt in prompts]
@@ -78,6 +81,8 @@ def peft_greedy(
 
 def greedy_answer(model: Any, tokenizer: Any, prompt: Conversation, max_new_tokens: int) -> str:
     """One greedy answer: chat template + generation prompt, new tokens only, specials dropped."""
+    import torch
+
     encoded = tokenizer.apply_chat_template(
         list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
