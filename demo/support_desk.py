@@ -1,0 +1,584 @@
+"""The support-desk demo: simulated traffic and feedback → the adaptation loop → base vs promoted.
+
+A simulated tenant (a support desk whose users want every answer as a one-line ticket) sends
+traffic through the gateway with the official `openai` SDK; simulated end users rate the answers
+and correct the support ones into the ticket format; one admin call runs the loop (dataset →
+QLoRA job → eval → gate → promote); the scenario then asks held-out support questions (not in
+the traffic) of the base and of the promoted alias, and prints both with their compliance rates.
+A second tenant whose "corrections" are answers to other questions (wrong targets) runs the same
+loop, and the gate must refuse its candidate.
+
+Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~20 minutes on a
+2-core CPU) or `python -m demo.support_desk --url http://127.0.0.1:8000 --admin-key ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypedDict
+
+import httpx
+from openai import AsyncOpenAI, OpenAI
+
+from gateway.supervisor import free_port
+
+Category = Literal["hardware", "account", "billing", "network"]
+Log = Callable[[str], None]
+TICKET = re.compile(
+    r"^TICKET \| category: (?:hardware|account|billing|network) \| priority: (?:low|high) "
+    r"\| next: \w"
+)
+BASE_MODEL = "smollm2"
+ALIAS = "support"
+POLL_S = 3.0
+
+# What a user asks about, per category, and the next action a ticket names (`{x}` = the item).
+ITEMS: dict[Category, tuple[str, ...]] = {
+    "hardware": ("printer", "laptop", "monitor", "keyboard", "scanner", "docking station", "mouse"),
+    "account": ("email", "payroll portal", "timesheet app", "wiki", "calendar", "file share"),
+    "billing": ("basic plan", "premium plan", "team plan", "annual plan", "student plan"),
+    "network": ("office wifi", "VPN", "guest network", "home connection", "branch office line"),
+}
+HELD_OUT_ITEMS: dict[Category, tuple[str, ...]] = {
+    "hardware": ("projector", "headset"),
+    "account": ("expense tool", "chat account"),
+    "billing": ("family plan", "enterprise plan"),
+    "network": ("meeting room network", "warehouse wifi"),
+}
+PROBLEMS: dict[Category, tuple[str, ...]] = {
+    "hardware": (
+        "my {x} will not turn on.",
+        "my {x} keeps restarting.",
+        "my {x} is very slow.",
+        "my {x} makes a strange noise.",
+    ),
+    "account": (
+        "I cannot log in to the {x}.",
+        "I forgot my password for the {x}.",
+        "my {x} account is locked.",
+    ),
+    "billing": (
+        "I was charged twice for the {x}.",
+        "my invoice for the {x} looks wrong.",
+        "I want a refund for the {x}.",
+    ),
+    "network": (
+        "the {x} keeps dropping.",
+        "the {x} will not connect.",
+        "the {x} is extremely slow today.",
+    ),
+}
+ACTIONS: dict[Category, str] = {
+    "hardware": "run diagnostics on the {x}",
+    "account": "reset access to the {x}",
+    "billing": "review the charges on the {x}",
+    "network": "restart the {x} and test the link",
+}
+OPENINGS = ("", "Hi, ", "Hello, ", "Good morning, ")
+CLOSINGS = ("What should I do?", "Can you help?", "Please advise.")
+URGENT = " It is urgent."
+
+
+class GeneralQuestion(TypedDict):
+    question: str
+    expect: str  # a regex an acceptable answer contains
+    correction: str
+
+
+# General questions (not the guard suite's): users rate good answers up and correct bad ones,
+# so the training data keeps plain answers for plain questions.
+GENERAL: tuple[GeneralQuestion, ...] = tuple(
+    GeneralQuestion(question=q, expect=e, correction=c)
+    for q, e, c in (
+        ("What is the capital of Portugal?", r"Lisbon", "The capital of Portugal is Lisbon."),
+        ("What is the capital of Canada?", r"Ottawa", "The capital of Canada is Ottawa."),
+        ("What is the capital of Austria?", r"Vienna", "The capital of Austria is Vienna."),
+        ("What is the capital of Sweden?", r"Stockholm", "The capital of Sweden is Stockholm."),
+        ("What is the capital of Poland?", r"Warsaw", "The capital of Poland is Warsaw."),
+        ("What is the capital of Finland?", r"Helsinki", "The capital of Finland is Helsinki."),
+        ("What is the capital of Peru?", r"Lima", "The capital of Peru is Lima."),
+        ("What is the capital of Belgium?", r"Brussels", "The capital of Belgium is Brussels."),
+        ("What is the capital of Denmark?", r"Copenhagen", "The capital of Denmark is Copenhagen."),
+        ("What is the capital of Hungary?", r"Budapest", "The capital of Hungary is Budapest."),
+        ("What is the capital of Thailand?", r"Bangkok", "The capital of Thailand is Bangkok."),
+        ("What is the capital of Kenya?", r"Nairobi", "The capital of Kenya is Nairobi."),
+        ("What is 3 + 4?", r"\b7\b|seven", "3 + 4 = 7."),
+        ("What is 5 + 5?", r"\b10\b|ten", "5 + 5 = 10."),
+        ("What is 6 + 2?", r"\b8\b|eight", "6 + 2 = 8."),
+        ("What is 4 + 3? Answer with a number.", r"\b7\b", "7"),
+        ("What is 2 times 4?", r"\b8\b|eight", "2 times 4 is 8."),
+        ("What is 5 times 2?", r"\b10\b|ten", "5 times 2 is 10."),
+        ("What is 9 minus 3?", r"\b6\b|six", "9 minus 3 is 6."),
+        ("What colour is grass? Answer with one word.", r"green", "Green"),
+        ("What colour is snow? Answer with one word.", r"white", "White"),
+        ("What is the opposite of up? Answer with one word.", r"down", "Down"),
+        ("What is the opposite of day? Answer with one word.", r"night", "Night"),
+        ("Which animal barks? Answer with one word.", r"dog", "Dog"),
+        ("Which animal says 'moo'? Answer with one word.", r"cow", "Cow"),
+        ("How many months are in a year?", r"\b12\b|twelve", "There are 12 months in a year."),
+        ("How many minutes are in an hour?", r"\b60\b|sixty", "There are 60 minutes in an hour."),
+        ("How many legs does a dog have?", r"\b4\b|four", "A dog has 4 legs."),
+        ("How many sides does a triangle have?", r"\b3\b|three", "A triangle has 3 sides."),
+        ("What planet do we live on?", r"Earth", "We live on Earth."),
+        ("What is frozen water called?", r"\bice\b", "Frozen water is called ice."),
+        ("What gas do plants take in from the air?", r"carbon dioxide|CO2", "Carbon dioxide."),
+        ("Repeat this word exactly: apple", r"\bapple\b", "apple"),
+        ("Repeat this word exactly: river", r"\briver\b", "river"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class SupportQuestion:
+    """One simulated support question and the ticket the desk wants for it."""
+
+    question: str
+    ticket: str
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """How much traffic the simulated desk sends and how the loop trains on it."""
+
+    users: int = field(default=40, metadata={"help": "Distinct simulated end users (`user`)."})
+    support_per_user: int = field(
+        default=2, metadata={"help": "Support questions each user asks (corrected if off-format)."}
+    )
+    general_per_user: int = field(
+        default=1, metadata={"help": "General questions each user asks (rated, or corrected)."}
+    )
+    epochs: int = field(default=2, metadata={"help": "Training epochs of the good loop."})
+    learning_rate_multiplier: float = field(
+        default=5.0, metadata={"help": "Multiplier on the trainer's base learning rate."}
+    )
+    bad_users: int = field(
+        default=20, metadata={"help": "Simulated users of the bad tenant (wrong corrections)."}
+    )
+    bad_epochs: int = field(default=1, metadata={"help": "Training epochs of the bad loop."})
+    held_out: int = field(
+        default=16, metadata={"help": "Held-out support questions in the printed comparison."}
+    )
+    concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
+    seed: int = field(default=1, metadata={"help": "Seeds the questions, the split and training."})
+    loop_timeout_s: float = field(
+        default=3600.0, metadata={"help": "Give up on a loop that has not ended after this long."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("users", "bad_users", "epochs", "bad_epochs", "held_out", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ScenarioConfig.{name} must be at least 1")
+        if self.support_per_user < 1 or self.general_per_user < 0:
+            raise ValueError("ScenarioConfig needs support_per_user >= 1, general_per_user >= 0")
+        if self.learning_rate_multiplier <= 0:
+            raise ValueError("ScenarioConfig.learning_rate_multiplier must be positive")
+
+
+@dataclass(frozen=True)
+class HeldOutRow:
+    question: str
+    base: str
+    promoted: str
+
+
+@dataclass(frozen=True)
+class LoopOutcome:
+    """What one loop run ended as, read from `GET /admin/tenants/{t}/loops/{id}`."""
+
+    status: str
+    reasons: list[str]
+    seconds: dict[str, float]
+    eval_id: str | None
+    tenant_means: dict[str, float]
+    guard_means: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """The numbers the demo promises: compliance before/after, guard change, the refusal."""
+
+    rows: list[HeldOutRow]
+    base_rate: float
+    promoted_rate: float
+    good: LoopOutcome
+    bad: LoopOutcome
+    seconds: dict[str, float]
+
+    @property
+    def guard_loss(self) -> float:
+        """How much the guard mean dropped, candidate against live (negative: it rose)."""
+        return self.good.guard_means["live"] - self.good.guard_means["candidate"]
+
+
+# -- the simulated questions (pure, deterministic) ----------------------------------------------
+
+
+def compliant(answer: str) -> bool:
+    return TICKET.search(answer.strip()) is not None
+
+
+def _ticket(category: Category, x: str, urgent: bool) -> str:
+    priority = "high" if urgent else "low"
+    next_step = ACTIONS[category].format(x=x)
+    return f"TICKET | category: {category} | priority: {priority} | next: {next_step}"
+
+
+def _question(problem: str, x: str, urgent: bool, rng: random.Random) -> str:
+    text = rng.choice(OPENINGS) + problem.format(x=x) + (URGENT if urgent else "")
+    return f"{text[0].upper()}{text[1:]} {rng.choice(CLOSINGS)}"
+
+
+def support_questions(n: int, seed: int, *, held_out: bool = False) -> list[SupportQuestion]:
+    """`n` distinct (item, problem, urgency) questions, round-robin over the categories.
+
+    Held-out questions use items the traffic never mentions. Each combination is asked once,
+    so the dataset's near-duplicate filter keeps them all.
+    """
+    items = HELD_OUT_ITEMS if held_out else ITEMS
+    rng = random.Random(seed + (1000 if held_out else 0))  # noqa: S311 - simulation, not crypto
+    combos = []
+    for category, names in items.items():
+        group = [(category, x, p, u) for x in names for p in PROBLEMS[category] for u in (0, 1)]
+        rng.shuffle(group)
+        combos.append(group)
+    interleaved = [c for row in zip(*combos, strict=False) for c in row]
+    if n > len(interleaved):
+        raise ValueError(f"only {len(interleaved)} distinct support questions; asked for {n}")
+    return [
+        SupportQuestion(_question(p, x, bool(u), rng), _ticket(category, x, bool(u)))
+        for category, x, p, u in interleaved[:n]
+    ]
+
+
+# -- traffic and feedback through the tenant API ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exchange:
+    user: str
+    question: str
+    answer: str
+    completion_id: str
+
+
+async def _ask(
+    client: AsyncOpenAI, gate: asyncio.Semaphore, user: str, question: str, max_tokens: int
+) -> Exchange:
+    async with gate:
+        reply = await client.chat.completions.create(
+            model=ALIAS,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=max_tokens,
+            user=user,
+        )
+    return Exchange(user, question, reply.choices[0].message.content or "", reply.id)
+
+
+async def _feedback(
+    http: httpx.AsyncClient, gate: asyncio.Semaphore, ex: Exchange, body: dict[str, str]
+) -> None:
+    async with gate:
+        resp = await http.post(
+            f"/v1/chat/completions/{ex.completion_id}/feedback", json={**body, "user": ex.user}
+        )
+    resp.raise_for_status()
+
+
+def _support_feedback(ex: Exchange, ticket: str) -> dict[str, str]:
+    if compliant(ex.answer):
+        return {"rating": "up"}
+    return {"rating": "down", "correction": ticket}
+
+
+def _general_feedback(ex: Exchange, q: GeneralQuestion) -> dict[str, str]:
+    if re.search(q["expect"], ex.answer, re.IGNORECASE):
+        return {"rating": "up"}
+    return {"rating": "down", "correction": q["correction"]}
+
+
+async def send_traffic(url: str, key: str, config: ScenarioConfig, *, users: int, bad: bool) -> int:
+    """Every user asks their questions, then rates or corrects each answer; returns the count.
+
+    A bad desk's "corrections" of support answers are answers to general questions: wrong targets.
+    """
+    support = support_questions(users * config.support_per_user, config.seed)
+    rng = random.Random(config.seed)  # noqa: S311 - simulation, not crypto
+    general = [GENERAL[i % len(GENERAL)] for i in range(users * config.general_per_user)]
+    rng.shuffle(general)
+    gate = asyncio.Semaphore(config.concurrency)
+    client = AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
+        asked_support = [
+            _ask(client, gate, f"user-{i % users:03d}", q.question, 40)
+            for i, q in enumerate(support)
+        ]
+        asked_general = [
+            _ask(client, gate, f"user-{i % users:03d}", q["question"], 64)
+            for i, q in enumerate(general)
+        ]
+        s_exchanges = await asyncio.gather(*asked_support)
+        g_exchanges = await asyncio.gather(*asked_general)
+        feedback = [
+            _feedback(http, gate, ex, _general_feedback(ex, q))
+            for ex, q in zip(g_exchanges, general, strict=True)
+        ]
+        for i, (ex, q) in enumerate(zip(s_exchanges, support, strict=True)):
+            wrong = GENERAL[(i * 7 + 3) % len(GENERAL)]["correction"]
+            body = (
+                {"rating": "down", "correction": wrong} if bad else _support_feedback(ex, q.ticket)
+            )
+            feedback.append(_feedback(http, gate, ex, body))
+        await asyncio.gather(*feedback)
+    await client.close()
+    return len(s_exchanges) + len(g_exchanges)
+
+
+# -- the admin side: tenant, alias, gate policy, the loop ---------------------------------------
+
+
+def _admin(url: str, admin_key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=600)
+
+
+def create_tenant(admin: httpx.Client, name: str) -> str:
+    """A tenant with one key, its `support` alias on the base and the ticket gate policy."""
+    admin.post("/admin/tenants", json={"name": name}).raise_for_status()
+    key = str(admin.post(f"/admin/tenants/{name}/keys", json={}).json()["key"])
+    admin.put(f"/admin/tenants/{name}/aliases/{ALIAS}", json={}).raise_for_status()
+    policy = {
+        "min_improvement": 0.05,
+        "max_guard_regression": 0.02,
+        "tenant_checks": [{"type": "regex", "pattern": TICKET.pattern}],
+        "max_tokens": 64,
+    }
+    admin.put(f"/admin/tenants/{name}/gate-policy", json=policy).raise_for_status()
+    return key
+
+
+def run_loop(
+    admin: httpx.Client, tenant: str, epochs: int, config: ScenarioConfig, log: Log
+) -> LoopOutcome:
+    """Start the loop, print each new step as it happens, and return how it ended."""
+    body = {
+        "alias": ALIAS,
+        "suffix": "desk",
+        "hyperparameters": {
+            "n_epochs": epochs,
+            "learning_rate_multiplier": config.learning_rate_multiplier,
+        },
+        "seed": config.seed,
+    }
+    started = admin.post(f"/admin/tenants/{tenant}/loops", json=body)
+    started.raise_for_status()
+    run_id = started.json()["id"]
+    seen, deadline = 0, time.monotonic() + config.loop_timeout_s
+    while True:
+        run = admin.get(f"/admin/tenants/{tenant}/loops/{run_id}").json()
+        for step in run["steps"][seen:]:
+            log(f"  [{tenant}] {step['message']}")
+        seen = len(run["steps"])
+        if run["status"] != "running":
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"loop {run_id} of {tenant} still running after the timeout")
+        time.sleep(POLL_S)
+    tenant_means: dict[str, float] = {}
+    guard_means: dict[str, float] = {}
+    if run.get("eval_id"):
+        summary = admin.get(f"/admin/tenants/{tenant}/evals/{run['eval_id']}").json()["summary"]
+        if summary:
+            tenant_means, guard_means = summary["tenant"]["means"], summary["guard"]["means"]
+    return LoopOutcome(
+        run["status"], list(run["reasons"]), run["seconds"], run.get("eval_id"), tenant_means,
+        guard_means,
+    )  # fmt: skip
+
+
+def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOutRow]:
+    """New support questions (items never seen in traffic), asked of the base and the alias."""
+    client = OpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
+
+    def ask(model: str, question: str) -> str:
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=40,
+        )
+        return reply.choices[0].message.content or ""
+
+    questions = support_questions(config.held_out, config.seed, held_out=True)
+    return [HeldOutRow(q.question, ask(BASE_MODEL, q.question), ask(ALIAS, q.question))
+            for q in questions]  # fmt: skip
+
+
+# -- the scenario --------------------------------------------------------------------------------
+
+
+def run_scenario(
+    url: str, admin_key: str, config: ScenarioConfig | None = None, log: Log = print
+) -> ScenarioResult:
+    """The whole demo against a running stack (its training worker on); prints as it goes."""
+    config = config or ScenarioConfig()
+    suffix = secrets.token_hex(3)
+    good, bad = f"desk-{suffix}", f"desk-bad-{suffix}"
+    seconds: dict[str, float] = {}
+    t0 = time.monotonic()
+    with _admin(url, admin_key) as admin:
+        keys = {name: create_tenant(admin, name) for name in (good, bad)}
+        log(f"1. traffic: {config.users} users of '{good}' ask support and general questions")
+        t = time.monotonic()
+        sent = asyncio.run(send_traffic(url, keys[good], config, users=config.users, bad=False))
+        seconds["traffic"] = round(time.monotonic() - t, 1)
+        log(f"   {sent} completions with feedback in {seconds['traffic']} s")
+        log(f"2. the loop for '{good}' (alias '{ALIAS}')")
+        t = time.monotonic()
+        good_outcome = run_loop(admin, good, config.epochs, config, log)
+        seconds["loop"] = round(time.monotonic() - t, 1)
+        log("3. held-out support questions: base vs promoted")
+        t = time.monotonic()
+        rows = compare_held_out(url, keys[good], config)
+        seconds["held_out"] = round(time.monotonic() - t, 1)
+        seconds["good_total"] = round(time.monotonic() - t0, 1)
+        log(f"4. a bad desk '{bad}': {config.bad_users} users whose corrections are wrong answers")
+        t = time.monotonic()
+        asyncio.run(send_traffic(url, keys[bad], config, users=config.bad_users, bad=True))
+        bad_outcome = run_loop(admin, bad, config.bad_epochs, config, log)
+        seconds["bad"] = round(time.monotonic() - t, 1)
+    seconds["total"] = round(time.monotonic() - t0, 1)
+    n = len(rows)
+    return ScenarioResult(
+        rows=rows,
+        base_rate=sum(compliant(r.base) for r in rows) / n,
+        promoted_rate=sum(compliant(r.promoted) for r in rows) / n,
+        good=good_outcome,
+        bad=bad_outcome,
+        seconds=seconds,
+    )
+
+
+def _clip(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def render(result: ScenarioResult) -> str:
+    """The printed summary: the held-out table, the eval's means, the bad desk, the timings."""
+    lines = [f"{'held-out question':<48} | {'base (' + BASE_MODEL + ')':<40} | promoted ({ALIAS})"]
+    lines.append("-" * len(lines[0]))
+    for r in result.rows:
+        lines.append(f"{_clip(r.question, 48):<48} | {_clip(r.base, 40):<40} | {r.promoted}")
+    g = result.good
+    lines += [
+        "",
+        f"ticket format on {len(result.rows)} held-out questions: base {result.base_rate:.0%}, "
+        f"promoted {result.promoted_rate:.0%}",
+        f"good loop: {g.status}; eval {g.eval_id}",
+        "  tenant suite (held-out split of the traffic, support and general questions) means: "
+        + _means(g.tenant_means),
+        f"  guard suite means: {_means(g.guard_means)} (loss {result.guard_loss:+.3f})",
+        "  gate: " + "; ".join(g.reasons),
+        f"bad loop: {result.bad.status}",
+        *(f"  reason: {r}" for r in result.bad.reasons),
+        "seconds: good loop steps "
+        + ", ".join(f"{k} {v}" for k, v in g.seconds.items())
+        + "; scenario "
+        + ", ".join(f"{k} {v}" for k, v in result.seconds.items()),
+    ]
+    return "\n".join(lines)
+
+
+def _means(means: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in sorted(means.items())) or "(no eval)"
+
+
+# -- a stack of its own, when no --url is given -------------------------------------------------
+
+STACK_ENV = {
+    "LOOPGATE_TRAINING_WORKER": "true",
+    "LOOPGATE_TRAINING_TORCH_THREADS": "2",
+    "LOOPGATE_JOB_HEARTBEAT_S": "1",
+    "LOOPGATE_ENGINE_CPU_KVCACHE_GB": "1",
+    "LOOPGATE_AUTH_CACHE_TTL_S": "0",
+}
+
+
+@contextmanager
+def own_stack(data_dir: Path, admin_key: str, log: Log) -> Iterator[str]:
+    """`loopgate serve` (engine and training worker) in `data_dir`; yields its URL."""
+    port = free_port()
+    env = {**os.environ, **STACK_ENV, "LOOPGATE_DATA_DIR": str(data_dir),
+           "LOOPGATE_PORT": str(port), "LOOPGATE_ADMIN_KEY": admin_key}  # fmt: skip
+    subprocess.run([sys.executable, "-m", "gateway.cli", "model", "prepare"], env=env, check=True)
+    log_path = data_dir / "gateway.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc, log_path)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            log(f"the gateway did not stop within 90 s of SIGTERM; killed (log: {log_path})")
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the gateway was not ready within 900 s; see {log_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.support_desk", description=__doc__)
+    parser.add_argument("--url", help="a running gateway with its training worker on")
+    parser.add_argument("--admin-key", help="its admin key (required with --url)")
+    args = parser.parse_args(argv)
+    if args.url and not args.admin_key:
+        parser.error("--admin-key is required with --url")
+    started = time.monotonic()
+    if args.url:
+        result = run_scenario(args.url.rstrip("/"), args.admin_key)
+    else:
+        admin_key = "lg-admin-" + secrets.token_hex(16)
+        with tempfile.TemporaryDirectory(prefix="loopgate-demo-") as tmp:
+            print(f"starting a stack in {tmp} (vLLM-CPU takes a minute or two)...")
+            with own_stack(Path(tmp), admin_key, print) as url:
+                print(f"stack ready in {time.monotonic() - started:.0f} s at {url}")
+                result = run_scenario(url, admin_key)
+    print(render(result))
+    print(f"wall time: {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Integration tier for the shipped demo scenarios."""
