@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from msgspec import UNSET
 
 from adapters.placement import AdapterPool, Lease
 from adapters.swap import Swapper
+from gateway.canary import Assignment, Canaries, counts_against_canary
 from gateway.capture import CaptureWriter, Exchange, captured_stream
 from gateway.errors import EngineNotReady, LoopgateError, NotFound
 from gateway.privacy import redact
@@ -36,6 +38,7 @@ _PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/co
 _PREFIX: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-"}
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger("loopgate.serving")
 
 
 class Serving:
@@ -48,6 +51,7 @@ class Serving:
         swapper: Swapper,
         base_engine_name: str,
         capture: CaptureWriter | None,
+        canaries: Canaries | None = None,
     ):
         self.directory = directory
         self.pool = pool
@@ -56,6 +60,7 @@ class Serving:
         self.swapper = swapper
         self.base_engine_name = base_engine_name
         self.capture = capture
+        self.canaries = canaries
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
@@ -63,24 +68,87 @@ class Serving:
             target = self.swapper.current(alias)
             if target.kind == "base" or target.adapter_version is None:
                 return Lease(self.pool.pick(), self.base_engine_name, None)
-            lease = self.adapters.try_lease(target.adapter_version)
-            if lease is not None:
-                return lease
-            version = await self.directory.store.get_adapter(target.adapter_version)
-            if version is None:
-                raise NotFound(f"The model '{alias.name}' is not available", param="model")
-            lease = await self.adapters.lease(version)
+            lease = await self.lease_version(target.adapter_version, alias)
             if self.swapper.current(alias) == target:
                 return lease
             lease.release()  # the alias moved while we were loading: route again
         raise EngineNotReady("the model is being swapped; retry shortly")
+
+    async def lease_version(self, version_id: str, alias: Alias) -> Lease:
+        """A lease on one version (without awaiting when it is loaded somewhere)."""
+        lease = self.adapters.try_lease(version_id)
+        if lease is not None:
+            return lease
+        version = await self.directory.store.get_adapter(version_id)
+        if version is None:
+            raise NotFound(f"The model '{alias.name}' is not available", param="model")
+        return await self.adapters.lease(version)
 
     async def complete(
         self, caller: Caller, body: bytes, kind: Kind, request_id: str
     ) -> Response[bytes] | Stream:
         req = decode_chat(body) if kind == "chat" else decode_completion(body)
         alias = await self.directory.resolve(caller, req.model)
-        lease = await self.route(alias)
+        pick = None
+        if self.canaries is not None:
+            sticky = req.user if isinstance(req.user, str) and req.user else caller.key_id
+            pick = self.canaries.assign(alias, sticky)
+        if pick is not None and pick.to_canary:
+            served = await self._on_canary(caller, req, kind, alias, pick, request_id)
+            if served is not None:
+                return served
+            pick = None  # the retry on the normal target is no sample of the live arm
+        started = time.monotonic()
+        try:
+            response, completion_id = await self._send(
+                caller, req, kind, alias, await self.route(alias), request_id
+            )
+        except LoopgateError as exc:
+            if pick is not None and counts_against_canary(exc):
+                pick.stats.failed()
+            raise
+        if pick is not None:
+            pick.stats.served(time.monotonic() - started, completion_id)
+        return response
+
+    async def _on_canary(
+        self,
+        caller: Caller,
+        req: ChatCompletionRequest | CompletionRequest,
+        kind: Kind,
+        alias: Alias,
+        pick: Assignment,
+        request_id: str,
+    ) -> Response[bytes] | Stream | None:
+        """Serve on the canary's version; None when it failed before the first byte (the
+        failure counts against the canary, and the caller retries on the normal target)."""
+        started = time.monotonic()
+        try:
+            lease = await self.lease_version(pick.running.record.version, alias)
+            response, completion_id = await self._send(caller, req, kind, alias, lease, request_id)
+        except LoopgateError as exc:
+            if not counts_against_canary(exc):
+                raise
+            pick.stats.failed()
+            log.warning(
+                "canary %s failed a request (%s); retrying it on the alias's target",
+                pick.running.record.id,
+                exc.message,
+            )
+            return None
+        pick.stats.served(time.monotonic() - started, completion_id)
+        return response
+
+    async def _send(
+        self,
+        caller: Caller,
+        req: ChatCompletionRequest | CompletionRequest,
+        kind: Kind,
+        alias: Alias,
+        lease: Lease,
+        request_id: str,
+    ) -> tuple[Response[bytes] | Stream, str | None]:
+        """Serve on a lease: the response (streams started) and the stored completion's id."""
         engine_id = secrets.token_hex(12)
         try:
             exchange = await self._begin(caller, req, kind, alias, lease, engine_id, request_id)
@@ -99,9 +167,10 @@ class Serving:
                 if exchange is not None and self.capture is not None:
                     relay = captured_stream(relay, exchange, self.capture)
                 relay = await primed(relay)
-                return Stream(
+                stream = Stream(
                     relay, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers}
                 )
+                return stream, _stored_id(exchange)
             content = await self.upstream.post(lease.backend, _PATHS[kind], payload, engine_id)
         except BaseException as exc:
             lease.release()
@@ -111,11 +180,12 @@ class Serving:
         if exchange is not None and self.capture is not None:
             exchange.read_body(content)
             await self.capture.finish(exchange.final("complete"))
-        return Response(
+        response = Response(
             rename_model(content, engine_b, public_b),
             media_type="application/json",
             headers=headers,
         )
+        return response, _stored_id(exchange)
 
     async def _begin(
         self,
@@ -166,6 +236,10 @@ class Serving:
             return
         exchange.error = exc.message if isinstance(exc, LoopgateError) else type(exc).__name__
         await self.capture.finish(exchange.final("error"))
+
+
+def _stored_id(exchange: Exchange | None) -> str | None:
+    return exchange.id if exchange is not None and exchange.stored else None
 
 
 async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -128,6 +128,13 @@ class Settings:
     reconcile_interval_s: float = field(
         default=30.0, metadata={"help": "How often replicas' loaded adapters are reconciled."}
     )
+    canary_check_interval_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "How often active canaries' signals are checked against their rollback "
+            "thresholds."
+        },
+    )
     capture_enabled: bool = field(
         default=True,
         metadata={
@@ -234,6 +241,8 @@ class Settings:
             raise ConfigError(
                 f"LOOPGATE_TRAINING_DEVICE must be auto, cpu or cuda, got {self.training_device!r}"
             )
+        if not self.canary_check_interval_s > 0:
+            raise ConfigError("LOOPGATE_CANARY_CHECK_INTERVAL_S must be greater than 0")
         if not 0.0 <= self.parity_min_agreement <= 1.0:
             raise ConfigError("LOOPGATE_PARITY_MIN_AGREEMENT must be between 0 and 1")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -81,6 +82,8 @@ class FakeEngine:
     custom: Callable[[httpx.Request], httpx.Response] | None = None
     loras: dict[str, str] = field(default_factory=dict)  # engine name -> path
     lora_log: list[tuple[str, str]] = field(default_factory=list)  # (load|unload, name)
+    fail_for: tuple[str, ...] = ()  # models whose name ends with one of these answer 500
+    delay_for: dict[str, float] = field(default_factory=dict)  # model name suffix -> seconds
 
     def bodies(self) -> list[dict[str, object]]:
         return [json.loads(r.content) for r in self.requests if r.url.path.endswith("completions")]
@@ -119,6 +122,11 @@ class FakeEngine:
         if self.mode == "engine500":
             return httpx.Response(500, text="Internal Server Error")
         body = json.loads(request.content)
+        if str(body["model"]).endswith(self.fail_for):
+            return httpx.Response(500, text="Internal Server Error")
+        for suffix, seconds in self.delay_for.items():
+            if str(body["model"]).endswith(suffix):
+                time.sleep(seconds)  # blocks the test's loop: only the slow model is slow
         if body["model"] != ENGINE_MODEL and body["model"] not in self.loras:
             return httpx.Response(
                 404,
