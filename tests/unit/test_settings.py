@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, Settings, describe
+from gateway.settings import ConfigError, Settings, describe, to_env
 
 
 def test_env_is_parsed_and_overrides_win() -> None:
@@ -57,3 +58,20 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [name for name, _, _ in describe() if f"`{name}`" not in readme]
     assert missing == [], f"README's configuration reference lacks {missing}"
+
+
+def test_to_env_rebuilds_the_same_settings(tmp_path: Path) -> None:
+    """Child processes (the training worker) get the gateway's settings through the env."""
+    settings = Settings(
+        data_dir=tmp_path,
+        engine_mode="external",
+        engine_urls=("http://a:1", "http://b:2"),
+        training_worker=False,
+        training_dir=tmp_path / "t",
+        parity_min_agreement=0.5,
+        admin_key="secret",
+    )
+    env = to_env(settings, omit=("admin_key",))
+    assert "LOOPGATE_ADMIN_KEY" not in env
+    rebuilt = Settings.from_env(env)
+    assert rebuilt == replace(settings, admin_key="")
