@@ -324,3 +324,20 @@ def test_active_canaries_are_reloaded_at_start(env: Env, tmp_path: Path) -> None
         assert resp.headers["x-loopgate-adapter-version"] == v2
         seen = other.get(CANARY.format(t="acme", a="support"), headers=ADMIN).json()
         assert seen["active"]["canary"]["id"] == record["id"]
+
+
+def test_a_canary_ended_by_another_gateway_stops_here_at_the_next_check(
+    env: Env, tmp_path: Path
+) -> None:
+    v1, v2 = upload(env, tmp_path, 1), upload(env, tmp_path, 2)
+    promote(env, v1)
+    record = start(env, v2, 100)
+    assert chat(env, "alice")[0] == v2
+    store = env.client.app.state.gateway.store
+    ended = env.client.blocking_portal.call(
+        store.end_canary, str(record["id"]), "stopped", "stopped by ops elsewhere"
+    )
+    assert ended is True
+    assert check(env) == []  # nothing rolled back here: it just goes away
+    assert chat(env, "alice")[0] == v1
+    assert show(env)["history"][0]["reason"] == "stopped by ops elsewhere"  # type: ignore[index]
