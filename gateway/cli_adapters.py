@@ -49,6 +49,11 @@ def add_adapter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="refuse if the adapter answers the probe exactly like the base",
     )
+    pro.add_argument(
+        "--force",
+        action="store_true",
+        help="skip the eval gate (needs --reason; recorded as a forced promotion)",
+    )
     pro.set_defaults(func=_http_cmd(_adapter_promote))
     rb = acts.add_parser("rollback", help="return an alias to its previous version")
     rb.add_argument("tenant")
@@ -126,7 +131,12 @@ def _adapter_version_op(client: httpx.Client, args: argparse.Namespace) -> httpx
 
 
 def _adapter_promote(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
-    body = {"version": args.version, "reason": args.reason, "require_change": args.require_change}
+    body = {
+        "version": args.version,
+        "reason": args.reason,
+        "require_change": args.require_change,
+        "force": args.force,
+    }
     return client.post(f"/admin/tenants/{args.tenant}/aliases/{args.alias}/promote", json=body)
 
 

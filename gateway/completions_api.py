@@ -47,7 +47,7 @@ class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
 T = TypeVar("T")
 
 
-def _decode(raw: bytes, kind: type[T]) -> T:
+def decode_body(raw: bytes, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.DecodeError as exc:
@@ -123,12 +123,12 @@ def _query(request: AnyRequest, caller: Caller) -> CompletionQuery:
         params.get("model"),
         metadata,
         params.get("after"),
-        _limit(params.get("limit")),
+        page_limit(params.get("limit")),
         order,
     )
 
 
-def _limit(raw: str | None) -> int:
+def page_limit(raw: str | None) -> int:
     try:
         limit = int(raw or 20)
     except ValueError:
@@ -170,7 +170,7 @@ async def get_messages(
         {"id": f"{found.id}-{i}", **m} for i, m in enumerate(messages)
     ]
     params = request.query_params
-    limit = _limit(params.get("limit"))
+    limit = page_limit(params.get("limit"))
     if _order(params.get("order")) == "desc":
         items.reverse()
     if after := params.get("after"):
@@ -185,7 +185,7 @@ async def update_completion(
 ) -> dict[str, object]:
     caller = await _caller(request, gw)
     await _owned(gw, caller, completion_id)
-    data = _decode(await request.body(), UpdateCompletion)
+    data = decode_body(await request.body(), UpdateCompletion)
     updated = await gw.store.update_completion(
         caller.tenant_id, completion_id, metadata=data.metadata, do_not_train=data.do_not_train
     )
@@ -207,7 +207,7 @@ async def delete_completion(
 async def add_feedback(request: AnyRequest, gw: GW, completion_id: FromPath[str]) -> Feedback:
     caller = await _caller(request, gw)
     await _owned(gw, caller, completion_id)
-    data = _decode(await request.body(), FeedbackIn)
+    data = decode_body(await request.body(), FeedbackIn)
     if (
         data.rating is None
         and data.score is None

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
 
-import msgspec
 from litestar import Request, delete, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 
+from gateway.completions_api import decode_body, page_limit
 from gateway.errors import InvalidRequest
 from gateway.finetuning import BuildDataset, CreateJob
 from gateway.runtime import Gateway
@@ -21,28 +20,10 @@ from gateway.tenancy import Caller
 
 GW = NamedDependency[Gateway]
 AnyRequest = Request[object, object, State]
-T = TypeVar("T")
 
 
 async def _caller(request: AnyRequest, gw: Gateway) -> Caller:
     return await gw.directory.authenticate(request.headers.get("authorization"))
-
-
-def _decode(raw: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"invalid request: {exc}") from None
-
-
-def _limit(raw: str | None, default: int = 20) -> int:
-    try:
-        limit = int(raw or default)
-    except ValueError:
-        raise InvalidRequest("limit must be an integer", param="limit") from None
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("limit must be between 1 and 100", param="limit")
-    return limit
 
 
 def file_object(f: FileObject) -> dict[str, object]:
@@ -172,7 +153,7 @@ async def delete_file(request: AnyRequest, gw: GW, file_id: FromPath[str]) -> di
 @post("/v1/datasets", status_code=201)
 async def build_dataset(request: AnyRequest, gw: GW) -> dict[str, object]:
     caller = await _caller(request, gw)
-    req = _decode(await request.body(), BuildDataset)
+    req = decode_body(await request.body(), BuildDataset)
     return dataset_object(await gw.finetuning.build_from_traffic(caller, req))
 
 
@@ -191,7 +172,7 @@ async def get_dataset(request: AnyRequest, gw: GW, dataset_id: FromPath[str]) ->
 @post("/v1/fine_tuning/jobs", status_code=200)
 async def create_job(request: AnyRequest, gw: GW) -> dict[str, object]:
     caller = await _caller(request, gw)
-    req = _decode(await request.body(), CreateJob)
+    req = decode_body(await request.body(), CreateJob)
     return job_object(await gw.finetuning.create_job(caller, req))
 
 
@@ -200,7 +181,7 @@ async def list_jobs(request: AnyRequest, gw: GW) -> dict[str, object]:
     caller = await _caller(request, gw)
     params = request.query_params
     jobs, more = await gw.store.list_jobs(
-        caller.tenant_id, params.get("after"), _limit(params.get("limit"))
+        caller.tenant_id, params.get("after"), page_limit(params.get("limit"))
     )
     return _page([job_object(j) for j in jobs], more)
 
@@ -219,7 +200,9 @@ async def job_events(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict
         after_seq = int(after.removeprefix("ftevent-")) if after else None
     except ValueError:
         raise InvalidRequest("after must be an event id", param="after") from None
-    events, more = await gw.store.list_job_events(job.id, after_seq, _limit(params.get("limit")))
+    events, more = await gw.store.list_job_events(
+        job.id, after_seq, page_limit(params.get("limit"))
+    )
     return _page([event_object(e) for e in events], more)
 
 

@@ -72,9 +72,14 @@ def test_register_promote_rollback_from_the_cli(
         "--name",
         "two",
     )
-    code, report, _ = cli(capsys, url, "promote", "acme", "support", v1["id"], "--reason", "first")  # type: ignore[index]
+    code, _, err = cli(capsys, url, "promote", "acme", "support", v1["id"])  # type: ignore[index]
+    assert code == 1 and "409" in err and "eval" in err  # the gate: no passing eval yet
+    code, _, err = cli(capsys, url, "promote", "acme", "support", v1["id"], "--force")  # type: ignore[index]
+    assert code == 1 and "reason" in err  # forcing needs a reason
+    promote = ("promote", "acme", "support")
+    code, report, _ = cli(capsys, url, *promote, v1["id"], "--force", "--reason", "first")  # type: ignore[index]
     assert code == 0 and report["to_version"] == v1["id"]  # type: ignore[index]
-    cli(capsys, url, "promote", "acme", "support", v2["id"])  # type: ignore[index]
+    cli(capsys, url, *promote, v2["id"], "--force", "--reason", "second")  # type: ignore[index]
     code, back, _ = cli(capsys, url, "rollback", "acme", "support", "--reason", "regression")
     assert code == 0 and back["to_version"] == v1["id"]  # type: ignore[index]
     code, shown, _ = cli(capsys, url, "show", "acme", v1["id"])  # type: ignore[index]
