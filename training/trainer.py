@@ -240,7 +240,7 @@ def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_
         bf16=compute_dtype(device) == torch.bfloat16,
         fp16=False,
         use_cpu=device == "cpu",
-        gradient_checkpointing=False,
+        gradient_checkpointing=config.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         report_to="none",
@@ -388,7 +388,7 @@ def train(
                 callbacks=[_reporter_class()(watcher)],
             )
             started = time.monotonic()
-            trainer.train()
+            output = trainer.train()
             seconds = time.monotonic() - started
             if watcher.cancelled:
                 raise TrainingCancelled(
@@ -400,6 +400,8 @@ def train(
         staged.rename(out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if not watcher.history:  # fewer steps than logging_steps: the run's mean loss stands in
+        watcher.history.append((int(trainer.state.global_step), float(output.training_loss)))
     return _result(trainer.state, watcher, out_dir, seconds, base_hash, config)
 
 
@@ -418,8 +420,6 @@ def _result(
     base_hash: str,
     config: TrainConfig,
 ) -> TrainResult:
-    if not watcher.history:
-        raise TrainingError("training logged no loss; check that the training set is not empty")
     tokens = int(state.num_input_tokens_seen)
     best = state.best_metric
     return TrainResult(

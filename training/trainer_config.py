@@ -58,6 +58,13 @@ class TrainConfig:
     logging_steps: int = field(
         default=1, metadata={"help": "Optimizer steps between progress reports."}
     )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={
+            "help": "Recompute activations in backward: less memory, slower steps. Measured on "
+            "the 2-core CPU with SmolLM2-135M: off trains 1.37x faster for 1.13x peak memory."
+        },
+    )
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (None: by epochs)."}
     )
