@@ -3,10 +3,13 @@
 The engine (vLLM) side is produced by the gateway, which owns the engine; this module gives the
 reference answers from the unquantized base + adapter through peft and judges agreement.
 
-Agreement rule: greedy decoding in different numerics (vLLM's bf16 kernels vs torch's) can
-diverge late in an answer, so two answers agree when they are equal, or when one is a prefix of
-the other, or when they share at least the first `judge_chars` characters (default 40, about
-the first 10-12 tokens of English text). Answers are compared after stripping whitespace.
+Agreement rule: greedy decoding in different numerics (vLLM's bf16 kernels vs torch's float32)
+can diverge after a few tokens wherever the adapter leaves two tokens nearly tied, so two answers
+agree when they are equal, or when one is a prefix of the other, or when they share at least the
+first `judge_chars` characters (default 24, about the first 6 tokens of English text). What parity
+guards against, an adapter the engine applies differently from peft (wrong scaling, missing
+modules, another base), shows in the first tokens. Answers are compared after stripping
+whitespace. Measured here: a heavily fitted adapter agreed on 28-78 characters of each answer.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from training.chat import Conversation
 if TYPE_CHECKING:  # torch loads only when peft outputs are computed (not in the gateway)
     import torch
 
-JUDGE_CHARS = 40
+JUDGE_CHARS = 24
 
 PARITY_PROMPTS: tuple[Conversation, ...] = (
     [{"role": "user", "content": "What is the capital of Italy?"}],
