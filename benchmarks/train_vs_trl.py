@@ -91,9 +91,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        help="ours with checkpointing (as TRL's default)",
+        "--no-gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action="store_false",
+        help="ours without gradient checkpointing (faster, more memory)",
     )
     parser.add_argument("--ours-child", nargs=3, metavar=("BASE", "DATA", "OUT"))
     args = parser.parse_args()
