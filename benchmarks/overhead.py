@@ -85,6 +85,7 @@ class Options:
     server_core: int
     output: Path
     plot: Path | None
+    profile: Path | None
 
 
 @dataclass
@@ -170,6 +171,9 @@ def target_launch(
 
 def start_target(session: Session, target: str, port: int) -> int:
     argv, env, ready = target_launch(session, target, port)
+    if session.opts.profile is not None and argv[0] == sys.executable:
+        prof = session.opts.profile / f"{target}.prof"
+        argv = [sys.executable, "-m", "cProfile", "-o", str(prof), *argv[1:]]
     pid = session.procs.start(target, argv, session.opts.server_core, env)
     wait_ready(session.procs, target, port, ready)
     return pid
@@ -330,7 +334,17 @@ def measure(session: Session, target: str) -> dict[str, Any]:
         stream = streams(session, target, port, pid)
     finally:
         session.procs.stop(target)
+    if opts.profile is not None and (opts.profile / f"{target}.prof").exists():
+        print_profile(opts.profile / f"{target}.prof")
     return {"latency_s": lat, "throughput": tput, **stream}
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    """The functions with the most own time (cProfile), for finding what a target spends on."""
+    import pstats
+
+    print(f"\n--- {path.name}: top {top} by own time ---")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
 
 
 # --- summary ------------------------------------------------------------------------------
@@ -647,6 +661,7 @@ def run(opts: Options) -> dict[str, Any]:
             **asdict(opts),
             "output": str(opts.output),
             "plot": str(opts.plot) if opts.plot else None,
+            "profile": str(opts.profile) if opts.profile else None,
         },
         "environment": {**env, "loadavg_after": os.getloadavg()},
         "summary": summary,
@@ -688,6 +703,12 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--server-core", type=int, default=1)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument("--plot", type=Path, default=None, help="write the PNG here")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run the Python targets under cProfile, write DIR/<target>.prof (distorts timings)",
+    )
     p.add_argument("--replot", type=Path, default=None, help="only redraw --plot from this JSON")
     a = p.parse_args(argv)
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
@@ -714,6 +735,7 @@ def parse_args(argv: list[str] | None) -> Options:
         a.server_core,
         a.output,
         a.plot,
+        a.profile,
     )
 
 

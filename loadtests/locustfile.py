@@ -24,6 +24,7 @@ from locust import HttpUser, User, between, events, task
 from locust.env import Environment
 
 PLAN_ENV = "LOOPGATE_LOADTEST_PLAN"
+FINAL_ENV = "LOOPGATE_LOADTEST_FINAL"
 PROMPTS = (
     "Write a one-line greeting for a new customer.",
     "How do I reset my password?",
@@ -205,3 +206,26 @@ class SwapUser(HttpUser):
 def _announce(environment: Environment, **_: object) -> None:
     models = ", ".join(f"{r.tenant}/{r.model} {r.weight:.2f}" for r in PLAN.routes)
     print(f"loadtest plan: {models}; {len(PLAN.swaps)} swappable aliases", flush=True)
+
+
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
+def _final_stats(environment: Environment, **_: object) -> None:
+    """Every name's final counts and percentiles, written after in-flight requests finished.
+
+    Locust's CSV is rewritten once a second while the test runs, so requests that complete
+    during --stop-timeout can be missing from it; this file has them (the SLOs use it).
+    """
+    path = os.environ.get(FINAL_ENV)
+    if not path:
+        return
+    stats = environment.stats
+    rows = {
+        e.name: {
+            "type": e.method,
+            "requests": e.num_requests,
+            "failures": e.num_failures,
+            **{f"p{q}": e.get_response_time_percentile(q / 100) for q in (50, 95, 99)},
+        }
+        for e in [*stats.entries.values(), stats.total]
+    }
+    Path(path).write_text(json.dumps(rows, indent=2) + "\n")

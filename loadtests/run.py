@@ -8,8 +8,9 @@ first, and writes the plan that loadtests/locustfile.py reads: routes over every
 `support` and base model with Zipf popularity, and the aliases the swapper promotes to the
 second adapter and rolls back during the run. --training also starts a fine-tuning job.
 
-After the run: <reports>/<prefix>_stats.csv (and the other locust CSVs), <prefix>.html and
-<prefix>_summary.json; the exit code is 1 when an SLO (error rate, p95 TTFT) is violated.
+After the run: <reports>/<prefix>_stats.csv (and the other locust CSVs), <prefix>.html,
+<prefix>_final.json (final numbers, the SLOs' source) and <prefix>_summary.json; the exit code
+is 1 when an SLO (error rate, p95 TTFT) is violated.
 
 Run: python -m loadtests.run --embedded --duration-s 150
      python -m loadtests.run --url http://127.0.0.1:8080 --admin-key $KEY
@@ -18,8 +19,8 @@ Run: python -m loadtests.run --embedded --duration-s 150
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import os
 import secrets
 import signal
@@ -32,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 
@@ -294,7 +296,12 @@ def run_locust(cfg: LoadTestConfig, plan_path: Path, host: str) -> int:
         f"{prefix}.html",
         "--only-summary",
     ]
-    env = {**os.environ, "LOOPGATE_LOADTEST_PLAN": str(plan_path), "NO_PROXY": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "LOOPGATE_LOADTEST_PLAN": str(plan_path),
+        "LOOPGATE_LOADTEST_FINAL": f"{prefix}_final.json",
+        "NO_PROXY": "127.0.0.1",
+    }
     return subprocess.run(argv, env=env, cwd=REPO, check=False).returncode
 
 
@@ -306,28 +313,38 @@ class SloResult:
     met: bool
 
 
-def stats_rows(stats_csv: Path) -> dict[str, dict[str, str]]:
-    with stats_csv.open(newline="") as f:
-        return {row["Name"]: row for row in csv.DictReader(f)}
+class NameStats(TypedDict):
+    """Final numbers of one request name (or "Aggregated"), from the locustfile."""
+
+    type: str
+    requests: int
+    failures: int
+    p50: float
+    p95: float
+    p99: float
 
 
-def check_slos(cfg: LoadTestConfig, rows: dict[str, dict[str, str]]) -> list[SloResult]:
+def final_stats(path: Path) -> dict[str, NameStats]:
+    if not path.exists():
+        raise RuntimeError(f"locust wrote no final statistics ({path}); see its output above")
+    rows: dict[str, NameStats] = json.loads(path.read_text())
+    return rows
+
+
+def check_slos(cfg: LoadTestConfig, rows: dict[str, NameStats]) -> list[SloResult]:
     """Error rate over every request (swaps included) and p95 of time to first token."""
     total = rows["Aggregated"]
-    requests, failures = int(total["Request Count"]), int(total["Failure Count"])
-    if requests == 0:
+    if total["requests"] == 0:
         raise RuntimeError("the run made no requests: nothing to check")
-    error_rate = failures / requests
+    error_rate = total["failures"] / total["requests"]
     results = [
         SloResult("error rate", error_rate, cfg.max_error_rate, error_rate <= cfg.max_error_rate)
     ]
     ttft = rows.get("TTFT")
-    if ttft is None or int(ttft["Request Count"]) == 0:
-        results.append(
-            SloResult("p95 TTFT ms (no streams)", float("nan"), cfg.slo_ttft_p95_ms, False)
-        )
+    if ttft is None or ttft["requests"] == 0:
+        results.append(SloResult("p95 TTFT ms (no streams)", math.nan, cfg.slo_ttft_p95_ms, False))
     else:
-        p95 = float(ttft["95%"])
+        p95 = ttft["p95"]
         results.append(
             SloResult("p95 TTFT ms", p95, cfg.slo_ttft_p95_ms, p95 <= cfg.slo_ttft_p95_ms)
         )
@@ -348,7 +365,7 @@ def alias_history(stack: Stack, plan: dict[str, object]) -> dict[str, object]:
 
 def report(
     cfg: LoadTestConfig,
-    rows: dict[str, dict[str, str]],
+    rows: dict[str, NameStats],
     slos: list[SloResult],
     extra: dict[str, object],
 ) -> Path:
@@ -356,8 +373,8 @@ def report(
     print(f"\n{'name':<14}{'requests':>9}{'failures':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
     for name, row in rows.items():
         print(
-            f"{name:<14}{row['Request Count']:>9}{row['Failure Count']:>9}"
-            f"{row['50%']:>9}{row['95%']:>9}{row['99%']:>9}"
+            f"{name:<14}{row['requests']:>9}{row['failures']:>9}"
+            f"{row['p50']:>9.0f}{row['p95']:>9.0f}{row['p99']:>9.0f}"
         )
     print()
     for s in slos:
@@ -365,7 +382,7 @@ def report(
         print(f"SLO {s.name:<26} {s.measured:>10.4g}  limit {s.limit:<8g} {verdict}")
     path = cfg.reports / f"{cfg.prefix}_summary.json"
     config = {f.name: str(getattr(cfg, f.name)) for f in fields(cfg) if f.name != "admin_key"}
-    summary = {"config": config, "slos": [asdict(s) for s in slos], **extra}
+    summary = {"config": config, "slos": [asdict(s) for s in slos], "stats": rows, **extra}
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path
 
@@ -384,7 +401,7 @@ def execute(cfg: LoadTestConfig, stack: Stack, workdir: Path) -> int:
     assert isinstance(routes, list)
     job = start_training(stack, str(routes[0]["key"])) if cfg.training else None
     locust_rc = run_locust(cfg, plan_path, stack.url)
-    rows = stats_rows(cfg.reports / f"{cfg.prefix}_stats.csv")
+    rows = final_stats(cfg.reports / f"{cfg.prefix}_final.json")
     slos = check_slos(cfg, rows)
     extra: dict[str, object] = {
         "started": started,
