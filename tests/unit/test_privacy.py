@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from gateway import privacy
 from gateway.privacy import ALL, PiiKind, Redaction, contains_pii, redact
 from tests.support import pii_corpus as corpus
 
@@ -105,6 +106,32 @@ def test_negative_sentences_come_back_unchanged() -> None:
 def test_contains_pii_agrees_with_redact() -> None:
     for text in [p.text for p in POSITIVES] + [n.text for n in NEGATIVES]:
         assert contains_pii(text) == bool(redact(text).counts), text
+
+
+def test_the_pre_checks_never_hide_a_detection() -> None:
+    """redact() skips every detector for text without any trigger character, and the digit
+    detectors for text with too few digits: run the detectors directly (past both checks) and
+    every text they find something in must pass them."""
+    texts = [e.snippet for p in POSITIVES for e in p.values]
+    texts += [p.text for p in POSITIVES] + [n.text for n in NEGATIVES]
+    texts += [c for values in CANARIES.values() for c in values]
+    texts += [text for text, _ in CANARY_CONTEXTS]
+    detections = 0
+    for text in texts:
+        digits = sum(ch in string.digits for ch in text)
+        for kind, detect in privacy._DETECTORS:
+            if any(end > start for start, end in detect(text)):
+                detections += 1
+                assert privacy._may_contain_pii(text), text
+                assert digits >= privacy._MIN_DIGITS.get(kind, 0), (kind, text)
+    assert detections >= len(POSITIVES)
+
+
+def test_plain_prose_skips_the_detectors() -> None:
+    for text in ["Where is my parcel? It was sent on Monday.", "user", "Hello from the mock."]:
+        assert not privacy._may_contain_pii(text)
+    for text in ["x@y", "Bearer abc", "AUTHORIZATION", "eyJ", "ghp_", "sk-", "10.0.0.1"]:
+        assert privacy._may_contain_pii(text)
 
 
 def test_redaction_is_idempotent_and_counts_its_placeholders() -> None:
