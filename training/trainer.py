@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -177,6 +178,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
 # ---------------------------------------------------------------------------------- the model
 
 
+def placement(device: TorchDevice) -> str:
+    """Where this process's copy of the model lives: under torchrun/accelerate (data parallel,
+    one process per GPU) each process takes the GPU of its LOCAL_RANK."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
 def load_base(base_dir: Path, config: TrainConfig, device: TorchDevice) -> Any:
     """The base model for training: 4-bit NF4 + double quantization, or plain weights."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -191,7 +200,10 @@ def load_base(base_dir: Path, config: TrainConfig, device: TorchDevice) -> Any:
             bnb_4bit_compute_dtype=dtype,
         )
     return AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=dtype, quantization_config=quantization, device_map={"": device}
+        base_dir,
+        dtype=dtype,
+        quantization_config=quantization,
+        device_map={"": placement(device)},
     )
 
 
