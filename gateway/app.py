@@ -15,6 +15,7 @@ from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
 from gateway.admin_evals import EvalController, LoopController
+from gateway.admin_limits import LimitsController
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.request_id import add_request_id
 from gateway.runtime import Gateway
@@ -49,6 +50,7 @@ def create_app(
             CanaryController,
             EvalController,
             LoopController,
+            LimitsController,
             backends,
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},

@@ -22,6 +22,7 @@ from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
 from gateway.finetuning import FineTuning, WorkerProcess
+from gateway.limits import Limiter
 from gateway.loop import Loops
 from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
@@ -85,6 +86,7 @@ class Gateway:
         self.canaries = Canaries(
             self.store, self.registry, self.swapper, settings.canary_check_interval_s
         )
+        self.limits = Limiter(self.store, settings.auth_cache_ttl_s)
         self.serving = Serving(
             self.directory,
             self.pool,
@@ -94,6 +96,7 @@ class Gateway:
             settings.base_model_name,
             self.capture,
             canaries=self.canaries,
+            limits=self.limits,
         )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False

@@ -19,6 +19,7 @@ from adapters.swap import Swapper
 from gateway.canary import Assignment, Canaries, counts_against_canary
 from gateway.capture import CaptureWriter, Exchange, captured_stream
 from gateway.errors import EngineNotReady, LoopgateError, NotFound
+from gateway.limits import Limiter
 from gateway.privacy import redact
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -52,6 +53,7 @@ class Serving:
         base_engine_name: str,
         capture: CaptureWriter | None,
         canaries: Canaries | None = None,
+        limits: Limiter | None = None,
     ):
         self.directory = directory
         self.pool = pool
@@ -61,6 +63,7 @@ class Serving:
         self.base_engine_name = base_engine_name
         self.capture = capture
         self.canaries = canaries
+        self.limits = limits
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
@@ -89,6 +92,41 @@ class Serving:
     ) -> Response[bytes] | Stream:
         req = decode_chat(body) if kind == "chat" else decode_completion(body)
         alias = await self.directory.resolve(caller, req.model)
+        if self.limits is not None:
+            return await self._limited(self.limits, caller, req, kind, alias, request_id)
+        return await self._serve(caller, req, kind, alias, request_id)
+
+    async def _limited(
+        self,
+        limits: Limiter,
+        caller: Caller,
+        req: ChatCompletionRequest | CompletionRequest,
+        kind: Kind,
+        alias: Alias,
+        request_id: str,
+    ) -> Response[bytes] | Stream:
+        """Serve within the caller's limits: reserve, serve, settle (see gateway.limits)."""
+        req, ticket = await limits.admit(caller, req)
+        if ticket is None:
+            return await self._serve(caller, req, kind, alias, request_id)
+        try:
+            response = await self._serve(caller, req, kind, alias, request_id)
+        except BaseException:
+            await limits.settle(ticket, 0)  # no answer: the tokens go back, the request counts
+            raise
+        response = await limits.meter(ticket, response)
+        if isinstance(response, Stream):
+            response.iterator = await primed(response.iterator)  # type: ignore[arg-type]
+        return response
+
+    async def _serve(
+        self,
+        caller: Caller,
+        req: ChatCompletionRequest | CompletionRequest,
+        kind: Kind,
+        alias: Alias,
+        request_id: str,
+    ) -> Response[bytes] | Stream:
         pick = None
         if self.canaries is not None:
             sticky = req.user if isinstance(req.user, str) and req.user else caller.key_id

@@ -17,10 +17,12 @@ from gateway.store.records import (
     AliasEvent,
     AliasTarget,
     ApiKey,
+    BudgetPeriod,
     Canary,
     CanaryStatus,
     CaptureFinal,
     CaptureStatus,
+    Charge,
     Completion,
     CompletionQuery,
     Dataset,
@@ -34,6 +36,8 @@ from gateway.store.records import (
     JobEvent,
     JobStage,
     JobStatus,
+    LimitSet,
+    Reservation,
     TargetKind,
     Tenant,
 )
@@ -50,10 +54,12 @@ __all__ = [
     "AliasEvent",
     "AliasTarget",
     "ApiKey",
+    "BudgetPeriod",
     "Canary",
     "CanaryStatus",
     "CaptureFinal",
     "CaptureStatus",
+    "Charge",
     "Completion",
     "CompletionQuery",
     "Dataset",
@@ -67,7 +73,9 @@ __all__ = [
     "JobEvent",
     "JobStage",
     "JobStatus",
+    "LimitSet",
     "PostgresStore",
+    "Reservation",
     "SQLiteStore",
     "Store",
     "TargetKind",
@@ -186,6 +194,14 @@ class Store(Protocol):
     async def active_canaries(self) -> list[Canary]: ...
     async def canaries_of(self, tenant_id: str, alias: str) -> list[Canary]: ...
     async def end_canary(self, canary_id: str, status: CanaryStatus, reason: str) -> bool: ...
+    # -- limits: key_id "" is the tenant as a whole; counters are shared by every gateway ------
+    async def set_limits(self, limits: LimitSet) -> None: ...
+    async def get_limits(self, tenant_id: str, key_id: str) -> LimitSet | None: ...
+    async def limits_for(self, tenant_id: str, key_id: str) -> list[LimitSet]: ...
+    async def reserve(self, charges: list[Charge]) -> Reservation: ...
+    async def settle(self, adjustments: list[Charge]) -> None: ...
+    async def counter_usage(self, charges: list[Charge]) -> list[int]: ...
+    async def purge_counters(self, before: float) -> int: ...
 
 
 def open_store(url: str) -> Store:

@@ -12,6 +12,7 @@ import asyncpg
 from gateway.errors import Conflict, NotFound
 from gateway.store import rows as rowmap
 from gateway.store.postgres_evals import EvalsMixinPG
+from gateway.store.postgres_limits import LimitsMixinPG
 from gateway.store.postgres_training import TrainingMixinPG
 from gateway.store.records import (
     AdapterStatus,
@@ -82,7 +83,7 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(TrainingMixinPG, EvalsMixinPG):
+class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 
     def __init__(self, url: str):

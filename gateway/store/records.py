@@ -320,3 +320,58 @@ class Canary(msgspec.Struct, frozen=True):
     started_at: float
     reason: str | None = None
     ended_at: float | None = None
+
+
+BudgetPeriod = Literal["day", "month"]
+
+
+class LimitSet(msgspec.Struct, frozen=True):
+    """A tenant's (key_id "") or one key's limits; None means unlimited."""
+
+    tenant_id: str
+    key_id: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    max_tokens_per_request: int | None = None
+    token_budget: int | None = None
+    budget_period: BudgetPeriod = "month"
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in LIMIT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, or null for unlimited")
+
+    @property
+    def unlimited(self) -> bool:
+        return all(getattr(self, name) is None for name in LIMIT_FIELDS)
+
+
+LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent",
+    "max_tokens_per_request",
+    "token_budget",
+)
+
+
+class Charge(msgspec.Struct, frozen=True):
+    """An amount against one fixed-window counter (scope, window), capped at `limit`."""
+
+    scope: str
+    window: int
+    amount: int
+    limit: int
+    expires_at: float  # the counter row may be purged after this
+
+
+class Reservation(msgspec.Struct, frozen=True):
+    """All charges granted, or none: `used` per charge (after it when granted, else without
+    it); `denied` is the index of the first charge that did not fit."""
+
+    granted: bool
+    used: list[int]
+    denied: int | None = None

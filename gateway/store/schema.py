@@ -252,4 +252,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX canaries_alias ON canaries(tenant_id, alias, started_at);
     """,
+    """
+    CREATE TABLE limits (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        requests_per_minute INTEGER,
+        tokens_per_minute INTEGER,
+        max_concurrent INTEGER,
+        max_tokens_per_request INTEGER,
+        token_budget INTEGER,
+        budget_period TEXT NOT NULL CHECK (budget_period IN ('day', 'month')),
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, key_id)
+    );
+    CREATE TABLE limit_counters (
+        scope TEXT NOT NULL,
+        window_id INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (scope, window_id)
+    );
+    CREATE INDEX limit_counters_expiry ON limit_counters(expires_at);
+    """,
 )

@@ -258,4 +258,26 @@ MIGRATIONS_PG: tuple[str, ...] = (
     );
     CREATE INDEX canaries_alias ON canaries(tenant_id, alias, started_at);
     """,
+    """
+    CREATE TABLE limits (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        requests_per_minute BIGINT,
+        tokens_per_minute BIGINT,
+        max_concurrent BIGINT,
+        max_tokens_per_request BIGINT,
+        token_budget BIGINT,
+        budget_period TEXT NOT NULL CHECK (budget_period IN ('day', 'month')),
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant_id, key_id)
+    );
+    CREATE TABLE limit_counters (
+        scope TEXT NOT NULL,
+        window_id BIGINT NOT NULL,
+        used BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (scope, window_id)
+    );
+    CREATE INDEX limit_counters_expiry ON limit_counters(expires_at);
+    """,
 )

@@ -25,6 +25,7 @@ from gateway.store.records import (
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_capture import CaptureMixin, SQLiteMixin
 from gateway.store.sqlite_evals import EvalsMixin
+from gateway.store.sqlite_limits import LimitsMixin
 from gateway.store.sqlite_training import TrainingMixin
 
 
@@ -123,7 +124,7 @@ class _AdapterMixin(SQLiteMixin):
             return [rowmap.alias(r) for r in await cur.fetchall()]
 
 
-class SQLiteStore(_AdapterMixin, CaptureMixin, TrainingMixin, EvalsMixin):
+class SQLiteStore(_AdapterMixin, CaptureMixin, TrainingMixin, EvalsMixin, LimitsMixin):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 
     def __init__(self, path: Path, synchronous: str = "NORMAL"):
