@@ -17,7 +17,8 @@ from gateway.admin_canary import CanaryController
 from gateway.admin_evals import EvalController, LoopController
 from gateway.admin_limits import LimitsController
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.request_id import add_request_id
+from gateway.metrics import metrics_endpoint
+from gateway.request_id import add_request_id, request_context
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 
@@ -52,13 +53,16 @@ def create_app(
             LoopController,
             LimitsController,
             backends,
+            *([metrics_endpoint] if settings.metrics_enabled else []),
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         before_send=[add_request_id],
+        middleware=[request_context],
         state=State({"gateway": gateway}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
+        logging_config=None,  # the entry point configures logging (gateway.logs), not Litestar
         debug=False,
     )

@@ -20,6 +20,7 @@ import msgspec
 from gateway.cli_adapters import add_adapter_commands
 from gateway.cli_finetuning import add_finetuning_commands
 from gateway.errors import LoopgateError
+from gateway.logs import configure_logging
 from gateway.settings import ConfigError, Settings, describe
 from gateway.store import AliasTarget, Completion, Feedback, open_store
 from gateway.tenancy import Admin
@@ -31,17 +32,13 @@ DEMO_TENANT = "demo"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOOPGATE_LOG_LEVEL", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call otherwise
     try:
         settings = (
             Settings.from_env(host=args.host, port=args.port)
             if hasattr(args, "host")
             else Settings.from_env()
         )
+        configure_logging(settings.log_level, settings.log_format)
         result: int = args.func(settings, args)
         return result
     except ConfigError as exc:
@@ -181,6 +178,7 @@ async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through our handler (text or JSON)
         access_log=False,
         timeout_graceful_shutdown=30,
     )

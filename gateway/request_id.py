@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 import secrets
+from contextvars import ContextVar
 
-from litestar.types import Message, Scope
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# The id of the request being served in this context (read by the JSON log formatter).
+current_request_id: ContextVar[str | None] = ContextVar("loopgate_request_id", default=None)
 
 
 def request_id(scope: Scope) -> str:
@@ -28,3 +33,19 @@ async def add_request_id(message: Message, scope: Scope) -> None:
         headers = list(message.get("headers", []))
         headers.append((REQUEST_ID_HEADER.encode(), request_id(scope).encode()))
         message["headers"] = headers
+
+
+def request_context(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: the request's id is assigned on arrival and current while it is served."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        token = current_request_id.set(request_id(scope))
+        try:
+            await app(scope, receive, send)
+        finally:
+            current_request_id.reset(token)
+
+    return middleware

@@ -15,20 +15,20 @@ import httpx
 
 from adapters.placement import AdapterPool
 from adapters.registry import Registry
-from adapters.swap import Swapper
 from adapters.validation import BaseModelInfo, Limits, base_model_info
-from gateway.canary import Canaries
 from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
 from gateway.finetuning import FineTuning, WorkerProcess
 from gateway.limits import Limiter
 from gateway.loop import Loops
+from gateway.metrics import MeteredCanaries, MeteredSwapper, Metrics
 from gateway.model import ModelError, resolve_model
 from gateway.serving import Serving
 from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.supervisor import EngineState, EngineSupervisor, build_launch
+from gateway.telemetry import Telemetry, Tracing
 from gateway.tenancy import Admin, Directory
 from gateway.upstream import Backend, BackendPool, Upstream, make_client
 
@@ -54,13 +54,16 @@ class Gateway:
             BaseModelInfo(settings.base_model_name, frozenset({settings.base_model_name}), ""),
             Limits(settings.adapter_max_bytes, settings.engine_max_lora_rank),
         )
-        self.swapper = Swapper(
+        self.metrics = Metrics()
+        self.tracing = Tracing(settings.otel_exporter_endpoint, settings.otel_service_name)
+        self.swapper = MeteredSwapper(
             self.store,
             self.registry,
             self.adapters,
             self.client,
             settings.base_model_name,
             drain_timeout_s=settings.swap_drain_timeout_s,
+            metrics=self.metrics,
         )
         self.capture = CaptureWriter(self.store) if settings.capture_enabled else None
         self.finetuning = FineTuning(
@@ -83,8 +86,12 @@ class Gateway:
             self.swapper,
             settings.data_dir / "loops",
         )
-        self.canaries = Canaries(
-            self.store, self.registry, self.swapper, settings.canary_check_interval_s
+        self.canaries = MeteredCanaries(
+            self.store,
+            self.registry,
+            self.swapper,
+            settings.canary_check_interval_s,
+            self.metrics,
         )
         self.limits = Limiter(self.store, settings.auth_cache_ttl_s)
         self.serving = Serving(
@@ -96,6 +103,7 @@ class Gateway:
             settings.base_model_name,
             self.capture,
             canaries=self.canaries,
+            telemetry=self._telemetry(),
             limits=self.limits,
         )
         self.supervisor: EngineSupervisor | None = None
@@ -105,6 +113,12 @@ class Gateway:
             hashlib.sha256(settings.admin_key.encode()).digest() if settings.admin_key else None
         )
         self._health_task: asyncio.Task[None] | None = None
+
+    def _telemetry(self) -> Telemetry | None:
+        """Per-request telemetry; none at all when both metrics and tracing are off."""
+        if not (self.settings.metrics_enabled or self.tracing.url):
+            return None
+        return Telemetry(self.metrics if self.settings.metrics_enabled else None, self.tracing)
 
     def _make_client(self) -> httpx.AsyncClient:
         s = self.settings
@@ -116,6 +130,7 @@ class Gateway:
         )
 
     async def start(self) -> None:
+        self.tracing.start()
         await self.store.open()
         # Rows left in_progress by a process that died never finished: say so. A shared
         # (PostgreSQL) store may hold other live gateways' requests: only rows older than any
@@ -252,6 +267,7 @@ class Gateway:
             await self.supervisor.stop()
         await self.client.aclose()
         await self.store.close()
+        await self.tracing.stop()  # exports the spans of every finished request
 
     def check_admin(self, authorization: str | None) -> None:
         if self._admin_hash is None:

@@ -29,6 +29,7 @@ from gateway.protocol import (
     encode_for_engine,
 )
 from gateway.store import Alias, Completion
+from gateway.telemetry import Telemetry, current_request, note_alias
 from gateway.tenancy import Caller, Directory
 from gateway.upstream import BackendPool, Upstream, rename_model
 
@@ -53,6 +54,7 @@ class Serving:
         base_engine_name: str,
         capture: CaptureWriter | None,
         canaries: Canaries | None = None,
+        telemetry: Telemetry | None = None,
         limits: Limiter | None = None,
     ):
         self.directory = directory
@@ -63,6 +65,7 @@ class Serving:
         self.base_engine_name = base_engine_name
         self.capture = capture
         self.canaries = canaries
+        self.telemetry = telemetry
         self.limits = limits
 
     async def route(self, alias: Alias) -> Lease:
@@ -90,8 +93,17 @@ class Serving:
     async def complete(
         self, caller: Caller, body: bytes, kind: Kind, request_id: str
     ) -> Response[bytes] | Stream:
+        if self.telemetry is None:
+            return await self._complete(caller, body, kind, request_id)
+        with self.telemetry.request(kind, caller.tenant_name, request_id):
+            return await self._complete(caller, body, kind, request_id)
+
+    async def _complete(
+        self, caller: Caller, body: bytes, kind: Kind, request_id: str
+    ) -> Response[bytes] | Stream:
         req = decode_chat(body) if kind == "chat" else decode_completion(body)
         alias = await self.directory.resolve(caller, req.model)
+        note_alias(alias.name)
         if self.limits is not None:
             return await self._limited(self.limits, caller, req, kind, alias, request_id)
         return await self._serve(caller, req, kind, alias, request_id)
@@ -196,6 +208,9 @@ class Serving:
         headers = {VERSION_HEADER: lease.version_id or "base"}
         engine_b, public_b = lease.engine_name.encode(), alias.name.encode()
         payload = encode_for_engine(req, lease.engine_name)
+        obs = current_request()
+        if obs is not None:
+            obs.sending(alias.name, lease)
         try:
             if req.stream:
                 resp = await self.upstream.open_stream(
@@ -204,6 +219,8 @@ class Serving:
                 relay = self.upstream.relay(lease.backend, resp, engine_b, public_b, lease.release)
                 if exchange is not None and self.capture is not None:
                     relay = captured_stream(relay, exchange, self.capture)
+                if obs is not None:
+                    relay = obs.watch(relay)
                 relay = await primed(relay)
                 stream = Stream(
                     relay, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers}
@@ -215,6 +232,8 @@ class Serving:
             await self._failed(exchange, exc)
             raise
         lease.release()
+        if obs is not None:
+            obs.received(content)
         if exchange is not None and self.capture is not None:
             exchange.read_body(content)
             await self.capture.finish(exchange.final("complete"))

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 EngineMode = Literal["embedded", "external"]
 EngineDevice = Literal["auto", "cpu", "cuda"]
 UpstreamTransport = Literal["aiohttp", "httpx"]
+LogFormat = Literal["text", "json"]
 
 BUNDLED_MODEL = "bundled"
 ENV_PREFIX = "LOOPGATE_"
@@ -204,6 +205,34 @@ class Settings:
         },
     )
     log_level: str = field(default="info", metadata={"help": "Log level."})
+    log_format: LogFormat = field(
+        default="text",
+        metadata={
+            "help": "'text' (for people) or 'json' (one object per line: time, level, logger, "
+            "message, request_id)."
+        },
+    )
+    metrics_enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Serve Prometheus metrics at GET /metrics. Keep that route on a private "
+            "network, or set metrics_require_admin."
+        },
+    )
+    metrics_require_admin: bool = field(
+        default=False,
+        metadata={"help": "GET /metrics requires the admin key (Authorization: Bearer ...)."},
+    )
+    otel_exporter_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "OTLP/HTTP collector for traces, e.g. http://otel-collector:4318 "
+            "(/v1/traces is appended); empty: no tracing."
+        },
+    )
+    otel_service_name: str = field(
+        default="loopgate", metadata={"help": "service.name of the exported traces."}
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -245,6 +274,20 @@ class Settings:
             raise ConfigError("LOOPGATE_CANARY_CHECK_INTERVAL_S must be greater than 0")
         if not 0.0 <= self.parity_min_agreement <= 1.0:
             raise ConfigError("LOOPGATE_PARITY_MIN_AGREEMENT must be between 0 and 1")
+        self._check_observability()
+
+    def _check_observability(self) -> None:
+        if self.log_format not in get_args(LogFormat):
+            raise ConfigError(f"LOOPGATE_LOG_FORMAT must be text or json, got {self.log_format!r}")
+        if self.otel_exporter_endpoint and not self.otel_exporter_endpoint.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(
+                "LOOPGATE_OTEL_EXPORTER_ENDPOINT must be an http:// or https:// URL "
+                f"(OTLP/HTTP), got {self.otel_exporter_endpoint!r}"
+            )
+        if not self.otel_service_name:
+            raise ConfigError("LOOPGATE_OTEL_SERVICE_NAME must not be empty")
 
     @property
     def training_path(self) -> Path:
