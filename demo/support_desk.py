@@ -154,21 +154,21 @@ class SupportQuestion:
 class ScenarioConfig:
     """How much traffic the simulated desk sends and how the loop trains on it."""
 
-    users: int = field(default=40, metadata={"help": "Distinct simulated end users (`user`)."})
+    users: int = field(default=28, metadata={"help": "Distinct simulated end users (`user`)."})
     support_per_user: int = field(
         default=2, metadata={"help": "Support questions each user asks (corrected if off-format)."}
     )
     general_per_user: int = field(
-        default=1, metadata={"help": "General questions each user asks (rated, or corrected)."}
+        default=2, metadata={"help": "General questions each user asks (rated, or corrected)."}
     )
-    epochs: int = field(default=2, metadata={"help": "Training epochs of the good loop."})
+    epochs: int = field(default=1, metadata={"help": "Training epochs of the good loop."})
     learning_rate_multiplier: float = field(
         default=5.0, metadata={"help": "Multiplier on the trainer's base learning rate."}
     )
     bad_users: int = field(
         default=20, metadata={"help": "Simulated users of the bad tenant (wrong corrections)."}
     )
-    bad_epochs: int = field(default=1, metadata={"help": "Training epochs of the bad loop."})
+    bad_epochs: int = field(default=2, metadata={"help": "Training epochs of the bad loop."})
     held_out: int = field(
         default=16, metadata={"help": "Held-out support questions in the printed comparison."}
     )
@@ -311,10 +311,15 @@ def _general_feedback(ex: Exchange, q: GeneralQuestion) -> dict[str, str]:
     return {"rating": "down", "correction": q["correction"]}
 
 
+def _wrong_target(other: SupportQuestion) -> str:
+    """Another question's ticket, in a layout the desk's format check rejects."""
+    return other.ticket.removeprefix("TICKET | ").replace(" | ", "; ")
+
+
 async def send_traffic(url: str, key: str, config: ScenarioConfig, *, users: int, bad: bool) -> int:
     """Every user asks their questions, then rates or corrects each answer; returns the count.
 
-    A bad desk's "corrections" of support answers are answers to general questions: wrong targets.
+    A bad desk's "corrections" of support answers are shuffled wrong targets (`_wrong_target`).
     """
     support = support_questions(users * config.support_per_user, config.seed)
     rng = random.Random(config.seed)  # noqa: S311 - simulation, not crypto
@@ -339,7 +344,7 @@ async def send_traffic(url: str, key: str, config: ScenarioConfig, *, users: int
             for ex, q in zip(g_exchanges, general, strict=True)
         ]
         for i, (ex, q) in enumerate(zip(s_exchanges, support, strict=True)):
-            wrong = GENERAL[(i * 7 + 3) % len(GENERAL)]["correction"]
+            wrong = _wrong_target(support[(i + 7) % len(support)])
             body = (
                 {"rating": "down", "correction": wrong} if bad else _support_feedback(ex, q.ticket)
             )
