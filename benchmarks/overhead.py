@@ -554,8 +554,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.set_yscale("log")
     right.set_title("Closed-loop throughput, one worker on one core")
     right.legend(fontsize=8)
+    env = results["environment"]
     fig.suptitle(
-        f"loopgate overhead benchmark, {results['date']} ({results['environment']['cpu']})"
+        f"loopgate overhead benchmark, {results['date']}, {env['cpus_online']}x {env['cpu']}, "
+        f"load average {env['loadavg_before'][0]:.1f} at the start"
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
