@@ -55,7 +55,7 @@ ITEMS: dict[Category, tuple[str, ...]] = {
 }
 HELD_OUT_ITEMS: dict[Category, tuple[str, ...]] = {
     "hardware": ("projector", "headset"),
-    "account": ("expense tool", "chat account"),
+    "account": ("expense tool", "chat app"),
     "billing": ("family plan", "enterprise plan"),
     "network": ("meeting room network", "warehouse wifi"),
 }
@@ -161,7 +161,7 @@ class ScenarioConfig:
     general_per_user: int = field(
         default=2, metadata={"help": "General questions each user asks (rated, or corrected)."}
     )
-    epochs: int = field(default=1, metadata={"help": "Training epochs of the good loop."})
+    epochs: int = field(default=2, metadata={"help": "Training epochs of the good loop."})
     learning_rate_multiplier: float = field(
         default=5.0, metadata={"help": "Multiplier on the trainer's base learning rate."}
     )
