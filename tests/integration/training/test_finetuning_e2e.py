@@ -156,13 +156,15 @@ def test_cancel_mid_training_registers_nothing(stack: Stack) -> None:
 def test_a_gateway_restart_during_training_does_not_lose_the_job(stack: Stack) -> None:
     client = stack.client()
     uploaded = client.files.create(file=("r.jsonl", training_file(24)), purpose="fine-tune")
-    # Trained as far as the first test's job: a half-trained adapter leaves near-ties that vLLM's
-    # bf16 and peft's float32 break differently, and parity (rightly) refuses it.
+    # The first test's job, seeded alike (training on CPU is reproducible): its parity check is
+    # then known to pass. Unseeded jobs of this overfitted kind sometimes leave near-tied tokens on
+    # the off-topic parity prompts that vLLM's bf16 and peft's float32 break differently.
     job = client.fine_tuning.jobs.create(
         model="smollm2",
         training_file=uploaded.id,
         suffix="restart",
-        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5},
+        seed=11,
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5, "batch_size": 4},
     )
     wait_for_event(client, job.id, "step ")
     stop_gateway(stack)  # SIGTERM: the worker stops at its next step and requeues the job
