@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -94,12 +94,14 @@ class AdapterPool:
 
     # --- routing -------------------------------------------------------------------------
 
-    def try_lease(self, version_id: str) -> Lease | None:
+    def try_lease(self, version_id: str, exclude: Collection[Backend] = ()) -> Lease | None:
         """A lease on a ready placement of the version (fewest in flight), without awaiting."""
         best: Placement | None = None
         for backend in self.pool.backends:
             p = self.on(backend).get(version_id)
-            if p is None or not backend.ready or p.state is not LoadState.READY:
+            if p is None or p.state is not LoadState.READY:
+                continue
+            if backend in exclude or not backend.available:
                 continue
             if best is None or _load(p) < _load(best):
                 best = p
@@ -111,17 +113,17 @@ class AdapterPool:
         best.idle.clear()
         return Lease(best.backend, best.engine_name, version_id, best)
 
-    async def lease(self, version: AdapterVersion) -> Lease:
+    async def lease(self, version: AdapterVersion, exclude: Collection[Backend] = ()) -> Lease:
         """Lease a placement, loading the version on the best replica first if need be."""
         for _ in range(3):
-            found = self.try_lease(version.id)
+            found = self.try_lease(version.id, exclude)
             if found is not None:
                 return found
-            await self.load(self._choose_backend(), version, pinned=False)
+            await self.load(self._choose_backend(exclude), version, pinned=False)
         raise EngineNotReady("could not place the adapter on any replica; retry shortly")
 
-    def _choose_backend(self) -> Backend:
-        ready = [b for b in self.pool.backends if b.ready]
+    def _choose_backend(self, exclude: Collection[Backend] = ()) -> Backend:
+        ready = [b for b in self.pool.backends if b.available and b not in exclude]
         if not ready:
             raise EngineNotReady("the inference engine is not ready yet; retry shortly")
         with_room = [b for b in ready if len(self._live(b)) < self.capacity]

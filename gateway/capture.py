@@ -173,6 +173,7 @@ class Exchange:
     first_token: float | None = None
     error: str | None = None
     redact: bool = True
+    backend: str | None = None  # the replica that served it, when a retry moved it
 
     def final(self, status: str) -> CaptureFinal:
         now = time.monotonic()
@@ -192,6 +193,7 @@ class Exchange:
             status=status,  # type: ignore[arg-type]
             error=self.error,
             completed_at=time.time(),
+            backend=self.backend,
         )
 
     def read_body(self, content: bytes) -> None:

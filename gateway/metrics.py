@@ -26,6 +26,7 @@ from prometheus_client import (
 
 from adapters.registry import Registry
 from adapters.swap import Swapper, SwapReport
+from gateway.breaker import BreakerState
 from gateway.canary import Canaries
 from gateway.store import Canary, JobStage, Store, Tenant
 from gateway.upstream import Backend
@@ -38,6 +39,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 _JOB_STAGES: tuple[JobStage, ...] = ("queued", "training", "registering", "done")
 _SERIES = ("tenant", "alias", "version")
+_CIRCUIT = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 0.5, BreakerState.OPEN: 1.0}
 
 
 class Series:
@@ -116,6 +118,12 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.replica_circuit = Gauge(
+            "loopgate_replica_circuit_open",
+            "The replica's circuit breaker: 0 closed, 0.5 half-open (probing), 1 open.",
+            ["backend"],
+            registry=r,
+        )
         self.swaps = Counter(
             "loopgate_adapter_swaps",
             "Completed alias swaps by action (promote or rollback).",
@@ -158,6 +166,7 @@ class Metrics:
         for backend in backends:
             self.replica_up.labels(backend.name).set(1 if backend.ready else 0)
             self.replica_in_flight.labels(backend.name).set(backend.inflight)
+            self.replica_circuit.labels(backend.name).set(_CIRCUIT[backend.breaker.state])
         self.capture_depth.set(capture_depth)
         counts: Tally[str] = Tally()
         for stage in _JOB_STAGES:

@@ -16,6 +16,7 @@ import httpx
 from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.validation import BaseModelInfo, Limits, base_model_info
+from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
@@ -45,7 +46,9 @@ class Gateway:
         self.admin = Admin(self.store, settings.default_alias)
         self._transport = transport
         self.client = self._make_client()
-        self.upstream = Upstream(self.client)
+        self.upstream = Upstream(
+            self.client, settings.upstream_first_token_timeout_s, settings.upstream_total_timeout_s
+        )
         self.pool = BackendPool([])
         self.adapters = AdapterPool(self.pool, self.client, capacity=settings.engine_max_loras)
         self.registry = Registry(
@@ -105,6 +108,8 @@ class Gateway:
             canaries=self.canaries,
             telemetry=self._telemetry(),
             limits=self.limits,
+            retries=settings.upstream_retries,
+            ready_wait_s=settings.engine_ready_wait_s,
         )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False
@@ -136,7 +141,7 @@ class Gateway:
         # (PostgreSQL) store may hold other live gateways' requests: only rows older than any
         # request can live are theirs to close.
         shared = not self.settings.store_url.startswith("sqlite:")
-        grace = self.settings.upstream_read_timeout_s + 60 if shared else 0.0
+        grace = self.settings.upstream_total_timeout_s + 60 if shared else 0.0
         lost = await self.store.mark_incomplete(before=time.time() - grace)
         if lost:
             log.warning("marked %d captured requests from an earlier run as incomplete", lost)
@@ -148,7 +153,7 @@ class Gateway:
             await self._start_embedded()
         else:
             self.pool.backends[:] = [
-                Backend(url.rstrip("/"), self.settings.engine_api_key, f"replica-{i}")
+                self._backend(url.rstrip("/"), self.settings.engine_api_key, f"replica-{i}")
                 for i, url in enumerate(self.settings.engine_urls)
             ]
             await self._check_health()
@@ -172,6 +177,11 @@ class Gateway:
         names = frozenset({s.base_model_name, s.base_model, *s.base_model_aliases})
         return BaseModelInfo(s.base_model_name, names, "")
 
+    def _backend(self, url: str, api_key: str, name: str) -> Backend:
+        s = self.settings
+        breaker = CircuitBreaker(threshold=s.breaker_failures, cooldown_s=s.breaker_cooldown_s)
+        return Backend(url, api_key, name, breaker=breaker)
+
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -184,6 +194,9 @@ class Gateway:
         if not ready:
             self.adapters.forget(backend)
         backend.ready = ready
+        if ready:
+            backend.breaker.succeeded()  # a replica that (re)appears starts with a closed circuit
+        self.pool.readiness_changed()
         log.info("replica %s is now %s", backend.name, "ready" if ready else "down")
         if ready:
             self._spawn(self._reconcile(backend))
@@ -197,7 +210,7 @@ class Gateway:
     async def _start_embedded(self) -> None:
         model = await asyncio.to_thread(resolve_model, self.settings)
         launch = build_launch(self.settings, model)
-        backend = Backend(launch.url, launch.api_key, "embedded")
+        backend = self._backend(launch.url, launch.api_key, "embedded")
         self.pool.backends[:] = [backend]
 
         def on_state(state: EngineState) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Literal
 
 import msgspec
@@ -18,7 +18,7 @@ from adapters.placement import AdapterPool, Lease
 from adapters.swap import Swapper
 from gateway.canary import Assignment, Canaries, counts_against_canary
 from gateway.capture import CaptureWriter, Exchange, captured_stream
-from gateway.errors import EngineNotReady, LoopgateError, NotFound
+from gateway.errors import EngineNotReady, LoopgateError, NotFound, UpstreamUnavailable
 from gateway.limits import Limiter
 from gateway.privacy import redact
 from gateway.protocol import (
@@ -31,7 +31,7 @@ from gateway.protocol import (
 from gateway.store import Alias, Completion
 from gateway.telemetry import Telemetry, current_request, note_alias
 from gateway.tenancy import Caller, Directory
-from gateway.upstream import BackendPool, Upstream, rename_model
+from gateway.upstream import Backend, BackendPool, Upstream, rename_model
 
 Kind = Literal["chat", "completion"]
 
@@ -56,6 +56,8 @@ class Serving:
         canaries: Canaries | None = None,
         telemetry: Telemetry | None = None,
         limits: Limiter | None = None,
+        retries: int = 1,
+        ready_wait_s: float = 0.0,
     ):
         self.directory = directory
         self.pool = pool
@@ -67,9 +69,13 @@ class Serving:
         self.canaries = canaries
         self.telemetry = telemetry
         self.limits = limits
+        self.retries = retries
+        self.ready_wait_s = ready_wait_s
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
+        if not self.pool.any_ready:
+            await self.pool.wait_ready(self.ready_wait_s)
         for _ in range(3):
             target = self.swapper.current(alias)
             if target.kind == "base" or target.adapter_version is None:
@@ -80,15 +86,17 @@ class Serving:
             lease.release()  # the alias moved while we were loading: route again
         raise EngineNotReady("the model is being swapped; retry shortly")
 
-    async def lease_version(self, version_id: str, alias: Alias) -> Lease:
+    async def lease_version(
+        self, version_id: str, alias: Alias, exclude: Collection[Backend] = ()
+    ) -> Lease:
         """A lease on one version (without awaiting when it is loaded somewhere)."""
-        lease = self.adapters.try_lease(version_id)
+        lease = self.adapters.try_lease(version_id, exclude)
         if lease is not None:
             return lease
         version = await self.directory.store.get_adapter(version_id)
         if version is None:
             raise NotFound(f"The model '{alias.name}' is not available", param="model")
-        return await self.adapters.lease(version)
+        return await self.adapters.lease(version, exclude)
 
     async def complete(
         self, caller: Caller, body: bytes, kind: Kind, request_id: str
@@ -205,31 +213,52 @@ class Serving:
         except BaseException:
             lease.release()
             raise
+        obs = current_request()
+        tried: list[Backend] = []
+        while True:
+            if obs is not None:
+                obs.sending(alias.name, lease)
+            try:
+                response = await self._attempt(req, kind, alias, lease, engine_id, exchange)
+                return response, _stored_id(exchange)
+            except UpstreamUnavailable as exc:
+                tried.append(lease.backend)
+                lease = await self._failover(lease, alias, tried, exc, exchange)
+            except BaseException as exc:
+                await self._failed(exchange, exc)
+                raise
+
+    async def _attempt(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        kind: Kind,
+        alias: Alias,
+        lease: Lease,
+        engine_id: str,
+        exchange: Exchange | None,
+    ) -> Response[bytes] | Stream:
+        """One try on one replica; the lease is released when the answer is over (or failed)."""
         headers = {VERSION_HEADER: lease.version_id or "base"}
         engine_b, public_b = lease.engine_name.encode(), alias.name.encode()
         payload = encode_for_engine(req, lease.engine_name)
         obs = current_request()
-        if obs is not None:
-            obs.sending(alias.name, lease)
         try:
             if req.stream:
-                resp = await self.upstream.open_stream(
-                    lease.backend, _PATHS[kind], payload, engine_id
+                opened = await self.upstream.open_stream(
+                    lease.backend, _PATHS[kind], payload, engine_id, engine_b, public_b
                 )
-                relay = self.upstream.relay(lease.backend, resp, engine_b, public_b, lease.release)
+                relay = self.upstream.relay(opened, lease.release)
                 if exchange is not None and self.capture is not None:
                     relay = captured_stream(relay, exchange, self.capture)
                 if obs is not None:
                     relay = obs.watch(relay)
                 relay = await primed(relay)
-                stream = Stream(
+                return Stream(
                     relay, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers}
                 )
-                return stream, _stored_id(exchange)
             content = await self.upstream.post(lease.backend, _PATHS[kind], payload, engine_id)
-        except BaseException as exc:
+        except BaseException:
             lease.release()
-            await self._failed(exchange, exc)
             raise
         lease.release()
         if obs is not None:
@@ -237,12 +266,44 @@ class Serving:
         if exchange is not None and self.capture is not None:
             exchange.read_body(content)
             await self.capture.finish(exchange.final("complete"))
-        response = Response(
+        return Response(
             rename_model(content, engine_b, public_b),
             media_type="application/json",
             headers=headers,
         )
-        return response, _stored_id(exchange)
+
+    async def _failover(
+        self,
+        lease: Lease,
+        alias: Alias,
+        tried: list[Backend],
+        exc: UpstreamUnavailable,
+        exchange: Exchange | None,
+    ) -> Lease:
+        """A lease on the same target on another replica, when a request failed before its
+        first byte reached the client and retries are left; else the failure stands."""
+        another: Lease | None = None
+        if len(tried) <= self.retries:
+            try:
+                if lease.version_id is None:
+                    backend = self.pool.pick(exclude=tried)
+                    another = Lease(backend, self.base_engine_name, None)
+                else:
+                    another = await self.lease_version(lease.version_id, alias, exclude=tried)
+            except LoopgateError:
+                another = None
+        if another is None:
+            await self._failed(exchange, exc)
+            raise exc
+        log.warning(
+            "replica %s failed before the first byte (%s); retrying on %s",
+            lease.backend.name,
+            exc.message,
+            another.backend.name,
+        )
+        if exchange is not None:
+            exchange.backend = another.backend.name
+        return another
 
     async def _begin(
         self,

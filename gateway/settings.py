@@ -153,6 +153,39 @@ class Settings:
     upstream_read_timeout_s: float = field(
         default=300.0, metadata={"help": "Longest wait for any byte from vLLM."}
     )
+    upstream_first_token_timeout_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "Longest wait for a stream's first event (→ 504; timeouts are not retried). "
+            "Generous for CPU engines under load; ~30 on a GPU."
+        },
+    )
+    upstream_total_timeout_s: float = field(
+        default=1800.0,
+        metadata={"help": "Longest a whole request may take (→ 504, or an error event)."},
+    )
+    upstream_retries: int = field(
+        default=1,
+        metadata={
+            "help": "Retries on another replica for a request that failed before its first "
+            "byte reached the client (connection refused/reset, the stream closed early)."
+        },
+    )
+    breaker_failures: int = field(
+        default=3,
+        metadata={"help": "Failures in a row that open a replica's circuit (no requests)."},
+    )
+    breaker_cooldown_s: float = field(
+        default=10.0,
+        metadata={"help": "Seconds an open circuit waits before one probe request (half-open)."},
+    )
+    engine_ready_wait_s: float = field(
+        default=120.0,
+        metadata={
+            "help": "How long a request waits for a replica while none is ready (an engine "
+            "restart looks like a delay, not an error), before 503."
+        },
+    )
     upstream_transport: UpstreamTransport = field(
         default="aiohttp",
         metadata={
@@ -275,6 +308,18 @@ class Settings:
         if not 0.0 <= self.parity_min_agreement <= 1.0:
             raise ConfigError("LOOPGATE_PARITY_MIN_AGREEMENT must be between 0 and 1")
         self._check_observability()
+        self._check_upstream()
+
+    def _check_upstream(self) -> None:
+        positive = ("upstream_first_token_timeout_s", "upstream_total_timeout_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"LOOPGATE_{name.upper()} must be greater than 0")
+        for name in ("upstream_retries", "breaker_cooldown_s", "engine_ready_wait_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"LOOPGATE_{name.upper()} must not be negative")
+        if self.breaker_failures < 1:
+            raise ConfigError("LOOPGATE_BREAKER_FAILURES must be at least 1")
 
     def _check_observability(self) -> None:
         if self.log_format not in get_args(LogFormat):

@@ -7,14 +7,19 @@ after its first byte ends with exactly one OpenAI-shaped error event (never a fa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from gateway.breaker import CircuitBreaker
 from gateway.errors import (
     EngineError,
     EngineNotReady,
@@ -40,11 +45,18 @@ class Backend:
     inflight: int = 0
     picks: int = 0  # breaks ties between equally idle replicas (round robin)
     headers: dict[str, str] = field(default_factory=dict)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     def __post_init__(self) -> None:
         self.headers = {"content-type": "application/json"}
         if self.api_key:
             self.headers["authorization"] = f"Bearer {self.api_key}"
+        self.breaker.name = self.name
+
+    @property
+    def available(self) -> bool:
+        """Ready, and its circuit lets a request through."""
+        return self.ready and self.breaker.admits()
 
 
 class BackendPool:
@@ -52,9 +64,10 @@ class BackendPool:
 
     def __init__(self, backends: list[Backend]):
         self.backends = backends
+        self._readiness = asyncio.Event()
 
-    def pick(self) -> Backend:
-        ready = [b for b in self.backends if b.ready]
+    def pick(self, exclude: Collection[Backend] = ()) -> Backend:
+        ready = [b for b in self.backends if b.available and b not in exclude]
         if not ready:
             raise EngineNotReady("the inference engine is not ready yet; retry shortly")
         best = min(ready, key=lambda b: (b.inflight, b.picks))
@@ -64,6 +77,23 @@ class BackendPool:
     @property
     def any_ready(self) -> bool:
         return any(b.ready for b in self.backends)
+
+    def readiness_changed(self) -> None:
+        """Wake the requests waiting for a replica (see `wait_ready`)."""
+        self._readiness.set()
+        self._readiness = asyncio.Event()
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until some replica is ready: an engine restarted by the
+        supervisor is then seen by new requests as a short delay, not as an error."""
+        deadline = time.monotonic() + timeout_s
+        while not self.any_ready:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EngineNotReady("the inference engine is not ready yet; retry shortly")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._readiness.wait()
 
 
 def make_client(
@@ -88,78 +118,152 @@ def _headers(backend: Backend, request_id: str | None) -> dict[str, str]:
     return {**backend.headers, "x-request-id": request_id}
 
 
+def _timed_out(exc: httpx.TransportError) -> bool:
+    """Was it a timeout? httpx-aiohttp maps every aiohttp connection error (a reset, a closed
+    keep-alive connection) to ConnectTimeout, so its cause decides."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)
+
+
 def _transport_error(exc: httpx.TransportError, backend: Backend) -> LoopgateError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"the engine did not answer in time ({type(exc).__name__})")
+    if _timed_out(exc):
+        kind = type(exc.__cause__ or exc).__name__
+        return UpstreamTimeout(f"the engine did not answer in time ({kind})")
     log.warning("engine %s transport error: %s", backend.name, exc)
     return UpstreamUnavailable("the inference engine is unreachable or closed the connection")
 
 
-class Upstream:
-    """Sends one request to one backend; streaming or not."""
+@dataclass(eq=False)
+class Opened:
+    """A stream the engine has started: its first events are in hand, the rest to come."""
 
-    def __init__(self, client: httpx.AsyncClient):
+    backend: Backend
+    resp: httpx.Response
+    raw: AsyncIterator[bytes]
+    rewriter: SSEEvents
+    first: bytes
+    deadline: float
+
+
+class Upstream:
+    """Sends one request to one backend, streaming or not, within the timeouts, and tells the
+    backend's circuit breaker how it went.
+
+    Timeouts: connect and read (the longest gap between bytes) are the HTTP client's; the
+    first-token timeout bounds the wait for a stream's first event; the total timeout bounds a
+    whole request (for streams it is checked as events arrive, gaps being bounded by `read`).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        first_token_timeout_s: float = 300.0,
+        total_timeout_s: float = 1800.0,
+    ):
         self.client = client
+        self.first_token_timeout_s = first_token_timeout_s
+        self.total_timeout_s = total_timeout_s
 
     async def post(
         self, backend: Backend, path: str, body: bytes, request_id: str | None = None
     ) -> bytes:
         backend.inflight += 1
+        backend.breaker.attempt()
         try:
-            resp = await self.client.post(
-                backend.url + path, content=body, headers=_headers(backend, request_id)
-            )
+            async with asyncio.timeout(self.total_timeout_s):
+                resp = await self.client.post(
+                    backend.url + path, content=body, headers=_headers(backend, request_id)
+                )
         except httpx.TransportError as exc:
+            backend.breaker.failed()
             raise _transport_error(exc, backend) from None
+        except TimeoutError:
+            backend.breaker.failed()
+            raise UpstreamTimeout(
+                f"the engine did not answer within {self.total_timeout_s:g}s"
+            ) from None
         finally:
             backend.inflight -= 1
+        _judge(backend, resp.status_code)
         if resp.status_code >= 400:
             raise EngineError(resp.status_code, resp.content)
         return resp.content
 
     async def open_stream(
-        self, backend: Backend, path: str, body: bytes, request_id: str | None = None
-    ) -> httpx.Response:
-        """Send the request; return once the engine has accepted it (status 200)."""
+        self,
+        backend: Backend,
+        path: str,
+        body: bytes,
+        request_id: str | None,
+        engine_model: bytes,
+        public_model: bytes,
+    ) -> Opened:
+        """Send the request and wait for the stream's first event (within the first-token
+        timeout). Nothing has reached the client yet, so any failure here may be retried."""
         request = self.client.build_request(
             "POST", backend.url + path, content=body, headers=_headers(backend, request_id)
         )
+        deadline = time.monotonic() + self.total_timeout_s
         backend.inflight += 1
+        backend.breaker.attempt()
+        resp: httpx.Response | None = None
         try:
-            resp = await self.client.send(request, stream=True)
-        except httpx.TransportError as exc:
+            async with asyncio.timeout(self.first_token_timeout_s):
+                resp = await self.client.send(request, stream=True)
+                if resp.status_code >= 400:
+                    content = await resp.aread()
+                    _judge(backend, resp.status_code)
+                    raise EngineError(resp.status_code, content)
+                raw = resp.aiter_raw()
+                rewriter = SSEEvents(engine_model, public_model)
+                first = b""
+                async for chunk in raw:
+                    first = rewriter.feed(chunk)
+                    if first:
+                        break
+            if not first:
+                raise httpx.RemoteProtocolError("the engine ended the stream before any event")
+        except BaseException as exc:
             backend.inflight -= 1
-            raise _transport_error(exc, backend) from None
-        if resp.status_code >= 400:
-            try:
-                content = await resp.aread()
-            except httpx.TransportError as exc:
+            if resp is not None:
+                with anyio.CancelScope(shield=True):
+                    await resp.aclose()
+            if isinstance(exc, httpx.TransportError):
+                backend.breaker.failed()
                 raise _transport_error(exc, backend) from None
-            finally:
-                backend.inflight -= 1
-                await resp.aclose()
-            raise EngineError(resp.status_code, content)
-        return resp
+            if isinstance(exc, TimeoutError):
+                backend.breaker.failed()
+                raise UpstreamTimeout(
+                    f"the engine sent no token within {self.first_token_timeout_s:g}s"
+                ) from None
+            raise
+        backend.breaker.succeeded()
+        return Opened(backend, resp, raw, rewriter, first, deadline)
 
     async def relay(
-        self,
-        backend: Backend,
-        resp: httpx.Response,
-        engine_model: bytes,
-        public_model: bytes,
-        on_close: Callable[[], None] = lambda: None,
+        self, opened: Opened, on_close: Callable[[], None] = lambda: None
     ) -> AsyncIterator[bytes]:
         """Yield whole SSE events as they arrive, with the engine's model name rewritten.
 
         Closing the generator (client went away) closes the upstream connection, which makes
         vLLM abort the request.
         """
-        rewriter = SSEEvents(engine_model, public_model)
+        backend, rewriter = opened.backend, opened.rewriter
         try:
-            async for raw in resp.aiter_raw():
+            yield opened.first
+            async for raw in opened.raw:
                 events = rewriter.feed(raw)
                 if events:
                     yield events
+                    if time.monotonic() > opened.deadline and not rewriter.done:
+                        yield sse_error_event(
+                            UpstreamTimeout(
+                                f"the stream ran past the {self.total_timeout_s:g}s total timeout"
+                            )
+                        )
+                        return
             if not rewriter.done:
                 log.warning("engine %s ended a stream without [DONE]", backend.name)
                 yield sse_error_event(UpstreamUnavailable("the engine ended the stream early"))
@@ -171,7 +275,15 @@ class Upstream:
             # The relay may be finishing because its task was cancelled (client disconnect);
             # the close must still run to the end so the engine sees the request go away.
             with anyio.CancelScope(shield=True):
-                await resp.aclose()
+                await opened.resp.aclose()
+
+
+def _judge(backend: Backend, status: int) -> None:
+    """An engine's answer: 5xx counts against the replica; anything else shows it works."""
+    if status >= 500:
+        backend.breaker.failed()
+    else:
+        backend.breaker.succeeded()
 
 
 class SSEEvents:

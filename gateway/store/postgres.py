@@ -57,7 +57,7 @@ _INSERT = (
 _FINAL = (
     "UPDATE completions SET response = $1, finish_reason = $2, prompt_tokens = $3, "
     "completion_tokens = $4, latency_ms = $5, ttft_ms = $6, status = $7, error = $8, "
-    "completed_at = $9 WHERE id = $10"
+    "completed_at = $9, backend = COALESCE($10, backend) WHERE id = $11"
 )
 
 

@@ -146,6 +146,7 @@ class CaptureFinal(msgspec.Struct, frozen=True):
     status: CaptureStatus
     error: str | None
     completed_at: float
+    backend: str | None = None  # set when a retry moved the request to another replica
 
 
 class CompletionQuery(msgspec.Struct, frozen=True):

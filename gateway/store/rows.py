@@ -183,5 +183,6 @@ def final_params(f: CaptureFinal) -> tuple[object, ...]:
         f.status,
         f.error,
         f.completed_at,
+        f.backend,
         f.id,
     )

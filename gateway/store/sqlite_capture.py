@@ -23,7 +23,7 @@ _INSERT = (
 _FINAL = (
     "UPDATE completions SET response = ?, finish_reason = ?, prompt_tokens = ?, "
     "completion_tokens = ?, latency_ms = ?, ttft_ms = ?, status = ?, error = ?, "
-    "completed_at = ? WHERE id = ?"
+    "completed_at = ?, backend = COALESCE(?, backend) WHERE id = ?"
 )
 
 

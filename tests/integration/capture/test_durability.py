@@ -4,52 +4,16 @@ middle of 1,200 requests, and SIGTERM with streams in flight."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from gateway.supervisor import free_port
 from tests.integration.conftest import Stack, add_tenants, start_gateway, stop_gateway
-
-
-@contextlib.contextmanager
-def mock_engine(chunks: int, delay_ms: float) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.mock_engine",
-            "--port",
-            str(port),
-            "--chunks",
-            str(chunks),
-            "--delay-ms",
-            str(delay_ms),
-        ]
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "mock engine did not start"
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait()
+from tests.support.mock_engine import mock_engine
 
 
 def gateway(data_dir: Path, engine_url: str) -> Stack:
@@ -89,8 +53,8 @@ async def one(client: httpx.AsyncClient, key: str, i: int) -> str:
 
 
 def test_kill_9_during_1200_requests_loses_nothing_that_returned(tmp_path: Path) -> None:
-    with mock_engine(chunks=4, delay_ms=20) as engine_url:
-        stack = gateway(tmp_path, engine_url)
+    with mock_engine(chunks=4, delay_ms=20) as engine:
+        stack = gateway(tmp_path, engine.url)
         add_tenants(stack, "acme")
         key = stack.keys["acme"]
         returned: list[str] = []
@@ -121,7 +85,7 @@ def test_kill_9_during_1200_requests_loses_nothing_that_returned(tmp_path: Path)
         assert len(before) == len(db_rows(tmp_path))  # ids are unique (primary key)
         for cid in returned:
             assert before.get(cid) == "complete", (cid, before.get(cid))
-        restarted = gateway(tmp_path, engine_url)  # start-up marks the leftovers incomplete
+        restarted = gateway(tmp_path, engine.url)  # start-up marks the leftovers incomplete
         try:
             after = dict(db_rows(tmp_path))
         finally:
@@ -136,8 +100,8 @@ def test_kill_9_during_1200_requests_loses_nothing_that_returned(tmp_path: Path)
 
 
 def test_sigterm_drains_streams_and_flushes_every_row(tmp_path: Path) -> None:
-    with mock_engine(chunks=40, delay_ms=50) as engine_url:  # each stream takes about 2 s
-        stack = gateway(tmp_path, engine_url)
+    with mock_engine(chunks=40, delay_ms=50) as engine:  # each stream takes about 2 s
+        stack = gateway(tmp_path, engine.url)
         add_tenants(stack, "acme")
         key = stack.keys["acme"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.capture.test_durability import mock_engine
 from tests.integration.conftest import ADMIN_KEY, Stack, add_tenants, start_gateway, stop_gateway
+from tests.support.mock_engine import mock_engine
 from tests.support.postgres import PostgresServer, postgres_server
 
 RPM = 5
@@ -27,10 +27,10 @@ def pg() -> Iterator[PostgresServer]:
 def gateways(pg: PostgresServer, tmp_path: Path) -> Iterator[list[Stack]]:
     url = asyncio.run(pg.create_database())
     stacks: list[Stack] = []
-    with mock_engine(chunks=2, delay_ms=0) as engine_url:
+    with mock_engine(chunks=2, delay_ms=0) as engine:
         env = {
             "LOOPGATE_ENGINE_MODE": "external",
-            "LOOPGATE_ENGINE_URLS": engine_url,
+            "LOOPGATE_ENGINE_URLS": engine.url,
             "LOOPGATE_SERVED_MODEL_NAME": "mock",
             "LOOPGATE_LOG_LEVEL": "warning",
             "LOOPGATE_DATABASE_URL": url,
