@@ -28,7 +28,7 @@ from adapters.validation import (
 from gateway.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from gateway.store import AdapterStatus, AdapterVersion, Store, Tenant
 
-VERSION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VERSION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: no "\n"
 
 
 class Transition(enum.Enum):
@@ -122,7 +122,7 @@ class Registry:
     async def _finalize(
         self, tenant: Tenant, staging: Path, name: str, created_by: str, dataset_id: str | None
     ) -> AdapterVersion:
-        if not VERSION_NAME_RE.match(name):
+        if not VERSION_NAME_RE.fullmatch(name):
             raise InvalidRequest(
                 "adapter name must be 1-64 chars of letters, digits, . _ -", param="name"
             )

@@ -21,6 +21,7 @@ from adapters.placement import AdapterPool, Placement
 from adapters.registry import Registry, Transition, next_status
 from gateway.errors import Conflict, EngineNotReady, NotFound, Unprocessable
 from gateway.store import AdapterVersion, Alias, AliasEvent, AliasTarget, Store, Tenant
+from gateway.tenancy import check_alias_name
 
 log = logging.getLogger("loopgate.swap")
 
@@ -79,6 +80,8 @@ class Swapper:
             version = await self.registry.get(tenant, version_ref)
             next_status(version.status, Transition.PROMOTE)
             existing = await self.store.get_alias(tenant.id, alias)
+            if existing is None:
+                check_alias_name(alias)  # a promote creates the alias: same rules as a set
             old = self.current(existing) if existing else AliasTarget()
             if old.adapter_version == version.id:
                 raise Conflict(f"alias '{alias}' already serves {version.id}")

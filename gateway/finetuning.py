@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -63,7 +64,7 @@ from training.trainer_config import TrainConfig, from_hyperparameters
 log = logging.getLogger("loopgate.finetuning")
 MAX_LINES = 100_000
 MAX_LINE_BYTES = 1024 * 1024
-SUFFIX = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
+SUFFIX = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")]  # not $: "\n"
 AutoInt = int | Literal["auto"]
 AutoFloat = float | Literal["auto"]
 
@@ -130,6 +131,11 @@ def train_config(h: Hyperparameters) -> TrainConfig:
 
 def fine_tuned_name(job_model: str, tenant: Tenant, suffix: str | None, job_id: str) -> str:
     return f"ft:{job_model}:{tenant.name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def dataset_id(tenant_id: str, content_hash: str) -> str:
+    """Content-addressed within a tenant: two tenants with the same data get different ids."""
+    return "ds-" + hashlib.sha256(f"{tenant_id}:{content_hash}".encode()).hexdigest()[:16]
 
 
 class FineTuning:
@@ -259,20 +265,20 @@ class FineTuning:
                 + json.dumps(msgspec.to_builtins(snapshot.stats.counts)),
                 code="empty_dataset",
             )
-        dataset_id = "ds-" + snapshot.content_hash.removeprefix("sha256:")[:16]
-        existing = await self.store.get_dataset(caller.tenant_id, dataset_id)
+        ds_id = dataset_id(caller.tenant_id, snapshot.content_hash)
+        existing = await self.store.get_dataset(caller.tenant_id, ds_id)
         if existing is not None and existing.tainted_at is None:
             return existing
         if existing is not None:
-            dataset_id += "-" + secrets.token_hex(3)
-        folder = self.root / "datasets" / caller.tenant_id / dataset_id
+            ds_id += "-" + secrets.token_hex(3)
+        folder = self.root / "datasets" / caller.tenant_id / ds_id
         await asyncio.to_thread(write_snapshot, snapshot, folder)
         stats = {
             "stats": msgspec.to_builtins(snapshot.stats),
             "flags": msgspec.to_builtins(snapshot.flags),
         }
         d = Dataset(
-            id=dataset_id,
+            id=ds_id,
             tenant_id=caller.tenant_id,
             content_hash=snapshot.content_hash,
             source=source,

@@ -94,7 +94,8 @@ class Serving:
         if lease is not None:
             return lease
         version = await self.directory.store.get_adapter(version_id)
-        if version is None:
+        # An alias only ever targets its tenant's own versions; checked again here all the same.
+        if version is None or version.tenant_id != alias.tenant_id:
             raise NotFound(f"The model '{alias.name}' is not available", param="model")
         return await self.adapters.lease(version, exclude)
 

@@ -75,7 +75,10 @@ class TrainingMixinPG:
     async def list_jobs(
         self, tenant_id: str, after: str | None, limit: int
     ) -> tuple[list[FineTuningJob], bool]:
-        args: list[object] = [tenant_id] + ([after] if after is not None else []) + [limit + 1]
+        args: list[object] = [tenant_id]
+        if after is not None:
+            args += [after, tenant_id]
+        args.append(limit + 1)
         sql = q.LIST_JOBS.format(after=q.JOBS_AFTER if after is not None else "")
         jobs = [q.job(r) for r in await self.pool.fetch(N(sql), *args)]
         return jobs[:limit], len(jobs) > limit

@@ -74,7 +74,7 @@ class TrainingMixin(SQLiteMixin):
     ) -> tuple[list[FineTuningJob], bool]:
         args: list[object] = [tenant_id]
         if after is not None:
-            args.append(after)
+            args += [after, tenant_id]
         sql = q.LIST_JOBS.format(after=q.JOBS_AFTER if after is not None else "")
         async with self.db.execute(sql, [*args, limit + 1]) as cur:
             jobs = [q.job(r) for r in await cur.fetchall()]

@@ -70,7 +70,11 @@ LIST_JOBS = (
     "SELECT * FROM fine_tuning_jobs WHERE tenant_id = ? {after} "
     "ORDER BY created_at DESC, id DESC LIMIT ?"
 )
-JOBS_AFTER = "AND (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs WHERE id = ?)"
+# The cursor is looked up within the tenant: another tenant's job id is an unknown cursor.
+JOBS_AFTER = (
+    "AND (created_at, id) < "
+    "(SELECT created_at, id FROM fine_tuning_jobs WHERE id = ? AND tenant_id = ?)"
+)
 # One statement, so two workers can never claim the same job (PostgreSQL adds SKIP LOCKED).
 CLAIM_JOB = (
     "UPDATE fine_tuning_jobs SET status = 'running', stage = 'training', worker = ?, "

@@ -958,6 +958,9 @@ async def test_jobs_list_newest_first_with_cursor_and_tenant_scope(store: Store)
     assert [j.id for j in page] == ["ftjob-4", "ftjob-3"] and more
     page, more = await store.list_jobs("t1", "ftjob-3", 10)
     assert [j.id for j in page] == ["ftjob-2", "ftjob-1", "ftjob-0"] and not more
+    # Another tenant's job is an unknown cursor (it was found across tenants: an oracle).
+    await store.create_job(job("ftjob-y", "t2", created_at=T0 + 10))
+    assert await store.list_jobs("t1", "ftjob-y", 10) == await store.list_jobs("t1", "no", 10)
     assert await store.get_job("ftjob-x", "t1") is None
     assert await store.get_job("ftjob-x") == job("ftjob-x", "t2", created_at=T0)
 
