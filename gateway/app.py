@@ -10,7 +10,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from gateway import api, completions_api, finetuning_api
+from gateway import api, completions_api, finetuning_api, openapi
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
@@ -54,6 +54,7 @@ def create_app(
             LimitsController,
             backends,
             *([metrics_endpoint] if settings.metrics_enabled else []),
+            *([openapi.route(settings)] if settings.openapi_enabled else []),
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -62,7 +63,7 @@ def create_app(
         middleware=[request_context],
         state=State({"gateway": gateway}),
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=None,
+        openapi_config=None,  # gateway.openapi serves the document (handlers read raw bodies)
         logging_config=None,  # the entry point configures logging (gateway.logs), not Litestar
         debug=False,
     )

@@ -130,7 +130,7 @@ def _query(request: AnyRequest, caller: Caller) -> CompletionQuery:
 
 def page_limit(raw: str | None) -> int:
     try:
-        limit = int(raw or 20)
+        limit = 20 if raw is None else int(raw)  # `?limit=` is no number either
     except ValueError:
         raise InvalidRequest("limit must be an integer", param="limit") from None
     if not 1 <= limit <= 100:

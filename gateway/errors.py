@@ -190,7 +190,8 @@ def handle_http_exception(_: Request[object, object, State], exc: HTTPException)
     if status == 404:
         message = "no such endpoint"
     kind = _LITESTAR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return _response(status, ErrorEnvelope(ErrorBody(message, kind)), {})
+    headers = exc.headers or {}  # e.g. a 405's Allow, which HTTP requires
+    return _response(status, ErrorEnvelope(ErrorBody(message, kind)), headers)
 
 
 def handle_unexpected(request: Request[object, object, State], exc: Exception) -> Response[bytes]:

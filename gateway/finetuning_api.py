@@ -115,6 +115,19 @@ def _page(items: list[dict[str, object]], has_more: bool) -> dict[str, object]:
     return {"object": "list", "data": items, "has_more": has_more}
 
 
+def event_seq(after: str | None) -> int | None:
+    """The sequence number in an event id (`ftevent-<seq>`), which the store keeps in 64 bits."""
+    if not after:
+        return None
+    try:
+        seq = int(after.removeprefix("ftevent-"))
+    except ValueError:
+        seq = -1
+    if not 0 <= seq < 2**63:  # a larger one cannot be stored, so names no event
+        raise InvalidRequest("after must be an event id", param="after")
+    return seq
+
+
 def routes(settings: Settings) -> list[HTTPRouteHandler]:
     """The handlers; the upload route's body limit comes from the settings."""
 
@@ -195,13 +208,8 @@ async def get_job(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict[st
 async def job_events(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict[str, object]:
     job = await gw.finetuning.job(await _caller(request, gw), job_id)
     params = request.query_params
-    after = params.get("after")
-    try:
-        after_seq = int(after.removeprefix("ftevent-")) if after else None
-    except ValueError:
-        raise InvalidRequest("after must be an event id", param="after") from None
     events, more = await gw.store.list_job_events(
-        job.id, after_seq, page_limit(params.get("limit"))
+        job.id, event_seq(params.get("after")), page_limit(params.get("limit"))
     )
     return _page([event_object(e) for e in events], more)
 

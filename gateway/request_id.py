@@ -10,7 +10,9 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
-_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Ids are logged, stored, traced and echoed; a loopgate key (lg-...) sent as one is not adopted.
+_KEY_PREFIX = "lg-"
 
 # The id of the request being served in this context (read by the JSON log formatter).
 current_request_id: ContextVar[str | None] = ContextVar("loopgate_request_id", default=None)
@@ -23,7 +25,8 @@ def request_id(scope: Scope) -> str:
     if rid is None:
         incoming = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
         text = incoming.decode("latin-1")
-        rid = text if _CLIENT_ID_RE.match(text) else "req_" + secrets.token_hex(12)
+        sane = _CLIENT_ID_RE.fullmatch(text) and not text.startswith(_KEY_PREFIX)
+        rid = text if sane else "req_" + secrets.token_hex(12)
         state["request_id"] = rid
     return str(rid)
 

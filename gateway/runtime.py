@@ -30,7 +30,7 @@ from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.supervisor import EngineState, EngineSupervisor, build_launch
 from gateway.telemetry import Telemetry, Tracing
-from gateway.tenancy import Admin, Directory
+from gateway.tenancy import Admin, Directory, bearer_token
 from gateway.upstream import Backend, BackendPool, Upstream, make_client
 
 log = logging.getLogger("loopgate")
@@ -285,11 +285,11 @@ class Gateway:
     def check_admin(self, authorization: str | None) -> None:
         if self._admin_hash is None:
             raise PermissionDenied("the admin API is disabled: set LOOPGATE_ADMIN_KEY")
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(authorization)
+        if not token:
             raise AuthenticationFailed(
                 "missing admin credential: send 'Authorization: Bearer <admin key>'"
             )
-        digest = hashlib.sha256(token.strip().encode()).digest()
+        digest = hashlib.sha256(token.encode()).digest()
         if not hmac.compare_digest(digest, self._admin_hash):
             raise PermissionDenied("this credential may not use the admin API")

@@ -252,6 +252,10 @@ class Settings:
             "network, or set metrics_require_admin."
         },
     )
+    openapi_enabled: bool = field(
+        default=True,
+        metadata={"help": "Serve the OpenAPI document at GET /openapi.json (no credential)."},
+    )
     metrics_require_admin: bool = field(
         default=False,
         metadata={"help": "GET /metrics requires the admin key (Authorization: Bearer ...)."},

@@ -21,9 +21,10 @@ from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
 from gateway.store import Alias, AliasTarget, ApiKey, Store, Tenant
 
 KEY_PREFIX = "lg"
-_KEY_RE = re.compile(r"^lg-([0-9a-f]{16})-([A-Za-z0-9_-]{43})$")
-TENANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-ALIAS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+# Matched with fullmatch: `$` would also accept a trailing newline ("support\n").
+_KEY_RE = re.compile(r"lg-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
+TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+ALIAS_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 
 
 def hash_key(plaintext: str) -> str:
@@ -38,6 +39,26 @@ def mint_key() -> tuple[str, str]:
 
 def keys_match(plaintext: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_key(plaintext), stored_hash)
+
+
+def check_alias_name(name: str) -> None:
+    """Alias names are matched exactly (case and whitespace count), so refuse ambiguous ones."""
+    if not ALIAS_NAME_RE.fullmatch(name):
+        raise InvalidRequest(
+            "alias must be 1-128 chars of letters, digits and . _ @ : - "
+            "starting with a letter or digit",
+            param="name",
+        )
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The credential of `Bearer <credential>`, or "" for any other header.
+
+    Only HTTP's own whitespace (SP, HTAB) is trimmed: `str.strip()` would also drop bytes such
+    as 0xA0 or 0x85 (obs-text, legal in a header), so a key with one of them appended would
+    still be accepted."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip(" \t") if scheme.lower() == "bearer" else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +96,8 @@ class Directory:
     async def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization)
+        if not token:
             raise AuthenticationFailed("malformed Authorization header: expected 'Bearer <key>'")
         digest = hash_key(token)  # the cache never holds plaintext keys
         now = time.monotonic()
@@ -94,7 +114,7 @@ class Directory:
         return caller
 
     async def _lookup(self, token: str, digest: str) -> Caller | None:
-        match = _KEY_RE.match(token)
+        match = _KEY_RE.fullmatch(token)
         if match is None:
             return None
         key = await self.store.get_key(match.group(1))
@@ -144,7 +164,7 @@ class Admin:
         return tenant
 
     async def create_tenant(self, name: str) -> Tenant:
-        if not TENANT_NAME_RE.match(name):
+        if not TENANT_NAME_RE.fullmatch(name):
             raise InvalidRequest(
                 "tenant name must be 1-63 chars of a-z, 0-9, '-' or '_', starting with a letter "
                 "or digit",
@@ -163,12 +183,7 @@ class Admin:
         return IssuedKey(key_id, tenant.id, record.name, plaintext, record.created_at)
 
     async def set_alias(self, tenant_ref: str, name: str, target: AliasTarget) -> Alias:
-        if not ALIAS_NAME_RE.match(name):
-            raise InvalidRequest(
-                "alias must be 1-128 chars of letters, digits and . _ @ : - "
-                "starting with a letter or digit",
-                param="name",
-            )
+        check_alias_name(name)
         if target.kind == "adapter":
             raise InvalidRequest(
                 "point an alias at an adapter version with POST "

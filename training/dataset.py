@@ -450,6 +450,7 @@ def _whitespace_words(conversation: Conversation) -> int:
 
 
 _Cluster = tuple["_Candidate", list["_Candidate"]]  # a kept example and its removed duplicates
+LSH_MAX_THRESHOLD = 0.9
 
 
 def _deduplicate(
@@ -457,9 +458,13 @@ def _deduplicate(
 ) -> tuple[list[_Candidate], list[_Cluster]]:
     """Keep the first of each group of exact or near-duplicates (candidates are in time order)."""
     # A missed pair would let near-duplicates straddle the split while a false candidate only
-    # costs a Jaccard check, so the LSH bands are tuned to favour recall.
+    # costs a Jaccard check, so the LSH bands are tuned to favour recall. For the same reason
+    # they are cut for at most LSH_MAX_THRESHOLD: datasketch finds no two bands above ~0.93
+    # (16 permutations) to ~0.99 (128), and the Jaccard check applies the real threshold.
     lsh = MinHashLSH(
-        threshold=config.near_duplicate_threshold, num_perm=config.num_perm, weights=(0.2, 0.8)
+        threshold=min(config.near_duplicate_threshold, LSH_MAX_THRESHOLD),
+        num_perm=config.num_perm,
+        weights=(0.2, 0.8),
     )
     exact: dict[str, int] = {}
     sketches: list[MinHash] = []

@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import gzip
+import io
+import logging
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -39,6 +50,10 @@ class Env:
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.acme_key}"}
+
+    def stop(self) -> None:
+        """Shut the app down now (spans flushed, store closed); the fixture's exit is a no-op."""
+        self.client.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -78,3 +93,73 @@ def pg_server() -> Iterator[PostgresServer]:
             f" (apt install {server.installed_in_s:.1f}s, start {server.started_in_s:.1f}s)"
         )
         yield server
+
+
+@dataclass
+class Collector:
+    """Accepts OTLP/HTTP protobuf at POST /v1/traces and keeps what it got."""
+
+    url: str = ""
+    raw: list[bytes] = field(default_factory=list)
+    resources: list[dict[str, object]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accept(self, path: str, body: bytes) -> int:
+        if path != "/v1/traces":
+            return 404
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        with self.lock:
+            self.raw.append(body)
+            for rs in request.resource_spans:
+                self.resources.append(attrs(rs.resource.attributes))
+                for ss in rs.scope_spans:
+                    self.spans.extend(ss.spans)
+        return 200
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    got = Collector()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if self.headers.get("content-encoding") == "gzip":
+                body = gzip.decompress(body)
+            status = got.accept(self.path, body)
+            reply = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(status)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    got.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield got
+    server.shutdown()
+    server.server_close()
+
+
+def attrs(kvs: Iterable[KeyValue]) -> dict[str, object]:
+    return {kv.key: getattr(kv.value, str(kv.value.WhichOneof("value"))) for kv in kvs}
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    out = io.StringIO()
+    yield out
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in saved[0]:
+        root.addHandler(h)
+    root.setLevel(saved[1])

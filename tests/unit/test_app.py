@@ -222,9 +222,10 @@ def test_every_response_has_a_request_id(env: Env) -> None:
 
 def test_unknown_route_and_wrong_method_are_openai_shaped(env: Env) -> None:
     assert_openai_error(env.client.get("/v1/nothing"), 404, "not_found_error")
-    assert_openai_error(
-        env.client.put("/v1/chat/completions", headers=env.auth()), 405, "invalid_request_error"
-    )
+    wrong_method = env.client.put("/v1/chat/completions", headers=env.auth())
+    assert_openai_error(wrong_method, 405, "invalid_request_error")
+    allowed = {m.strip() for m in wrong_method.headers["allow"].split(",")}
+    assert allowed == {"GET", "POST", "OPTIONS"}  # HTTP requires Allow on a 405
 
 
 @pytest.mark.parametrize("overrides", [{"max_body_bytes": 2048}])

@@ -220,6 +220,10 @@ def test_exact_and_near_duplicates_are_removed() -> None:
     # Below the threshold the near-duplicate stays.
     strict = build(rows, replace(CONFIG, near_duplicate_threshold=0.99))
     assert set(examples(strict)) == {"first", "near", "other"}
+    # Up to 1 (the same shingles only), beyond what LSH bands allow (was a ValueError).
+    for threshold in (0.995, 1.0):
+        same = build(rows, replace(CONFIG, near_duplicate_threshold=threshold))
+        assert set(examples(same)) == {"first", "near", "other"}
 
 
 def test_pii_never_reaches_the_written_files(tmp_path: Path) -> None:

@@ -2,92 +2,25 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import logging
-import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from litestar.testing import TestClient
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from gateway.app import create_app
 from gateway.logs import configure_logging, scrub
 from gateway.settings import ConfigError
 from gateway.telemetry import traces_url
-from tests.unit.conftest import ADMIN, make_settings
+from tests.unit.conftest import ADMIN, Collector, attrs, make_settings
 from tests.unit.fake_engine import ENGINE_MODEL, FakeEngine
 
 PROMPT = "Capital of France? secret-prompt-words"
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}]}
-
-
-@dataclass
-class Collector:
-    """Accepts OTLP/HTTP protobuf at POST /v1/traces and keeps what it got."""
-
-    url: str = ""
-    raw: list[bytes] = field(default_factory=list)
-    resources: list[dict[str, object]] = field(default_factory=list)
-    spans: list[Span] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def accept(self, path: str, body: bytes) -> int:
-        if path != "/v1/traces":
-            return 404
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        with self.lock:
-            self.raw.append(body)
-            for rs in request.resource_spans:
-                self.resources.append(attrs(rs.resource.attributes))
-                for ss in rs.scope_spans:
-                    self.spans.extend(ss.spans)
-        return 200
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    got = Collector()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            if self.headers.get("content-encoding") == "gzip":
-                body = gzip.decompress(body)
-            status = got.accept(self.path, body)
-            reply = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(status)
-            self.send_header("content-type", "application/x-protobuf")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    got.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield got
-    server.shutdown()
-    server.server_close()
-
-
-def attrs(kvs: Iterable[KeyValue]) -> dict[str, object]:
-    return {kv.key: getattr(kv.value, str(kv.value.WhichOneof("value"))) for kv in kvs}
 
 
 def serve(
@@ -195,19 +128,6 @@ def test_exporter_endpoint_is_validated() -> None:
         make_settings(Path("/tmp"), otel_exporter_endpoint="collector:4318")
     with pytest.raises(ConfigError, match="LOG_FORMAT"):
         make_settings(Path("/tmp"), log_format="xml")
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    out = io.StringIO()
-    yield out
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in saved[0]:
-        root.addHandler(h)
-    root.setLevel(saved[1])
 
 
 def test_json_logs_carry_request_ids_and_never_keys(

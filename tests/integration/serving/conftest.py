@@ -15,7 +15,8 @@ from tests.integration.conftest import Stack, add_tenants, start_gateway, stop_g
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("stack")
-    stack = start_gateway(data_dir, {"LOOPGATE_ENGINE_RESTART_MAX_BACKOFF_S": "2"})
+    env = {"LOOPGATE_ENGINE_RESTART_MAX_BACKOFF_S": "2", "LOOPGATE_ENGINE_READY_WAIT_S": "600"}
+    stack = start_gateway(data_dir, env)
     try:
         add_tenants(stack, "acme", "globex")
         with stack.admin() as admin:
