@@ -50,12 +50,24 @@ class Swapper:
     client: httpx.AsyncClient
     base_engine_name: str
     drain_timeout_s: float = 300.0
+    store_fresh_after_s: float = 6.0  # the alias cache's TTL and a margin (see `current`)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    _current: dict[tuple[str, str], AliasTarget] = field(default_factory=dict)
+    _current: dict[tuple[str, str], tuple[AliasTarget, float]] = field(default_factory=dict)
 
     def current(self, alias: Alias) -> AliasTarget:
-        """The alias's target as this process knows it now (newer than any cached read)."""
-        return self._current.get((alias.tenant_id, alias.name), alias.target)
+        """The alias's target as this process knows it now. Right after a swap of ours that is
+        newer than a cached read of the alias; once the cache's TTL has passed every read is
+        newer than our flip, and the store is the truth again (another gateway on the same
+        store may have moved the alias since)."""
+        key = (alias.tenant_id, alias.name)
+        mine = self._current.get(key)
+        if mine is None:
+            return alias.target
+        target, flipped = mine
+        if time.monotonic() - flipped > self.store_fresh_after_s:
+            del self._current[key]
+            return alias.target
+        return target
 
     def forget(self, tenant_id: str, alias: str) -> None:
         """The alias was changed outside a swap (admin set/delete): the store is the truth."""
@@ -245,7 +257,7 @@ class Swapper:
             0.0,
         )
         await self.store.flip_alias(tenant_id, alias, new, event)
-        self._current[(tenant_id, alias)] = new  # routing sees it from this instant
+        self._current[(tenant_id, alias)] = (new, time.monotonic())  # routing sees it now
 
     async def retire_if_unused(self, version_id: str | None) -> bool:
         if version_id is None:

@@ -66,6 +66,7 @@ class Gateway:
             self.client,
             settings.base_model_name,
             drain_timeout_s=settings.swap_drain_timeout_s,
+            store_fresh_after_s=settings.auth_cache_ttl_s + 1.0,
             metrics=self.metrics,
         )
         self.capture = CaptureWriter(self.store) if settings.capture_enabled else None

@@ -267,3 +267,40 @@ async def test_concurrent_promotes_end_in_one_consistent_state(tmp_path: Path) -
             ]
         }
         assert [v for v, s in statuses.items() if s == "live"] == [final]
+
+
+def test_a_promotion_made_on_another_gateway_reaches_this_one(tmp_path: Path) -> None:
+    """Two gateways on one store: once the alias cache's TTL (+1 s) has passed, the store's
+    target wins over what this gateway itself last promoted."""
+    from litestar.testing import TestClient
+
+    from gateway.app import create_app
+    from tests.unit.conftest import make_settings
+    from tests.unit.fake_engine import FakeEngine
+
+    engine = FakeEngine()
+    settings = make_settings(tmp_path)  # auth_cache_ttl_s=0: this gateway trusts the store 1 s on
+    apps = [create_app(settings, transport=engine.transport()) for _ in range(2)]
+    with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
+        a.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN).raise_for_status()
+        key = a.post("/admin/tenants/acme/keys", json={}, headers=ADMIN).json()["key"]
+        ids = []
+        for seed in (1, 2):
+            data = pack(write_adapter(tmp_path / f"g{seed}", seed=seed))
+            ids.append(a.post("/admin/tenants/acme/adapters", content=data, headers=ADMIN).json())
+        auth = {"Authorization": f"Bearer {key}"}
+
+        def served(client: TestClient) -> str:  # type: ignore[type-arg]
+            resp = client.post("/v1/chat/completions", json=CHAT, headers=auth)
+            assert resp.status_code == 200, resp.text
+            return str(resp.headers["x-loopgate-adapter-version"])
+
+        for client, version in ((a, ids[0]["id"]), (b, ids[1]["id"])):
+            body = {"version": version, "reason": "test", "force": True}
+            resp = client.post(
+                "/admin/tenants/acme/aliases/support/promote", json=body, headers=ADMIN
+            )
+            assert resp.status_code == 200, resp.text
+        assert served(b) == ids[1]["id"]
+        time.sleep(1.1)
+        assert served(a) == ids[1]["id"]  # not the v1 it promoted itself
