@@ -203,7 +203,9 @@ def load_base(base_dir: Path, config: TrainConfig, device: TorchDevice) -> Any:
         base_dir,
         dtype=dtype,
         quantization_config=quantization,
-        device_map={"": placement(device)},
+        # On CPU no device map: the plain from_pretrained path, as the plain TRL recipe takes
+        # (benchmarks.train_vs_trl); a map only matters for placing GPUs under torchrun.
+        device_map=None if device == "cpu" else {"": placement(device)},
     )
 
 
