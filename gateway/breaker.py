@@ -53,6 +53,11 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self.probing = True
 
+    def abandoned(self) -> None:
+        """The request ended with no verdict on the replica (the client went away): a probe
+        that never finished must not keep the circuit half-open with nobody let through."""
+        self.probing = False
+
     def succeeded(self) -> None:
         self.failures = 0
         self.probing = False

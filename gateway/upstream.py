@@ -184,6 +184,9 @@ class Upstream:
             raise UpstreamTimeout(
                 f"the engine did not answer within {self.total_timeout_s:g}s"
             ) from None
+        except BaseException:
+            backend.breaker.abandoned()
+            raise
         finally:
             backend.inflight -= 1
         _judge(backend, resp.status_code)
@@ -238,6 +241,8 @@ class Upstream:
                 raise UpstreamTimeout(
                     f"the engine sent no token within {self.first_token_timeout_s:g}s"
                 ) from None
+            if not isinstance(exc, EngineError):  # an engine's answer was judged already
+                backend.breaker.abandoned()
             raise
         backend.breaker.succeeded()
         return Opened(backend, resp, raw, rewriter, first, deadline)

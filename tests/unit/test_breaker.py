@@ -68,3 +68,16 @@ def test_attempts_while_closed_are_not_probes() -> None:
     b.attempt()
     b.attempt()
     assert b.admits() and not b.probing
+
+
+def test_an_abandoned_probe_lets_the_next_one_through() -> None:
+    clock = Clock()
+    b, _ = breaker(clock)
+    for _ in range(3):
+        b.failed()
+    clock.now += 10
+    assert b.admits()
+    b.attempt()
+    assert not b.admits()
+    b.abandoned()  # the client went away before the replica answered
+    assert b.admits() and b.state is BreakerState.HALF_OPEN
