@@ -78,10 +78,19 @@ class AdapterLoadError(UpstreamUnavailable):
 
 
 class AdapterPool:
-    def __init__(self, pool: BackendPool, client: httpx.AsyncClient, capacity: int):
+    def __init__(
+        self,
+        pool: BackendPool,
+        client: httpx.AsyncClient,
+        capacity: int,
+        admin_timeout_s: float = 120.0,
+    ):
         self.pool = pool
         self.client = client
         self.capacity = capacity
+        # A replica that is stuck (a CPU engine can stall for minutes) must not hold a swap or
+        # a reconcile pass hostage: every admin call toward it is bounded.
+        self.admin_timeout_s = admin_timeout_s
         self.placements: dict[Backend, dict[str, Placement]] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._run = secrets.token_hex(2)
@@ -203,7 +212,14 @@ class AdapterPool:
 
     async def _call(self, backend: Backend, path: str, body: dict[str, str]) -> None:
         try:
-            resp = await self.client.post(backend.url + path, json=body, headers=backend.headers)
+            async with asyncio.timeout(self.admin_timeout_s):
+                resp = await self.client.post(
+                    backend.url + path, json=body, headers=backend.headers
+                )
+        except TimeoutError:
+            raise AdapterLoadError(
+                f"replica {backend.name} did not answer {path} within {self.admin_timeout_s:g}s"
+            ) from None
         except httpx.HTTPError as exc:
             raise AdapterLoadError(
                 f"replica {backend.name} unreachable for {path}: {exc}"
@@ -214,7 +230,8 @@ class AdapterPool:
     # --- reconciliation ------------------------------------------------------------------
 
     async def engine_loras(self, backend: Backend) -> set[str]:
-        resp = await self.client.get(backend.url + "/v1/models", headers=backend.headers)
+        async with asyncio.timeout(self.admin_timeout_s):
+            resp = await self.client.get(backend.url + "/v1/models", headers=backend.headers)
         resp.raise_for_status()
         data = resp.json().get("data", [])
         return {m["id"] for m in data if isinstance(m, dict) and m.get("parent")}
@@ -223,7 +240,7 @@ class AdapterPool:
         """Make a replica serve what we believe it does, and the pinned versions it should."""
         try:
             actual = await self.engine_loras(backend)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, TimeoutError):
             return  # not reachable now; the next pass will do it
         mine = self.on(backend)
         for version_id, p in list(mine.items()):

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import httpx
 import msgspec
 
-from adapters.placement import AdapterPool, Placement
+from adapters.placement import AdapterPool, LoadState, Placement
 from adapters.registry import Registry, Transition, next_status
-from gateway.errors import Conflict, EngineNotReady, NotFound, Unprocessable
+from gateway.errors import Conflict, EngineNotReady, NotFound, Unprocessable, UpstreamUnavailable
 from gateway.store import AdapterVersion, Alias, AliasEvent, AliasTarget, Store, Tenant
 from gateway.tenancy import check_alias_name
+from gateway.upstream import Backend
 
 log = logging.getLogger("loopgate.swap")
 
@@ -40,6 +41,8 @@ class SwapReport(msgspec.Struct):
     drained: bool
     probe_output: str
     at: float
+    replicas: list[str] = []  # where the new version was loaded and probed
+    left_out: list[str] = []  # replicas that missed the swap, with why (reconciliation follows)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Swapper:
     store_fresh_after_s: float = 6.0  # the alias cache's TTL and a margin (see `current`)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _current: dict[tuple[str, str], tuple[AliasTarget, float]] = field(default_factory=dict)
+    _background: set[asyncio.Task[bool]] = field(default_factory=set)
 
     def current(self, alias: Alias) -> AliasTarget:
         """The alias's target as this process knows it now. Right after a swap of ours that is
@@ -158,14 +162,15 @@ class Swapper:
         forced: bool = False,
     ) -> SwapReport:
         t0 = time.monotonic()
-        placements = await self._load_everywhere(version)
+        placements, left_out = await self._load_everywhere(version)
         t1 = time.monotonic()
         try:
-            output = await self._probe(placements, require_change)
+            output, placements, probe_left_out = await self._probe(placements, require_change)
         except BaseException:
             if not await self.store.aliases_to(version.id):
                 await self.adapters.retire(version.id)
             raise
+        left_out += probe_left_out
         t2 = time.monotonic()
         target = AliasTarget("adapter", version.id)
         await self._flip(tenant.id, alias, old, target, actor, reason, action, forced)
@@ -198,39 +203,92 @@ class Swapper:
             drained,
             output,
             time.time(),
+            replicas=[p.backend.name for p in placements],
+            left_out=left_out,
         )
 
-    async def _load_everywhere(self, version: AdapterVersion) -> list[Placement]:
+    async def _load_everywhere(self, version: AdapterVersion) -> tuple[list[Placement], list[str]]:
+        """Load on every ready replica. One that fails or is stuck is left out (reconciliation
+        loads the version there once the alias serves it); only when none loads, the swap fails.
+        """
         backends = [b for b in self.adapters.pool.backends if b.ready]
         if not backends:
             raise EngineNotReady("no replica is ready to load the adapter")
-        return list(
-            await asyncio.gather(*(self.adapters.load(b, version, pinned=True) for b in backends))
+        results = await asyncio.gather(
+            *(self.adapters.load(b, version, pinned=True) for b in backends),
+            return_exceptions=True,
         )
+        placements: list[Placement] = []
+        left_out: list[str] = []
+        errors: list[Exception] = []
+        for backend, result in zip(backends, results, strict=True):
+            if isinstance(result, Placement):
+                placements.append(result)
+            elif isinstance(result, UpstreamUnavailable | EngineNotReady):
+                errors.append(result)
+                left_out.append(f"{backend.name}: {result}")
+            else:
+                raise result  # not a replica's fault (a bug, or the swap was cancelled)
+        if not placements:
+            raise errors[0]
+        for note in left_out:
+            log.warning("swap of %s goes ahead without %s", version.id, note)
+        return placements, left_out
 
-    async def _probe(self, placements: list[Placement], require_change: bool) -> str:
-        """One short greedy request per replica must succeed (and differ from the base)."""
-        outputs = await asyncio.gather(
-            *(self._complete(p.backend.url, p.backend.headers, p.engine_name) for p in placements)
+    async def _probe(
+        self, placements: list[Placement], require_change: bool
+    ) -> tuple[str, list[Placement], list[str]]:
+        """One short greedy request per replica (and, with `require_change`, an answer unlike
+        the base's). Replicas whose probe fails are left out and their placement unloaded, as
+        long as one replica probed well; when none did, the swap fails."""
+        results = await asyncio.gather(
+            *(self._complete(p.backend, p.engine_name) for p in placements),
+            return_exceptions=True,
         )
+        good: list[tuple[Placement, str]] = []
+        failed: list[tuple[Placement, Unprocessable]] = []
+        for p, result in zip(placements, results, strict=True):
+            if isinstance(result, str):
+                good.append((p, result))
+            elif isinstance(result, Unprocessable):
+                failed.append((p, result))
+            else:
+                raise result
+        if not good:
+            raise failed[0][1]
+        first, output = good[0]
         if require_change:
-            p = placements[0]
-            base = await self._complete(p.backend.url, p.backend.headers, self.base_engine_name)
-            if base == outputs[0]:
+            base = await self._complete(first.backend, self.base_engine_name)
+            if base == output:
                 raise Unprocessable(
                     "probe: the adapter answers exactly like the base model; refusing to promote",
                     param="require_change",
                 )
-        return outputs[0]
+        for p, exc in failed:
+            log.warning("swap goes ahead without %s: %s", p.backend.name, exc)
+            p.state = LoadState.DRAINING  # no lease reaches it from now on
+            task = asyncio.create_task(self.adapters.unload(p, self.drain_timeout_s))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return output, [p for p, _ in good], [f"{p.backend.name}: {exc}" for p, exc in failed]
 
-    async def _complete(self, url: str, headers: dict[str, str], model: str) -> str:
+    async def _complete(self, backend: Backend, model: str) -> str:
         body = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": 4, "temperature": 0}
+        url = backend.url + "/v1/chat/completions"
+        timeout_s = self.adapters.admin_timeout_s
         try:
-            resp = await self.client.post(url + "/v1/chat/completions", json=body, headers=headers)
+            async with asyncio.timeout(timeout_s):
+                resp = await self.client.post(url, json=body, headers=backend.headers)
+        except TimeoutError:
+            raise Unprocessable(
+                f"probe on replica {backend.name} got no answer within {timeout_s:g}s"
+            ) from None
         except httpx.HTTPError as exc:
-            raise Unprocessable(f"probe request failed: {exc}") from None
+            raise Unprocessable(f"probe request to replica {backend.name} failed: {exc}") from None
         if resp.status_code != 200:
-            raise Unprocessable(f"probe answered {resp.status_code}: {resp.text[:300]}")
+            raise Unprocessable(
+                f"probe on replica {backend.name} answered {resp.status_code}: {resp.text[:300]}"
+            )
         return str(resp.json()["choices"][0]["message"]["content"] or "")
 
     async def _flip(

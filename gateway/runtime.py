@@ -50,7 +50,12 @@ class Gateway:
             self.client, settings.upstream_first_token_timeout_s, settings.upstream_total_timeout_s
         )
         self.pool = BackendPool([])
-        self.adapters = AdapterPool(self.pool, self.client, capacity=settings.engine_max_loras)
+        self.adapters = AdapterPool(
+            self.pool,
+            self.client,
+            capacity=settings.engine_max_loras,
+            admin_timeout_s=settings.adapter_admin_timeout_s,
+        )
         self.registry = Registry(
             self.store,
             settings.adapters_path,
@@ -115,6 +120,7 @@ class Gateway:
         self.supervisor: EngineSupervisor | None = None
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reconciling: set[Backend] = set()  # one pass per replica at a time
         self._admin_hash = (
             hashlib.sha256(settings.admin_key.encode()).digest() if settings.admin_key else None
         )
@@ -203,10 +209,15 @@ class Gateway:
             self._spawn(self._reconcile(backend))
 
     async def _reconcile(self, backend: Backend) -> None:
+        if backend in self._reconciling:
+            return
+        self._reconciling.add(backend)
         try:
             await self.adapters.reconcile(backend, await self.swapper.pinned_versions())
         except Exception:  # a failed pass is retried by the next one
             log.exception("reconciling %s failed", backend.name)
+        finally:
+            self._reconciling.discard(backend)
 
     async def _start_embedded(self) -> None:
         model = await asyncio.to_thread(resolve_model, self.settings)
@@ -243,8 +254,8 @@ class Gateway:
             if time.monotonic() - last_reconcile >= self.settings.reconcile_interval_s:
                 last_reconcile = time.monotonic()
                 for backend in self.pool.backends:
-                    if backend.ready:
-                        await self._reconcile(backend)
+                    if backend.ready:  # in the background: a stuck replica delays no check
+                        self._spawn(self._reconcile(backend))
 
     async def purge_expired(self) -> int:
         """Delete captured traffic older than each tenant's retention period."""

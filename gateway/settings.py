@@ -129,6 +129,15 @@ class Settings:
     reconcile_interval_s: float = field(
         default=30.0, metadata={"help": "How often replicas' loaded adapters are reconciled."}
     )
+    adapter_admin_timeout_s: float = field(
+        default=120.0,
+        metadata={
+            "help": "Longest wait for a replica to load or unload an adapter, or to answer a "
+            "swap's probe; a replica that misses it is left out of the swap (a promotion goes "
+            "ahead on the replicas that loaded and probed well, the rest get the version by "
+            "reconciliation)."
+        },
+    )
     canary_check_interval_s: float = field(
         default=5.0,
         metadata={
@@ -315,7 +324,11 @@ class Settings:
         self._check_upstream()
 
     def _check_upstream(self) -> None:
-        positive = ("upstream_first_token_timeout_s", "upstream_total_timeout_s")
+        positive = (
+            "upstream_first_token_timeout_s",
+            "upstream_total_timeout_s",
+            "adapter_admin_timeout_s",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"LOOPGATE_{name.upper()} must be greater than 0")

@@ -1,0 +1,149 @@
+"""A swap across two replicas when one of them is stuck: the promotion goes ahead on the healthy
+one, says which replica it left out and why, and reconciliation catches the other up later."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from gateway.app import create_app
+from tests.unit.adapter_files import pack, write_adapter
+from tests.unit.conftest import ADMIN, make_settings
+from tests.unit.fake_engine import FakeEngine
+
+HOSTS = ("r0.test", "r1.test")
+CHAT = {"model": "support", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Fleet:
+    """Two fake replicas behind one transport; a host in `stuck` hangs on the given paths
+    (its /health still answers, as a vLLM whose engine loop is stalled does)."""
+
+    engines: dict[str, FakeEngine] = field(default_factory=lambda: {h: FakeEngine() for h in HOSTS})
+    stuck: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if request.url.path in self.stuck.get(host, ()):
+            await asyncio.sleep(60)
+        return self.engines[host].handle(request)
+
+
+@dataclass
+class Env:
+    client: AsyncTestClient  # type: ignore[type-arg]
+    fleet: Fleet
+    key: str
+    version: str
+
+    async def promote(self) -> httpx.Response:
+        body = {"version": self.version, "force": True, "reason": "test"}
+        return await self.client.post(
+            "/admin/tenants/acme/aliases/support/promote", json=body, headers=ADMIN
+        )
+
+    async def chat(self) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        return await self.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+
+
+async def start(tmp_path: Path, fleet: Fleet, reconcile_s: float) -> AsyncIterator[Env]:
+    settings = make_settings(
+        tmp_path,
+        engine_urls=tuple(f"http://{h}" for h in HOSTS),
+        adapter_admin_timeout_s=0.3,
+        engine_health_interval_s=0.05,
+        reconcile_interval_s=reconcile_s,
+    )
+    app = create_app(settings, transport=httpx.MockTransport(fleet.handle))
+    async with AsyncTestClient(app) as client:
+        await client.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN)
+        key = (await client.post("/admin/tenants/acme/keys", json={}, headers=ADMIN)).json()["key"]
+        data = pack(write_adapter(tmp_path / "a1", seed=1))
+        resp = await client.post("/admin/tenants/acme/adapters", content=data, headers=ADMIN)
+        assert resp.status_code == 201, resp.text
+        deadline = time.monotonic() + 5
+        while (await client.get("/ready")).status_code != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        yield Env(client, fleet, key, resp.json()["id"])
+
+
+@pytest.fixture
+async def quick(tmp_path: Path) -> AsyncIterator[Env]:
+    async for env in start(tmp_path, Fleet(), reconcile_s=0.2):
+        yield env
+
+
+@pytest.fixture
+async def slow(tmp_path: Path) -> AsyncIterator[Env]:
+    async for env in start(tmp_path, Fleet(), reconcile_s=3600):
+        yield env
+
+
+async def wait_for(condition: object, what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_replica_stuck_loading_is_left_out_then_caught_up(quick: Env) -> None:
+    r0, r1 = (quick.fleet.engines[h] for h in HOSTS)
+    quick.fleet.stuck["r1.test"] = ("/v1/load_lora_adapter",)
+    started = time.monotonic()
+    resp = await quick.promote()
+    assert resp.status_code == 200, resp.text
+    assert time.monotonic() - started < 10  # bounded by the admin timeout, not the read timeout
+    report = resp.json()
+    assert report["replicas"] == ["replica-0"]
+    (note,) = report["left_out"]
+    assert note.startswith("replica-1:") and "did not answer /v1/load_lora_adapter" in note
+    assert len(r0.loras) == 1 and r1.loras == {}
+    for _ in range(4):
+        served = await quick.chat()
+        assert served.status_code == 200, served.text
+        assert served.headers["x-loopgate-adapter-version"] == quick.version
+    assert all(b["model"] in r0.loras for b in r0.bodies())
+    quick.fleet.stuck.clear()  # the replica recovers: reconciliation loads the live version
+    await wait_for(lambda: len(r1.loras) == 1, "the live version never reached replica-1")
+    (name,) = r1.loras
+    assert name.endswith(quick.version) and name not in r0.loras
+
+
+async def test_a_replica_whose_probe_hangs_is_left_out_and_unloaded(slow: Env) -> None:
+    r0, r1 = (slow.fleet.engines[h] for h in HOSTS)
+    slow.fleet.stuck["r1.test"] = ("/v1/chat/completions",)
+    resp = await slow.promote()
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["replicas"] == ["replica-0"]
+    (note,) = report["left_out"]
+    assert note.startswith("replica-1:") and "probe" in note and "no answer" in note
+    await wait_for(lambda: r1.loras == {}, "the placement on replica-1 was not unloaded")
+    assert len(r0.loras) == 1
+    assert [action for action, _ in r1.lora_log] == ["load", "unload"]
+    for _ in range(4):  # every request goes to replica-0 (one to replica-1 would hang)
+        served = await asyncio.wait_for(slow.chat(), 5)
+        assert served.status_code == 200 and served.headers["x-loopgate-adapter-version"] == (
+            slow.version
+        )
+
+
+async def test_when_every_replica_is_stuck_nothing_is_promoted(slow: Env) -> None:
+    for host in HOSTS:
+        slow.fleet.stuck[host] = ("/v1/load_lora_adapter",)
+    resp = await slow.promote()
+    assert resp.status_code == 502, resp.text
+    assert "did not answer /v1/load_lora_adapter" in resp.json()["error"]["message"]
+    history = await slow.client.get("/admin/tenants/acme/aliases/support/history", headers=ADMIN)
+    assert history.json() == []  # the alias never flipped
+    assert (await slow.chat()).status_code == 404
