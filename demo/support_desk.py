@@ -8,7 +8,7 @@ the traffic) of the base and of the promoted alias, and prints both with their c
 A second tenant whose "corrections" are answers to other questions (wrong targets) runs the same
 loop, and the gate must refuse its candidate.
 
-Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~20 minutes on a
+Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~9 minutes on a
 2-core CPU) or `python -m demo.support_desk --url http://127.0.0.1:8000 --admin-key ...`.
 """
 
@@ -205,6 +205,7 @@ class LoopOutcome:
     eval_id: str | None
     tenant_means: dict[str, float]
     guard_means: dict[str, float]
+    guard_lost: list[str] = field(default_factory=list)  # "case: candidate's answer"
 
 
 @dataclass(frozen=True)
@@ -405,14 +406,28 @@ def run_loop(
         time.sleep(POLL_S)
     tenant_means: dict[str, float] = {}
     guard_means: dict[str, float] = {}
+    lost: list[str] = []
     if run.get("eval_id"):
-        summary = admin.get(f"/admin/tenants/{tenant}/evals/{run['eval_id']}").json()["summary"]
+        evals = f"/admin/tenants/{tenant}/evals/{run['eval_id']}"
+        summary = admin.get(evals).json()["summary"]
         if summary:
             tenant_means, guard_means = summary["tenant"]["means"], summary["guard"]["means"]
+        lost = guard_cases_lost(admin.get(evals + "/results").json()["data"])
     return LoopOutcome(
         run["status"], list(run["reasons"]), run["seconds"], run.get("eval_id"), tenant_means,
-        guard_means,
+        guard_means, lost,
     )  # fmt: skip
+
+
+def guard_cases_lost(results: list[dict[str, object]]) -> list[str]:
+    """Guard cases the live version passed and the candidate failed, with the candidate's answer."""
+    guard = [r for r in results if r["suite"] == "guard"]
+    live_passed = {r["case_id"] for r in guard if r["system"] == "live" and r["passed"]}
+    return [
+        f"{r['case_id']}: {_clip(str(r['answer']), 60)}"
+        for r in guard
+        if r["system"] == "candidate" and not r["passed"] and r["case_id"] in live_passed
+    ]
 
 
 def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOutRow]:
@@ -498,6 +513,7 @@ def render(result: ScenarioResult) -> str:
         "  tenant suite (held-out split of the traffic, support and general questions) means: "
         + _means(g.tenant_means),
         f"  guard suite means: {_means(g.guard_means)} (loss {result.guard_loss:+.3f})",
+        *(f"    lost: {case}" for case in g.guard_lost),
         "  gate: " + "; ".join(g.reasons),
         f"bad loop: {result.bad.status}",
         *(f"  reason: {r}" for r in result.bad.reasons),

@@ -80,6 +80,14 @@ class Hyperparameters(msgspec.Struct, forbid_unknown_fields=True):
     lora_dropout: float | None = None
     max_seq_length: int | None = None
     quantization: Literal["nf4", "none"] | None = None
+    # Module names to put LoRA on (e.g. ["q_proj", "v_proj"]); default every linear layer.
+    lora_target_modules: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")]],
+            msgspec.Meta(min_length=1, max_length=32),
+        ]
+        | None
+    ) = None
 
 
 class Supervised(msgspec.Struct):
@@ -123,6 +131,7 @@ def train_config(h: Hyperparameters) -> TrainConfig:
             "dropout": h.lora_dropout,
             "max_seq_length": h.max_seq_length,
             "quantization": h.quantization,
+            "target_modules": tuple(h.lora_target_modules) if h.lora_target_modules else None,
         }
         return replace(config, **{k: v for k, v in extras.items() if v is not None})
     except ValueError as exc:

@@ -65,6 +65,7 @@ def job_object(j: FineTuningJob) -> dict[str, object]:
         "learning_rate_multiplier": config.get("learning_rate", 2e-4) / 2e-4,
         "lora_rank": config.get("rank"),
         "lora_alpha": config.get("alpha"),
+        "lora_target_modules": config.get("target_modules"),
     }
     return {
         "id": j.id,

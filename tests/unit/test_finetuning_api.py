@@ -58,11 +58,16 @@ def test_job_lifecycle_without_a_worker(env: Env) -> None:
         "training_file": file_id,
         "suffix": "style",
         "seed": 3,
-        "hyperparameters": {"n_epochs": 2, "lora_rank": 8},
+        "hyperparameters": {
+            "n_epochs": 2,
+            "lora_rank": 8,
+            "lora_target_modules": ["q_proj", "v_proj"],
+        },
     }
     job = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.auth()).json()
     assert job["object"] == "fine_tuning.job" and job["status"] == "queued"
     assert job["hyperparameters"]["n_epochs"] == 2 and job["hyperparameters"]["lora_rank"] == 8
+    assert job["hyperparameters"]["lora_target_modules"] == ["q_proj", "v_proj"]
     assert job["seed"] == 3 and job["training_file"] == file_id
     dataset_id = job["loopgate"]["dataset_id"]
     dataset = env.client.get(f"/v1/datasets/{dataset_id}", headers=env.auth()).json()
@@ -97,6 +102,9 @@ def test_bad_job_requests_are_clear_4xx(env: Env) -> None:
     assert create(hyperparameters={"n_epochs": 0})["http"] == 400
     assert create(hyperparameters={"lora_rank": 64})["http"] == 400
     assert create(hyperparameters={"bogus": 1})["http"] == 400
+    for targets in (["lm_head"], [], ["q_proj; rm -rf"], "q_proj"):
+        bad = create(hyperparameters={"lora_target_modules": targets})
+        assert bad["http"] == 400 and "target_modules" in bad["error"]["message"], bad
     assert create(suffix="has spaces")["http"] == 400
     assert create(method={"type": "dpo"})["http"] == 400
     globex_file = upload(env, GOOD, key=env.globex_key)["id"]

@@ -296,7 +296,8 @@ def test_checks_round_trip_through_json() -> None:
 async def test_guard_suite_loads_and_every_case_is_gradable() -> None:
     suite = load_guard_suite()
     assert suite.name == "guard"
-    assert 25 <= len(suite.cases) <= 40
+    # Enough cases that the default allowed drop (0.02) is two whole cases, not a fraction of one.
+    assert len(suite.cases) >= 100
     assert all(case.checks for case in suite.cases)
     capital = next(case for case in suite.cases if case.id == "capital-paris")
     assert (await grade_case(capital, "The capital of France is Paris.")).passed
