@@ -55,11 +55,13 @@ class Env:
         return await self.client.post("/v1/chat/completions", json=CHAT, headers=headers)
 
 
-async def start(tmp_path: Path, fleet: Fleet, reconcile_s: float) -> AsyncIterator[Env]:
+async def start(
+    tmp_path: Path, fleet: Fleet, reconcile_s: float, admin_timeout_s: float = 0.3
+) -> AsyncIterator[Env]:
     settings = make_settings(
         tmp_path,
         engine_urls=tuple(f"http://{h}" for h in HOSTS),
-        adapter_admin_timeout_s=0.3,
+        adapter_admin_timeout_s=admin_timeout_s,
         engine_health_interval_s=0.05,
         reconcile_interval_s=reconcile_s,
     )
@@ -86,6 +88,13 @@ async def quick(tmp_path: Path) -> AsyncIterator[Env]:
 @pytest.fixture
 async def slow(tmp_path: Path) -> AsyncIterator[Env]:
     async for env in start(tmp_path, Fleet(), reconcile_s=3600):
+        yield env
+
+
+@pytest.fixture
+async def patient(tmp_path: Path) -> AsyncIterator[Env]:
+    """Frequent reconciliation, and 30 s before a stuck replica's admin call gives up."""
+    async for env in start(tmp_path, Fleet(), reconcile_s=0.2, admin_timeout_s=30):
         yield env
 
 
@@ -147,3 +156,14 @@ async def test_when_every_replica_is_stuck_nothing_is_promoted(slow: Env) -> Non
     history = await slow.client.get("/admin/tenants/acme/aliases/support/history", headers=ADMIN)
     assert history.json() == []  # the alias never flipped
     assert (await slow.chat()).status_code == 404
+
+
+async def test_a_reconcile_pass_stuck_on_one_replica_delays_no_health_check(patient: Env) -> None:
+    patient.fleet.stuck["r1.test"] = ("/v1/models",)  # every reconcile of replica-1 hangs
+    await asyncio.sleep(0.5)  # a pass on replica-1 is under way now
+    r0 = patient.client.app.state.gateway.pool.backends[0]
+    assert r0.name == "replica-0" and r0.ready
+    patient.fleet.engines["r0.test"].healthy = False
+    await wait_for(lambda: not r0.ready, "replica-0 going down went unnoticed", timeout_s=2)
+    patient.fleet.engines["r0.test"].healthy = True
+    await wait_for(lambda: r0.ready, "replica-0 coming back went unnoticed", timeout_s=2)
