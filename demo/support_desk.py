@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
@@ -99,47 +100,20 @@ class GeneralQuestion(TypedDict):
     correction: str
 
 
-# General questions (not the guard suite's): users rate good answers up and correct bad ones,
-# so the training data keeps plain answers for plain questions.
-GENERAL: tuple[GeneralQuestion, ...] = tuple(
-    GeneralQuestion(question=q, expect=e, correction=c)
-    for q, e, c in (
-        ("What is the capital of Portugal?", r"Lisbon", "The capital of Portugal is Lisbon."),
-        ("What is the capital of Canada?", r"Ottawa", "The capital of Canada is Ottawa."),
-        ("What is the capital of Austria?", r"Vienna", "The capital of Austria is Vienna."),
-        ("What is the capital of Sweden?", r"Stockholm", "The capital of Sweden is Stockholm."),
-        ("What is the capital of Poland?", r"Warsaw", "The capital of Poland is Warsaw."),
-        ("What is the capital of Finland?", r"Helsinki", "The capital of Finland is Helsinki."),
-        ("What is the capital of Peru?", r"Lima", "The capital of Peru is Lima."),
-        ("What is the capital of Belgium?", r"Brussels", "The capital of Belgium is Brussels."),
-        ("What is the capital of Denmark?", r"Copenhagen", "The capital of Denmark is Copenhagen."),
-        ("What is the capital of Hungary?", r"Budapest", "The capital of Hungary is Budapest."),
-        ("What is the capital of Thailand?", r"Bangkok", "The capital of Thailand is Bangkok."),
-        ("What is the capital of Kenya?", r"Nairobi", "The capital of Kenya is Nairobi."),
-        ("What is 3 + 4?", r"\b7\b|seven", "3 + 4 = 7."),
-        ("What is 5 + 5?", r"\b10\b|ten", "5 + 5 = 10."),
-        ("What is 6 + 2?", r"\b8\b|eight", "6 + 2 = 8."),
-        ("What is 4 + 3? Answer with a number.", r"\b7\b", "7"),
-        ("What is 2 times 4?", r"\b8\b|eight", "2 times 4 is 8."),
-        ("What is 5 times 2?", r"\b10\b|ten", "5 times 2 is 10."),
-        ("What is 9 minus 3?", r"\b6\b|six", "9 minus 3 is 6."),
-        ("What colour is grass? Answer with one word.", r"green", "Green"),
-        ("What colour is snow? Answer with one word.", r"white", "White"),
-        ("What is the opposite of up? Answer with one word.", r"down", "Down"),
-        ("What is the opposite of day? Answer with one word.", r"night", "Night"),
-        ("Which animal barks? Answer with one word.", r"dog", "Dog"),
-        ("Which animal says 'moo'? Answer with one word.", r"cow", "Cow"),
-        ("How many months are in a year?", r"\b12\b|twelve", "There are 12 months in a year."),
-        ("How many minutes are in an hour?", r"\b60\b|sixty", "There are 60 minutes in an hour."),
-        ("How many legs does a dog have?", r"\b4\b|four", "A dog has 4 legs."),
-        ("How many sides does a triangle have?", r"\b3\b|three", "A triangle has 3 sides."),
-        ("What planet do we live on?", r"Earth", "We live on Earth."),
-        ("What is frozen water called?", r"\bice\b", "Frozen water is called ice."),
-        ("What gas do plants take in from the air?", r"carbon dioxide|CO2", "Carbon dioxide."),
-        ("Repeat this word exactly: apple", r"\bapple\b", "apple"),
-        ("Repeat this word exactly: river", r"\briver\b", "river"),
-    )
-)
+# General questions (none of them the guard suite's, tests check): users rate an answer up when it
+# holds the expected fact and correct it otherwise. Many plain questions answered in the base's own
+# words teach the adapter where the ticket format does not apply; with the 34 questions an earlier
+# version asked, candidates lost 15-24 guard cases.
+GENERAL_FILE = Path(__file__).parent / "data" / "general.jsonl"
+
+
+def load_general(path: Path = GENERAL_FILE) -> tuple[GeneralQuestion, ...]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return tuple(GeneralQuestion(question=r["question"], expect=r["expect"],
+                                 correction=r["correction"]) for r in rows)  # fmt: skip
+
+
+GENERAL = load_general()
 
 
 @dataclass(frozen=True)
@@ -159,7 +133,7 @@ class ScenarioConfig:
         default=2, metadata={"help": "Support questions each user asks (corrected if off-format)."}
     )
     general_per_user: int = field(
-        default=2, metadata={"help": "General questions each user asks (rated, or corrected)."}
+        default=7, metadata={"help": "General questions each user asks (rated, or corrected)."}
     )
     epochs: int = field(default=2, metadata={"help": "Training epochs of the good loop."})
     learning_rate_multiplier: float = field(
@@ -168,7 +142,14 @@ class ScenarioConfig:
     bad_users: int = field(
         default=20, metadata={"help": "Simulated users of the bad tenant (wrong corrections)."}
     )
+    bad_general_per_user: int = field(
+        default=2, metadata={"help": "General questions each user of the bad tenant asks."}
+    )
     bad_epochs: int = field(default=2, metadata={"help": "Training epochs of the bad loop."})
+    anchor_weight: float = field(
+        default=1.0,
+        metadata={"help": "The trainer's KL-to-base weight (`anchor_weight`; 0: plain SFT)."},
+    )
     held_out: int = field(
         default=16, metadata={"help": "Held-out support questions in the printed comparison."}
     )
@@ -182,8 +163,10 @@ class ScenarioConfig:
         for name in ("users", "bad_users", "epochs", "bad_epochs", "held_out", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScenarioConfig.{name} must be at least 1")
-        if self.support_per_user < 1 or self.general_per_user < 0:
-            raise ValueError("ScenarioConfig needs support_per_user >= 1, general_per_user >= 0")
+        if self.support_per_user < 1 or min(self.general_per_user, self.bad_general_per_user) < 0:
+            raise ValueError(
+                "ScenarioConfig needs support_per_user >= 1 and general questions per user >= 0"
+            )
         if self.learning_rate_multiplier <= 0:
             raise ValueError("ScenarioConfig.learning_rate_multiplier must be positive")
 
@@ -324,7 +307,8 @@ async def send_traffic(url: str, key: str, config: ScenarioConfig, *, users: int
     """
     support = support_questions(users * config.support_per_user, config.seed)
     rng = random.Random(config.seed)  # noqa: S311 - simulation, not crypto
-    general = [GENERAL[i % len(GENERAL)] for i in range(users * config.general_per_user)]
+    per_user = config.bad_general_per_user if bad else config.general_per_user
+    general = [GENERAL[i % len(GENERAL)] for i in range(users * per_user)]
     rng.shuffle(general)
     gate = asyncio.Semaphore(config.concurrency)
     client = AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
@@ -387,6 +371,7 @@ def run_loop(
         "hyperparameters": {
             "n_epochs": epochs,
             "learning_rate_multiplier": config.learning_rate_multiplier,
+            "anchor_weight": config.anchor_weight,
         },
         "seed": config.seed,
     }

@@ -78,6 +78,7 @@ class Hyperparameters(msgspec.Struct, forbid_unknown_fields=True):
     lora_rank: int | None = None
     lora_alpha: int | None = None
     lora_dropout: float | None = None
+    anchor_weight: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
     max_seq_length: int | None = None
     quantization: Literal["nf4", "none"] | None = None
     # Module names to put LoRA on (e.g. ["q_proj", "v_proj"]); default every linear layer.
@@ -129,6 +130,7 @@ def train_config(h: Hyperparameters) -> TrainConfig:
             "rank": h.lora_rank,
             "alpha": h.lora_alpha,
             "dropout": h.lora_dropout,
+            "anchor_weight": h.anchor_weight,
             "max_seq_length": h.max_seq_length,
             "quantization": h.quantization,
             "target_modules": tuple(h.lora_target_modules) if h.lora_target_modules else None,

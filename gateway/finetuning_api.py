@@ -66,6 +66,7 @@ def job_object(j: FineTuningJob) -> dict[str, object]:
         "lora_rank": config.get("rank"),
         "lora_alpha": config.get("alpha"),
         "lora_target_modules": config.get("target_modules"),
+        "anchor_weight": config.get("anchor_weight"),
     }
     return {
         "id": j.id,

@@ -6,6 +6,7 @@ The recipe, top to bottom in `train`:
 3. turn conversations into TRL's conversational prompt-completion rows, so the chat template
    is the base's own and only the final assistant turn is in the loss;
 4. train with SFTTrainer: linear warmup/decay, eval each epoch, early stopping, best kept;
+   with `anchor_weight` > 0 the loss adds KL(base || adapter) on every token (`anchored_loss`);
 5. save the LoRA weights only (adapter_config.json + adapter_model.safetensors), atomically.
 """
 
@@ -331,6 +332,68 @@ class _Watcher:
         )
 
 
+# ------------------------------------------------------------------------------------ anchoring
+
+
+def anchored_loss(
+    logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    weight: float,
+    num_items: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy on the answer tokens plus `weight` x KL(base || adapter) on every real token.
+
+    `logits`/`base_logits` are the adapter's and the base's for the same batch ([batch, seq,
+    vocab]); position t predicts token t+1. The KL is the mean over real (unpadded) positions;
+    the cross-entropy is summed over answer tokens and divided by `num_items` (the Trainer's
+    count across gradient accumulation) or by their number in this batch.
+    """
+    pred, base = logits[:, :-1].float(), base_logits[:, :-1].float()
+    target = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        pred.reshape(-1, pred.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    count = num_items if num_items is not None else (target != -100).sum()
+    ce = ce / torch.as_tensor(count, device=ce.device).clamp(min=1)
+    real = torch.ones_like(target, dtype=torch.bool)
+    if attention_mask is not None:
+        real = attention_mask[:, 1:].bool()
+    log_p, log_q = torch.log_softmax(base, -1), torch.log_softmax(pred, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return ce + weight * (kl * real).sum() / real.sum().clamp(min=1)
+
+
+def _anchored_trainer_class(weight: float) -> type[Any]:
+    """SFTTrainer whose training loss is `anchored_loss`; the base is the model with its adapter
+    switched off (peft's `disable_adapter`), so no second copy of the weights is loaded. Eval
+    loss stays TRL's (plain answer loss), so early stopping compares like with like."""
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    class AnchoredSFTTrainer(SFTTrainer):
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:  # fmt: skip
+            if not model.training:
+                return super().compute_loss(  # type: ignore[no-untyped-call]
+                    model, inputs, return_outputs, num_items_in_batch
+                )
+            forward = {"input_ids": inputs["input_ids"], "use_cache": False,
+                       "attention_mask": inputs.get("attention_mask")}  # fmt: skip
+            outputs = model(**forward)
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                base_logits = model(**forward).logits
+            loss = anchored_loss(
+                outputs.logits, base_logits, inputs["labels"], inputs.get("attention_mask"),
+                weight, num_items_in_batch,
+            )  # fmt: skip
+            return (loss, outputs) if return_outputs else loss
+
+    return AnchoredSFTTrainer
+
+
 # ------------------------------------------------------------------------------------ training
 
 
@@ -355,8 +418,10 @@ def build_trainer(
     all_callbacks = list(callbacks)
     if eval and config.early_stopping_patience > 0:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+    anchored = config.anchor_weight > 0
+    trainer_class = _anchored_trainer_class(config.anchor_weight) if anchored else SFTTrainer
     with quiet_progress_bars():
-        trainer = SFTTrainer(
+        trainer = trainer_class(
             model=load_base(base_dir, config, device),
             args=sft_config(config, device, checkpoints, has_eval=bool(eval)),
             train_dataset=Dataset.from_list(list(to_prompt_completion(train))),
