@@ -582,8 +582,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stack ready in {time.monotonic() - started:.0f} s at {url}")
                 result = run_scenario(url, admin_key)
     print(render(result))
-    print(f"wall time: {time.monotonic() - started:.0f} s")
-    return 0
+    wall = time.monotonic() - started
+    print(f"wall time: {wall:.0f} s")
+    missed = targets_missed(result, wall)
+    for line in missed:
+        print(f"target missed: {line}")
+    return 1 if missed else 0
+
+
+def targets_missed(result: ScenarioResult, wall_s: float) -> list[str]:
+    """The demo's promises (issue #6) that this run did not keep; empty when all were kept."""
+    checks = (
+        (result.base_rate <= 0.10, f"base ticket rate {result.base_rate:.0%} > 10%"),
+        (result.promoted_rate >= 0.90, f"promoted ticket rate {result.promoted_rate:.0%} < 90%"),
+        (result.good.status == "promoted", f"the good candidate was {result.good.status}"),
+        (result.bad.status == "refused", f"the bad candidate was {result.bad.status}"),
+        (wall_s <= 900, f"wall time {wall_s:.0f} s > 900 s"),
+    )
+    missed = [why for ok, why in checks if not ok]
+    if not result.good.guard_means:
+        missed.append("no guard suite result (the eval did not run)")
+    elif result.guard_loss > 0.02:
+        missed.append(f"guard loss {result.guard_loss:.3f} > 0.020")
+    return missed
 
 
 if __name__ == "__main__":

@@ -62,12 +62,14 @@ def test_job_lifecycle_without_a_worker(env: Env) -> None:
             "n_epochs": 2,
             "lora_rank": 8,
             "lora_target_modules": ["q_proj", "v_proj"],
+            "anchor_weight": 0.5,
         },
     }
     job = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.auth()).json()
     assert job["object"] == "fine_tuning.job" and job["status"] == "queued"
     assert job["hyperparameters"]["n_epochs"] == 2 and job["hyperparameters"]["lora_rank"] == 8
     assert job["hyperparameters"]["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert job["hyperparameters"]["anchor_weight"] == 0.5
     assert job["seed"] == 3 and job["training_file"] == file_id
     dataset_id = job["loopgate"]["dataset_id"]
     dataset = env.client.get(f"/v1/datasets/{dataset_id}", headers=env.auth()).json()
@@ -105,6 +107,8 @@ def test_bad_job_requests_are_clear_4xx(env: Env) -> None:
     for targets in (["lm_head"], [], ["q_proj; rm -rf"], "q_proj"):
         bad = create(hyperparameters={"lora_target_modules": targets})
         assert bad["http"] == 400 and "target_modules" in bad["error"]["message"], bad
+    for weight in (-0.1, 101, "high"):
+        assert create(hyperparameters={"anchor_weight": weight})["http"] == 400
     assert create(suffix="has spaces")["http"] == 400
     assert create(method={"type": "dpo"})["http"] == 400
     globex_file = upload(env, GOOD, key=env.globex_key)["id"]

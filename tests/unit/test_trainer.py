@@ -20,6 +20,7 @@ from training.trainer import (
     TrainingCancelled,
     TrainingError,
     TrainResult,
+    anchored_loss,
     build_trainer,
     hash_base_weights,
     preflight,
@@ -277,3 +278,55 @@ def test_openai_hyperparameters_map_onto_the_config() -> None:
         from_hyperparameters(n_epochs="many")
     with pytest.raises(ValueError, match="learning_rate_multiplier"):
         from_hyperparameters(learning_rate_multiplier=-1)
+
+
+# ------------------------------------------------------------------------------ anchoring
+
+
+def test_anchored_loss_is_answer_ce_plus_weighted_kl_over_real_tokens() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=gen)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    # Position t predicts token t+1: the answer tokens are labels[:, 1:] that are not -100.
+    answer = [(0, 1, 3), (0, 2, 4), (0, 3, 5), (1, 0, 1), (1, 1, 2)]
+    ce = -sum(torch.log_softmax(logits[b, t], -1)[tok] for b, t, tok in answer) / len(answer)
+    same = anchored_loss(logits, logits.clone(), labels, mask, 1.0)
+    assert torch.allclose(same, ce, atol=1e-5)  # identical to the base: no KL at all
+    base = torch.randn(2, 5, 7, generator=gen)
+    anchored = anchored_loss(logits, base, labels, mask, 2.0)
+    real = [(0, t) for t in range(4)] + [(1, 0), (1, 1)]  # padded positions are left out
+    kl = sum(
+        torch.nn.functional.kl_div(
+            torch.log_softmax(logits[b, t], -1), torch.log_softmax(base[b, t], -1),
+            log_target=True, reduction="sum",
+        )
+        for b, t in real
+    ) / len(real)  # fmt: skip
+    assert kl > 0 and torch.allclose(anchored, ce + 2.0 * kl, atol=1e-5)
+    padded = logits.clone()
+    padded[1, 3:] += 5.0  # what the model says on padding changes nothing
+    assert torch.allclose(anchored_loss(padded, base, labels, mask, 2.0), anchored, atol=1e-5)
+
+
+def test_anchored_trainer_starts_at_the_plain_loss_and_trains(
+    base_dir: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        quantization="none", torch_threads=1, batch_size=2, max_seq_length=256, max_steps=2,
+        learning_rate=5e-3, anchor_weight=1.0, gradient_checkpointing=False,
+    )  # fmt: skip
+    with torch_threads(1):
+        trainer = build_trainer(base_dir, TRAIN[:4], [], config, tmp_path / "ckpt")
+        batch = next(iter(trainer.get_train_dataloader()))
+        model = trainer.model.train()
+        anchored = trainer.compute_loss(model, dict(batch))
+        plain = type(trainer).__mro__[1].compute_loss(trainer, model, dict(batch))
+        # The LoRA update starts at zero, so the adapter is the base: the KL term is 0.
+        assert torch.allclose(anchored, plain, rtol=1e-4), (anchored, plain)
+        result = trainer.train()
+        assert torch.isfinite(torch.tensor(result.training_loss))
+        after = trainer.compute_loss(model.train(), dict(batch))
+        assert after < anchored  # it learned the answers despite the pull toward the base
+    with pytest.raises(ValueError, match="anchor_weight"):
+        TrainConfig(anchor_weight=-1.0)

@@ -1,13 +1,26 @@
-"""The support-desk demo's data (held-out questions new to the loop, the format check) and how it
-reads an eval's results.
+"""The support-desk demo's data (held-out questions new to the loop, general questions apart from
+the guard suite, the format check), how it reads an eval's results and judges its targets.
 
-The scenario itself (`python -m demo.support_desk`) is not part of the suite: on this machine its
-candidates lift the ticket format from 0% to 100% on held-out questions but lose 15-18 of the 118
-guard cases, so the gate (rightly) refuses them; see the README's demo paragraph."""
+The scenario itself (`python -m demo.support_desk`, exit 1 when a target is missed) is not part of
+the suite: on this machine its candidates lift the ticket format from 0% to 100% on held-out
+questions, but still lose more than the allowed 2 points of the guard suite, so the gate (rightly)
+refuses them; see the README's demo paragraph."""
 
 from __future__ import annotations
 
-from demo.support_desk import compliant, guard_cases_lost, support_questions
+import re
+
+from demo.support_desk import (
+    GENERAL,
+    HeldOutRow,
+    LoopOutcome,
+    ScenarioResult,
+    compliant,
+    guard_cases_lost,
+    support_questions,
+    targets_missed,
+)
+from evals.suite import load_guard_suite
 
 
 def test_held_out_questions_never_appear_in_the_traffic() -> None:
@@ -31,3 +44,35 @@ def test_guard_cases_lost_are_those_live_passed_and_the_candidate_failed() -> No
         {**row("d", "candidate", False), "suite": "tenant"},
     ]  # fmt: skip
     assert guard_cases_lost(results) == ["a: candidate on a"]
+
+
+def test_general_questions_are_not_the_guard_suites_and_grade_their_own_corrections() -> None:
+    guard = {case.question.strip().lower() for case in load_guard_suite().cases}
+    assert len(GENERAL) >= 150
+    for q in GENERAL:
+        assert q["question"].strip().lower() not in guard, q
+        assert re.search(q["expect"], q["correction"], re.IGNORECASE), q
+
+
+def test_targets_missed_names_each_broken_promise() -> None:
+    def outcome(status: str, live: float, candidate: float) -> LoopOutcome:
+        means = {"live": live, "candidate": candidate}
+        return LoopOutcome(status, [], {}, "ev-1", {}, means if live else {})
+
+    row = HeldOutRow("q", "base", "promoted")
+    good = ScenarioResult(
+        [row], 0.0, 1.0, outcome("promoted", 0.95, 0.94), outcome("refused", 0.9, 0.5), {}
+    )
+    assert targets_missed(good, 600) == []
+    bad = ScenarioResult(
+        [row], 0.25, 0.5, outcome("refused", 0.95, 0.90), outcome("promoted", 0.9, 0.9), {}
+    )
+    missed = targets_missed(bad, 1000)
+    assert len(missed) == 6 and "guard loss 0.050 > 0.020" in missed
+    no_eval = ScenarioResult(
+        [row], 0.0, 1.0, outcome("failed", 0.0, 0.0), outcome("refused", 0.9, 0.5), {}
+    )
+    assert targets_missed(no_eval, 600) == [
+        "the good candidate was failed",
+        "no guard suite result (the eval did not run)",
+    ]
