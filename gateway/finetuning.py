@@ -78,7 +78,7 @@ class Hyperparameters(msgspec.Struct, forbid_unknown_fields=True):
     lora_rank: int | None = None
     lora_alpha: int | None = None
     lora_dropout: float | None = None
-    anchor_weight: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    anchor_weight: float | None = None  # bounds checked by TrainConfig (one place)
     max_seq_length: int | None = None
     quantization: Literal["nf4", "none"] | None = None
     # Module names to put LoRA on (e.g. ["q_proj", "v_proj"]); default every linear layer.
