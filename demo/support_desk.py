@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, TypedDict
 
 import httpx
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI
 
 from gateway.supervisor import free_port
 
@@ -148,7 +148,10 @@ class ScenarioConfig:
     bad_epochs: int = field(default=2, metadata={"help": "Training epochs of the bad loop."})
     anchor_weight: float = field(
         default=1.0,
-        metadata={"help": "The trainer's KL-to-base weight (`anchor_weight`; 0: plain SFT)."},
+        metadata={
+            "help": "The good desk's KL-to-base weight (`anchor_weight`; 0: plain SFT). The bad "
+            "desk trains without it: its candidate only has to be wrong, and sooner."
+        },
     )
     held_out: int = field(
         default=16, metadata={"help": "Held-out support questions in the printed comparison."}
@@ -362,7 +365,12 @@ def create_tenant(admin: httpx.Client, name: str) -> str:
 
 
 def run_loop(
-    admin: httpx.Client, tenant: str, epochs: int, config: ScenarioConfig, log: Log
+    admin: httpx.Client,
+    tenant: str,
+    epochs: int,
+    anchor_weight: float,
+    config: ScenarioConfig,
+    log: Log,
 ) -> LoopOutcome:
     """Start the loop, print each new step as it happens, and return how it ended."""
     body = {
@@ -371,7 +379,7 @@ def run_loop(
         "hyperparameters": {
             "n_epochs": epochs,
             "learning_rate_multiplier": config.learning_rate_multiplier,
-            "anchor_weight": config.anchor_weight,
+            "anchor_weight": anchor_weight,
         },
         "seed": config.seed,
     }
@@ -417,20 +425,30 @@ def guard_cases_lost(results: list[dict[str, object]]) -> list[str]:
 
 def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOutRow]:
     """New support questions (items never seen in traffic), asked of the base and the alias."""
-    client = OpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
-
-    def ask(model: str, question: str) -> str:
-        reply = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": question}],
-            temperature=0,
-            max_tokens=40,
-        )
-        return reply.choices[0].message.content or ""
-
     questions = support_questions(config.held_out, config.seed, held_out=True)
-    return [HeldOutRow(q.question, ask(BASE_MODEL, q.question), ask(ALIAS, q.question))
-            for q in questions]  # fmt: skip
+
+    async def ask_all() -> list[HeldOutRow]:
+        client = AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
+        gate = asyncio.Semaphore(config.concurrency)
+
+        async def ask(model: str, question: str) -> str:
+            async with gate:
+                reply = await client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": question}],
+                    temperature=0,
+                    max_tokens=40,
+                )
+            return reply.choices[0].message.content or ""
+
+        async with client:
+            base = await asyncio.gather(*(ask(BASE_MODEL, q.question) for q in questions))
+            promoted = await asyncio.gather(*(ask(ALIAS, q.question) for q in questions))
+        return [
+            HeldOutRow(q.question, b, p) for q, b, p in zip(questions, base, promoted, strict=True)
+        ]
+
+    return asyncio.run(ask_all())
 
 
 # -- the scenario --------------------------------------------------------------------------------
@@ -454,7 +472,7 @@ def run_scenario(
         log(f"   {sent} completions with feedback in {seconds['traffic']} s")
         log(f"2. the loop for '{good}' (alias '{ALIAS}')")
         t = time.monotonic()
-        good_outcome = run_loop(admin, good, config.epochs, config, log)
+        good_outcome = run_loop(admin, good, config.epochs, config.anchor_weight, config, log)
         seconds["loop"] = round(time.monotonic() - t, 1)
         log("3. held-out support questions: base vs promoted")
         t = time.monotonic()
@@ -464,7 +482,7 @@ def run_scenario(
         log(f"4. a bad desk '{bad}': {config.bad_users} users whose corrections are wrong answers")
         t = time.monotonic()
         asyncio.run(send_traffic(url, keys[bad], config, users=config.bad_users, bad=True))
-        bad_outcome = run_loop(admin, bad, config.bad_epochs, config, log)
+        bad_outcome = run_loop(admin, bad, config.bad_epochs, 0.0, config, log)
         seconds["bad"] = round(time.monotonic() - t, 1)
     seconds["total"] = round(time.monotonic() - t0, 1)
     n = len(rows)
@@ -590,15 +608,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if missed else 0
 
 
-def targets_missed(result: ScenarioResult, wall_s: float) -> list[str]:
-    """The demo's promises (issue #6) that this run did not keep; empty when all were kept."""
-    checks = (
+def targets_missed(result: ScenarioResult, wall_s: float | None) -> list[str]:
+    """The demo's promises (issue #6) that this run did not keep; empty when all were kept.
+
+    `wall_s` None leaves the 15-minute promise out (the test suite checks behaviour, not speed;
+    `python -m demo.support_desk` checks and prints it)."""
+    checks = [
         (result.base_rate <= 0.10, f"base ticket rate {result.base_rate:.0%} > 10%"),
         (result.promoted_rate >= 0.90, f"promoted ticket rate {result.promoted_rate:.0%} < 90%"),
         (result.good.status == "promoted", f"the good candidate was {result.good.status}"),
         (result.bad.status == "refused", f"the bad candidate was {result.bad.status}"),
-        (wall_s <= 900, f"wall time {wall_s:.0f} s > 900 s"),
-    )
+    ]
+    if wall_s is not None:
+        checks.append((wall_s <= 900, f"wall time {wall_s:.0f} s > 900 s"))
     missed = [why for ok, why in checks if not ok]
     if not result.good.guard_means:
         missed.append("no guard suite result (the eval did not run)")

@@ -69,6 +69,7 @@ def test_targets_missed_names_each_broken_promise() -> None:
     )
     missed = targets_missed(bad, 1000)
     assert len(missed) == 6 and "guard loss 0.050 > 0.020" in missed
+    assert targets_missed(bad, None) == [m for m in missed if not m.startswith("wall time")]
     no_eval = ScenarioResult(
         [row], 0.0, 1.0, outcome("failed", 0.0, 0.0), outcome("refused", 0.9, 0.5), {}
     )
