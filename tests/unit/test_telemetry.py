@@ -96,7 +96,7 @@ def test_request_and_upstream_spans_with_genai_attributes(
     assert servers["req-stream-1"].status.code != Status.STATUS_CODE_ERROR
     # Never keys, prompts or completions, in any exported byte.
     exported = b"".join(collector.raw)
-    for secret in (key, key.split("-")[2], PROMPT, "Paris-completion-text", " capital"):
+    for secret in (key, key.split("-", 2)[2], PROMPT, "Paris-completion-text", " capital"):
         assert secret.encode() not in exported
 
 
@@ -150,7 +150,7 @@ def test_json_logs_carry_request_ids_and_never_keys(
     assert transport["time"].endswith("+00:00")
     outside = lines[-1]
     assert "request_id" not in outside and outside["logger"] == "loopgate.test"
-    assert key not in log_output.getvalue() and key.split("-")[2] not in log_output.getvalue()
+    assert key not in log_output.getvalue() and key.split("-", 2)[2] not in log_output.getvalue()
     assert outside["message"] == f"a key lg-{key.split('-')[1]}-*** in a message"
 
 
