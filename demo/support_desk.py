@@ -437,7 +437,7 @@ def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOut
                 )
             return reply.choices[0].message.content or ""
 
-        async with client:
+        async with client:  # one model at a time: a vLLM-CPU batch may mix LoRA into base rows
             base = await asyncio.gather(*(ask(BASE_MODEL, q.question) for q in questions))
             promoted = await asyncio.gather(*(ask(ALIAS, q.question) for q in questions))
         return [
