@@ -8,7 +8,7 @@ the traffic) of the base and of the promoted alias, and prints both with their c
 A second tenant whose "corrections" are answers to other questions (wrong targets) runs the same
 loop, and the gate must refuse its candidate.
 
-Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~9 minutes on a
+Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~12 minutes on a
 2-core CPU) or `python -m demo.support_desk --url http://127.0.0.1:8000 --admin-key ...`.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, TypedDict
 
 import httpx
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, omit
 
 from gateway.supervisor import free_port
 
@@ -130,12 +130,12 @@ class ScenarioConfig:
 
     users: int = field(default=28, metadata={"help": "Distinct simulated end users (`user`)."})
     support_per_user: int = field(
-        default=2, metadata={"help": "Support questions each user asks (corrected if off-format)."}
+        default=3, metadata={"help": "Support questions each user asks (corrected if off-format)."}
     )
     general_per_user: int = field(
         default=7, metadata={"help": "General questions each user asks (rated, or corrected)."}
     )
-    epochs: int = field(default=2, metadata={"help": "Training epochs of the good loop."})
+    epochs: int = field(default=1, metadata={"help": "Training epochs of the good loop."})
     learning_rate_multiplier: float = field(
         default=5.0, metadata={"help": "Multiplier on the trainer's base learning rate."}
     )
@@ -145,7 +145,7 @@ class ScenarioConfig:
     bad_general_per_user: int = field(
         default=2, metadata={"help": "General questions each user of the bad tenant asks."}
     )
-    bad_epochs: int = field(default=2, metadata={"help": "Training epochs of the bad loop."})
+    bad_epochs: int = field(default=1, metadata={"help": "Training epochs of the bad loop."})
     anchor_weight: float = field(
         default=1.0,
         metadata={
@@ -264,26 +264,38 @@ class Exchange:
 
 
 async def _ask(
-    client: AsyncOpenAI, gate: asyncio.Semaphore, user: str, question: str, max_tokens: int
+    client: AsyncOpenAI,
+    gate: asyncio.Semaphore,
+    user: str | None,
+    question: str,
+    max_tokens: int,
+    *,
+    model: str = ALIAS,
 ) -> Exchange:
+    """One greedy question through the gateway; `user` None leaves the end-user id out."""
     async with gate:
         reply = await client.chat.completions.create(
-            model=ALIAS,
+            model=model,
             messages=[{"role": "user", "content": question}],
             temperature=0,
             max_tokens=max_tokens,
-            user=user,
+            user=omit if user is None else user,
         )
-    return Exchange(user, question, reply.choices[0].message.content or "", reply.id)
+    return Exchange(user or "", question, reply.choices[0].message.content or "", reply.id)
 
 
 async def _feedback(
     http: httpx.AsyncClient, gate: asyncio.Semaphore, ex: Exchange, body: dict[str, str]
 ) -> None:
-    async with gate:
-        resp = await http.post(
-            f"/v1/chat/completions/{ex.completion_id}/feedback", json={**body, "user": ex.user}
-        )
+    """Rate or correct one answer; a 503/429 (store busy, rate limit) is retried as told."""
+    for attempt in range(4):
+        async with gate:
+            resp = await http.post(
+                f"/v1/chat/completions/{ex.completion_id}/feedback", json={**body, "user": ex.user}
+            )
+        if resp.status_code not in (429, 503) or attempt == 3:
+            break
+        await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
     resp.raise_for_status()
 
 
@@ -427,21 +439,16 @@ def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOut
         client = AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
         gate = asyncio.Semaphore(config.concurrency)
 
-        async def ask(model: str, question: str) -> str:
-            async with gate:
-                reply = await client.chat.completions.create(
-                    model=model,
-                    messages=[{"role": "user", "content": question}],
-                    temperature=0,
-                    max_tokens=40,
-                )
-            return reply.choices[0].message.content or ""
-
         async with client:  # one model at a time: a vLLM-CPU batch may mix LoRA into base rows
-            base = await asyncio.gather(*(ask(BASE_MODEL, q.question) for q in questions))
-            promoted = await asyncio.gather(*(ask(ALIAS, q.question) for q in questions))
+            base = await asyncio.gather(
+                *(_ask(client, gate, None, q.question, 40, model=BASE_MODEL) for q in questions)
+            )
+            promoted = await asyncio.gather(
+                *(_ask(client, gate, None, q.question, 40) for q in questions)
+            )
         return [
-            HeldOutRow(q.question, b, p) for q, b, p in zip(questions, base, promoted, strict=True)
+            HeldOutRow(q.question, b.answer, p.answer)
+            for q, b, p in zip(questions, base, promoted, strict=True)
         ]
 
     return asyncio.run(ask_all())

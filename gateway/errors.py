@@ -12,6 +12,7 @@
     ├── UpstreamUnavailable       502 upstream_error         (connection refused / reset)
     ├── EngineError               vLLM's own status + body, passed through once (5xx → 502)
     ├── EngineNotReady            503 service_unavailable
+    ├── StoreBusy                 503 service_unavailable    (SQLite still locked after its wait)
     └── UpstreamTimeout           504 timeout_error
 
 Errors from vLLM itself (its own 4xx bodies) are passed through once by `upstream`, never
@@ -21,6 +22,7 @@ wrapped a second time.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import ClassVar
 
 import msgspec
@@ -122,6 +124,17 @@ class EngineNotReady(LoopgateError):
         return {"retry-after": "5"}
 
 
+class StoreBusy(LoopgateError):
+    """Another process (a training worker, a second gateway) held the SQLite write lock for
+    longer than the store's busy timeout; nothing was written, the client may retry."""
+
+    status = 503
+    type = "service_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
 class UpstreamTimeout(LoopgateError):
     status = 504
     type = "timeout_error"
@@ -194,6 +207,17 @@ def handle_http_exception(_: Request[object, object, State], exc: HTTPException)
     return _response(status, ErrorEnvelope(ErrorBody(message, kind)), headers)
 
 
+def handle_sqlite_error(
+    request: Request[object, object, State], exc: sqlite3.OperationalError
+) -> Response[bytes]:
+    """A locked SQLite file is a retryable 503, not an internal error; anything else is one."""
+    if "locked" not in str(exc) and "busy" not in str(exc):
+        return handle_unexpected(request, exc)
+    log.warning("store busy on %s %s: %s", request.method, request.url.path, exc)
+    err = StoreBusy("the store is busy; nothing was written, retry shortly", code="store_busy")
+    return handle_loopgate_error(request, err)
+
+
 def handle_unexpected(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     """Last resort: log with the trace, answer without one."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -205,5 +229,6 @@ EXCEPTION_HANDLERS = {
     EngineError: handle_engine_error,
     LoopgateError: handle_loopgate_error,
     HTTPException: handle_http_exception,
+    sqlite3.OperationalError: handle_sqlite_error,
     Exception: handle_unexpected,
 }

@@ -28,6 +28,8 @@ from gateway.store.sqlite_evals import EvalsMixin
 from gateway.store.sqlite_limits import LimitsMixin
 from gateway.store.sqlite_training import TrainingMixin
 
+BUSY_TIMEOUT_MS = 30_000
+
 
 class _AdapterMixin(SQLiteMixin):
     """SQLite statements for adapter versions and alias history."""
@@ -143,7 +145,10 @@ class SQLiteStore(_AdapterMixin, CaptureMixin, TrainingMixin, EvalsMixin, Limits
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        # Other processes write too (the training worker, other gateways); a write waits up to
+        # BUSY_TIMEOUT_MS for their lock (measured: 5 s was once not enough on a loaded 2-core
+        # host), then fails as a retryable 503 (`errors.handle_sqlite_error`).
+        await self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         await self._enable_wal()
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA foreign_keys=ON")

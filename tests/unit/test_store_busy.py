@@ -1,0 +1,69 @@
+"""Another process holding SQLite's write lock: the gateway's write waits for it (longer than the
+5 s that once failed a demo's feedback POST with a 500), and a lock that outlasts the wait is a
+retryable 503 in OpenAI shape, never a 500 with a trace."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from litestar import Litestar, get
+from litestar.testing import TestClient
+
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.store import open_store
+
+
+async def test_a_write_waits_out_another_connections_lock(tmp_path: Path) -> None:
+    path = tmp_path / "loopgate.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        held = threading.Event()
+
+        def other_process() -> None:  # a training worker mid-transaction, say
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            held.set()
+            time.sleep(6.0)
+            conn.execute("COMMIT")
+            conn.close()
+
+        thread = threading.Thread(target=other_process)
+        thread.start()
+        assert await asyncio.to_thread(held.wait, 5)
+        started = time.monotonic()
+        tenant = await store.create_tenant("ten_1", "acme")
+        waited = time.monotonic() - started
+        thread.join()
+        assert waited >= 5.5  # it waited for the lock (the old 5 s timeout failed here)
+        assert await store.get_tenant("acme") == tenant
+    finally:
+        await store.close()
+
+
+@get("/locked", sync_to_thread=False)
+def locked() -> None:
+    raise sqlite3.OperationalError("database is locked")
+
+
+@get("/broken", sync_to_thread=False)
+def broken() -> None:
+    raise sqlite3.OperationalError("no such table: secrets_of_the_schema")
+
+
+def test_a_lock_that_outlasts_the_wait_is_a_retryable_503() -> None:
+    app = Litestar([locked, broken], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        busy = client.get("/locked")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["type"] == "service_unavailable"
+        assert busy.json()["error"]["code"] == "store_busy"
+        other = client.get("/broken")
+        assert other.status_code == 500
+        assert other.json()["error"]["type"] == "api_error"
+        for resp in (busy, other):
+            assert "Traceback" not in resp.text and "sqlite" not in resp.text.lower()
