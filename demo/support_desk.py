@@ -145,7 +145,13 @@ class ScenarioConfig:
     bad_general_per_user: int = field(
         default=2, metadata={"help": "General questions each user of the bad tenant asks."}
     )
-    bad_epochs: int = field(default=1, metadata={"help": "Training epochs of the bad loop."})
+    bad_epochs: int = field(
+        default=2,
+        metadata={
+            "help": "Training epochs of the bad loop. With 1, its weakly trained adapter failed "
+            "the engine parity check (67%: two near-tied answers) before reaching the gate."
+        },
+    )
     anchor_weight: float = field(
         default=1.0,
         metadata={
