@@ -443,7 +443,10 @@ class FineTuning:
             return
         engine = await self._engine_outputs(job, out)
         report = compare(
-            result.get("parity_reference", []), engine, self.settings.parity_min_agreement
+            result.get("parity_reference", []),
+            engine,
+            self.settings.parity_min_agreement,
+            ties=result.get("parity_ties"),  # absent in results of jobs trained before it existed
         )
         result["parity"] = msgspec.to_builtins(report)
         await self.store.add_job_event(

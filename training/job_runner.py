@@ -23,7 +23,7 @@ import msgspec
 
 from gateway.store import FineTuningJob, JobChanges, Store
 from training.dataset import read_split
-from training.parity import PARITY_PROMPTS, peft_greedy
+from training.parity import PARITY_PROMPTS, peft_reference
 from training.trainer import Progress, TrainingCancelled, TrainingError, preflight, train
 from training.trainer_config import Device, TrainConfig
 
@@ -187,11 +187,12 @@ class JobRunner:
             return
         await self._event(job, "preflight passed; computing the reference (peft) outputs")
         prompts = list(PARITY_PROMPTS)
-        reference = await asyncio.to_thread(peft_greedy, env.base_dir, out, prompts)
+        reference = await asyncio.to_thread(peft_reference, env.base_dir, out, prompts)
         result = {
             "training": training,
             "preflight": msgspec.to_builtins(manifest),
-            "parity_reference": reference,
+            "parity_reference": [r.answer for r in reference],
+            "parity_ties": [r.tie_at for r in reference],
         }
         moved = await self.store.update_job(
             job.id,

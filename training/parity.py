@@ -10,6 +10,15 @@ first `judge_chars` characters (default 24, about the first 6 tokens of English 
 guards against, an adapter the engine applies differently from peft (wrong scaling, missing
 modules, another base), shows in the first tokens. Answers are compared after stripping
 whitespace. Measured here: a heavily fitted adapter agreed on 28-78 characters of each answer.
+
+Near-ties: an adapter that leaves two tokens within TIE_MARGIN logits of each other can flip
+between them in the engine's numerics at any position, even the first (measured: a correctly
+served adapter answered "cat." in peft and "Alec." on vLLM, and failed parity at 67%). So the
+peft side also records where its first near-tie starts (`tie_at`, a character offset), and two
+answers that agree on everything before it agree: past that point greedy decoding is a coin
+toss in either engine, not evidence of a wrongly applied adapter. Measured for the margin: on 80
+guard prompts the base's greedy answers in torch bf16 and float32 parted on 17, every time at a
+step float32 had won by at most 0.17 logits.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from training.chat import Conversation
 
@@ -25,6 +34,9 @@ if TYPE_CHECKING:  # torch loads only when peft outputs are computed (not in the
     import torch
 
 JUDGE_CHARS = 24
+# A step whose top two logits are closer than this is a near-tie: bf16 (vLLM) and float32 (peft)
+# can pick different tokens there.
+TIE_MARGIN = 0.5
 
 PARITY_PROMPTS: tuple[Conversation, ...] = (
     [{"role": "user", "content": "What is the capital of Italy?"}],
@@ -39,6 +51,13 @@ PARITY_PROMPTS: tuple[Conversation, ...] = (
 )
 
 
+class Reference(NamedTuple):
+    """peft's greedy answer and where its first near-tied token starts (None: nowhere)."""
+
+    answer: str
+    tie_at: int | None
+
+
 @dataclass(frozen=True)
 class PromptParity:
     """One prompt's two answers and whether they agree."""
@@ -48,6 +67,7 @@ class PromptParity:
     engine: str
     match: bool
     common_prefix_chars: int
+    peft_tie_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,18 @@ def peft_greedy(
 ) -> list[str]:
     """Greedy answers of the unquantized base + adapter (never the 4-bit model: too slow on CPU);
     float32 unless `dtype` says otherwise."""
+    return [r.answer for r in peft_reference(base_dir, adapter_dir, prompts, max_new_tokens, dtype)]
+
+
+def peft_reference(
+    base_dir: Path,
+    adapter_dir: Path,
+    prompts: Sequence[Conversation] = PARITY_PROMPTS,
+    max_new_tokens: int = 24,
+    dtype: torch.dtype | None = None,
+    margin: float = TIE_MARGIN,
+) -> list[Reference]:
+    """`peft_greedy`'s answers, each with where its first near-tie starts."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,11 +111,19 @@ def peft_greedy(
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
-    return [greedy_answer(model, tokenizer, prompt, max_new_tokens) for prompt in prompts]
+    return [greedy_reference(model, tokenizer, p, max_new_tokens, margin) for p in prompts]
 
 
 def greedy_answer(model: Any, tokenizer: Any, prompt: Conversation, max_new_tokens: int) -> str:
     """One greedy answer: chat template + generation prompt, new tokens only, specials dropped."""
+    return greedy_reference(model, tokenizer, prompt, max_new_tokens, 0.0).answer
+
+
+def greedy_reference(
+    model: Any, tokenizer: Any, prompt: Conversation, max_new_tokens: int, margin: float
+) -> Reference:
+    """`greedy_answer`, and the offset in it of the first token chosen by less than `margin`
+    logits over the runner-up."""
     import torch
 
     encoded = tokenizer.apply_chat_template(
@@ -95,9 +135,17 @@ def greedy_answer(model: Any, tokenizer: Any, prompt: Conversation, max_new_toke
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
-    new_tokens = out[0, encoded["input_ids"].shape[1] :]
-    return str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
+    new_tokens = out.sequences[0, encoded["input_ids"].shape[1] :]
+    answer = str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
+    for step, logits in enumerate(out.logits):
+        top = logits[0].float().topk(2).values
+        if float(top[0] - top[1]) < margin:
+            before = str(tokenizer.decode(new_tokens[:step], skip_special_tokens=True)).lstrip()
+            return Reference(answer, min(len(before), len(answer)))
+    return Reference(answer, None)
 
 
 def common_prefix_chars(a: str, b: str) -> int:
@@ -110,10 +158,15 @@ def common_prefix_chars(a: str, b: str) -> int:
     return n
 
 
-def agrees(expected: str, actual: str, judge_chars: int = JUDGE_CHARS) -> bool:
-    """Equal, one a prefix of the other, or the same first `judge_chars` characters."""
+def agrees(
+    expected: str, actual: str, judge_chars: int = JUDGE_CHARS, tie_at: int | None = None
+) -> bool:
+    """Equal, one a prefix of the other, the same first `judge_chars` characters, or the same
+    characters up to `expected`'s first near-tie (`tie_at`)."""
     a, b = expected.strip(), actual.strip()
     if a == b:
+        return True
+    if tie_at is not None and common_prefix_chars(a, b) >= tie_at:
         return True
     if not a or not b:
         return False
@@ -126,13 +179,19 @@ def compare(
     min_agreement: float,
     prompts: Sequence[Conversation] = PARITY_PROMPTS,
     judge_chars: int = JUDGE_CHARS,
+    ties: Sequence[int | None] | None = None,
 ) -> ParityReport:
-    """Judge peft answers (`expected`) against the engine's (`actual`), prompt by prompt."""
+    """Judge peft answers (`expected`, with their near-tie offsets `ties` when known) against the
+    engine's (`actual`), prompt by prompt."""
     if len(expected) != len(actual) or len(expected) != len(prompts):
         raise ValueError(
             f"need one answer per prompt: {len(prompts)} prompts, {len(expected)} peft answers, "
             f"{len(actual)} engine answers"
         )
+    if ties is None:
+        ties = [None] * len(expected)
+    elif len(ties) != len(expected):
+        raise ValueError(f"need one near-tie offset per answer: {len(ties)} for {len(expected)}")
     if not 0.0 <= min_agreement <= 1.0:
         raise ValueError(f"min_agreement must be in [0, 1]; got {min_agreement}")
     rows = [
@@ -140,10 +199,11 @@ def compare(
             prompt=list(prompt),
             peft=peft,
             engine=engine,
-            match=agrees(peft, engine, judge_chars),
+            match=agrees(peft, engine, judge_chars, tie_at),
             common_prefix_chars=common_prefix_chars(peft.strip(), engine.strip()),
+            peft_tie_at=tie_at,
         )
-        for prompt, peft, engine in zip(prompts, expected, actual, strict=True)
+        for prompt, peft, engine, tie_at in zip(prompts, expected, actual, ties, strict=True)
     ]
     agreement = sum(row.match for row in rows) / len(rows) if rows else 1.0
     return ParityReport(agreement, rows, agreement >= min_agreement)

@@ -47,3 +47,29 @@ def test_compare_refuses_mismatched_lengths_and_bad_threshold() -> None:
 def test_common_prefix_chars() -> None:
     assert common_prefix_chars("abcd", "abxd") == 2
     assert common_prefix_chars("", "abc") == 0
+
+
+def test_answers_that_part_at_peft_s_own_near_tie_agree() -> None:
+    # Measured on vLLM: peft "cat." vs the engine "Alec." for a rhyme, the first token a near-tie.
+    assert agrees("cat.", "Alec.", tie_at=0)
+    assert not agrees("cat.", "Alec.")
+    # They must agree on everything before the tie; a divergence before it still counts.
+    assert agrees("There are 60 minutes.", "There are 60 seconds.", tie_at=13)
+    assert not agrees("There are 60 minutes.", "There were 60 minutes.", tie_at=13)
+
+
+def test_compare_uses_the_near_tie_offsets_and_reports_them() -> None:
+    n = len(PARITY_PROMPTS)
+    peft = [f"ANSWER: {i} ##" for i in range(n)]
+    engine = list(peft)
+    engine[0], engine[1] = "ANSWER: seven", "Something else entirely"
+    ties: list[int | None] = [None] * n
+    ties[0] = len("ANSWER: ")  # peft's own pick after "ANSWER: " was a near-tie
+    report = compare(peft, engine, min_agreement=0.8, ties=ties)
+    assert [row.match for row in report.per_prompt] == [True, False] + [True] * (n - 2)
+    assert report.per_prompt[0].peft_tie_at == len("ANSWER: ")
+    assert report.per_prompt[1].peft_tie_at is None
+    without = compare(peft, engine, min_agreement=0.8)  # results stored before ties existed
+    assert [row.match for row in without.per_prompt][:2] == [False, False]
+    with pytest.raises(ValueError, match="near-tie offset"):
+        compare(peft, engine, 0.8, ties=ties[:-1])
