@@ -225,6 +225,13 @@ def lora_config(config: TrainConfig) -> Any:
     )
 
 
+def checkpointing(config: TrainConfig, device: TorchDevice) -> bool:
+    """Whether activations are recomputed in backward: as configured, or ('auto') on CUDA only."""
+    if isinstance(config.gradient_checkpointing, bool):
+        return config.gradient_checkpointing
+    return device == "cuda"
+
+
 def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_eval: bool) -> Any:
     """TRL's SFTConfig: eval + checkpoint each epoch (best kept), progress via our callback."""
     from trl.trainer.sft_config import SFTConfig
@@ -255,7 +262,7 @@ def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_
         bf16=compute_dtype(device) == torch.bfloat16,
         fp16=False,
         use_cpu=device == "cpu",
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=checkpointing(config, device),
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         report_to="none",
