@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import httpx
 from openai import AsyncOpenAI, omit
@@ -399,18 +399,7 @@ def run_loop(
     }
     started = admin.post(f"/admin/tenants/{tenant}/loops", json=body)
     started.raise_for_status()
-    run_id = started.json()["id"]
-    seen, deadline = 0, time.monotonic() + config.loop_timeout_s
-    while True:
-        run = admin.get(f"/admin/tenants/{tenant}/loops/{run_id}").json()
-        for step in run["steps"][seen:]:
-            log(f"  [{tenant}] {step['message']}")
-        seen = len(run["steps"])
-        if run["status"] != "running":
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"loop {run_id} of {tenant} still running after the timeout")
-        time.sleep(POLL_S)
+    run = follow_loop(admin, tenant, started.json()["id"], config.loop_timeout_s, log)
     tenant_means: dict[str, float] = {}
     guard_means: dict[str, float] = {}
     lost: list[str] = []
@@ -424,6 +413,24 @@ def run_loop(
         run["status"], list(run["reasons"]), run["seconds"], run.get("eval_id"), tenant_means,
         guard_means, lost,
     )  # fmt: skip
+
+
+def follow_loop(
+    admin: httpx.Client, tenant: str, run_id: str, timeout_s: float, log: Log
+) -> dict[str, Any]:
+    """Poll `GET /admin/tenants/{t}/loops/{id}` until the run ends, logging each new step;
+    returns the ended run. TimeoutError if it is still running after `timeout_s`."""
+    seen, deadline = 0, time.monotonic() + timeout_s
+    while True:
+        run: dict[str, Any] = admin.get(f"/admin/tenants/{tenant}/loops/{run_id}").json()
+        for step in run["steps"][seen:]:
+            log(f"  [{tenant}] {step['message']}")
+        seen = len(run["steps"])
+        if run["status"] != "running":
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"loop {run_id} of {tenant} still running after {timeout_s:.0f} s")
+        time.sleep(POLL_S)
 
 
 def guard_cases_lost(results: list[dict[str, object]]) -> list[str]:

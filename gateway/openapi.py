@@ -64,7 +64,8 @@ ERROR_DESCRIPTIONS = {
     422: "Well-formed but unacceptable content",
     429: "A rate limit, concurrency limit or token budget was reached",
     502: "The inference engine failed or could not be reached",
-    503: "The inference engine is not ready; retry",
+    503: "The inference engine is not ready, or the store stayed locked by another process "
+    "past its 30 s wait (`store_busy`); retry after `Retry-After`",
     504: "The inference engine timed out",
 }
 ERROR: Schema = {
@@ -408,6 +409,8 @@ def _operation(c: Components, op: Op) -> Schema:
         errors |= {401, 403} if op.auth == "admin" else {401}
     if op.body is not None or op.params:
         errors.add(400)
+    if op.method != "GET":
+        errors.add(503)  # every write can meet a store locked by another process (`store_busy`)
     ok: Schema = {"description": "Success"}
     if op.status != 204:
         ok["content"] = _content(c, op.returns, op.stream)

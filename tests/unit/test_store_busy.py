@@ -14,6 +14,8 @@ from litestar import Litestar, get
 from litestar.testing import TestClient
 
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.openapi import document
+from gateway.settings import Settings
 from gateway.store import open_store
 
 
@@ -67,3 +69,13 @@ def test_a_lock_that_outlasts_the_wait_is_a_retryable_503() -> None:
         assert other.json()["error"]["type"] == "api_error"
         for resp in (busy, other):
             assert "Traceback" not in resp.text and "sqlite" not in resp.text.lower()
+
+
+def test_the_api_document_tells_clients_every_write_may_be_told_to_retry() -> None:
+    spec = document(Settings.from_env({}))
+    feedback = spec["paths"]["/v1/chat/completions/{completion_id}/feedback"]
+    assert "503" in feedback["post"]["responses"]
+    assert "store_busy" in feedback["post"]["responses"]["503"]["description"]
+    assert "503" not in feedback["get"]["responses"]  # a read never waits for the write lock
+    writes = [op for path in spec["paths"].values() for m, op in path.items() if m != "get"]
+    assert writes and all("503" in op["responses"] for op in writes)

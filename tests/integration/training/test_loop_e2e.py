@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
 import pytest
 from openai import omit
 
-from demo.support_desk import TICKET, compliant, support_questions
+from demo.support_desk import TICKET, compliant, follow_loop, support_questions
 from tests.integration.conftest import ADMIN_KEY, Stack, add_tenants
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
@@ -49,13 +48,7 @@ def alias_target(admin: httpx.Client) -> dict[str, Any]:
 def run_loop(admin: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     started = admin.post(f"/admin/tenants/{TENANT}/loops", json=body)
     assert started.status_code == 202, started.text
-    run_id = started.json()["id"]
-    for _ in range(900):
-        run: dict[str, Any] = admin.get(f"/admin/tenants/{TENANT}/loops/{run_id}").json()
-        if run["status"] != "running":
-            return run
-        time.sleep(2)
-    pytest.fail(f"loop {run_id} still running: {run['steps']}")
+    return follow_loop(admin, TENANT, started.json()["id"], 1800, print)
 
 
 def test_the_loop_promotes_a_proven_winner_and_refuses_an_equal_one(stack: Stack) -> None:
