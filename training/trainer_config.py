@@ -59,7 +59,7 @@ class TrainConfig:
         default=1, metadata={"help": "Optimizer steps between progress reports."}
     )
     gradient_checkpointing: bool | Literal["auto"] = field(
-        default=AUTO,
+        default="auto",
         metadata={
             "help": "Recompute activations in backward: less memory, slower steps. 'auto': on "
             "for CUDA (GPU memory is what runs out), off on CPU (measured on the 2-core CPU with "
@@ -131,10 +131,10 @@ class TrainConfig:
             )
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
-        if not isinstance(self.gradient_checkpointing, bool) and self.gradient_checkpointing != AUTO:
+        checkpointing = self.gradient_checkpointing
+        if not isinstance(checkpointing, bool) and checkpointing != AUTO:
             raise ValueError(
-                f"gradient_checkpointing must be true, false or 'auto'; "
-                f"got {self.gradient_checkpointing!r}"
+                f"gradient_checkpointing must be true, false or 'auto'; got {checkpointing!r}"
             )
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be at least 1 or None; got {self.torch_threads}")
