@@ -140,16 +140,16 @@ class ScenarioConfig:
         default=5.0, metadata={"help": "Multiplier on the trainer's base learning rate."}
     )
     bad_users: int = field(
-        default=20, metadata={"help": "Simulated users of the bad tenant (wrong corrections)."}
+        default=12, metadata={"help": "Simulated users of the bad tenant (wrong corrections)."}
     )
     bad_general_per_user: int = field(
         default=2, metadata={"help": "General questions each user of the bad tenant asks."}
     )
     bad_epochs: int = field(
-        default=2,
+        default=1,
         metadata={
-            "help": "Training epochs of the bad loop. With 1, its weakly trained adapter failed "
-            "the engine parity check (67%: two near-tied answers) before reaching the gate."
+            "help": "Training epochs of the bad loop (before parity tolerated near-ties, its "
+            "1-epoch adapter once failed the parity check at 67% and never reached the gate)."
         },
     )
     anchor_weight: float = field(
