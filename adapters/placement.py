@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import httpx
@@ -190,6 +190,8 @@ class AdapterPool:
             )
             placement.state = LoadState.READY
             return False
+        if placement.state is LoadState.GONE:
+            return True  # another caller drained and unloaded it meanwhile
         placement.state = LoadState.GONE
         if self.on(placement.backend).get(placement.version_id) is placement:
             del self.on(placement.backend)[placement.version_id]
@@ -236,8 +238,15 @@ class AdapterPool:
         data = resp.json().get("data", [])
         return {m["id"] for m in data if isinstance(m, dict) and m.get("parent")}
 
-    async def reconcile(self, backend: Backend, desired: Iterable[AdapterVersion]) -> None:
-        """Make a replica serve what we believe it does, and the pinned versions it should."""
+    async def reconcile(
+        self, backend: Backend, desired: Callable[[], Awaitable[Collection[AdapterVersion]]]
+    ) -> None:
+        """Make a replica serve what we believe it does, and the pinned versions it should.
+
+        `desired` is asked after the engine answered (that can take long under load) and again
+        after every load: an alias can move and retire its old version meanwhile, and a version
+        restored for a stale wish would otherwise stay pinned on the replica for good.
+        """
         try:
             actual = await self.engine_loras(backend)
         except (httpx.HTTPError, TimeoutError):
@@ -254,12 +263,18 @@ class AdapterPool:
             if stale.startswith(ENGINE_PREFIX):
                 with contextlib.suppress(UpstreamUnavailable):
                     await self._call(backend, "/v1/unload_lora_adapter", {"lora_name": stale})
-        for version in desired:
-            if version.id not in mine or mine[version.id].state is not LoadState.READY:
-                try:
-                    await self.load(backend, version, pinned=True)
-                except (UpstreamUnavailable, EngineNotReady) as exc:
-                    log.warning("could not restore %s on %s: %s", version.id, backend.name, exc)
+        for version in await desired():
+            held = mine.get(version.id)
+            if held is not None and held.state is LoadState.DRAINING:
+                continue  # being retired right now; the next pass sees what is wanted then
+            try:
+                placement = await self.load(backend, version, pinned=True)
+            except (UpstreamUnavailable, EngineNotReady) as exc:
+                log.warning("could not restore %s on %s: %s", version.id, backend.name, exc)
+                continue
+            if placement is not held and version.id not in {v.id for v in await desired()}:
+                log.info("%s was retired while being restored; unloading it", version.id)
+                await self.unload(placement)
 
     def forget(self, backend: Backend) -> None:
         """The replica is gone (stopped or restarting): everything on it is gone too."""

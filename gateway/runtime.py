@@ -213,7 +213,7 @@ class Gateway:
             return
         self._reconciling.add(backend)
         try:
-            await self.adapters.reconcile(backend, await self.swapper.pinned_versions())
+            await self.adapters.reconcile(backend, self.swapper.pinned_versions)
         except Exception:  # a failed pass is retried by the next one
             log.exception("reconciling %s failed", backend.name)
         finally:

@@ -134,3 +134,56 @@ async def test_equally_idle_replicas_share_sequential_traffic() -> None:
             lease.release()
         assert used.count("r0") == used.count("r1") == 3
         assert [BackendPool([b0, b1]).pick().name for _ in range(4)].count("r1") == 2
+
+
+async def test_a_version_retired_while_reconcile_restores_it_is_not_left_pinned() -> None:
+    """The hot-swap race: a reconcile pass decides to restore the live version, the alias moves
+    to another one (and retires the first) while the engine is loading it; the pass must not
+    leave the retired version pinned on the replica for good."""
+    engine = FakeEngine()
+    wanted = [version(1)]
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/load_lora_adapter" and b"av-1" in request.content:
+            wanted[:] = [version(2)]  # the swap flips the alias while this load is under way
+            await asyncio.sleep(0.01)
+        return engine.handle(request)
+
+    async def desired() -> list[AdapterVersion]:
+        return list(wanted)
+
+    backend = Backend("http://engine.test", "", "r0", ready=True)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        pool = AdapterPool(BackendPool([backend]), client, capacity=2)
+        await pool.reconcile(backend, desired)
+        assert set(pool.on(backend)) == set()  # v1 was loaded, then unloaded again
+        assert [action for action, _ in engine.lora_log] == ["load", "unload"]
+        await pool.reconcile(backend, desired)  # the next pass restores what is wanted now
+        assert set(pool.on(backend)) == {"av-2"} and pool.on(backend)["av-2"].pinned
+        assert [n.rsplit("-", 1)[-1] for n in engine.loras] == ["2"]
+
+
+async def test_reconcile_leaves_a_draining_version_to_its_retirement(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, backend = setup
+    lease = await pool.lease(version(1))
+    assert lease.placement is not None
+    retiring = asyncio.create_task(pool.retire("av-1"))
+    await asyncio.sleep(0.01)
+    assert lease.placement.state is LoadState.DRAINING
+
+    async def stale() -> list[AdapterVersion]:
+        return [version(1)]  # a wish from before the alias moved
+
+    await pool.reconcile(backend, stale)
+    assert len(engine.loras) == 1  # no second copy was loaded beside the draining one
+    lease.release()
+    assert await retiring is True
+    assert engine.loras == {} and pool.on(backend) == {}
+
+
+async def test_two_unloads_of_one_placement_unload_it_once(setup) -> None:  # type: ignore[no-untyped-def]
+    engine, pool, backend = setup
+    placement = await pool.load(backend, version(1), pinned=True)
+    assert await asyncio.gather(pool.unload(placement), pool.unload(placement)) == [True, True]
+    assert [action for action, _ in engine.lora_log] == ["load", "unload"]
+    assert pool.unloads == 1
