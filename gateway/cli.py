@@ -13,6 +13,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
@@ -24,6 +25,9 @@ from gateway.logs import configure_logging
 from gateway.settings import ConfigError, Settings, describe
 from gateway.store import AliasTarget, Completion, Feedback, open_store
 from gateway.tenancy import Admin
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("loopgate")
 
@@ -166,12 +170,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
+def server_config(settings: Settings) -> uvicorn.Config:
+    """The HTTP server `loopgate serve` runs (the gateway app on uvloop + httptools)."""
     import uvicorn
 
     from gateway.app import create_app
 
-    config = uvicorn.Config(
+    return uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -180,9 +185,15 @@ async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go through our handler (text or JSON)
         access_log=False,
+        timeout_keep_alive=settings.keepalive_timeout_s,
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+
+
+async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(server_config(settings))
     # uvicorn drains on SIGTERM, then re-raises the signal once it has restored the previous
     # handler; a no-op handler makes a drained SIGTERM shutdown exit 0 instead of -15.
     signal.signal(signal.SIGTERM, lambda *_: None)

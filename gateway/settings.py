@@ -37,6 +37,14 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "Address the gateway listens on."})
     port: int = field(default=8080, metadata={"help": "Port the gateway listens on."})
+    keepalive_timeout_s: int = field(
+        default=75,
+        metadata={
+            "help": "Seconds an idle client connection stays open. Keep it above the idle "
+            "timeout of any proxy or load balancer in front (60 s on most), so the gateway never "
+            "closes a connection a client is about to reuse."
+        },
+    )
     data_dir: Path = field(
         default_factory=_default_data_dir,
         metadata={"help": "Where the store, admin key and adapters live."},
@@ -325,6 +333,7 @@ class Settings:
 
     def _check_upstream(self) -> None:
         positive = (
+            "keepalive_timeout_s",
             "upstream_first_token_timeout_s",
             "upstream_total_timeout_s",
             "adapter_admin_timeout_s",

@@ -201,7 +201,7 @@ async def stream_client(stack: Stack, run: LoadRun, stop: asyncio.Event) -> None
                 if chunk.choices and chunk.choices[0].delta.content:
                     record.first_token = record.first_token or time.monotonic()
                     record.text += chunk.choices[0].delta.content
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, httpx.HTTPError) as exc:  # a broken stream body is httpx's
             record.error = repr(exc)
         run.records.append(record)
     await client.close()
