@@ -3,12 +3,12 @@
 A simulated tenant (a support desk whose users want every answer as a one-line ticket) sends
 traffic through the gateway with the official `openai` SDK; simulated end users rate the answers
 and correct the support ones into the ticket format; one admin call runs the loop (dataset →
-QLoRA job → eval → gate → promote); the scenario then asks held-out support questions (not in
-the traffic) of the base and of the promoted alias, and prints both with their compliance rates.
-A second tenant whose "corrections" are answers to other questions (wrong targets) runs the same
-loop, and the gate must refuse its candidate.
+LoRA job, QLoRA with `quantization="nf4"` → eval → gate → promote); the scenario then asks
+held-out support questions (not in the traffic) of the base and of the promoted alias, and prints
+both with their compliance rates. A second tenant whose "corrections" are answers to other
+questions (wrong targets) runs the same loop, and the gate must refuse its candidate.
 
-Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~12 minutes on a
+Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~10-14 minutes on a
 2-core CPU) or `python -m demo.support_desk --url http://127.0.0.1:8000 --admin-key ...`.
 """
 
@@ -153,11 +153,20 @@ class ScenarioConfig:
         },
     )
     anchor_weight: float = field(
-        default=1.0,
+        default=3.0,
         metadata={
             "help": "The trainer's KL-to-base weight (`anchor_weight`; 0: plain SFT), both desks. "
             "Without it the bad desk's adapter can fail the engine parity check (measured: 67% "
             "agreement) and never reach the gate the demo is there to show."
+        },
+    )
+    quantization: Literal["nf4", "none"] = field(
+        default="none",
+        metadata={
+            "help": "The trainer's base for both desks: 'none' trains LoRA on the weights the "
+            "engine serves; 'nf4' (QLoRA) on a 4-bit copy of them. vLLM-CPU serves the full "
+            "weights, and an adapter trained against the 4-bit copy also learns to undo its "
+            "rounding, which then lands on weights that were never rounded (README: measured)."
         },
     )
     held_out: int = field(
@@ -179,6 +188,8 @@ class ScenarioConfig:
             )
         if self.learning_rate_multiplier <= 0:
             raise ValueError("ScenarioConfig.learning_rate_multiplier must be positive")
+        if self.quantization not in ("nf4", "none"):
+            raise ValueError("ScenarioConfig.quantization must be 'nf4' or 'none'")
 
 
 @dataclass(frozen=True)
@@ -394,6 +405,7 @@ def run_loop(
             "n_epochs": epochs,
             "learning_rate_multiplier": config.learning_rate_multiplier,
             "anchor_weight": config.anchor_weight,
+            "quantization": config.quantization,
         },
         "seed": config.seed,
     }
