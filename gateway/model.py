@@ -5,6 +5,14 @@ The bundled default is SmolLM2-135M-Instruct (Apache-2.0), shipped inside the Py
 it once into `<cache_dir>/models/<name>-<gguf hash>/`, writes a manifest of file hashes, and
 afterwards only verifies. The package is never imported (its __init__ needs `llm`); the GGUF
 is found through its install metadata.
+
+With `LOOPGATE_ENGINE_WEIGHTS=nf4` the engine serves the base *rounded to NF4*: `prepare_nf4`
+loads it with the exact 4-bit config QLoRA jobs train with (`nf4_config`), dequantizes it and
+writes the result as a plain bf16 safetensors folder (`<name>-nf4-<hash>`, manifest as above).
+vLLM then serves, and jobs and their parity checks load, the very weights a QLoRA adapter was
+trained against. A QLoRA adapter served on the full weights instead meets a base ~10 % away
+(relative norm of each projection) from the one it learnt to correct, and on a 135M model that
+shows. The folder saves no memory (vLLM-CPU has no 4-bit kernels); it buys train/serve equality.
 """
 
 from __future__ import annotations
@@ -59,7 +67,19 @@ def sha256_file(path: Path, progress: tqdm | None = None) -> str:
 
 
 def resolve_model(settings: Settings, *, prepare: bool = True) -> str:
-    """What to pass to vLLM's --model: a prepared folder, a local folder, or a hub id."""
+    """What to pass to vLLM's --model (and what jobs train on): a prepared folder, a local
+    folder, or a hub id; with `engine_weights="nf4"`, the NF4-rounded copy of that."""
+    source = _resolve_source(settings, prepare=prepare)
+    if settings.engine_weights == "full":
+        return source
+    target = nf4_dir(settings, source)
+    if prepare:
+        return str(prepare_nf4(source, target))
+    verify(target)
+    return str(target)
+
+
+def _resolve_source(settings: Settings, *, prepare: bool) -> str:
     if settings.base_model == BUNDLED_MODEL:
         target = bundled_dir(settings)
         if prepare:
@@ -136,6 +156,95 @@ def prepare_bundled(target: Path, *, force: bool = False) -> Path:
         staging.rename(target)
         bar.update()
     return target
+
+
+def nf4_config(dtype: object) -> object:
+    """The 4-bit quantization QLoRA jobs load the base with (and `prepare_nf4` rounds with):
+    NF4, double quantization, computing in `dtype`. One definition, so the two cannot differ."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def nf4_dir(settings: Settings, source: str) -> Path:
+    """Where the NF4-rounded copy of `source` lives: named after it, keyed by its full path."""
+    key = hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = Path(source).name.lower() or "model"
+    return settings.cache_dir / "models" / f"{name}-nf4-{key}"
+
+
+def source_digest(folder: Path) -> str:
+    """SHA-256 over a model folder's safetensors files (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise ModelError(f"{folder} holds no *.safetensors weights to round to NF4")
+    for shard in shards:
+        digest.update(shard.name.encode() + b"\0" + sha256_file(shard).encode())
+    return digest.hexdigest()
+
+
+def prepare_nf4(source: str, target: Path, *, force: bool = False) -> Path:
+    """Write `source` rounded to NF4 into `target` (idempotent: verifies and reuses a copy made
+    from the same source weights; a changed source or a damaged copy is prepared again)."""
+    local = Path(source)
+    source_hash = source_digest(local) if local.is_dir() else source
+    if target.exists() and not force:
+        try:
+            manifest = verify(target)
+            if manifest.get("source_sha256") == source_hash:
+                log.info("NF4-rounded base already prepared and verified at %s", target)
+                return target
+            log.warning("re-preparing the NF4-rounded base: %s changed", source)
+        except ModelError as exc:
+            log.warning("re-preparing the NF4-rounded base: %s", exc)
+    staging = target.with_name(target.name + f".tmp-{int(time.time())}")
+    shutil.rmtree(staging, ignore_errors=True)
+    with _steps(4, "rounding the base to NF4") as bar:
+        _round_nf4(source, staging, bar)
+        bar.set_postfix_str("hashing files")
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        manifest = {
+            "source": source,
+            "source_sha256": source_hash,
+            "format": "hf-safetensors",
+            "dtype": "bfloat16",
+            "rounding": "bitsandbytes nf4, double quantization, blocks of 64",
+            "created_at": time.time(),
+            "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        bar.update()
+        bar.set_postfix_str("verifying")
+        verify(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        bar.update()
+    return target
+
+
+def _round_nf4(source: str, out: Path, bar: tqdm) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bar.set_postfix_str("quantizing to NF4 (a few seconds for 135M parameters)")
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch.bfloat16, quantization_config=nf4_config(torch.bfloat16)
+    )
+    bar.update()
+    bar.set_postfix_str("dequantizing and writing safetensors")
+    # transformers swaps each 4-bit layer back for a plain one holding the rounded values and
+    # drops the quantization marker, so the saved folder is an ordinary bf16 model.
+    model = model.dequantize(dtype=torch.bfloat16)
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
+    bar.update()
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from typing import Literal, get_args
 
 EngineMode = Literal["embedded", "external"]
 EngineDevice = Literal["auto", "cpu", "cuda"]
+EngineWeights = Literal["full", "nf4"]
 UpstreamTransport = Literal["aiohttp", "httpx"]
 LogFormat = Literal["text", "json"]
 
@@ -100,6 +101,14 @@ class Settings:
     engine_max_lora_rank: int = field(default=16, metadata={"help": "vLLM --max-lora-rank."})
     engine_max_model_len: int = field(default=2048, metadata={"help": "vLLM --max-model-len."})
     engine_dtype: str = field(default="bfloat16", metadata={"help": "vLLM --dtype."})
+    engine_weights: EngineWeights = field(
+        default="full",
+        metadata={
+            "help": "'full': serve the base's weights as they are; 'nf4': serve them rounded to "
+            "the 4-bit NF4 values QLoRA jobs train against (prepared once, cached), so QLoRA "
+            "adapters meet the same base in training and serving."
+        },
+    )
     engine_cpu_kvcache_gb: int = field(
         default=2, metadata={"help": "VLLM_CPU_KVCACHE_SPACE (GiB) for the CPU engine."}
     )
@@ -291,19 +300,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"LOOPGATE_PORT must be 1..65535, got {self.port}")
-        if self.engine_mode not in get_args(EngineMode):
-            raise ConfigError(
-                f"LOOPGATE_ENGINE_MODE must be embedded or external, got {self.engine_mode!r}"
-            )
-        if self.engine_device not in get_args(EngineDevice):
-            raise ConfigError(
-                f"LOOPGATE_ENGINE_DEVICE must be auto, cpu or cuda, got {self.engine_device!r}"
-            )
-        if self.upstream_transport not in get_args(UpstreamTransport):
-            raise ConfigError(
-                "LOOPGATE_UPSTREAM_TRANSPORT must be aiohttp or httpx, "
-                f"got {self.upstream_transport!r}"
-            )
+        self._check_choices()
         if self.engine_mode == "external" and not self.engine_urls:
             raise ConfigError(
                 "LOOPGATE_ENGINE_MODE=external needs LOOPGATE_ENGINE_URLS (comma-separated)"
@@ -320,16 +317,28 @@ class Settings:
             )
         if self.max_body_bytes < 1024:
             raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
-        if self.training_device not in get_args(EngineDevice):
-            raise ConfigError(
-                f"LOOPGATE_TRAINING_DEVICE must be auto, cpu or cuda, got {self.training_device!r}"
-            )
         if not self.canary_check_interval_s > 0:
             raise ConfigError("LOOPGATE_CANARY_CHECK_INTERVAL_S must be greater than 0")
         if not 0.0 <= self.parity_min_agreement <= 1.0:
             raise ConfigError("LOOPGATE_PARITY_MIN_AGREEMENT must be between 0 and 1")
         self._check_observability()
         self._check_upstream()
+
+    def _check_choices(self) -> None:
+        choices = {
+            "engine_mode": EngineMode,
+            "engine_device": EngineDevice,
+            "engine_weights": EngineWeights,
+            "training_device": EngineDevice,
+            "upstream_transport": UpstreamTransport,
+        }
+        for name, kind in choices.items():
+            allowed = get_args(kind)
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"LOOPGATE_{name.upper()} must be one of {', '.join(allowed)}; "
+                    f"got {getattr(self, name)!r}"
+                )
 
     def _check_upstream(self) -> None:
         positive = (

@@ -1,7 +1,9 @@
 """Parity between peft and the engine: fixed prompts, peft-side greedy answers, the comparison.
 
 The engine (vLLM) side is produced by the gateway, which owns the engine; this module gives the
-reference answers from the unquantized base + adapter through peft and judges agreement.
+reference answers from the base the engine serves + adapter through peft, in plain (never 4-bit)
+weights, and judges agreement. With LOOPGATE_ENGINE_WEIGHTS=nf4 that base folder already holds
+the NF4-rounded weights, so the reference is exactly what a QLoRA adapter was trained against.
 
 Agreement rule: greedy decoding in different numerics (vLLM's bf16 kernels vs torch's float32)
 can diverge after a few tokens wherever the adapter leaves two tokens nearly tied, so two answers
@@ -86,8 +88,8 @@ def peft_greedy(
     max_new_tokens: int = 24,
     dtype: torch.dtype | None = None,
 ) -> list[str]:
-    """Greedy answers of the unquantized base + adapter (never the 4-bit model: too slow on CPU);
-    float32 unless `dtype` says otherwise."""
+    """Greedy answers of the served base's plain weights + adapter (never a 4-bit model: too slow
+    on CPU); float32 unless `dtype` says otherwise."""
     return [r.answer for r in peft_reference(base_dir, adapter_dir, prompts, max_new_tokens, dtype)]
 
 

@@ -37,6 +37,7 @@ from adapters.validation import (
     validate_folder,
 )
 from gateway.errors import Unprocessable
+from gateway.model import nf4_config
 from training.chat import ChatMessage, Conversation, answer_of, prompt_of
 from training.trainer_config import ALL_LINEAR, Device, TrainConfig
 
@@ -189,17 +190,10 @@ def placement(device: TorchDevice) -> str:
 
 def load_base(base_dir: Path, config: TrainConfig, device: TorchDevice) -> Any:
     """The base model for training: 4-bit NF4 + double quantization, or plain weights."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(device)
-    quantization = None
-    if config.quantization == "nf4":
-        quantization = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
+    quantization = nf4_config(dtype) if config.quantization == "nf4" else None
     return AutoModelForCausalLM.from_pretrained(
         base_dir,
         dtype=dtype,

@@ -35,6 +35,9 @@ def test_env_is_parsed_and_overrides_win() -> None:
         ({"LOOPGATE_ENGINE_MODE": "cloud"}, "LOOPGATE_ENGINE_MODE"),
         ({"LOOPGATE_ENGINE_MODE": "external", "LOOPGATE_ENGINE_URLS": "ftp://x"}, "http"),
         ({"LOOPGATE_ENGINE_MAX_LORA_RANK": "7"}, "MAX_LORA_RANK"),
+        ({"LOOPGATE_ENGINE_WEIGHTS": "int4"}, "LOOPGATE_ENGINE_WEIGHTS must be one of full, nf4"),
+        ({"LOOPGATE_TRAINING_DEVICE": "tpu"}, "LOOPGATE_TRAINING_DEVICE must be one of auto"),
+        ({"LOOPGATE_UPSTREAM_TRANSPORT": "curl"}, "LOOPGATE_UPSTREAM_TRANSPORT"),
     ],
 )
 def test_bad_config_says_what_to_change(env: dict[str, str], says: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from demo.support_desk import (
     GENERAL,
+    STACK_ENV,
     HeldOutRow,
     LoopOutcome,
     ScenarioConfig,
@@ -82,8 +83,9 @@ def test_targets_missed_names_each_broken_promise() -> None:
     ]
 
 
-def test_the_scenario_trains_on_the_served_weights_unless_told_otherwise() -> None:
-    assert ScenarioConfig().quantization == "none"
-    assert ScenarioConfig(quantization="nf4").quantization == "nf4"
+def test_the_scenario_trains_qlora_against_the_base_its_stack_serves() -> None:
+    assert STACK_ENV["LOOPGATE_ENGINE_WEIGHTS"] == "nf4"
+    assert ScenarioConfig().quantization == "nf4"
+    assert ScenarioConfig(quantization="none").quantization == "none"
     with pytest.raises(ValueError, match="quantization"):
         ScenarioConfig(quantization="int8")  # type: ignore[arg-type]
