@@ -4,11 +4,12 @@ A simulated tenant (a support desk whose users want every answer as a one-line t
 traffic through the gateway with the official `openai` SDK; simulated end users rate the answers
 and correct the support ones into the ticket format; one admin call runs the loop (dataset →
 QLoRA job → eval → gate → promote, the engine serving the NF4-rounded base the job trained
-against); the scenario then asks held-out support questions (not in the traffic) of the base and
-of the promoted alias, and prints both with their compliance rates. A second tenant whose "corrections" are answers to other
-questions (wrong targets) runs the same loop, and the gate must refuse its candidate.
+against); the scenario then asks held-out support questions (not in the traffic) of the base
+and of the promoted alias, and prints both with their compliance rates. A second tenant whose
+"corrections" are answers to other questions (wrong targets) runs the same loop, and the gate
+must refuse its candidate.
 
-Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~10-14 minutes on a
+Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~9-14 minutes on a
 2-core CPU) or `python -m demo.support_desk --url http://127.0.0.1:8000 --admin-key ...`.
 """
 
@@ -153,11 +154,12 @@ class ScenarioConfig:
         },
     )
     anchor_weight: float = field(
-        default=3.0,
+        default=1.0,
         metadata={
             "help": "The trainer's KL-to-base weight (`anchor_weight`; 0: plain SFT), both desks. "
             "Without it the bad desk's adapter can fail the engine parity check (measured: 67% "
-            "agreement) and never reach the gate the demo is there to show."
+            "agreement) and never reach the gate the demo is there to show. 1.0 with QLoRA on "
+            "the NF4-served base: 16/16 tickets and the guard suite up, not down (3.0: 14/16)."
         },
     )
     quantization: Literal["nf4", "none"] = field(

@@ -241,7 +241,7 @@ def _round_nf4(source: str, out: Path, bar: tqdm) -> None:
     bar.set_postfix_str("dequantizing and writing safetensors")
     # transformers swaps each 4-bit layer back for a plain one holding the rounded values and
     # drops the quantization marker, so the saved folder is an ordinary bf16 model.
-    model = model.dequantize(dtype=torch.bfloat16)
+    model = model.dequantize(dtype=torch.bfloat16)  # type: ignore[no-untyped-call]  # untyped upstream
     model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
     bar.update()
