@@ -137,25 +137,30 @@ def prepare_bundled(target: Path, *, force: bool = False) -> Path:
         gguf_hash = sha256_file(gguf)
         bar.update()
         _convert(gguf, staging, bar)
-        bar.set_postfix_str("hashing files")
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        manifest = {
-            "source": str(gguf),
-            "source_sha256": gguf_hash,
-            "format": "hf-safetensors",
-            "dtype": "bfloat16",
-            "created_at": time.time(),
-            "files": files,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        bar.update()
-        bar.set_postfix_str("verifying")
-        verify(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-        bar.update()
+        _seal(staging, target, bar, {"source": str(gguf), "source_sha256": gguf_hash})
     return target
+
+
+def _seal(staging: Path, target: Path, bar: tqdm, provenance: dict[str, str]) -> None:
+    """Hash the files of a freshly written model folder into its manifest (with `provenance`),
+    verify it, and only then move it into place (two progress steps)."""
+    bar.set_postfix_str("hashing files")
+    files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    manifest = {
+        **provenance,
+        "format": "hf-safetensors",
+        "dtype": "bfloat16",
+        "created_at": time.time(),
+        "files": files,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    bar.update()
+    bar.set_postfix_str("verifying")
+    verify(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    bar.update()
 
 
 def nf4_config(dtype: object) -> object:
@@ -207,25 +212,12 @@ def prepare_nf4(source: str, target: Path, *, force: bool = False) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     with _steps(4, "rounding the base to NF4") as bar:
         _round_nf4(source, staging, bar)
-        bar.set_postfix_str("hashing files")
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        manifest = {
+        provenance = {
             "source": source,
             "source_sha256": source_hash,
-            "format": "hf-safetensors",
-            "dtype": "bfloat16",
             "rounding": "bitsandbytes nf4, double quantization, blocks of 64",
-            "created_at": time.time(),
-            "files": files,
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        bar.update()
-        bar.set_postfix_str("verifying")
-        verify(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-        bar.update()
+        _seal(staging, target, bar, provenance)
     return target
 
 
