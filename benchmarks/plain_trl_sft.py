@@ -1,6 +1,6 @@
 """The plain baseline: TRL's basic SFT + LoRA recipe on a 4-bit NF4 base, nothing of ours.
 
-Usage: python -m benchmarks.plain_trl_sft BASE_DIR DATA.jsonl OUT_DIR EPOCHS BATCH MAX_LEN
+Usage: python -m benchmarks.plain_trl_sft BASE_DIR DATA.jsonl OUT_DIR EPOCHS BATCH MAX_LEN DTYPE
 Each line of DATA.jsonl is {"prompt": [...], "completion": [...]} (conversational).
 Prints one JSON line: {"train_seconds": ..., "peak_rss_mb": ...}.
 """
@@ -21,16 +21,17 @@ from trl.trainer.sft_trainer import SFTTrainer
 
 
 def main() -> None:
-    base_dir, data, out_dir, epochs, batch, max_len = sys.argv[1:7]
+    base_dir, data, out_dir, epochs, batch, max_len, dtype_name = sys.argv[1:8]
+    dtype = getattr(torch, dtype_name)  # bfloat16 or float32
     dataset = load_dataset("json", data_files=data, split="train")
     quantization = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=dtype,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        base_dir, quantization_config=quantization, dtype=torch.bfloat16
+        base_dir, quantization_config=quantization, dtype=dtype
     )
     peft_config = LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"

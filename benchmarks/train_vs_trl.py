@@ -3,9 +3,11 @@
 Each run is its own subprocess, one after the other, alternating (ours, plain, ours, plain...),
 with one CPU thread each (OMP_NUM_THREADS=1). Speed is trained tokens (the non-padding tokens of
 every example, times the epochs) over the wall time of `trainer.train()`; memory is the peak RSS
-each subprocess reports for itself. Printed, never asserted.
+each subprocess reports for itself. Both compute in the dtype our trainer's default picks on this
+host (`--dtype auto`: bf16 only where the CPU has it natively); the CPU's capability and that
+dtype are printed with the figures. Printed, never asserted.
 
-    python -m benchmarks.train_vs_trl [--rounds 2] [--examples 32] [--epochs 2]
+    python -m benchmarks.train_vs_trl [--rounds 2] [--examples 32] [--epochs 2] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.numerics import choose_cpu_dtype, describe_cpu
 from training.chat import Conversation
 from training.trainer import to_prompt_completion
 
@@ -57,7 +60,9 @@ def trained_tokens(base_dir: Path, convs: list[Conversation], epochs: int) -> in
     return int(per_epoch) * epochs
 
 
-def run_ours(base_dir: Path, data: Path, out: Path, epochs: int, checkpointing: bool) -> None:
+def run_ours(
+    base_dir: Path, data: Path, out: Path, epochs: int, checkpointing: bool, dtype: str
+) -> None:
     """Subprocess body: train with training.trainer and print the measurement as JSON."""
     from training.trainer import peak_rss_mb, train
     from training.trainer_config import TrainConfig
@@ -70,6 +75,7 @@ def run_ours(base_dir: Path, data: Path, out: Path, epochs: int, checkpointing: 
         max_seq_length=MAX_LEN,
         torch_threads=1,
         gradient_checkpointing=checkpointing,
+        compute_dtype=dtype,  # type: ignore[arg-type]  # checked by TrainConfig
     )
     result = train(base_dir, convs, [], out, config)
     print(json.dumps({"train_seconds": result.seconds, "peak_rss_mb": peak_rss_mb()}))
@@ -96,11 +102,16 @@ def main() -> None:
         action="store_false",
         help="ours without gradient checkpointing (faster, more memory)",
     )
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+        help="compute dtype of both trainers (auto: what our trainer's default picks here)",
+    )  # fmt: skip
     parser.add_argument("--ours-child", nargs=3, metavar=("BASE", "DATA", "OUT"))
     args = parser.parse_args()
+    args.dtype = choose_cpu_dtype(args.dtype)
     if args.ours_child:
         base, data, out = map(Path, args.ours_child)
-        run_ours(base, data, out, args.epochs, args.gradient_checkpointing)
+        run_ours(base, data, out, args.epochs, args.gradient_checkpointing, args.dtype)
         return
     base_dir = args.base or _default_base()
     convs = conversations(args.examples)
@@ -112,10 +123,12 @@ def main() -> None:
         for round_no in range(args.rounds):
             py = sys.executable
             ours = [py, "-m", "benchmarks.train_vs_trl", "--epochs", str(args.epochs)]
+            ours += ["--dtype", args.dtype]
             ours += [] if args.gradient_checkpointing else ["--no-gradient-checkpointing"]
             ours += ["--ours-child", str(base_dir), str(data), f"{tmp}/ours-{round_no}"]
             plain = [py, "-m", "benchmarks.plain_trl_sft", str(base_dir), str(data)]
             plain += [f"{tmp}/plain-{round_no}", str(args.epochs), str(BATCH), str(MAX_LEN)]
+            plain += [args.dtype]
             results["ours"].append(measure("ours", ours))
             results["plain TRL"].append(measure("plain TRL", plain))
     _print_table(results, tokens, args)
@@ -133,8 +146,9 @@ def _print_table(
 ) -> None:
     print(
         f"{args.examples} examples x {args.epochs} epochs = {tokens} trained tokens; batch "
-        f"{BATCH}, max_len {MAX_LEN}, r=16 alpha=32, 4-bit NF4 + double quant, bf16 compute, "
-        f"1 thread; {args.rounds} rounds alternating; ours with gradient checkpointing: "
+        f"{BATCH}, max_len {MAX_LEN}, r=16 alpha=32, 4-bit NF4 + double quant, {args.dtype} "
+        f"compute on {describe_cpu()}, 1 thread; {args.rounds} rounds alternating; ours with "
+        "gradient checkpointing: "
         f"{args.gradient_checkpointing} (plain TRL: on, its default)"
     )
     print(f"{'trainer':<10} {'round tok/s':<22} {'median tok/s':>12} {'peak RSS MB':>12}")

@@ -284,12 +284,14 @@ def _banner(settings: Settings, demo_key: str | None) -> str:
 
 def cmd_model_prepare(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.model import bundled_dir, nf4_dir, prepare_bundled, prepare_nf4, resolve_model
+    from gateway.supervisor import served_dtype
 
     if args.force and settings.base_model == "bundled":
         prepare_bundled(bundled_dir(settings), force=True)
     if args.force and settings.engine_weights == "nf4":
         source = resolve_model(settings.with_overrides(engine_weights="full"))
-        prepare_nf4(source, nf4_dir(settings, source), force=True)
+        dtype = served_dtype(settings)
+        prepare_nf4(source, nf4_dir(settings, source, dtype), dtype=dtype, force=True)
     print(resolve_model(settings))  # prepares what is missing, verifies what is there
     return 0
 

@@ -39,6 +39,33 @@ class StartLoop(msgspec.Struct, forbid_unknown_fields=True):
     promote: bool = True
 
 
+class TrainingFigures(msgspec.Struct):
+    """The part of a job's result the loop reports: how fast it trained, in what, on what."""
+
+    train_tokens: int = 0
+    tokens_per_s: float = 0.0
+    compute_dtype: str = ""
+    hardware: str = ""
+
+
+class JobFigures(msgspec.Struct):
+    training: TrainingFigures | None = None
+
+
+def training_summary(job: FineTuningJob) -> str:
+    """'123 tokens at 146 tok/s, float32 on CPU AVX2 (bf16 emulated)', or '' if unknown."""
+    try:
+        figures = msgspec.json.decode(job.result or "{}", type=JobFigures).training
+    except msgspec.DecodeError:
+        return ""
+    if figures is None:
+        return ""
+    return (
+        f"{figures.train_tokens} tokens at {figures.tokens_per_s:.0f} tok/s, "
+        f"{figures.compute_dtype or '?'} on {figures.hardware or '?'}"
+    )
+
+
 class Step(msgspec.Struct):
     at: float
     message: str
@@ -155,7 +182,12 @@ class Loops:
             self._end(run, "failed", f"job {job.id} {job.status}: {error}")
             return
         run.candidate, run.fine_tuned_model = job.adapter_version, job.fine_tuned_model
-        self._step(run, f"candidate {job.adapter_version} registered as {job.fine_tuned_model}")
+        trained = training_summary(job)
+        self._step(
+            run,
+            f"candidate {job.adapter_version} registered as {job.fine_tuned_model}"
+            + (f" (trained {trained})" if trained else ""),
+        )
         # 3. Eval: candidate vs live vs base on the held-out split and the guard suite.
         t2 = time.monotonic()
         started = await self.evaluations.start(

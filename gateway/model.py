@@ -8,7 +8,8 @@ is found through its install metadata.
 
 With `LOOPGATE_ENGINE_WEIGHTS=nf4` the engine serves the base *rounded to NF4*: `prepare_nf4`
 loads it with the exact 4-bit config QLoRA jobs train with (`nf4_config`), dequantizes it and
-writes the result as a plain bf16 safetensors folder (`<name>-nf4-<hash>`, manifest as above).
+writes the result as a plain safetensors folder in the dtype the engine serves (`<name>-nf4-<hash>`
+for bf16, `<name>-nf4-float32-<hash>` for float32; manifest as above).
 vLLM then serves, and jobs and their parity checks load, the very weights a QLoRA adapter was
 trained against. A QLoRA adapter served on the full weights instead meets a base ~10 % away
 (relative norm of each projection) from the one it learnt to correct, and on a 135M model that
@@ -30,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gateway.settings import BUNDLED_MODEL, ConfigError, Settings
+from gateway.supervisor import served_dtype
 
 log = logging.getLogger("loopgate.model")
 
@@ -72,9 +74,10 @@ def resolve_model(settings: Settings, *, prepare: bool = True) -> str:
     source = _resolve_source(settings, prepare=prepare)
     if settings.engine_weights == "full":
         return source
-    target = nf4_dir(settings, source)
+    dtype = served_dtype(settings)
+    target = nf4_dir(settings, source, dtype)
     if prepare:
-        return str(prepare_nf4(source, target))
+        return str(prepare_nf4(source, target, dtype=dtype))
     verify(target)
     return str(target)
 
@@ -141,7 +144,13 @@ def prepare_bundled(target: Path, *, force: bool = False) -> Path:
     return target
 
 
-def _seal(staging: Path, target: Path, bar: tqdm, provenance: dict[str, str]) -> None:
+def _seal(
+    staging: Path,
+    target: Path,
+    bar: tqdm,
+    provenance: dict[str, str],
+    dtype: str = "bfloat16",
+) -> None:
     """Hash the files of a freshly written model folder into its manifest (with `provenance`),
     verify it, and only then move it into place (two progress steps)."""
     bar.set_postfix_str("hashing files")
@@ -149,7 +158,7 @@ def _seal(staging: Path, target: Path, bar: tqdm, provenance: dict[str, str]) ->
     manifest = {
         **provenance,
         "format": "hf-safetensors",
-        "dtype": "bfloat16",
+        "dtype": dtype,
         "created_at": time.time(),
         "files": files,
     }
@@ -176,11 +185,13 @@ def nf4_config(dtype: object) -> object:
     )
 
 
-def nf4_dir(settings: Settings, source: str) -> Path:
-    """Where the NF4-rounded copy of `source` lives: named after it, keyed by its full path."""
+def nf4_dir(settings: Settings, source: str, dtype: str = "bfloat16") -> Path:
+    """Where the NF4-rounded copy of `source`, written in `dtype`, lives: named after both,
+    keyed by the source's full path."""
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = Path(source).name.lower() or "model"
-    return settings.cache_dir / "models" / f"{name}-nf4-{key}"
+    suffix = "" if dtype == "bfloat16" else f"-{dtype}"  # bf16 keeps its earlier name
+    return settings.cache_dir / "models" / f"{name}-nf4{suffix}-{key}"
 
 
 def source_digest(folder: Path) -> str:
@@ -194,15 +205,16 @@ def source_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_nf4(source: str, target: Path, *, force: bool = False) -> Path:
-    """Write `source` rounded to NF4 into `target` (idempotent: verifies and reuses a copy made
-    from the same source weights; a changed source or a damaged copy is prepared again)."""
+def prepare_nf4(source: str, target: Path, *, dtype: str = "bfloat16", force: bool = False) -> Path:
+    """Write `source` rounded to NF4 into `target` in `dtype`, the dtype the engine serves and
+    QLoRA computes in, so both meet the same values (idempotent: verifies and reuses a copy made
+    from the same source weights in the same dtype; otherwise it is prepared again)."""
     local = Path(source)
     source_hash = source_digest(local) if local.is_dir() else source
     if target.exists() and not force:
         try:
             manifest = verify(target)
-            if manifest.get("source_sha256") == source_hash:
+            if manifest.get("source_sha256") == source_hash and manifest.get("dtype") == dtype:
                 log.info("NF4-rounded base already prepared and verified at %s", target)
                 return target
             log.warning("re-preparing the NF4-rounded base: %s changed", source)
@@ -211,29 +223,30 @@ def prepare_nf4(source: str, target: Path, *, force: bool = False) -> Path:
     staging = target.with_name(target.name + f".tmp-{int(time.time())}")
     shutil.rmtree(staging, ignore_errors=True)
     with _steps(4, "rounding the base to NF4") as bar:
-        _round_nf4(source, staging, bar)
+        _round_nf4(source, staging, bar, dtype)
         provenance = {
             "source": source,
             "source_sha256": source_hash,
             "rounding": "bitsandbytes nf4, double quantization, blocks of 64",
         }
-        _seal(staging, target, bar, provenance)
+        _seal(staging, target, bar, provenance, dtype)
     return target
 
 
-def _round_nf4(source: str, out: Path, bar: tqdm) -> None:
+def _round_nf4(source: str, out: Path, bar: tqdm, dtype_name: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = getattr(torch, dtype_name)
     bar.set_postfix_str("quantizing to NF4 (a few seconds for 135M parameters)")
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.bfloat16, quantization_config=nf4_config(torch.bfloat16)
+        source, dtype=dtype, quantization_config=nf4_config(dtype)
     )
     bar.update()
     bar.set_postfix_str("dequantizing and writing safetensors")
     # transformers swaps each 4-bit layer back for a plain one holding the rounded values and
-    # drops the quantization marker, so the saved folder is an ordinary bf16 model.
-    model = model.dequantize(dtype=torch.bfloat16)  # type: ignore[no-untyped-call]  # untyped upstream
+    # drops the quantization marker, so the saved folder is an ordinary model in `dtype`.
+    model = model.dequantize(dtype=dtype)  # type: ignore[no-untyped-call]  # untyped upstream
     model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
     bar.update()

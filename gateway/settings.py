@@ -8,6 +8,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
 
+from gateway.numerics import DtypeSetting
+
 EngineMode = Literal["embedded", "external"]
 EngineDevice = Literal["auto", "cpu", "cuda"]
 EngineWeights = Literal["full", "nf4"]
@@ -100,7 +102,14 @@ class Settings:
     engine_max_loras: int = field(default=4, metadata={"help": "vLLM --max-loras."})
     engine_max_lora_rank: int = field(default=16, metadata={"help": "vLLM --max-lora-rank."})
     engine_max_model_len: int = field(default=2048, metadata={"help": "vLLM --max-model-len."})
-    engine_dtype: str = field(default="bfloat16", metadata={"help": "vLLM --dtype."})
+    engine_dtype: DtypeSetting = field(
+        default="auto",
+        metadata={
+            "help": "vLLM --dtype. 'auto': on CPU bfloat16 where the CPU computes it natively "
+            "(AVX512-BF16, AMX), float32 elsewhere (bf16 is emulated there and ~5x slower); on "
+            "CUDA vLLM's own choice for the model and GPU."
+        },
+    )
     engine_weights: EngineWeights = field(
         default="full",
         metadata={
@@ -236,6 +245,14 @@ class Settings:
         default="auto",
         metadata={"help": "Device the worker trains on: auto (CUDA when present), cpu or cuda."},
     )
+    training_dtype: DtypeSetting = field(
+        default="auto",
+        metadata={
+            "help": "Compute dtype of training jobs. 'auto': bfloat16 on a CUDA GPU that "
+            "supports it or a CPU with native bf16 (AVX512-BF16, AMX), float32 elsewhere "
+            "(emulated bf16 trained ~30x slower on an AVX2-only CPU)."
+        },
+    )
     training_dir: Path | None = field(
         default=None,
         metadata={
@@ -330,6 +347,8 @@ class Settings:
             "engine_device": EngineDevice,
             "engine_weights": EngineWeights,
             "training_device": EngineDevice,
+            "engine_dtype": DtypeSetting,
+            "training_dtype": DtypeSetting,
             "upstream_transport": UpstreamTransport,
         }
         for name, kind in choices.items():

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.numerics import choose_cpu_dtype, describe_cpu
 from gateway.settings import Settings
 
 log = logging.getLogger("loopgate.engine")
@@ -52,7 +53,8 @@ class EngineLaunch:
     url: str
     api_key: str
     log_path: Path
-    state_path: Path | None = None  # {"pid", "url"} of the running child, for operators
+    state_path: Path | None = None  # {"pid", "url", "dtype"} of the running child, for operators
+    dtype: str = "auto"  # the --dtype it was given
 
 
 def detect_device(setting: str) -> str:
@@ -61,6 +63,21 @@ def detect_device(setting: str) -> str:
     # CUDA build of vLLM on a GPU host; the CPU build everywhere else.
     has_gpu = shutil.which("nvidia-smi") is not None or Path("/dev/nvidia0").exists()
     return "cuda" if has_gpu else "cpu"
+
+
+def engine_dtype(settings: Settings, device: str) -> str:
+    """vLLM's --dtype: the setting when it names one; on CPU (auto) bf16 only where the CPU
+    computes it natively (`gateway.numerics`); on CUDA (auto) vLLM's own choice for the GPU."""
+    if device == "cpu":
+        return choose_cpu_dtype(settings.engine_dtype)
+    return settings.engine_dtype
+
+
+def served_dtype(settings: Settings) -> str:
+    """The dtype the engine computes in, named (CUDA's 'auto' is the bundled model's bf16): what
+    the parity reference and the NF4-rounded base are made in, to match what is served."""
+    dtype = engine_dtype(settings, detect_device(settings.engine_device))
+    return "bfloat16" if dtype == "auto" else dtype
 
 
 def free_port() -> int:
@@ -73,6 +90,7 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
     device = detect_device(settings.engine_device)
     port = port or settings.engine_port or free_port()
     api_key = secrets.token_urlsafe(32)
+    dtype = engine_dtype(settings, device)
     argv = [
         sys.executable,
         "-m",
@@ -93,7 +111,7 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
         "--max-model-len",
         str(settings.engine_max_model_len),
         "--dtype",
-        settings.engine_dtype,
+        dtype,
         "--disable-uvicorn-access-log",
         *settings.engine_extra_args,
     ]
@@ -110,7 +128,8 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine_cpu_kvcache_gb)
     log_path = settings.data_dir / "logs" / "engine.log"
     state_path = settings.data_dir / "run" / "engine.json"
-    return EngineLaunch(argv, env, f"http://127.0.0.1:{port}", api_key, log_path, state_path)
+    url = f"http://127.0.0.1:{port}"
+    return EngineLaunch(argv, env, url, api_key, log_path, state_path, dtype)
 
 
 def _die_with_parent() -> None:
@@ -194,7 +213,12 @@ class EngineSupervisor:
     def _spawn(self) -> None:
         self.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = self.launch.log_path.open("ab")
-        log.info("starting vLLM engine (log: %s)", self.launch.log_path)
+        log.info(
+            "starting vLLM engine, --dtype %s on %s (log: %s)",
+            self.launch.dtype,
+            describe_cpu(),
+            self.launch.log_path,
+        )
         self._set(EngineState.STARTING)
         self._proc = subprocess.Popen(
             self.launch.argv,
@@ -207,7 +231,7 @@ class EngineSupervisor:
         log_file.close()
         if self.launch.state_path is not None:
             self.launch.state_path.parent.mkdir(parents=True, exist_ok=True)
-            state = {"pid": self._proc.pid, "url": self.launch.url}
+            state = {"pid": self._proc.pid, "url": self.launch.url, "dtype": self.launch.dtype}
             self.launch.state_path.write_text(json.dumps(state))
 
     async def _await_ready(self) -> None:

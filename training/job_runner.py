@@ -20,11 +20,22 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+import torch
 
+from gateway.numerics import DtypeSetting
 from gateway.store import FineTuningJob, JobChanges, Store
 from training.dataset import read_split
 from training.parity import PARITY_PROMPTS, peft_reference
-from training.trainer import Progress, TrainingCancelled, TrainingError, preflight, train
+from training.trainer import (
+    Progress,
+    TrainingCancelled,
+    TrainingError,
+    compute_dtype,
+    describe_hardware,
+    preflight,
+    resolve_device,
+    train,
+)
 from training.trainer_config import Device, TrainConfig
 
 log = logging.getLogger("loopgate.worker")
@@ -43,6 +54,8 @@ class WorkerEnv:
     device: Device
     torch_threads: int | None
     heartbeat_s: float
+    compute_dtype: DtypeSetting = "auto"  # for jobs that leave it at "auto"
+    serving_dtype: str = "float32"  # what the engine serves in: the parity reference's dtype
 
 
 def job_dir(jobs_dir: Path, job_id: str) -> Path:
@@ -52,7 +65,14 @@ def job_dir(jobs_dir: Path, job_id: str) -> Path:
 def train_config(job: FineTuningJob, env: WorkerEnv) -> TrainConfig:
     """The job's resolved hyperparameters, with the device and threads this worker decides."""
     config = msgspec.json.decode(job.hyperparameters, type=TrainConfig)
-    return replace(config, device=env.device, torch_threads=env.torch_threads, seed=job.seed)
+    dtype = env.compute_dtype if config.compute_dtype == "auto" else config.compute_dtype
+    return replace(
+        config,
+        device=env.device,
+        torch_threads=env.torch_threads,
+        seed=job.seed,
+        compute_dtype=dtype,
+    )
 
 
 class _Stop:
@@ -126,11 +146,20 @@ class JobRunner:
         config = train_config(job, env)
         out = job_dir(env.jobs_dir, job.id) / "adapter"
         await asyncio.to_thread(shutil.rmtree, out, True)  # an earlier, interrupted attempt
+        device = resolve_device(config.device)
+        dtype = str(compute_dtype(device, config.compute_dtype)).removeprefix("torch.")
+        hardware = describe_hardware(device)
         await self._event(
             job,
             f"training started (attempt {job.attempts}): {len(train_rows)} train / "
-            f"{len(eval_rows)} eval examples, device {config.device}",
-            {"train_examples": len(train_rows), "eval_examples": len(eval_rows)},
+            f"{len(eval_rows)} eval examples, device {device}, compute {dtype} on {hardware}",
+            {
+                "train_examples": len(train_rows),
+                "eval_examples": len(eval_rows),
+                "device": device,
+                "compute_dtype": dtype,
+                "hardware": hardware,
+            },
         )
         loop = asyncio.get_running_loop()
 
@@ -187,7 +216,9 @@ class JobRunner:
             return
         await self._event(job, "preflight passed; computing the reference (peft) outputs")
         prompts = list(PARITY_PROMPTS)
-        reference = await asyncio.to_thread(peft_reference, env.base_dir, out, prompts)
+        reference = await asyncio.to_thread(
+            peft_reference, env.base_dir, out, prompts, dtype=getattr(torch, env.serving_dtype)
+        )
         result = {
             "training": training,
             "preflight": msgspec.to_builtins(manifest),

@@ -1,7 +1,8 @@
 """QLoRA training of one adapter: TRL's SFTTrainer + peft LoRA on a 4-bit NF4 base (or plain).
 
 The recipe, top to bottom in `train`:
-1. resolve the device and compute dtype, pin torch's threads, hash the base weights;
+1. resolve the device and the compute dtype (bf16 only where the hardware computes it natively,
+   `gateway.numerics`), pin torch's threads, hash the base weights;
 2. load the base (4-bit NF4 with double quantization unless `quantization="none"`);
 3. turn conversations into TRL's conversational prompt-completion rows, so the chat template
    is the base's own and only the final assistant turn is in the loss;
@@ -38,6 +39,7 @@ from adapters.validation import (
 )
 from gateway.errors import Unprocessable
 from gateway.model import nf4_config
+from gateway.numerics import DtypeSetting, choose_cpu_dtype, describe_cpu
 from training.chat import ChatMessage, Conversation, answer_of, prompt_of
 from training.trainer_config import ALL_LINEAR, Device, TrainConfig
 
@@ -84,6 +86,8 @@ class TrainResult(msgspec.Struct, frozen=True):
     base_hash: str
     config: TrainConfig
     seed: int
+    compute_dtype: str = ""  # what the base computed in ("bfloat16" / "float32")
+    hardware: str = ""  # e.g. "CPU AVX2 (bf16 emulated)" or "CUDA NVIDIA H100 (bf16 native)"
 
 
 class PromptCompletion(TypedDict):
@@ -106,11 +110,23 @@ def resolve_device(device: Device) -> TorchDevice:
     return device
 
 
-def compute_dtype(device: TorchDevice) -> torch.dtype:
-    """bf16 on both devices: the QLoRA recipe on CUDA, and on this CPU (AVX512-BF16) bf16
-    autocast over the 4-bit base trained ~1.4x faster than fp32 (78 vs 55 tok/s, 1 thread)."""
-    del device  # one dtype today; kept so a CPU without bf16 support can get fp32 here
-    return torch.bfloat16
+def compute_dtype(device: TorchDevice, setting: DtypeSetting = "auto") -> torch.dtype:
+    """The setting's dtype, or ('auto') bf16 where the device computes it natively: a CUDA GPU
+    with bf16, a CPU with AVX512-BF16 or AMX (there bf16 trained ~1.4x faster than float32);
+    float32 elsewhere (on an AVX2-only CPU a bf16 QLoRA step ran 30x slower: 5 vs 146 tok/s)."""
+    if setting != "auto":
+        return getattr(torch, setting)  # type: ignore[no-any-return]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, choose_cpu_dtype("auto"))  # type: ignore[no-any-return]
+
+
+def describe_hardware(device: TorchDevice) -> str:
+    """The hardware a figure was measured on, for events and results."""
+    if device == "cuda":
+        native = "native" if torch.cuda.is_bf16_supported() else "unsupported"
+        return f"CUDA {torch.cuda.get_device_name()} (bf16 {native})"
+    return describe_cpu()
 
 
 def hash_base_weights(base_dir: Path) -> str:
@@ -192,7 +208,7 @@ def load_base(base_dir: Path, config: TrainConfig, device: TorchDevice) -> Any:
     """The base model for training: 4-bit NF4 + double quantization, or plain weights."""
     from transformers import AutoModelForCausalLM
 
-    dtype = compute_dtype(device)
+    dtype = compute_dtype(device, config.compute_dtype)
     quantization = nf4_config(dtype) if config.quantization == "nf4" else None
     return AutoModelForCausalLM.from_pretrained(
         base_dir,
@@ -253,7 +269,7 @@ def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_
         seed=config.seed,
         data_seed=config.seed,
         max_length=config.max_seq_length,
-        bf16=compute_dtype(device) == torch.bfloat16,
+        bf16=compute_dtype(device, config.compute_dtype) == torch.bfloat16,
         fp16=False,
         use_cpu=device == "cpu",
         gradient_checkpointing=checkpointing(config, device),
@@ -502,6 +518,7 @@ def _result(
 ) -> TrainResult:
     tokens = int(state.num_input_tokens_seen)
     best = state.best_metric
+    device = resolve_device(config.device)
     return TrainResult(
         adapter_dir=str(out_dir),
         steps=int(state.global_step),
@@ -517,6 +534,8 @@ def _result(
         base_hash=base_hash,
         config=config,
         seed=config.seed,
+        compute_dtype=str(compute_dtype(device, config.compute_dtype)).removeprefix("torch."),
+        hardware=describe_hardware(device),
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.model import resolve_model
 from gateway.settings import Settings
 from gateway.store import Store, open_store
+from gateway.supervisor import served_dtype
 from training.job_runner import JobRunner, WorkerEnv
 
 log = logging.getLogger("loopgate.worker")
@@ -57,6 +58,8 @@ def worker_env(settings: Settings) -> WorkerEnv:
         device=settings.training_device,
         torch_threads=threads,
         heartbeat_s=settings.job_heartbeat_s,
+        compute_dtype=settings.training_dtype,
+        serving_dtype=served_dtype(settings),
     )
 
 
