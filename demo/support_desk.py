@@ -466,7 +466,7 @@ def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOut
         client = AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=2, timeout=600)
         gate = asyncio.Semaphore(config.concurrency)
 
-        async with client:  # one model at a time: a vLLM-CPU batch may mix LoRA into base rows
+        async with client:  # one model at a time: each column answered under the same load
             base = await asyncio.gather(
                 *(_ask(client, gate, None, q.question, 40, model=BASE_MODEL) for q in questions)
             )

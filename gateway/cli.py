@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import httpx
 import msgspec
 
+from gateway.cache_salt import secret_file
 from gateway.cli_adapters import add_adapter_commands
 from gateway.cli_finetuning import add_finetuning_commands
 from gateway.errors import LoopgateError
@@ -161,7 +161,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.admin_key:
         settings = settings.with_overrides(
-            admin_key=_secret_file(settings.data_dir / "admin_key", "lg-admin-")
+            admin_key=secret_file(settings.data_dir / "admin_key", "lg-admin-")
         )
     print(f"loopgate: data in {settings.data_dir}; preparing the base model...", flush=True)
     resolve_model(settings)
@@ -218,17 +218,6 @@ async def _print_when_ready(settings: Settings, banner: Callable[[], str]) -> No
             except httpx.HTTPError:
                 continue
     print(banner(), flush=True)
-
-
-def _secret_file(path: Path, prefix: str) -> str:
-    """A secret kept in a 0600 file in the data dir, created once."""
-    if path.exists():
-        return path.read_text().strip()
-    secret = prefix + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
-    return secret
 
 
 async def _ensure_demo(settings: Settings) -> str:

@@ -38,6 +38,7 @@ from evals.suite import (
     load_guard_suite,
     parse_jsonl,
 )
+from gateway.cache_salt import CacheSalts
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.store import AdapterVersion, EvalResult, EvalRun, Store, Tenant
 from gateway.upstream import Backend
@@ -84,6 +85,7 @@ class Evaluations:
         client: httpx.AsyncClient,
         base_engine_name: str,
         reports_root: Path,
+        salts: CacheSalts | None = None,
     ):
         self.store = store
         self.registry = registry
@@ -92,6 +94,7 @@ class Evaluations:
         self.client = client
         self.base_engine_name = base_engine_name
         self.reports_root = reports_root
+        self.salts = salts or CacheSalts(secrets.token_urlsafe(32))
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     async def policy(self, tenant_id: str) -> PolicyIn:
@@ -167,11 +170,12 @@ class Evaluations:
             tenant = await self.store.get_tenant(run.tenant_id)
             assert tenant is not None
             live = await self.registry.get(tenant, run.live) if run.live else None
+            salt = self.salts.of(tenant.id)  # the tenant's prefix-cache salt, as for its traffic
             async with (
-                self._generator(candidate, policy) as cand,
-                self._generator(live, policy) as cur,
+                self._generator(candidate, policy, salt) as cand,
+                self._generator(live, policy, salt) as cur,
             ):
-                base = self._generate(self._ready(), self.base_engine_name, policy)
+                base = self._generate(self._ready(), self.base_engine_name, policy, salt)
                 systems = {"candidate": cand, "base": base}
                 if live is not None:
                     systems["live"] = cur
@@ -217,18 +221,18 @@ class Evaluations:
 
     @asynccontextmanager
     async def _generator(
-        self, version: AdapterVersion | None, policy: PolicyIn
+        self, version: AdapterVersion | None, policy: PolicyIn, salt: str
     ) -> AsyncIterator[Generate]:
         if version is None:
-            yield self._generate(self._ready(), self.base_engine_name, policy)
+            yield self._generate(self._ready(), self.base_engine_name, policy, salt)
             return
         lease = await self.adapters.lease(version)
         try:
-            yield self._generate(lease.backend, lease.engine_name, policy)
+            yield self._generate(lease.backend, lease.engine_name, policy, salt)
         finally:
             lease.release()
 
-    def _generate(self, backend: Backend, model: str, policy: PolicyIn) -> Generate:
+    def _generate(self, backend: Backend, model: str, policy: PolicyIn, salt: str) -> Generate:
         async def generate(messages: Conversation) -> str:
             body = {
                 "model": model,
@@ -236,6 +240,7 @@ class Evaluations:
                 "temperature": 0.0,
                 "max_tokens": policy.max_tokens,
                 "seed": 0,
+                "cache_salt": salt,
             }
             resp = await self.client.post(
                 backend.url + "/v1/chat/completions", json=body, headers=backend.headers

@@ -11,12 +11,12 @@ What is limited, per tenant (key_id "") and per key, each independently (both mu
 - max tokens per request (the completion's `max_tokens`): a request asking for more is a 400
   (retrying cannot help); one that does not say gets the limit as its `max_tokens`.
 
-Token estimate before the call: prompt characters / 4 (rounded up) plus `n` x the completion
-allowance (`max_tokens`, else DEFAULT_COMPLETION_TOKENS). The gateway stays light (no tokenizer
-in its process); the estimate is only a reservation: after the call the engine's usage replaces
-it. Streams ask the engine for a final usage chunk (dropped again unless the client asked for
-it); a stream that ends without usage keeps its estimate. A request that failed before an answer
-keeps its request count but gives its tokens back.
+Token estimate before the call: prompt characters / 4 (rounded up) plus the completion allowance
+(`max_tokens`, else DEFAULT_COMPLETION_TOKENS) for every sequence: prompts x max(n, best_of).
+The gateway stays light (no tokenizer in its process); the estimate is only a reservation: after
+the call the engine's usage replaces it. Streams ask the engine for a final usage chunk (dropped
+again unless the client asked for it); a stream that ends without usage keeps its estimate. A
+request that failed before an answer keeps its request count but gives its tokens back.
 
 Callers without limits pay one cached dict lookup (cached for the directory's TTL).
 """
@@ -37,7 +37,13 @@ from litestar import Response
 from litestar.response import Stream
 
 from gateway.errors import InvalidRequest, RateLimited
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, StreamOptions
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    StreamOptions,
+    prompt_count,
+    sequences_per_prompt,
+)
 from gateway.store import Charge, LimitSet, Reservation, Store
 from gateway.tenancy import Caller
 
@@ -49,7 +55,6 @@ log = logging.getLogger("loopgate.limits")
 DEFAULT_COMPLETION_TOKENS = 256
 MINUTE = 60
 _PURGE_EVERY_S = 600.0
-_MAX_PROMPT_LIST = 10_000
 
 
 class LimitExceeded(RateLimited):
@@ -217,10 +222,10 @@ class Limiter:
 
 
 def estimate_tokens(req: Request) -> int:
-    """Prompt characters / 4, plus n x the completion allowance."""
-    prompt = _prompt_chars(req)
-    n = req.n if isinstance(req.n, int) else 1
-    return math.ceil(prompt / 4) + n * _completion_allowance(req)
+    """Prompt characters / 4, plus the completion allowance for every sequence generated:
+    each prompt of the request x max(n, best_of)."""
+    sequences = prompt_count(req) * sequences_per_prompt(req)
+    return math.ceil(prompt_chars(req) / 4) + sequences * _completion_allowance(req)
 
 
 def _completion_allowance(req: Request) -> int:
@@ -230,12 +235,13 @@ def _completion_allowance(req: Request) -> int:
     return asked if isinstance(asked, int) else DEFAULT_COMPLETION_TOKENS
 
 
-def _prompt_chars(req: Request) -> int:
+def prompt_chars(req: Request) -> int:
+    """The prompt's size in characters (token ids count their JSON digits)."""
     if isinstance(req, ChatCompletionRequest):
         return sum(len(msgspec.json.encode(m.content)) for m in req.messages)
     if isinstance(req.prompt, str):
         return len(req.prompt)
-    return len(msgspec.json.encode(req.prompt[:_MAX_PROMPT_LIST]))
+    return len(msgspec.json.encode(req.prompt))
 
 
 def _cap_max_tokens(req: Request, sets: list[LimitSet]) -> Request:

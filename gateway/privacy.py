@@ -405,6 +405,9 @@ _ASSIGN_VALUE_RE = re.compile(
     r"|(?P<bare>[^\s\"',;&<>]{1,1024}))",
     _A,
 )
+_QUOTED_VALUE_RE = re.compile(
+    r"[ \t]{0,8}(?:\"(?P<dq>[^\"\r\n]{1,1024})\"|'(?P<sq>[^'\r\n]{1,1024})')", _A
+)
 _KEY_CHARS = _ALNUM | frozenset("_.-")
 _PEM_BEGIN_RE = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", _A)
 _PEM_END_RE = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", _A)
@@ -522,27 +525,47 @@ def _assignment_key(text: str, op: int) -> str | None:
     return text[start:end]
 
 
-def _assignment_ops(text: str) -> Iterator[tuple[int, int]]:
+def _assignment_ops(text: str) -> Iterator[tuple[int, int, int]]:
+    """(start of the hit, operator start, operator end) of each candidate, in text order."""
     if ":" not in text and "=" not in text:
         return
     lower = text.lower()
     if len(lower) == len(text):  # the usual case: offsets in `lower` are offsets in `text`
         for m in _ASSIGN_HIT_RE.finditer(lower):
-            yield m.span("op")
+            yield m.start(), *m.span("op")
     else:  # lower() lengthened a character (e.g. U+0130): look at every operator instead
         for m in _ASSIGN_OP_RE.finditer(text):
-            yield m.span()
+            yield m.start(), *m.span()
+
+
+def _with_next_start(
+    ops: Iterator[tuple[int, int, int]], end: int
+) -> Iterator[tuple[int, int, int]]:
+    """Each operator's span, with where the next candidate starts (or `end`)."""
+    previous: tuple[int, int] | None = None
+    for start, op_start, op_end in ops:
+        if previous is not None:
+            yield previous[0], previous[1], start
+        previous = (op_start, op_end)
+    if previous is not None:
+        yield previous[0], previous[1], end
 
 
 def _assignments(text: str) -> _Spans:
+    """`key = value` secrets. An unquoted value ends before the next candidate key starts, so
+    each part of the text is read once however many candidates it holds (linear time: a body of
+    `token=a(` repeated used to rescan up to 1,024 characters per candidate). A quoted value
+    runs to its closing quote, which the next candidate's own quoted value cannot pass."""
     last_end = 0
-    for op_start, op_end in _assignment_ops(text):
+    for op_start, op_end, next_start in _with_next_start(_assignment_ops(text), len(text)):
         if op_start < last_end:
             continue  # inside the value just masked
         key = _assignment_key(text, op_start)
         if key is None:
             continue
-        m = _ASSIGN_VALUE_RE.match(text, op_end)
+        m = _ASSIGN_VALUE_RE.match(text, op_end, max(next_start, op_end))
+        if m is None or m.group("bare") is None:  # a quoted value may hold a key name
+            m = _QUOTED_VALUE_RE.match(text, op_end) or m
         if m is None:
             continue
         group = "dq" if m.group("dq") is not None else "sq" if m.group("sq") else "bare"

@@ -24,6 +24,11 @@ MetadataKey = Annotated[str, Meta(max_length=64)]
 MetadataValue = Annotated[str, Meta(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
 ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
+# One request may not ask the engine for more than this: prompts in a legacy completion, and
+# sequences generated in all (prompts x max(n, best_of)). A tenant's request is one of many in
+# the engine's batch; bigger jobs belong in several requests, each counted by the limits.
+MAX_PROMPTS = 64
+MAX_SEQUENCES = 64
 
 FORBIDDEN_FIELDS = (
     "chat_template",
@@ -113,7 +118,10 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
 
 class CompletionRequest(_Sampling, kw_only=True):
     # A string, a list of strings, token ids, or lists of token ids (checked in check_prompt).
-    prompt: Annotated[str, Meta(min_length=1)] | Annotated[list[object], Meta(min_length=1)]
+    prompt: (
+        Annotated[str, Meta(min_length=1)]
+        | Annotated[list[object], Meta(min_length=1, max_length=MAX_PROMPTS)]
+    )
     echo: bool | UnsetType | None = UNSET
     logprobs: Annotated[int, Meta(ge=0, le=5)] | UnsetType | None = UNSET
     best_of: Annotated[int, Meta(ge=1, le=16)] | UnsetType | None = UNSET
@@ -158,7 +166,29 @@ def decode_completion(body: bytes) -> CompletionRequest:
             "token-id lists, none of them empty",
             param="prompt",
         )
+    if prompt_count(req) * sequences_per_prompt(req) > MAX_SEQUENCES:
+        raise InvalidRequest(
+            f"this request asks for {prompt_count(req)} prompt(s) x "
+            f"{sequences_per_prompt(req)} sequence(s) each; at most {MAX_SEQUENCES} sequences "
+            "per request (split it into several requests)",
+            param="n",
+        )
     return req
+
+
+def prompt_count(req: ChatCompletionRequest | CompletionRequest) -> int:
+    """How many prompts the engine runs: a chat is one; a legacy completion's list is one per
+    string or token-id list (a flat list of token ids is one prompt)."""
+    if isinstance(req, ChatCompletionRequest) or isinstance(req.prompt, str):
+        return 1
+    return len(req.prompt) if isinstance(req.prompt[0], str | list) else 1
+
+
+def sequences_per_prompt(req: ChatCompletionRequest | CompletionRequest) -> int:
+    """Sequences generated per prompt: max(n, best_of)."""
+    n = req.n if isinstance(req.n, int) else 1
+    best_of = getattr(req, "best_of", None)
+    return max(n, best_of if isinstance(best_of, int) else 1)
 
 
 def _is_prompt_list(items: list[object]) -> bool:
@@ -172,9 +202,12 @@ def _is_prompt_list(items: list[object]) -> bool:
     )
 
 
-def encode_for_engine(req: ChatCompletionRequest | CompletionRequest, engine_model: str) -> bytes:
-    """The body vLLM receives: the allowlisted fields, the engine-side model name."""
-    changes: dict[str, object] = {"model": engine_model}
+def encode_for_engine(
+    req: ChatCompletionRequest | CompletionRequest, engine_model: str, cache_salt: str
+) -> bytes:
+    """The body vLLM receives: the allowlisted fields, the engine-side model name and the
+    tenant's prefix-cache salt (`gateway.cache_salt`; a client's own is refused at decoding)."""
+    changes: dict[str, object] = {"model": engine_model, "cache_salt": cache_salt}
     if isinstance(req, ChatCompletionRequest):
         changes.update(store=UNSET, metadata=UNSET)
     return _encoder.encode(msgspec.structs.replace(req, **changes))

@@ -17,6 +17,7 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.breaker import CircuitBreaker
+from gateway.cache_salt import CacheSalts
 from gateway.capture import CaptureWriter
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
@@ -75,6 +76,7 @@ class Gateway:
             metrics=self.metrics,
         )
         self.capture = CaptureWriter(self.store) if settings.capture_enabled else None
+        self.salts = CacheSalts.for_data_dir(settings.cache_salt_secret, settings.data_dir)
         self.finetuning = FineTuning(
             settings, self.store, self.registry, self.adapters, self.swapper, self.pool, self.client
         )
@@ -87,6 +89,7 @@ class Gateway:
             self.client,
             settings.base_model_name,
             settings.data_dir / "evals",
+            self.salts,
         )
         self.loops = Loops(
             self.store,
@@ -116,6 +119,7 @@ class Gateway:
             limits=self.limits,
             retries=settings.upstream_retries,
             ready_wait_s=settings.engine_ready_wait_s,
+            salts=self.salts,
         )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False

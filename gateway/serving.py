@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -16,10 +17,11 @@ from msgspec import UNSET
 
 from adapters.placement import AdapterPool, Lease
 from adapters.swap import Swapper
+from gateway.cache_salt import CacheSalts
 from gateway.canary import Assignment, Canaries, counts_against_canary
 from gateway.capture import CaptureWriter, Exchange, captured_stream
 from gateway.errors import EngineNotReady, LoopgateError, NotFound, UpstreamUnavailable
-from gateway.limits import Limiter
+from gateway.limits import Limiter, prompt_chars
 from gateway.privacy import redact
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -41,6 +43,9 @@ _PREFIX: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-"}
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger("loopgate.serving")
+# Requests with more prompt text than this are redacted off the event loop (a thread hop costs
+# tens of microseconds, more than redacting a typical prompt inline).
+REDACT_INLINE_CHARS = 16 * 1024
 
 
 class Serving:
@@ -58,6 +63,7 @@ class Serving:
         limits: Limiter | None = None,
         retries: int = 1,
         ready_wait_s: float = 0.0,
+        salts: CacheSalts | None = None,
     ):
         self.directory = directory
         self.pool = pool
@@ -71,6 +77,7 @@ class Serving:
         self.limits = limits
         self.retries = retries
         self.ready_wait_s = ready_wait_s
+        self.salts = salts or CacheSalts(secrets.token_urlsafe(32))
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
@@ -220,7 +227,9 @@ class Serving:
             if obs is not None:
                 obs.sending(alias.name, lease)
             try:
-                response = await self._attempt(req, kind, alias, lease, engine_id, exchange)
+                response = await self._attempt(
+                    req, kind, alias, lease, engine_id, exchange, self.salts.of(caller.tenant_id)
+                )
                 return response, _stored_id(exchange)
             except UpstreamUnavailable as exc:
                 tried.append(lease.backend)
@@ -237,11 +246,12 @@ class Serving:
         lease: Lease,
         engine_id: str,
         exchange: Exchange | None,
+        cache_salt: str,
     ) -> Response[bytes] | Stream:
         """One try on one replica; the lease is released when the answer is over (or failed)."""
         headers = {VERSION_HEADER: lease.version_id or "base"}
         engine_b, public_b = lease.engine_name.encode(), alias.name.encode()
-        payload = encode_for_engine(req, lease.engine_name)
+        payload = encode_for_engine(req, lease.engine_name, cache_salt)
         obs = current_request()
         try:
             if req.stream:
@@ -322,6 +332,13 @@ class Serving:
         store = getattr(req, "store", UNSET)
         stored = store if isinstance(store, bool) else caller.store_default
         metadata = getattr(req, "metadata", UNSET)
+        request = None
+        if stored and caller.redact_pii and prompt_chars(req) > REDACT_INLINE_CHARS:
+            # A big body's redaction (linear, ~1 s per MB at worst) runs in a worker thread,
+            # so the event loop keeps relaying every other tenant's streams meanwhile.
+            request = await asyncio.to_thread(request_record, req, True)
+        elif stored:
+            request = request_record(req, caller.redact_pii)
         record = Completion(
             id=_PREFIX[kind] + engine_id,
             tenant_id=caller.tenant_id,
@@ -331,7 +348,7 @@ class Serving:
             adapter_version=lease.version_id,
             backend=lease.backend.name,
             stored=stored,
-            request=request_record(req, caller.redact_pii) if stored else None,
+            request=request,
             response=None,
             finish_reason=None,
             prompt_tokens=None,

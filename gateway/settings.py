@@ -59,6 +59,14 @@ class Settings:
     database_url: str = field(
         default="", metadata={"help": "Store URL; empty means sqlite:///<data_dir>/loopgate.db."}
     )
+    cache_salt_secret: str = field(
+        default="",
+        metadata={
+            "help": "Secret mixed with each tenant's id into the prefix-cache salt of every "
+            "engine request (no tenant hits another's cached prefixes). Empty: a random one "
+            "kept in <data_dir>/cache_salt_secret; gateways sharing a store should share it."
+        },
+    )
     admin_key: str = field(
         default="",
         metadata={

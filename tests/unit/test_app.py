@@ -54,7 +54,17 @@ def test_only_allowlisted_fields_reach_the_engine(env: Env) -> None:
         "max_tokens": 5,
         "top_k": 3,
         "user": "u1",
+        "cache_salt": sent["cache_salt"],  # the tenant's, checked below
     }
+
+
+def test_every_engine_request_carries_its_tenant_s_own_cache_salt(env: Env) -> None:
+    for key in (env.acme_key, env.acme_key, env.globex_key):
+        resp = env.client.post("/v1/chat/completions", json=CHAT, headers=env.auth(key))
+        assert resp.status_code == 200, resp.text
+    first, again, other = (str(b["cache_salt"]) for b in env.engine.bodies())
+    assert first == again != other
+    assert len(first) == 64 and int(first, 16) >= 0  # HMAC-SHA256, hex
 
 
 @pytest.mark.parametrize(

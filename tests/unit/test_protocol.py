@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from gateway.cache_salt import CacheSalts
 from gateway.errors import InvalidRequest
 from gateway.protocol import decode_chat, decode_completion, encode_for_engine
 from gateway.upstream import SSEEvents, rename_model
@@ -26,8 +28,8 @@ def test_chat_round_trip_keeps_allowed_fields_untouched() -> None:
         "seed": 7,
     }
     req = decode_chat(json.dumps(body).encode())
-    sent = msgspec.json.decode(encode_for_engine(req, "engine-name"))
-    assert sent == {**body, "model": "engine-name", "stream": False}
+    sent = msgspec.json.decode(encode_for_engine(req, "engine-name", "salt-of-acme"))
+    assert sent == {**body, "model": "engine-name", "stream": False, "cache_salt": "salt-of-acme"}
 
 
 def test_gateway_fields_are_not_forwarded() -> None:
@@ -35,7 +37,7 @@ def test_gateway_fields_are_not_forwarded() -> None:
         b'{"model":"a","messages":[{"role":"user","content":"x"}],"store":true,"metadata":{"k":"v"}}'
     )
     assert req.store is True and req.metadata == {"k": "v"}
-    sent = msgspec.json.decode(encode_for_engine(req, "e"))
+    sent = msgspec.json.decode(encode_for_engine(req, "e", "s"))
     assert "store" not in sent and "metadata" not in sent
 
 
@@ -101,3 +103,19 @@ def test_rename_model_touches_only_the_model_field() -> None:
     body = b'{"model":"eng","choices":[{"message":{"content":"\\"model\\":\\"eng\\""}}]}'
     assert rename_model(body, b"eng", b"alias").startswith(b'{"model":"alias"')
     assert rename_model(body, b"eng", b"alias").count(b"alias") == 1
+
+
+def test_cache_salts_are_per_tenant_secret_and_stable(tmp_path: Path) -> None:
+    salts = CacheSalts.for_data_dir("", tmp_path)
+    assert (tmp_path / "cache_salt_secret").stat().st_mode & 0o777 == 0o600
+    assert salts.of("t1") == salts.of("t1") != salts.of("t2")
+    # the same data dir (a restart) keeps them; another secret gives others
+    assert CacheSalts.for_data_dir("", tmp_path).of("t1") == salts.of("t1")
+    assert CacheSalts.for_data_dir("configured", tmp_path).of("t1") != salts.of("t1")
+    assert "t1" not in salts.of("t1")
+
+
+def test_a_client_cannot_choose_its_cache_salt() -> None:
+    body = b'{"model":"a","messages":[{"role":"user","content":"x"}],"cache_salt":"other"}'
+    with pytest.raises(InvalidRequest, match="cache_salt"):
+        decode_chat(body)

@@ -33,13 +33,19 @@ class Replica:
     log_path: Path
     index: int
     proc: subprocess.Popen[bytes] | None = None
+    dtype: str = "auto"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        settings = Settings(engine_cpu_kvcache_gb=1, engine_max_model_len=1024, engine_device="cpu")
+        settings = Settings(
+            engine_cpu_kvcache_gb=1,
+            engine_max_model_len=1024,
+            engine_device="cpu",
+            engine_dtype=self.dtype,  # type: ignore[arg-type]
+        )
         launch = build_launch(settings, self.model, port=self.port)
         # Each replica computes on its own core. Left to vLLM's automatic binding, every
         # replica on one host binds its compute thread to the same core (core 0 of a 2-core
