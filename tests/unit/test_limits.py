@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient, TestClient
 
 from gateway.app import create_app
 from gateway.limits import budget_window, estimate_tokens, format_reset, read_usage
-from gateway.protocol import decode_chat
+from gateway.protocol import decode_chat, decode_completion
 from tests.support.postgres import PostgresServer
 from tests.unit.conftest import ADMIN, Env, make_settings
 from tests.unit.fake_engine import ENGINE_MODEL, ChunkStream, FakeEngine, chat_body, sse_chunks
@@ -71,6 +71,14 @@ def test_estimate_is_prompt_characters_over_four_plus_the_completion_allowance()
     assert estimate_tokens(decode_chat(json.dumps(HI).encode())) == HI_ESTIMATE
     unbounded = decode_chat(json.dumps({**HI, "max_tokens": None, "n": 2}).encode())
     assert estimate_tokens(unbounded) == 1 + 2 * 256
+
+
+def test_every_prompt_and_every_sequence_is_counted() -> None:
+    many = {"model": "m", "prompt": ["abcd"] * 8, "n": 2, "best_of": 3, "max_tokens": 10}
+    # 8 prompts x max(n, best_of) sequences x 10 tokens, plus 57 characters of JSON prompt / 4
+    assert estimate_tokens(decode_completion(json.dumps(many).encode())) == 8 * 3 * 10 + 15
+    flat_ids = {"model": "m", "prompt": [1, 2, 3], "max_tokens": 10}  # one prompt of token ids
+    assert estimate_tokens(decode_completion(json.dumps(flat_ids).encode())) == 10 + 2
 
 
 def test_reset_durations_read_like_openai() -> None:

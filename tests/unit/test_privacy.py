@@ -460,3 +460,31 @@ def test_typical_chat_message_speed() -> None:
         per_call = (time.process_time() - start) / runs
         print(f"\n{name}: {per_call * 1e6:.0f} us CPU per redact()")
         assert per_call < 0.05  # generous: typical is a few hundred microseconds
+
+
+def test_assignment_scan_reads_each_part_of_the_text_once() -> None:
+    # `token=a(` repeated: every candidate used to rescan up to 1,024 characters after it.
+    # Counted in regex calls' scanned characters, not in seconds (no timing assertion).
+    text = "token=a(" * 20_000 + " password=Hunter2Secret9"
+    scanned = 0
+    real_match = privacy._ASSIGN_VALUE_RE.match
+
+    class Counting:
+        def match(self, s: str, pos: int = 0, endpos: int = 1 << 62) -> object:
+            nonlocal scanned
+            scanned += min(endpos, pos + 1024 + 8) - pos
+            return real_match(s, pos, endpos)
+
+    original = privacy._ASSIGN_VALUE_RE
+    privacy._ASSIGN_VALUE_RE = Counting()  # type: ignore[assignment]
+    try:
+        result = redact(text)
+    finally:
+        privacy._ASSIGN_VALUE_RE = original
+    assert result.text.endswith("password=[SECRET]")
+    assert result.text.startswith("token=a(token=a(")  # references are not secrets
+    assert scanned <= 2 * len(text)  # linear: was ~1,024 per candidate (20x the text)
+
+
+def test_a_quoted_value_may_hold_a_key_name() -> None:
+    assert redact('password="my token=xyz" ok').text == 'password="[SECRET]" ok'

@@ -119,3 +119,26 @@ def test_a_client_cannot_choose_its_cache_salt() -> None:
     body = b'{"model":"a","messages":[{"role":"user","content":"x"}],"cache_salt":"other"}'
     with pytest.raises(InvalidRequest, match="cache_salt"):
         decode_chat(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": ["a"] * 65}, "prompt"),  # more prompts than MAX_PROMPTS
+        ({"prompt": ["a"] * 100_000}, "prompt"),
+        ({"prompt": ["a", "b"] * 4, "n": 16}, "n"),  # 8 x 16 sequences > MAX_SEQUENCES
+        ({"prompt": "a", "n": 2, "best_of": 16, "max_tokens": 1}, None),  # 16: allowed
+        ({"prompt": [[1, 2]] * 32, "best_of": 2}, None),  # 64: allowed
+        ({"prompt": [[1, 2]] * 32, "best_of": 3}, "n"),
+    ],
+)
+def test_one_request_cannot_ask_the_engine_for_unbounded_work(
+    body: dict[str, object], param: str | None
+) -> None:
+    raw = json.dumps({"model": "m", **body}).encode()
+    if param is None:
+        decode_completion(raw)
+        return
+    with pytest.raises(InvalidRequest) as caught:
+        decode_completion(raw)
+    assert caught.value.param == param
