@@ -36,6 +36,7 @@ from typing import Any, Literal, TypedDict
 import httpx
 from openai import AsyncOpenAI, omit
 
+from gateway.numerics import describe_cpu
 from gateway.supervisor import free_port
 
 Category = Literal["hardware", "account", "billing", "network"]
@@ -621,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url and not args.admin_key:
         parser.error("--admin-key is required with --url")
     started = time.monotonic()
+    print(f"host: {describe_cpu()} (the training job's tokens/s and dtype follow in its step)")
     if args.url:
         result = run_scenario(args.url.rstrip("/"), args.admin_key)
     else:

@@ -52,10 +52,10 @@ class JobFigures(msgspec.Struct):
     training: TrainingFigures | None = None
 
 
-def training_summary(job: FineTuningJob) -> str:
-    """'123 tokens at 146 tok/s, float32 on CPU AVX2 (bf16 emulated)', or '' if unknown."""
+def training_summary(result: str | None) -> str:
+    """A job result's 'N tokens at 146 tok/s, float32 on CPU AVX2 (bf16 emulated)', or ''."""
     try:
-        figures = msgspec.json.decode(job.result or "{}", type=JobFigures).training
+        figures = msgspec.json.decode(result or "{}", type=JobFigures).training
     except msgspec.DecodeError:
         return ""
     if figures is None:
@@ -182,7 +182,7 @@ class Loops:
             self._end(run, "failed", f"job {job.id} {job.status}: {error}")
             return
         run.candidate, run.fine_tuned_model = job.adapter_version, job.fine_tuned_model
-        trained = training_summary(job)
+        trained = training_summary(job.result)
         self._step(
             run,
             f"candidate {job.adapter_version} registered as {job.fine_tuned_model}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from gateway.loop import training_summary
 from gateway.numerics import (
     choose_cpu_dtype,
     cpu_capability,
@@ -92,3 +94,22 @@ def test_the_trainer_computes_in_the_hardware_s_dtype_unless_told() -> None:
     assert compute_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
     assert compute_dtype("cpu", "float32") == torch.float32
     assert compute_dtype("cpu", "bfloat16") == torch.bfloat16
+
+
+def test_the_loop_reports_how_fast_and_in_what_the_job_trained() -> None:
+    result = json.dumps(
+        {
+            "training": {
+                "train_tokens": 9120,
+                "tokens_per_s": 146.4,
+                "compute_dtype": "float32",
+                "hardware": "CPU AVX2 (bf16 emulated)",
+                "steps": 30,
+            },
+            "parity_reference": [],
+        }
+    )
+    assert training_summary(result) == (
+        "9120 tokens at 146 tok/s, float32 on CPU AVX2 (bf16 emulated)"
+    )
+    assert training_summary(None) == training_summary("not json") == ""

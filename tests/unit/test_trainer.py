@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapters.validation import Limits, base_model_info, validate_folder
+from gateway.numerics import cpu_has_native_bf16, describe_cpu, host_flags
 from tests.support.lora_factory import default_base_dir, torch_threads
 from training.chat import Conversation
 from training.parity import greedy_answer, peft_greedy, peft_reference
@@ -117,6 +118,12 @@ def test_loss_falls_and_the_result_describes_the_run(run: Run) -> None:
     assert r.train_tokens > 20 * 3 * 20  # every example is longer than 20 tokens
     assert r.tokens_per_s > 0 and r.seconds > 0 and r.peak_rss_mb > 100
     assert r.config == CONFIG and r.seed == CONFIG.seed
+    # what it computed in, chosen from this host's CPU, and the host, for every reported figure
+    native = cpu_has_native_bf16(host_flags())
+    assert r.compute_dtype == ("bfloat16" if native else "float32")
+    assert r.hardware == describe_cpu()
+    print(f"trained {r.train_tokens} tokens at {r.tokens_per_s:.0f} tok/s, {r.compute_dtype} "
+          f"on {r.hardware}")  # fmt: skip
 
 
 def test_progress_reports_steps_losses_and_evals(run: Run) -> None:
