@@ -152,7 +152,8 @@ class Registry:
             dataset_id=dataset_id,
         )
         await self.store.add_adapter(version)
-        return version
+        # The store marks it `trained_on_erased` when its dataset is already tainted.
+        return await self.store.get_adapter(version.id) or version
 
     async def get(self, tenant: Tenant, version_ref: str) -> AdapterVersion:
         version = await self.store.get_adapter(version_ref)

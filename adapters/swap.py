@@ -5,6 +5,10 @@ answers, without awaiting, which target an alias has right now in this process, 
 takes its lease in the same step, so a request either leased the old version before the flip
 (and finishes on it: the drain waits for it) or sees the new one. Operations on one alias are
 serialised by a lock; concurrent promotes end in one consistent state.
+
+A version trained on data that was later erased (`AdapterVersion.trained_on_erased`, set by the
+erase: gateway.erasure) is refused by every promote and rollback unless forced with a reason;
+the alias history records the forced event and a reason that names the erased dataset.
 """
 
 from __future__ import annotations
@@ -43,6 +47,23 @@ class SwapReport(msgspec.Struct):
     at: float
     replicas: list[str] = []  # where the new version was loaded and probed
     left_out: list[str] = []  # replicas that missed the swap, with why (reconciliation follows)
+
+
+def erasure_reason(version: AdapterVersion, *, forced: bool, reason: str | None) -> str | None:
+    """A version trained on data that was later erased (`trained_on_erased`) goes live only
+    when forced with a reason (a 409 `trained_on_erased` otherwise, rollbacks included); the
+    reason the alias history records then says so."""
+    if not version.trained_on_erased:
+        return reason
+    if not forced or not (reason or "").strip():
+        raise Conflict(
+            f"{version.id} was trained on dataset {version.dataset_id}, which held data that was "
+            "later erased: promote it with force and a reason to serve it anyway, or train a "
+            "new version on a fresh dataset",
+            param="version",
+            code="trained_on_erased",
+        )
+    return f"{reason} [trained on erased data: dataset {version.dataset_id}]"
 
 
 @dataclass
@@ -95,6 +116,7 @@ class Swapper:
         async with self.lock(tenant.id, alias):
             version = await self.registry.get(tenant, version_ref)
             next_status(version.status, Transition.PROMOTE)
+            reason = erasure_reason(version, forced=forced, reason=reason)
             existing = await self.store.get_alias(tenant.id, alias)
             if existing is None:
                 check_alias_name(alias)  # a promote creates the alias: same rules as a set

@@ -268,7 +268,8 @@ def pin_engine(pid: int, engine_core: int, serve_core: int) -> dict[str, int]:
 
 def start_engine(children: Children, workdir: Path, opts: Options) -> EngineLaunch:
     settings = Settings(data_dir=workdir, engine_max_loras=MAX_LORAS, engine_device="cpu")
-    launch = build_launch(settings, resolve_model(settings))
+    # On TCP: the gateway started below reaches it as an external replica, by URL.
+    launch = build_launch(settings, resolve_model(settings), port=free_port())
     env = dict(launch.env)
     if opts.pin:
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(opts.engine_core)

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from adapters.registry import Transition, next_status
-from adapters.swap import SwapReport
+from adapters.swap import SwapReport, erasure_reason
 from gateway.admin_api import admin_guard
 from gateway.errors import Conflict, InvalidRequest
 from gateway.runtime import Gateway
@@ -118,6 +118,7 @@ class AdapterController(Controller):
                 raise InvalidRequest("a forced promotion needs a reason", param="reason")
         else:
             version = await gw.registry.get(found, data.version)
+            erasure_reason(version, forced=False, reason=data.reason)  # before the gate: clearer
             run = await gw.evaluations.require_passing(found, alias, version.id)
             reason = f"{data.reason or 'gate passed'} (eval {run.id})"
         report = await gw.swapper.promote(

@@ -106,11 +106,11 @@ class AdminController(Controller):
         gw: GW,
         request: Request[object, object, State],
     ) -> dict[str, object]:
-        """Delete a tenant's captured traffic and feedback (all, or one end-user's)."""
+        """Delete a tenant's captured traffic and feedback (all, or one end-user's), and what
+        was derived from it: snapshot files, eval answers and reports (gateway.erasure)."""
         found = await gw.admin.tenant(tenant)
         actor = request.headers.get("x-loopgate-actor") or "admin"
-        count = await gw.store.erase(found.id, data.end_user, actor[:128])
-        return {"erased": count, "end_user": data.end_user}
+        return (await gw.erasure.erase(found.id, data.end_user, actor[:128])).to_json()
 
     @post("/tenants/{tenant:str}/opt-out", status_code=200)
     async def opt_out(

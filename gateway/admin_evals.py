@@ -34,6 +34,8 @@ def run_object(run: EvalRun) -> dict[str, object]:
         "decision": json.loads(run.decision) if run.decision else None,
         "summary": json.loads(run.summary) if run.summary else None,
         "report_files": sorted(REPORT_FILES) if run.report_dir else [],
+        "suite_dataset_id": run.suite_dataset_id,
+        "erased_at": run.erased_at,  # answers to erased cases blanked, report deleted
         "error": run.error,
         "created_by": run.created_by,
         "created_at": run.created_at,

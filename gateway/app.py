@@ -10,14 +10,14 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from gateway import api, completions_api, finetuning_api, openapi
+from gateway import api, completions_api, finetuning_api, metrics, openapi
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
 from gateway.admin_evals import EvalController, LoopController
 from gateway.admin_limits import LimitsController
+from gateway.admin_training import TrainingController
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.metrics import metrics_endpoint
 from gateway.request_id import add_request_id, request_context
 from gateway.runtime import Gateway
 from gateway.settings import Settings
@@ -52,8 +52,9 @@ def create_app(
             EvalController,
             LoopController,
             LimitsController,
+            TrainingController,
             backends,
-            *([metrics_endpoint] if settings.metrics_enabled else []),
+            *([metrics.route(settings)] if settings.metrics_enabled else []),
             *([openapi.route(settings)] if settings.openapi_enabled else []),
         ],
         dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},

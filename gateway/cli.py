@@ -22,6 +22,7 @@ from gateway.cli_adapters import add_adapter_commands
 from gateway.cli_finetuning import add_finetuning_commands
 from gateway.errors import LoopgateError
 from gateway.logs import configure_logging
+from gateway.private_files import owner_only
 from gateway.settings import ConfigError, Settings, describe
 from gateway.store import AliasTarget, Completion, Feedback, open_store
 from gateway.tenancy import Admin
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("loopgate")
 
 DEMO_TENANT = "demo"
+# The long-running commands: everything they and their children write is owner-only
+# (gateway.private_files).
+PRIVATE_COMMANDS = frozenset({"up", "serve", "worker"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             else Settings.from_env()
         )
         configure_logging(settings.log_level, settings.log_format)
+        if args.command in PRIVATE_COMMANDS:
+            owner_only(settings.data_dir)
         result: int = args.func(settings, args)
         return result
     except ConfigError as exc:
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loopgate", description=__doc__)
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+    sub = p.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     up = sub.add_parser(
         "up", help="prepare the model, start engine + gateway, create a demo tenant"
@@ -126,6 +132,15 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     exp.add_argument("tenant")
     exp.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
     exp.set_defaults(func=cmd_export)
+
+    era = sub.add_parser(
+        "erase",
+        help="erase a tenant's captured traffic (or one end user's) and what was derived from it: "
+        "snapshot files rewritten, eval answers and reports removed, adapters marked",
+    )
+    era.add_argument("tenant")
+    era.add_argument("--end-user", default=None, help="only this end user's data (`user`)")
+    era.set_defaults(func=cmd_erase)
 
     cfg = sub.add_parser("config", help="print the configuration reference")
     cfg.add_argument("--markdown", action="store_true", help="as a Markdown table")
@@ -317,6 +332,26 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
         if args.out:
             out.close()
     print(f"exported {len(lines)} conversations", file=sys.stderr)
+    return 0
+
+
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    """The admin API's erase, run on the store and files here (gateway.erasure)."""
+    from gateway.erasure import DataErasure
+
+    async def erase() -> dict[str, object]:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            tenant = await Admin(store, settings.default_alias).tenant(args.tenant)
+            roots = (settings.training_path / "datasets", settings.data_dir / "evals")
+            actor = f"cli:{os.environ.get('USER', '?')}"
+            done = await DataErasure(store, *roots).erase(tenant.id, args.end_user, actor)
+            return done.to_json()
+        finally:
+            await store.close()
+
+    print(msgspec.json.format(msgspec.json.encode(asyncio.run(erase()))).decode())
     return 0
 
 

@@ -37,6 +37,17 @@ def add_finetuning_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     loop.add_argument("--epochs", type=int, default=None)
     loop.add_argument("--lr-multiplier", type=float, default=None)
     loop.add_argument("--no-promote", action="store_true", help="stop after the gate's verdict")
+    loop.add_argument(
+        "--allow-flagged",
+        action="store_true",
+        help="after a review stop: train without the examples the poisoning guards flagged",
+    )
+    loop.add_argument(
+        "--keep-flagged",
+        action="store_true",
+        help="after a review stop: the flagged examples were reviewed and are fine; keep them",
+    )
+    loop.add_argument("--reason", default=None, help="why (recorded; needed by the two above)")
     loop.add_argument("--url", default=None, help="gateway URL (default: http://HOST:PORT)")
     loop.set_defaults(func=cmd_loop)
     ft = sub.add_parser("finetune", help="files, datasets and fine-tuning jobs (tenant API)")
@@ -198,6 +209,12 @@ def cmd_loop(settings: Settings, args: argparse.Namespace) -> int:
     }
     if args.base:
         body["base"] = args.base
+    if args.allow_flagged or args.keep_flagged:
+        body["dataset"] = {
+            "allow_flagged": args.allow_flagged,
+            "keep_flagged": args.keep_flagged,
+            "reason": args.reason,
+        }
     url = args.url or f"http://{settings.host}:{settings.port}"
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         resp = c.post(f"/admin/tenants/{args.tenant}/loops", json=body)

@@ -230,6 +230,8 @@ async def add_feedback(request: AnyRequest, gw: GW, completion_id: FromPath[str]
         tags=tuple(data.tags),
         author=f"user:{data.user}" if data.user else f"key:{caller.key_id}",
         created_at=time.time(),
+        key_id=caller.key_id,  # a correction's author is the key that sent it (training.dataset)
+        end_user=data.user or None,
     )
     await gw.store.add_feedback(feedback)
     return feedback

@@ -9,6 +9,7 @@
     ├── PayloadTooLarge           413 invalid_request_error
     ├── Unprocessable             422 invalid_request_error
     ├── RateLimited               429 rate_limit_error
+    ├── QuotaExceeded             429 rate_limit_error       (code quota_exceeded; no retry)
     ├── UpstreamUnavailable       502 upstream_error         (connection refused / reset)
     ├── EngineError               vLLM's own status + body, passed through once (5xx → 502)
     ├── EngineNotReady            503 service_unavailable
@@ -109,6 +110,21 @@ class RateLimited(LoopgateError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(max(1, round(self.retry_after_s)))}
+
+
+class QuotaExceeded(LoopgateError):
+    """A tenant quota (files, datasets, queued jobs, jobs or eval runs per day) is used up;
+    `param` names the quota. Retrying soon does not help, so the official SDKs are told not to
+    (they retry other 429s on their own)."""
+
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, param: str):
+        super().__init__(message, param=param, code="quota_exceeded")
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
 
 
 class UpstreamUnavailable(LoopgateError):

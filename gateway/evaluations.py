@@ -4,6 +4,10 @@ A run evaluates a tenant's candidate adapter for an alias against what the alias
 (live) and the base, on the held-out split of the candidate's dataset (the tenant suite, graded
 with the tenant's checks) and the shipped guard suite; stores every answer and score, writes a
 Markdown/HTML/PNG report, and records the gate's verdict. Promotion requires a passing run.
+
+Each held-out case's source completion is recorded with the run (`CaseSource`): erasing that
+completion replaces the case's answers by "[erased]" and deletes the run's report files, also
+when the erase lands while the run is still going (gateway.erasure).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -40,13 +44,26 @@ from evals.suite import (
 )
 from gateway.cache_salt import CacheSalts
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.store import AdapterVersion, EvalResult, EvalRun, Store, Tenant
+from gateway.quotas import Quotas, refusal
+from gateway.store import (
+    AdapterVersion,
+    CaseSource,
+    EvalResult,
+    EvalRun,
+    Store,
+    Tenant,
+    Usage,
+    erasure_sql,
+)
 from gateway.upstream import Backend
 from training.chat import Conversation
 from training.dataset import read_split
+from training.snapshot_erasure import split_sources
 
 log = logging.getLogger("loopgate.evals")
-TENANT_SUITE = "tenant"
+# The held-out split's suite; an erase blanks older runs' answers by this name.
+TENANT_SUITE = erasure_sql.TENANT_SUITE
+AN_EVAL_RUN = Usage(eval_runs_last_day=1)
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
@@ -69,6 +86,16 @@ class PolicyIn(msgspec.Struct, forbid_unknown_fields=True):
         )
 
 
+@dataclass(frozen=True)
+class TenantSuite:
+    """The tenant suite of a run; from a candidate's held-out split, with the completion each
+    case came from (what an erasure of that completion blanks)."""
+
+    suite: Suite
+    dataset_id: str | None = None
+    sources: list[CaseSource] = field(default_factory=list)
+
+
 class StartEval(msgspec.Struct, forbid_unknown_fields=True):
     alias: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     candidate: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -86,8 +113,11 @@ class Evaluations:
         base_engine_name: str,
         reports_root: Path,
         salts: CacheSalts | None = None,
+        *,
+        quotas: Quotas,
     ):
         self.store = store
+        self.quotas = quotas
         self.registry = registry
         self.adapters = adapters
         self.swapper = swapper
@@ -119,8 +149,10 @@ class Evaluations:
         live = self.swapper.current(alias).adapter_version
         if live == candidate.id:
             raise Conflict(f"alias '{req.alias}' already serves {candidate.id}")
+        quotas = (await self.quotas.check(tenant.id, AN_EVAL_RUN)).quotas  # max per day
         policy = await self.policy(tenant.id)
-        suites = [await self._tenant_suite(tenant, candidate, req, policy), load_guard_suite()]
+        tenant_suite = await self._tenant_suite(tenant, candidate, req, policy)
+        suites = [tenant_suite.suite, load_guard_suite()]
         run = EvalRun(
             id="ev-" + secrets.token_hex(8),
             tenant_id=tenant.id,
@@ -130,8 +162,11 @@ class Evaluations:
             status="running",
             created_by=actor,
             created_at=time.time(),
+            suite_dataset_id=tenant_suite.dataset_id,
         )
-        await self.store.add_eval_run(run)
+        over = await self.store.add_eval_run(run, quotas.limits(), sources=tenant_suite.sources)
+        if over is not None:  # another run took the room since the first check
+            raise refusal(quotas, over)
         task = asyncio.create_task(self._run(run, candidate, suites, policy))
         self.tasks[run.id] = task
         task.add_done_callback(lambda _: self.tasks.pop(run.id, None))
@@ -139,11 +174,13 @@ class Evaluations:
 
     async def _tenant_suite(
         self, tenant: Tenant, candidate: AdapterVersion, req: StartEval, policy: PolicyIn
-    ) -> Suite:
+    ) -> TenantSuite:
         checks = policy.tenant_checks or list(DEFAULT_TENANT_CHECKS)
         if req.suite_jsonl is not None:
             try:
-                return parse_jsonl(req.suite_jsonl, TENANT_SUITE, default_checks=checks)
+                return TenantSuite(
+                    parse_jsonl(req.suite_jsonl, TENANT_SUITE, default_checks=checks)
+                )
             except SuiteError as exc:
                 raise InvalidRequest(str(exc), param="suite_jsonl") from None
         dataset = (
@@ -151,15 +188,24 @@ class Evaluations:
             if candidate.dataset_id
             else None
         )
-        if dataset is None:
+        if dataset is None or dataset.erasure == "deleted":
+            why = "no dataset" if dataset is None else "a dataset whose data was all erased"
             raise InvalidRequest(
-                f"{candidate.id} has no dataset with a held-out split: send 'suite_jsonl'",
+                f"{candidate.id} has {why}, so no held-out split: send 'suite_jsonl'",
                 param="suite_jsonl",
             )
-        held_out = await asyncio.to_thread(read_split, Path(dataset.path), "eval")
+        folder = Path(dataset.path)
+        held_out = await asyncio.to_thread(read_split, folder, "eval")
         if not held_out:
             raise InvalidRequest(f"dataset {dataset.id} has an empty eval split", param="candidate")
-        return from_conversations(TENANT_SUITE, held_out, checks)
+        suite = from_conversations(TENANT_SUITE, held_out, checks)
+        lineage = await asyncio.to_thread(split_sources, folder, "eval")
+        sources = [
+            CaseSource(TENANT_SUITE, case.id, completion)
+            for case, completion in zip(suite.cases, lineage, strict=False)
+            if completion is not None
+        ]
+        return TenantSuite(suite, dataset.id, sources)
 
     # -- the run itself ---------------------------------------------------------------------
 

@@ -1,10 +1,21 @@
-"""Fine-tuning on the gateway side: uploaded files, dataset snapshots, jobs, and registration.
+"""Fine-tuning on the gateway side: dataset snapshots, jobs, and registration.
+
+Uploaded files are `gateway.files`; each tenant's bounds on a job and quotas on snapshots and
+jobs are `gateway.quotas`, checked here as a job or snapshot is created.
 
 Jobs are rows in the store; a worker process (training/worker.py) claims and trains them. A
 trained job comes back here in stage `registering`: the adapter is validated, loaded on a
 replica under a temporary name, its greedy outputs compared with the worker's peft outputs
 (parity), and only then registered as a `candidate` version with an alias named after the
 job's fine-tuned model (`ft:<base>:<tenant>:<suffix>:<id>`).
+
+A traffic snapshot is stored with its lineage: the completions it uses as examples and those
+its flags name. An erase of one of them rewrites the snapshot's files, and marks the versions
+trained on it `trained_on_erased` (gateway.erasure); a tainted snapshot trains no new job.
+
+The embedded worker process gets its settings explicitly (LOOPGATE_* variables rebuilt from the
+gateway's Settings, the store URL among them) and an allowlisted rest of the environment: never
+the admin key, the engine key, the metrics key or the cache-salt secret (`gateway.child_env`).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -33,8 +45,11 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import validate_folder
+from gateway.child_env import child_env
+from gateway.dataset_policy import BuildDataset, DatasetOverride, DatasetReport, tenant_config
 from gateway.errors import InvalidRequest, NotFound, Unprocessable
 from gateway.model import ModelError, resolve_model
+from gateway.quotas import Quotas, bounded, check_examples, refusal
 from gateway.settings import Settings, to_env
 from gateway.store import (
     AdapterVersion,
@@ -45,6 +60,7 @@ from gateway.store import (
     JobChanges,
     Store,
     Tenant,
+    Usage,
 )
 from gateway.tenancy import Caller
 from gateway.upstream import BackendPool
@@ -59,6 +75,7 @@ from training.dataset import (
 from training.dataset_config import DatasetConfig
 from training.jsonl import JsonlError, validate_chat_jsonl
 from training.parity import PARITY_PROMPTS, compare
+from training.snapshot_erasure import flagged_completion_ids
 from training.trainer_config import TrainConfig, from_hyperparameters
 
 log = logging.getLogger("loopgate.finetuning")
@@ -112,17 +129,6 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str] | None = None
 
 
-class BuildDataset(msgspec.Struct, forbid_unknown_fields=True):
-    """POST /v1/datasets (loopgate): a snapshot of the caller's captured traffic + feedback."""
-
-    include_unrated: bool | None = None
-    max_author_share: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
-    eval_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] | None = None
-    near_duplicate_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=16)] | None = None
-    seed: Annotated[int, msgspec.Meta(ge=0)] | None = None
-
-
 def train_config(h: Hyperparameters) -> TrainConfig:
     try:
         config = from_hyperparameters(h.n_epochs, h.learning_rate_multiplier, h.batch_size)
@@ -161,9 +167,11 @@ class FineTuning:
         swapper: Swapper,
         pool: BackendPool,
         client: httpx.AsyncClient,
+        quotas: Quotas,
     ):
         self.settings = settings
         self.store = store
+        self.quotas = quotas
         self.registry = registry
         self.adapters = adapters
         self.swapper = swapper
@@ -171,48 +179,6 @@ class FineTuning:
         self.client = client
         self.root = settings.training_path
         self.id = f"gateway:{os.getpid()}:{secrets.token_hex(3)}"
-
-    # -- files ------------------------------------------------------------------------------
-
-    async def upload(self, caller: Caller, filename: str, purpose: str, data: bytes) -> FileObject:
-        if purpose != "fine-tune":
-            raise InvalidRequest(
-                f"purpose {purpose!r} is not supported; loopgate accepts 'fine-tune'",
-                param="purpose",
-            )
-        if len(data) > self.settings.file_max_bytes:
-            raise Unprocessable(
-                f"the file is {len(data)} bytes; the limit is {self.settings.file_max_bytes}",
-                param="file",
-            )
-        conversations = await asyncio.to_thread(_validate, data)
-        file_id = "file-" + secrets.token_hex(12)
-        path = self.root / "files" / caller.tenant_id / f"{file_id}.jsonl"
-        await asyncio.to_thread(_write_bytes, path, data)
-        f = FileObject(
-            id=file_id,
-            tenant_id=caller.tenant_id,
-            purpose=purpose,
-            filename=Path(filename or "upload.jsonl").name[:255],
-            bytes=len(data),
-            lines=len(conversations),
-            path=str(path),
-            created_by=f"key:{caller.key_id}",
-            created_at=time.time(),
-        )
-        await self.store.add_file(f)
-        return f
-
-    async def file(self, caller: Caller, file_id: str) -> FileObject:
-        found = await self.store.get_file(caller.tenant_id, file_id)
-        if found is None:
-            raise NotFound(f"No such File object: {file_id}", param="file_id")
-        return found
-
-    async def delete_file(self, caller: Caller, file_id: str) -> None:
-        found = await self.file(caller, file_id)
-        await self.store.delete_file(caller.tenant_id, file_id)
-        await asyncio.to_thread(Path(found.path).unlink, True)
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -239,14 +205,27 @@ class FineTuning:
         return self._count_tokens if self._tokenizer is not None else None
 
     async def build_from_traffic(self, caller: Caller, req: BuildDataset) -> Dataset:
-        config = _dataset_config(req)
+        """POST /v1/datasets: a tenant key's snapshot (see gateway.dataset_policy)."""
+        await self.quotas.check(caller.tenant_id, Usage(datasets=1))  # before the costly part
+        snapshot = await self.snapshot_traffic(caller, tenant_config(req))
+        return await self.save_traffic(caller, snapshot)
+
+    async def snapshot_traffic(self, caller: Caller, config: DatasetConfig) -> Snapshot:
+        """The tenant's traffic and feedback through the dataset builder; nothing is saved."""
         rows = await self.store.export_completions(caller.tenant_id)
         opted_out = await self.store.list_optouts(caller.tenant_id)
         counter = await asyncio.to_thread(self._counter)
-        snapshot = await asyncio.to_thread(
+        return await asyncio.to_thread(
             lambda: from_traffic(rows, opted_out=opted_out, config=config, count_tokens=counter)
         )
-        return await self._save(caller, snapshot, "traffic", None)
+
+    async def save_traffic(
+        self, caller: Caller, snapshot: Snapshot, override: DatasetOverride | None = None
+    ) -> Dataset:
+        """Save a traffic snapshot; one that the poisoning guards stopped for review is refused."""
+        if snapshot.review.status == "needs_review":
+            raise Unprocessable(snapshot.review.message, code="dataset_needs_review")
+        return await self._save(caller, snapshot, "traffic", None, override)
 
     async def build_from_file(self, caller: Caller, f: FileObject) -> Dataset:
         data = await asyncio.to_thread(Path(f.path).read_bytes)
@@ -269,6 +248,7 @@ class FineTuning:
         snapshot: Snapshot,
         source: Literal["traffic", "file"],
         file_id: str | None,
+        override: DatasetOverride | None = None,
     ) -> Dataset:
         if not snapshot.train:
             raise Unprocessable(
@@ -282,12 +262,10 @@ class FineTuning:
             return existing
         if existing is not None:
             ds_id += "-" + secrets.token_hex(3)
+        quotas = (await self.quotas.check(caller.tenant_id, Usage(datasets=1))).quotas
         folder = self.root / "datasets" / caller.tenant_id / ds_id
         await asyncio.to_thread(write_snapshot, snapshot, folder)
-        stats = {
-            "stats": msgspec.to_builtins(snapshot.stats),
-            "flags": msgspec.to_builtins(snapshot.flags),
-        }
+        report = DatasetReport(snapshot.stats, snapshot.flags, snapshot.review, override)
         d = Dataset(
             id=ds_id,
             tenant_id=caller.tenant_id,
@@ -298,11 +276,18 @@ class FineTuning:
             eval_count=len(snapshot.eval),
             preference_count=len(snapshot.preferences),
             path=str(folder),
-            stats=json.dumps(stats),
+            stats=msgspec.json.encode(report).decode(),
             created_by=f"key:{caller.key_id}",
             created_at=time.time(),
         )
-        await self.store.add_dataset(d, completion_ids(snapshot))
+        # Lineage for erasure: the completions it trains on, and those only its flags name.
+        flagged = flagged_completion_ids(snapshot) if source == "traffic" else set()
+        over = await self.store.add_dataset(
+            d, completion_ids(snapshot), quotas.limits(), flagged=flagged
+        )
+        if over is not None:  # another snapshot took the room since the first check
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise refusal(quotas, over)
         return d
 
     async def dataset(self, caller: Caller, dataset_id: str) -> Dataset:
@@ -330,14 +315,17 @@ class FineTuning:
                 param="validation_file",
             )
         hyper = _hyperparameters(req)
-        config = train_config(hyper)
+        quotas = await self.quotas.of(caller.tenant_id)
+        config = bounded(train_config(hyper), _chosen(hyper), quotas)
         if config.rank > self.settings.engine_max_lora_rank:
             raise InvalidRequest(
                 f"lora_rank {config.rank} is above what the engine serves "
                 f"(LOOPGATE_ENGINE_MAX_LORA_RANK={self.settings.engine_max_lora_rank})",
                 param="hyperparameters",
             )
+        await self.quotas.check(caller.tenant_id, A_JOB)  # before a file becomes a dataset
         dataset = await self._job_dataset(caller, req.training_file)
+        check_examples(dataset, quotas)
         job_id = "ftjob-" + secrets.token_hex(12)
         job = FineTuningJob(
             id=job_id,
@@ -356,7 +344,9 @@ class FineTuning:
             stage="queued",
             created_at=time.time(),
         )
-        await self.store.create_job(job)
+        over = await self.store.create_job(job, quotas.limits())
+        if over is not None:
+            raise refusal(quotas, over)
         await self.store.add_job_event(
             job_id,
             "info",
@@ -388,16 +378,22 @@ class FineTuning:
             )
         return found
 
-    async def cancel(self, caller: Caller, job_id: str) -> FineTuningJob:
-        job = await self.job(caller, job_id)
+    async def cancel(self, tenant_id: str, job_id: str, actor: str) -> FineTuningJob:
+        """Cancel a tenant's job: a queued one at once, a running one at its next step (the
+        worker sees the flag on its heartbeat). `actor` (a key, or the admin) is recorded."""
+        job = await self.store.get_job(job_id, tenant_id)
+        if job is None:
+            raise NotFound(
+                f"No fine-tuning job found with id '{job_id}'", param="fine_tuning_job_id"
+            )
         if job.status in ("succeeded", "failed", "cancelled"):
             raise InvalidRequest(
                 f"job {job_id} has already {job.status}", param="fine_tuning_job_id"
             )
-        updated = await self.store.request_cancel(caller.tenant_id, job_id)
+        updated = await self.store.request_cancel(tenant_id, job_id)
         assert updated is not None
-        message = "cancelled" if updated.status == "cancelled" else "cancellation requested"
-        await self.store.add_job_event(job_id, "info", message)
+        done = "cancelled" if updated.status == "cancelled" else "cancellation requested"
+        await self.store.add_job_event(job_id, "info", f"{done} by {actor}", {"actor": actor})
         return updated
 
     # -- registration of trained jobs ---------------------------------------------------------
@@ -535,6 +531,15 @@ def replace_changes(changes: JobChanges, **more: object) -> JobChanges:
     return msgspec.structs.replace(changes, **more)
 
 
+A_JOB = Usage(queued_jobs=1, jobs_last_day=1)
+
+
+def _chosen(h: Hyperparameters) -> set[str]:
+    """The bounded hyperparameters the caller set (the rest are at their defaults)."""
+    given = {"n_epochs": h.n_epochs, "batch_size": h.batch_size, "max_seq_length": h.max_seq_length}
+    return {name for name, value in given.items() if value not in ("auto", None)}
+
+
 def _hyperparameters(req: CreateJob) -> Hyperparameters:
     if req.method is not None:
         if req.method.type != "supervised":
@@ -546,14 +551,6 @@ def _hyperparameters(req: CreateJob) -> Hyperparameters:
     return req.hyperparameters or Hyperparameters()
 
 
-def _dataset_config(req: BuildDataset) -> DatasetConfig:
-    given = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
-    try:
-        return DatasetConfig(**given)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-
-
 def _validate(data: bytes) -> list[Conversation]:
     try:
         return validate_chat_jsonl(data, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES)
@@ -561,11 +558,19 @@ def _validate(data: bytes) -> list[Conversation]:
         raise InvalidRequest(str(exc), param="file", code="invalid_file") from None
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
+# Secrets of the serving side the worker has no use for (it trains; it never serves or
+# administers). The store's URL it does need: it claims jobs and writes results there.
+WORKER_OMITS = ("admin_key", "engine_api_key", "cache_salt_secret", "metrics_key")
+
+
+def worker_process_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The embedded worker's environment: the allowlisted part of `environ` (gateway.child_env)
+    and its settings, passed explicitly, less the serving side's secrets."""
+    return child_env(
+        environ,
+        **to_env(settings, omit=WORKER_OMITS),
+        LOOPGATE_WORKER_PARENT=str(os.getpid()),
+    )
 
 
 class WorkerProcess:
@@ -576,8 +581,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **to_env(self.settings, omit=("admin_key", "engine_api_key"))}
-        env["LOOPGATE_WORKER_PARENT"] = str(os.getpid())
+        env = worker_process_env(self.settings, os.environ)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "training.worker"], env=env, start_new_session=True
         )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 from litestar import Request, delete, get, post
-from litestar.datastructures import State, UploadFile
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 
 from gateway.completions_api import decode_body, page_limit
+from gateway.dataset_policy import BuildDataset
 from gateway.errors import InvalidRequest
-from gateway.finetuning import BuildDataset, CreateJob
+from gateway.finetuning import CreateJob
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.store import Dataset, FileObject, FineTuningJob, JobEvent
@@ -53,6 +54,8 @@ def dataset_object(d: Dataset) -> dict[str, object]:
         "preference_pairs": d.preference_count,
         "tainted": d.tainted_at is not None,
         "taint_reason": d.taint_reason,
+        "erasure": d.erasure,  # pending | rewritten | deleted: what became of its files
+        "erased_examples": d.erased_examples,
         "report": json.loads(d.stats),
     }
 
@@ -135,14 +138,9 @@ def routes(settings: Settings) -> list[HTTPRouteHandler]:
 
     @post("/v1/files", status_code=200, request_max_body_size=settings.file_max_bytes + 65536)
     async def upload_file(request: AnyRequest, gw: GW) -> dict[str, object]:
+        """Streamed to disk as it arrives (gateway.files), never read whole into memory."""
         caller = await _caller(request, gw)
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("send the file as multipart form field 'file'", param="file")
-        data = await upload.read()
-        purpose = str(form.get("purpose") or "")
-        return file_object(await gw.finetuning.upload(caller, upload.filename, purpose, data))
+        return file_object(await gw.files.upload(caller, request.content_type, request.stream()))
 
     return [upload_file, *ROUTES]
 
@@ -156,12 +154,12 @@ async def list_files(request: AnyRequest, gw: GW) -> dict[str, object]:
 
 @get("/v1/files/{file_id:str}")
 async def get_file(request: AnyRequest, gw: GW, file_id: FromPath[str]) -> dict[str, object]:
-    return file_object(await gw.finetuning.file(await _caller(request, gw), file_id))
+    return file_object(await gw.files.file(await _caller(request, gw), file_id))
 
 
 @delete("/v1/files/{file_id:str}", status_code=200)
 async def delete_file(request: AnyRequest, gw: GW, file_id: FromPath[str]) -> dict[str, object]:
-    await gw.finetuning.delete_file(await _caller(request, gw), file_id)
+    await gw.files.delete(await _caller(request, gw), file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
@@ -218,7 +216,8 @@ async def job_events(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict
 
 @post("/v1/fine_tuning/jobs/{job_id:str}/cancel", status_code=200)
 async def cancel_job(request: AnyRequest, gw: GW, job_id: FromPath[str]) -> dict[str, object]:
-    return job_object(await gw.finetuning.cancel(await _caller(request, gw), job_id))
+    caller = await _caller(request, gw)
+    return job_object(await gw.finetuning.cancel(caller.tenant_id, job_id, f"key:{caller.key_id}"))
 
 
 ROUTES = [

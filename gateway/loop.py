@@ -3,6 +3,11 @@
 One API call (`POST /admin/tenants/{t}/loops`) or one command (`loopgate loop`) runs every step
 through the same services the public API uses; each step is recorded with its time, and the
 run's state is also written to `<data_dir>/loops/<id>.json`.
+
+The dataset step obeys the poisoning guards (`training.poisoning`): flagged examples are left
+out, and when too many are flagged the run ends `needs_review` with the flags on its record and
+nothing trained. An admin restarts it with `dataset.allow_flagged` or `dataset.keep_flagged`
+and a `dataset.reason`; that override is on the run and in the dataset's report.
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ from typing import Annotated, Literal
 import msgspec
 
 from adapters.swap import Swapper
+from gateway.dataset_policy import AdminDataset, DatasetOverride, admin_config
 from gateway.errors import LoopgateError, NotFound
 from gateway.evaluations import Evaluations, StartEval
-from gateway.finetuning import BuildDataset, CreateJob, FineTuning, Hyperparameters
-from gateway.store import EvalRun, FineTuningJob, Store, Tenant
+from gateway.finetuning import CreateJob, FineTuning, Hyperparameters
+from gateway.store import Dataset, EvalRun, FineTuningJob, Store, Tenant
 from gateway.tenancy import Caller
+from training.dataset_config import DatasetConfig
+from training.poisoning import SUSPICIONS, Flag, Review
 
 log = logging.getLogger("loopgate.loop")
-LoopStatus = Literal["running", "promoted", "refused", "failed"]
+LoopStatus = Literal["running", "promoted", "refused", "failed", "needs_review"]
 POLL_S = 2.0
 
 
@@ -33,7 +41,7 @@ class StartLoop(msgspec.Struct, forbid_unknown_fields=True):
     alias: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     base: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
     suffix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")] = "loop"
-    dataset: BuildDataset | None = None
+    dataset: AdminDataset | None = None
     hyperparameters: Hyperparameters | None = None
     seed: int | None = None
     promote: bool = True
@@ -86,6 +94,9 @@ class LoopRun(msgspec.Struct):
     reasons: list[str] = msgspec.field(default_factory=list)
     seconds: dict[str, float] = msgspec.field(default_factory=dict)
     finished_at: float | None = None
+    review: Review | None = None  # the poisoning guards' verdict on the dataset
+    flags: list[Flag] = msgspec.field(default_factory=list)  # the acting ones, on a review stop
+    override: DatasetOverride | None = None  # an admin's, with its reason
 
 
 class Loops:
@@ -108,9 +119,11 @@ class Loops:
     async def start(self, tenant: Tenant, req: StartLoop, actor: str) -> LoopRun:
         if await self.store.get_alias(tenant.id, req.alias) is None:
             raise NotFound(f"no alias '{req.alias}' for this tenant", param="alias")
+        config, override = admin_config(req.dataset or AdminDataset(), actor)
         run = LoopRun("loop-" + secrets.token_hex(6), tenant.id, req.alias, "running", time.time())
+        run.override = override
         self.runs[run.id] = run
-        task = asyncio.create_task(self._run(run, tenant, req, actor))
+        task = asyncio.create_task(self._run(run, tenant, req, config, actor))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return run
@@ -137,30 +150,52 @@ class Loops:
         run.seconds["total"] = round(run.finished_at - run.started_at, 1)
         self._step(run, message)
 
-    async def _run(self, run: LoopRun, tenant: Tenant, req: StartLoop, actor: str) -> None:
+    async def _run(
+        self, run: LoopRun, tenant: Tenant, req: StartLoop, config: DatasetConfig, actor: str
+    ) -> None:
         caller = Caller(tenant.id, tenant.name, f"loop:{actor}")
         try:
-            await self._steps(run, tenant, caller, req, actor)
+            dataset = await self._dataset(run, caller, config)
+            if dataset is not None:
+                await self._steps(run, tenant, caller, req, dataset, actor)
         except LoopgateError as exc:
             self._end(run, "failed", f"failed: {exc.message}")
         except Exception as exc:
             log.exception("loop %s failed", run.id)
             self._end(run, "failed", f"failed unexpectedly: {exc}")
 
-    async def _steps(
-        self, run: LoopRun, tenant: Tenant, caller: Caller, req: StartLoop, actor: str
-    ) -> None:
-        # 1. The dataset: a snapshot of the tenant's traffic and feedback.
+    async def _dataset(self, run: LoopRun, caller: Caller, config: DatasetConfig) -> Dataset | None:
+        """1. The dataset: a snapshot of the tenant's traffic and feedback, unless the poisoning
+        guards stop it for review (then the run ends `needs_review`, and None)."""
         t0 = time.monotonic()
         self._step(run, "building a dataset from captured traffic and feedback")
-        dataset = await self.finetuning.build_from_traffic(caller, req.dataset or BuildDataset())
-        run.dataset_id = dataset.id
+        snapshot = await self.finetuning.snapshot_traffic(caller, config)
+        run.review = snapshot.review
         run.seconds["dataset"] = round(time.monotonic() - t0, 1)
+        if snapshot.review.status == "needs_review":
+            acting = [f for f in snapshot.flags if f.kind in SUSPICIONS and f.action != "noted"]
+            run.flags = acting
+            self._end(run, "needs_review", "stopped for review: " + snapshot.review.message)
+            return None
+        dataset = await self.finetuning.save_traffic(caller, snapshot, run.override)
+        run.dataset_id = dataset.id
         self._step(
             run,
             f"dataset {dataset.id}: {dataset.train_count} train / {dataset.eval_count} held-out "
-            f"examples, {dataset.preference_count} preference pairs",
+            f"examples, {dataset.preference_count} preference pairs; poisoning guards: "
+            + snapshot.review.message,
         )
+        return dataset
+
+    async def _steps(
+        self,
+        run: LoopRun,
+        tenant: Tenant,
+        caller: Caller,
+        req: StartLoop,
+        dataset: Dataset,
+        actor: str,
+    ) -> None:
         # 2. The QLoRA job, run by the worker; the gateway checks parity and registers it.
         t1 = time.monotonic()
         job = await self.finetuning.create_job(

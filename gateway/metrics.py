@@ -3,10 +3,19 @@
 Labels stay bounded: tenant *names*, alias names, adapter version ids, kinds, status classes and
 error types — never keys, request ids or anything a client can make up (an unresolved model
 name is labelled "", not with what the client sent).
+
+The route is open only on a gateway that listens on a loopback address: anywhere else (0.0.0.0,
+a LAN address, a host name) it wants `Authorization: Bearer` with the admin key or the separate
+scrape credential LOOPGATE_METRICS_KEY, since tenant names, aliases and traffic volumes are not
+for everyone on the network. LOOPGATE_METRICS_REQUIRE_ADMIN (or setting a metrics key) asks for
+the credential on loopback too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -28,7 +38,10 @@ from adapters.registry import Registry
 from adapters.swap import Swapper, SwapReport
 from gateway.breaker import BreakerState
 from gateway.canary import Canaries
+from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.settings import Settings
 from gateway.store import Canary, JobStage, Store, Tenant
+from gateway.tenancy import bearer_token
 from gateway.upstream import Backend
 
 if TYPE_CHECKING:
@@ -244,12 +257,67 @@ class MeteredCanaries(Canaries):
         return rolled_back
 
 
-@get("/metrics", include_in_schema=False)
-async def metrics_endpoint(request: Request[object, object, State]) -> Response[bytes]:
-    """Prometheus scrape target (keep it on a private network, or set metrics_require_admin)."""
-    gw: Gateway = request.app.state.gateway
-    if gw.settings.metrics_require_admin:
-        gw.check_admin(request.headers.get("authorization"))
-    depth = gw.capture.depth if gw.capture is not None else 0
-    await gw.metrics.refresh(gw.pool.backends, depth, gw.store)
-    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def is_loopback(host: str) -> bool:
+    """Is `host` (a listen address) reachable from this machine only? Names other than
+    localhost are not trusted to be: they may resolve to anything."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _digest(credential: str) -> bytes:
+    return hashlib.sha256(credential.encode()).digest()
+
+
+class ScrapeAuth:
+    """Who may read /metrics: anyone on a gateway listening on loopback only (unless
+    metrics_require_admin or metrics_key ask for a credential); elsewhere the bearer of the
+    admin key or of metrics_key, compared in constant time."""
+
+    def __init__(self, settings: Settings):
+        self.host = settings.host
+        self.required = (
+            settings.metrics_require_admin
+            or bool(settings.metrics_key)
+            or not is_loopback(settings.host)
+        )
+        credentials = (settings.admin_key, settings.metrics_key)
+        self._digests = tuple(_digest(c) for c in credentials if c)
+
+    def check(self, authorization: str | None) -> None:
+        if not self.required:
+            return
+        if not self._digests:
+            raise PermissionDenied(
+                f"/metrics needs a credential on a gateway listening on {self.host}: "
+                "set LOOPGATE_METRICS_KEY (or LOOPGATE_ADMIN_KEY)"
+            )
+        token = bearer_token(authorization)
+        if not token:
+            raise AuthenticationFailed(
+                "missing credential: send 'Authorization: Bearer <metrics key or admin key>'"
+            )
+        digest = _digest(token)
+        # Every credential is compared (no early exit), each in constant time.
+        matches = [hmac.compare_digest(digest, known) for known in self._digests]
+        if not any(matches):
+            raise PermissionDenied("this credential may not read /metrics")
+
+
+def route(settings: Settings) -> HTTPRouteHandler:
+    """GET /metrics, guarded by the settings' `ScrapeAuth`."""
+    auth = ScrapeAuth(settings)
+
+    @get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request[object, object, State]) -> Response[bytes]:
+        """Prometheus scrape target."""
+        auth.check(request.headers.get("authorization"))
+        gw: Gateway = request.app.state.gateway
+        depth = gw.capture.depth if gw.capture is not None else 0
+        await gw.metrics.refresh(gw.pool.backends, depth, gw.store)
+        return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics_endpoint

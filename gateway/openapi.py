@@ -32,10 +32,12 @@ from gateway.admin_canary import Decision
 from gateway.admin_limits import LimitsBody
 from gateway.canary import CanaryPromotion, CanaryReport, CanarySpec
 from gateway.completions_api import FeedbackIn, UpdateCompletion
+from gateway.dataset_policy import BuildDataset
 from gateway.evaluations import PolicyIn, StartEval
-from gateway.finetuning import BuildDataset, CreateJob
+from gateway.finetuning import CreateJob
 from gateway.loop import LoopRun, StartLoop
 from gateway.protocol import FORBIDDEN_FIELDS, ChatCompletionRequest, CompletionRequest
+from gateway.quotas import QuotasBody, TenantShares
 from gateway.settings import Settings
 from gateway.store import (
     AdapterVersion,
@@ -62,7 +64,8 @@ ERROR_DESCRIPTIONS = {
     409: "Conflicts with the resource's current state",
     413: "Request body too large",
     422: "Well-formed but unacceptable content",
-    429: "A rate limit, concurrency limit or token budget was reached",
+    429: "A rate limit, concurrency limit or token budget was reached, or a tenant quota "
+    "(`quota_exceeded`, `param` the quota; not worth retrying soon)",
     502: "The inference engine failed or could not be reached",
     503: "The inference engine is not ready, or the store stayed locked by another process "
     "past its 30 s wait (`store_busy`); retry after `Retry-After`",
@@ -182,6 +185,20 @@ FILE = obj("file", "id", "bytes", "created_at", "filename", "purpose", "status")
 DATASET = obj("dataset", "id", "created_at", "content_hash", "source", "report")
 JOB = obj("fine_tuning.job", "id", "created_at", "model", "status", "hyperparameters", "loopgate")
 EVAL_RUN = obj("eval.run", "id", "alias", "candidate", "status", "created_at")
+IDS = {"type": "array", "items": {"type": "string"}}
+ERASURE = obj(
+    None,
+    "erased",
+    "end_user",
+    "datasets",
+    "adapter_versions_trained_on_erased",
+    "eval_runs",
+    "files_pending",
+    datasets=IDS,
+    adapter_versions_trained_on_erased=IDS,
+    eval_runs=IDS,
+    files_pending=IDS,
+)
 UPLOAD = Raw(
     ("multipart/form-data",),
     {
@@ -227,20 +244,20 @@ def tenant_routes() -> list[Op]:
         Op("GET", cid + "/feedback", "List a completion's feedback", "tenant",
            returns=listing(Feedback), errors=(404,)),
         Op("POST", "/v1/files", "Upload a fine-tuning file (JSONL chat conversations)", "tenant",
-           body=UPLOAD, returns=FILE, errors=(400, 413, 422)),
+           body=UPLOAD, returns=FILE, errors=(400, 413, 422, 429)),
         Op("GET", "/v1/files", "List files", "tenant", returns=listing(FILE, "has_more")),
         Op("GET", "/v1/files/{file_id}", "Retrieve a file", "tenant", returns=FILE,
            errors=(404,)),
         Op("DELETE", "/v1/files/{file_id}", "Delete a file", "tenant",
            returns=obj("file", "id", "deleted"), errors=(404,)),
         Op("POST", "/v1/datasets", "Snapshot a dataset from captured traffic", "tenant", 201,
-           body=BuildDataset, body_required=False, returns=DATASET, errors=(400, 413, 422)),
+           body=BuildDataset, body_required=False, returns=DATASET, errors=(400, 413, 422, 429)),
         Op("GET", "/v1/datasets", "List dataset snapshots", "tenant",
            returns=listing(DATASET, "has_more")),
         Op("GET", "/v1/datasets/{dataset_id}", "Retrieve a dataset snapshot", "tenant",
            returns=DATASET, errors=(404,)),
         Op("POST", jobs, "Create a fine-tuning job", "tenant", body=CreateJob, returns=JOB,
-           errors=(400, 404, 413, 422)),
+           errors=(400, 404, 413, 422, 429)),
         Op("GET", jobs, "List fine-tuning jobs", "tenant", returns=listing(JOB, "has_more"),
            params=(AFTER, LIMIT), errors=(400,)),
         Op("GET", jobs + "/{job_id}", "Retrieve a fine-tuning job", "tenant", returns=JOB,
@@ -266,7 +283,7 @@ def admin_routes() -> list[Op]:
         Op("PATCH", t, "Set a tenant's capture policy", "admin", body=TenantPolicy,
            returns=Tenant, errors=(400, 404, 413)),
         Op("POST", t + "/erase", "Erase captured traffic (all, or one end-user's)", "admin",
-           body=Erase, returns=obj(None, "erased", "end_user"), params=(ACTOR,),
+           body=Erase, returns=ERASURE, params=(ACTOR,),
            errors=(400, 404, 413)),
         Op("POST", t + "/opt-out", "Never train on an end-user's data", "admin", body=OptOut,
            returns=obj(None, "flagged", "end_user"), errors=(400, 404, 413)),
@@ -321,7 +338,7 @@ def admin_routes() -> list[Op]:
         Op("PUT", t + "/gate-policy", "Set a tenant's promotion gate", "admin", body=PolicyIn,
            returns=PolicyIn, errors=(400, 404, 413)),
         Op("POST", t + "/evals", "Start an eval run", "admin", 202, body=StartEval,
-           returns=EVAL_RUN, params=(ACTOR,), errors=(400, 404, 409, 413)),
+           returns=EVAL_RUN, params=(ACTOR,), errors=(400, 404, 409, 413, 429)),
         Op("GET", t + "/evals", "List eval runs", "admin", returns=listing(EVAL_RUN),
            errors=(404,)),
         Op("GET", t + "/evals/{run_id}", "An eval run", "admin", returns=EVAL_RUN,
@@ -334,6 +351,15 @@ def admin_routes() -> list[Op]:
            returns=LoopRun, params=(ACTOR,), errors=(400, 404, 413)),
         Op("GET", t + "/loops/{run_id}", "An adaptation loop run", "admin", returns=LoopRun,
            errors=(404,)),
+        Op("GET", t + "/quotas", "A tenant's fine-tuning bounds and quotas, and its usage",
+           "admin", returns=TenantShares, errors=(404,)),
+        Op("PUT", t + "/quotas", "Replace a tenant's bounds and quotas (null: the default)",
+           "admin", body=QuotasBody, returns=TenantShares, errors=(400, 404, 413)),
+        Op("GET", t + "/fine_tuning/jobs", "A tenant's fine-tuning jobs", "admin",
+           returns=listing(JOB, "has_more"), params=(AFTER, LIMIT), errors=(400, 404)),
+        Op("POST", t + "/fine_tuning/jobs/{job_id}/cancel", "Cancel a tenant's job (queued or "
+           "running); the job's events record the actor", "admin", returns=JOB, params=(ACTOR,),
+           errors=(400, 404)),
     ]  # fmt: skip
 
 

@@ -19,17 +19,20 @@ from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.breaker import CircuitBreaker
 from gateway.cache_salt import CacheSalts
 from gateway.capture import CaptureWriter
+from gateway.erasure import DataErasure
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
+from gateway.files import Files
 from gateway.finetuning import FineTuning, WorkerProcess
 from gateway.limits import Limiter
 from gateway.loop import Loops
 from gateway.metrics import MeteredCanaries, MeteredSwapper, Metrics
 from gateway.model import ModelError, resolve_model
+from gateway.quotas import Quotas
 from gateway.serving import Serving
 from gateway.settings import Settings
 from gateway.store import Store, open_store
-from gateway.supervisor import EngineState, EngineSupervisor, build_launch
+from gateway.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
 from gateway.telemetry import Telemetry, Tracing
 from gateway.tenancy import Admin, Directory, bearer_token
 from gateway.upstream import Backend, BackendPool, Upstream, make_client
@@ -77,10 +80,22 @@ class Gateway:
         )
         self.capture = CaptureWriter(self.store) if settings.capture_enabled else None
         self.salts = CacheSalts.for_data_dir(settings.cache_salt_secret, settings.data_dir)
+        self.quotas = Quotas(settings, self.store)
+        self.files = Files(settings, self.store, self.quotas)
         self.finetuning = FineTuning(
-            settings, self.store, self.registry, self.adapters, self.swapper, self.pool, self.client
+            settings,
+            self.store,
+            self.registry,
+            self.adapters,
+            self.swapper,
+            self.pool,
+            self.client,
+            self.quotas,
         )
         self.worker = WorkerProcess(settings) if settings.training_worker else None
+        self.erasure = DataErasure(
+            self.store, settings.training_path / "datasets", settings.data_dir / "evals"
+        )
         self.evaluations = Evaluations(
             self.store,
             self.registry,
@@ -90,6 +105,7 @@ class Gateway:
             settings.base_model_name,
             settings.data_dir / "evals",
             self.salts,
+            quotas=self.quotas,
         )
         self.loops = Loops(
             self.store,
@@ -141,8 +157,13 @@ class Gateway:
         if self._transport is not None:  # tests: a fake network edge
             timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
             return httpx.AsyncClient(transport=self._transport, timeout=timeout)
+        # The embedded engine is reached over its Unix socket (gateway.supervisor).
+        sock = engine_socket(s) if s.engine_mode == "embedded" else None
         return make_client(
-            s.upstream_connect_timeout_s, s.upstream_read_timeout_s, s.upstream_transport
+            s.upstream_connect_timeout_s,
+            s.upstream_read_timeout_s,
+            s.upstream_transport,
+            uds=str(sock) if sock is not None else None,
         )
 
     async def start(self) -> None:
@@ -170,6 +191,7 @@ class Gateway:
             await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
         self._spawn(self._retention_loop())
+        self._spawn(self.erasure.run(self.settings.erasure_check_interval_s))
         self._spawn(self.canaries.run())
         self._spawn(self.finetuning.registration_loop())
         if self.worker is not None:

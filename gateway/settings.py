@@ -105,7 +105,11 @@ class Settings:
     )
     engine_port: int = field(
         default=0,
-        metadata={"help": "Port of the embedded engine on 127.0.0.1; 0 picks a free one."},
+        metadata={
+            "help": "0: the embedded engine listens on the Unix socket <data_dir>/run/engine.sock "
+            "(only this user can reach it). A port: it listens on 127.0.0.1:<port> instead, "
+            "which every local user can connect to (its API key still guards it)."
+        },
     )
     engine_max_loras: int = field(default=4, metadata={"help": "vLLM --max-loras."})
     engine_max_lora_rank: int = field(default=16, metadata={"help": "vLLM --max-lora-rank."})
@@ -189,6 +193,14 @@ class Settings:
     retention_interval_s: float = field(
         default=3600.0,
         metadata={"help": "How often captured traffic past a tenant's retention_days is purged."},
+    )
+    erasure_check_interval_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "How often erased data is looked for in files: dataset snapshots still to "
+            "rewrite and eval reports still to delete (each erase does it at once; this pass "
+            "finishes one a crash interrupted, or a snapshot or eval that ran during an erase)."
+        },
     )
     upstream_connect_timeout_s: float = field(
         default=5.0, metadata={"help": "Connect timeout toward vLLM."}
@@ -281,6 +293,74 @@ class Settings:
         default=60.0,
         metadata={"help": "A training job whose worker was silent this long is queued again."},
     )
+    job_max_requeues: int = field(
+        default=3,
+        metadata={
+            "help": "Times a job whose worker went silent (crashed, ran out of memory) is queued "
+            "again; the next such loss fails it with code too_many_attempts, so a job that keeps "
+            "killing its worker cannot hold the training machine forever. Attempts count every "
+            "start of the job, restarts after a clean worker shutdown included."
+        },
+    )
+    # Fair shares of the training machine: each tenant's defaults; the admin sets a tenant's
+    # own with PUT /admin/tenants/{t}/quotas (gateway.quotas). Sized for the 2-core CPU host,
+    # where QLoRA trains ~100 tokens/s (README, measured).
+    tenant_max_epochs: int = field(
+        default=10,
+        metadata={
+            "help": "Largest n_epochs of a tenant's job (a larger one is a 400; 'auto', 3, is "
+            "lowered to a smaller bound). 10 keeps common OpenAI recipes valid; early stopping "
+            "usually ends a run sooner."
+        },
+    )
+    tenant_max_batch_size: int = field(
+        default=16,
+        metadata={
+            "help": "Largest batch_size (conversations per step) of a tenant's job; memory grows "
+            "with batch_size x max_seq_length."
+        },
+    )
+    tenant_max_seq_length: int = field(
+        default=2048,
+        metadata={
+            "help": "Largest max_seq_length (tokens kept per conversation) of a tenant's job: "
+            "the engine's max-model-len, past which an adapter's context cannot be served."
+        },
+    )
+    tenant_max_train_examples: int = field(
+        default=2000,
+        metadata={
+            "help": "Most training examples in the dataset of a tenant's job (400 past it). "
+            "With the other bounds it caps how long one job holds the 2-core CPU host, which is "
+            "how long another tenant's next job may wait (claims are round-robin): at ~100 "
+            "tokens/s, 2,000 chats of ~150 tokens train ~50 min per epoch, ~2.5 h at the "
+            "default 3 epochs, ~8 h at the 10-epoch bound."
+        },
+    )
+    tenant_max_queued_jobs: int = field(
+        default=3,
+        metadata={"help": "Queued fine-tuning jobs a tenant may have at once (429 past it)."},
+    )
+    tenant_max_jobs_per_day: int = field(
+        default=24,
+        metadata={"help": "Fine-tuning jobs a tenant may create in any 24 hours (429 past it)."},
+    )
+    tenant_max_files: int = field(
+        default=100, metadata={"help": "Uploaded files a tenant may keep (429 past it)."}
+    )
+    tenant_max_file_bytes: int = field(
+        default=1024 * 1024 * 1024,
+        metadata={
+            "help": "Total bytes of the uploaded files a tenant may keep, 1 GiB (429 past it)."
+        },
+    )
+    tenant_max_datasets: int = field(
+        default=100, metadata={"help": "Dataset snapshots a tenant may keep (429 past it)."}
+    )
+    tenant_max_eval_runs_per_day: int = field(
+        default=48,
+        metadata={"help": "Eval runs a tenant may start in any 24 hours (429 past it)."},
+    )
     parity_min_agreement: float = field(
         default=0.8,
         metadata={
@@ -299,8 +379,8 @@ class Settings:
     metrics_enabled: bool = field(
         default=True,
         metadata={
-            "help": "Serve Prometheus metrics at GET /metrics. Keep that route on a private "
-            "network, or set metrics_require_admin."
+            "help": "Serve Prometheus metrics at GET /metrics. Open on a loopback host; on "
+            "any other host it needs the admin key or metrics_key (Authorization: Bearer ...)."
         },
     )
     openapi_enabled: bool = field(
@@ -309,7 +389,17 @@ class Settings:
     )
     metrics_require_admin: bool = field(
         default=False,
-        metadata={"help": "GET /metrics requires the admin key (Authorization: Bearer ...)."},
+        metadata={
+            "help": "GET /metrics requires a credential (the admin key or metrics_key) even "
+            "when the gateway listens on a loopback address."
+        },
+    )
+    metrics_key: str = field(
+        default="",
+        metadata={
+            "help": "A scrape-only credential for GET /metrics (Authorization: Bearer ...), "
+            "accepted besides the admin key; setting it makes /metrics require a credential."
+        },
     )
     otel_exporter_endpoint: str = field(
         default="",
@@ -344,10 +434,13 @@ class Settings:
             raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
         if not self.canary_check_interval_s > 0:
             raise ConfigError("LOOPGATE_CANARY_CHECK_INTERVAL_S must be greater than 0")
+        if not self.erasure_check_interval_s > 0:
+            raise ConfigError("LOOPGATE_ERASURE_CHECK_INTERVAL_S must be greater than 0")
         if not 0.0 <= self.parity_min_agreement <= 1.0:
             raise ConfigError("LOOPGATE_PARITY_MIN_AGREEMENT must be between 0 and 1")
         self._check_observability()
         self._check_upstream()
+        self._check_quotas()
 
     def _check_choices(self) -> None:
         choices = {
@@ -382,6 +475,15 @@ class Settings:
                 raise ConfigError(f"LOOPGATE_{name.upper()} must not be negative")
         if self.breaker_failures < 1:
             raise ConfigError("LOOPGATE_BREAKER_FAILURES must be at least 1")
+
+    def _check_quotas(self) -> None:
+        for f in fields(self):
+            if f.name.startswith("tenant_max_") and getattr(self, f.name) < 1:
+                raise ConfigError(f"LOOPGATE_{f.name.upper()} must be at least 1")
+        if self.tenant_max_seq_length < 16:
+            raise ConfigError("LOOPGATE_TENANT_MAX_SEQ_LENGTH must be at least 16")
+        if self.job_max_requeues < 0:
+            raise ConfigError("LOOPGATE_JOB_MAX_REQUEUES must not be negative")
 
     def _check_observability(self) -> None:
         if self.log_format not in get_args(LogFormat):

@@ -1,9 +1,17 @@
 """The embedded engine: one vLLM child process, started, watched, restarted and stopped.
 
-vLLM listens on 127.0.0.1 on a free port with a random API key only the gateway knows, so
-the engine (and its runtime-LoRA routes) is never reachable except through the gateway. The
-child runs in its own process group, which is what gets signalled on stop, so vLLM's own
-engine-core processes go with it; on Linux the child also receives SIGTERM if the gateway
+vLLM listens on a Unix socket, `<data_dir>/run/engine.sock`, in a folder only the gateway's user
+can enter (0700), and wants a random API key only the gateway knows: no other local user can
+reach the engine (or its runtime-LoRA routes), and none can stand in for it. A TCP port would
+not give that: the port had to be picked free, released and then bound by vLLM tens of seconds
+later (the import takes that long), and any local process that bound it in between would have
+received the gateway's engine key and every tenant's prompts. LOOPGATE_ENGINE_PORT still asks
+for TCP on 127.0.0.1 (the port is then the operator's to keep free).
+
+The child's environment is an allowlist (`gateway.child_env`): vLLM's, torch's, CUDA's and the
+locale's variables, never the admin key, the store URL or other secrets of the gateway's own
+environment. It runs in its own process group, which is what gets signalled on stop, so vLLM's
+own engine-core processes go with it; on Linux the child also receives SIGTERM if the gateway
 dies without cleaning up (PR_SET_PDEATHSIG), so no engine outlives its gateway.
 """
 
@@ -29,12 +37,16 @@ from pathlib import Path
 
 import httpx
 
+from gateway.child_env import child_env
 from gateway.numerics import choose_cpu_dtype, describe_cpu
-from gateway.settings import Settings
+from gateway.private_files import private_dir
+from gateway.settings import ConfigError, Settings
 
 log = logging.getLogger("loopgate.engine")
 
 PR_SET_PDEATHSIG = 1
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
+SOCKET_URL = "http://engine"  # over the socket, the host only names the engine in Host headers
 
 
 class EngineState(enum.Enum):
@@ -53,8 +65,14 @@ class EngineLaunch:
     url: str
     api_key: str
     log_path: Path
-    state_path: Path | None = None  # {"pid", "url", "dtype"} of the running child, for operators
+    state_path: Path | None = None  # {"pid", "url", "socket", "dtype"} of the child, for operators
     dtype: str = "auto"  # the --dtype it was given
+    socket: Path | None = None  # the Unix socket it serves on; None: TCP at `url`
+
+    @property
+    def address(self) -> str:
+        """Where the engine listens, for people: `unix:<path>` or the URL."""
+        return f"unix:{self.socket}" if self.socket is not None else self.url
 
 
 def detect_device(setting: str) -> str:
@@ -86,9 +104,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def engine_socket(settings: Settings) -> Path | None:
+    """The embedded engine's Unix socket; None when LOOPGATE_ENGINE_PORT asks for TCP."""
+    if settings.engine_port:
+        return None
+    path = settings.data_dir.resolve() / "run" / "engine.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"the engine's socket path {path} is longer than a Unix socket allows "
+            f"({MAX_SOCKET_PATH} bytes): use a shorter LOOPGATE_DATA_DIR, or set "
+            "LOOPGATE_ENGINE_PORT to serve the engine on 127.0.0.1 instead"
+        )
+    return path
+
+
+def listen_args(settings: Settings, port: int | None) -> tuple[list[str], str, Path | None]:
+    """vLLM's listen arguments, the URL the gateway sends to, and the socket (if any).
+
+    Over the socket the URL's host is only the Host header: the transport dials the socket."""
+    sock = None if port else engine_socket(settings)
+    if sock is not None:
+        return ["--uds", str(sock)], SOCKET_URL, sock
+    port = port or settings.engine_port
+    return ["--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}", None
+
+
 def build_launch(settings: Settings, model: str, *, port: int | None = None) -> EngineLaunch:
+    """The embedded engine's launch: on its Unix socket, or on 127.0.0.1:`port` when one is
+    given (here or as LOOPGATE_ENGINE_PORT; tests and benchmarks run replicas that way)."""
     device = detect_device(settings.engine_device)
-    port = port or settings.engine_port or free_port()
+    listen, url, sock = listen_args(settings, port)
     api_key = secrets.token_urlsafe(32)
     dtype = engine_dtype(settings, device)
     argv = [
@@ -99,10 +144,7 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
         model,
         "--served-model-name",
         settings.base_model_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *listen,
         "--enable-lora",
         "--max-loras",
         str(settings.engine_max_loras),
@@ -115,21 +157,20 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
         "--disable-uvicorn-access-log",
         *settings.engine_extra_args,
     ]
-    env = {
-        **os.environ,
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
+    env = child_env(
+        os.environ,
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
+        HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
         # The key travels by environment, not argv, so `ps` does not show it.
-        "VLLM_API_KEY": api_key,
-    }
+        VLLM_API_KEY=api_key,
+    )
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine_cpu_kvcache_gb)
     log_path = settings.data_dir / "logs" / "engine.log"
     state_path = settings.data_dir / "run" / "engine.json"
-    url = f"http://127.0.0.1:{port}"
-    return EngineLaunch(argv, env, url, api_key, log_path, state_path, dtype)
+    return EngineLaunch(argv, env, url, api_key, log_path, state_path, dtype, sock)
 
 
 def _die_with_parent() -> None:
@@ -195,7 +236,9 @@ class EngineSupervisor:
             else:
                 self._set(EngineState.READY)
                 log.info(
-                    "engine ready at %s after %.0f s", self.launch.url, time.monotonic() - started
+                    "engine ready at %s after %.0f s",
+                    self.launch.address,
+                    time.monotonic() - started,
                 )
                 await self._wait_exit()
             if self._stopping:
@@ -212,9 +255,14 @@ class EngineSupervisor:
 
     def _spawn(self) -> None:
         self.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.launch.socket is not None:
+            private_dir(self.launch.socket.parent)
+            # A dead engine leaves its socket file behind, and vLLM cannot bind over it.
+            self.launch.socket.unlink(missing_ok=True)
         log_file = self.launch.log_path.open("ab")
         log.info(
-            "starting vLLM engine, --dtype %s on %s (log: %s)",
+            "starting vLLM engine on %s, --dtype %s on %s (log: %s)",
+            self.launch.address,
             self.launch.dtype,
             describe_cpu(),
             self.launch.log_path,
@@ -230,14 +278,21 @@ class EngineSupervisor:
         )
         log_file.close()
         if self.launch.state_path is not None:
-            self.launch.state_path.parent.mkdir(parents=True, exist_ok=True)
-            state = {"pid": self._proc.pid, "url": self.launch.url, "dtype": self.launch.dtype}
+            private_dir(self.launch.state_path.parent)
+            state = {
+                "pid": self._proc.pid,
+                "url": self.launch.url,
+                "socket": str(self.launch.socket) if self.launch.socket else None,
+                "dtype": self.launch.dtype,
+            }
             self.launch.state_path.write_text(json.dumps(state))
 
     async def _await_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         last_note = time.monotonic()
-        async with httpx.AsyncClient(timeout=5.0) as client:
+        sock = str(self.launch.socket) if self.launch.socket else None
+        transport = httpx.AsyncHTTPTransport(uds=sock)
+        async with httpx.AsyncClient(transport=transport, timeout=5.0, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if self._proc is None or self._proc.poll() is not None:
                     raise EngineExited(f"exit code {self._proc.returncode if self._proc else '?'}")

@@ -97,18 +97,24 @@ class BackendPool:
 
 
 def make_client(
-    connect_timeout_s: float, read_timeout_s: float, transport: str
+    connect_timeout_s: float, read_timeout_s: float, transport: str, uds: str | None = None
 ) -> httpx.AsyncClient:
+    """The client toward the replicas; with `uds`, every request goes over that Unix socket
+    (the embedded engine's), whatever host its URL names."""
     timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     if transport == "aiohttp":
         # Measured faster than httpx's own transport under concurrency (see README).
         return httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False),
+            transport=AiohttpTransport(limits=limits, trust_env=False, uds=uds),
             timeout=timeout,
             trust_env=False,
         )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+    return httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(limits=limits, trust_env=False, uds=uds),
+        timeout=timeout,
+        trust_env=False,
+    )
 
 
 def _headers(backend: Backend, request_id: str | None) -> dict[str, str]:

@@ -8,13 +8,24 @@ The recipe, in order (each stage's removals are counted in `DatasetStats.counts`
    no negative signal keeps the model's answer; any 'down' or low score without a correction
    excludes it; no feedback excludes it unless `include_unrated`. A corrected completion that
    was also rated negative becomes a preference pair (chosen = correction, rejected = answer).
-   Uncorrected answers cut by `length` or not `complete` are dropped.
+   Uncorrected answers cut by `length` or not `complete` are dropped. An example's author is
+   whoever wrote its answer: for a correction, the API key that sent the feedback and the end
+   user that key named (a key fixing its own completion without naming one speaks for that
+   completion's end user; fixing another key's, only for itself); for a kept model answer, the
+   completion's key and end user. An opted-out end user's corrections are excluded too.
 2. PII is masked in every message (and in rejected answers).
 3. Quality and length: empty or punctuation-only answers, conversations over `max_tokens`.
 4. Exact duplicates (after whitespace and case folding), then near-duplicates (MinHash LSH on
    word shingles of prompt + answer): the first example in time order is kept.
-5. Poisoning guards: trigger phrases, repeated prompts and duplicate clusters are flagged
-   (warnings); the author cap removes examples over max(1, floor(max_author_share * N)).
+5. Poisoning guards (`training.poisoning`), which act: trigger phrases, repeated prompts and
+   duplicate clusters that come from few authors, or from a minority of API keys however many
+   end users those keys name, are excluded and reported with their reason (`Flag.action`,
+   `StageCounts`); other such groups are only noted. When more than `max_flagged_share` (20 %)
+   of the examples are flagged, the snapshot's `review` is `needs_review`: it must not be
+   trained on (the gateway saves none) unless an admin's `allow_flagged` (train without them) or
+   `keep_flagged` (with them) is in the config. Then each author (an end user of a key, or a key
+   naming none) keeps at most max(1, floor(max_author_share * N)) examples and, when several
+   keys sent examples, each key, all its end users together, max(1, floor(max_key_share * N)).
 6. Split by a seeded hash of the prompt, so an example always lands on the same side and one
    prompt (hence its duplicates, all removed in step 4) never sits on both sides.
 
@@ -28,7 +39,7 @@ import hashlib
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,10 +51,10 @@ from gateway.privacy import redact
 from gateway.store.records import Completion, Feedback
 from training.chat import ChatMessage, Conversation, answer_of, prompt_of
 from training.dataset_config import DatasetConfig
+from training.poisoning import Flag, Review, guard
 
 Split = Literal["train", "eval"]
 Source = Literal["traffic", "file"]
-FlagKind = Literal["trigger_phrase", "repeated_prompt", "duplicate_cluster", "author_cap"]
 CountTokens = Callable[[Conversation], int]
 WHITESPACE_COUNTER = "whitespace words (no tokenizer was given: not model tokens)"
 TOKENIZER_COUNTER = "count_tokens (the caller's tokenizer)"
@@ -56,7 +67,7 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True):
 
     source: Source
     source_id: str  # the completion id, or "<file id>:<line>"
-    author: str
+    author: str  # the end user who wrote the answer, else the API key (its id) that sent it
     created_at: float | None
     content_hash: str
     corrected: bool = False
@@ -64,6 +75,7 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True):
     alias: str | None = None
     adapter_version: str | None = None
     pii_redacted: bool = False
+    key_id: str | None = None  # the API key the author's answer came through
 
 
 class Example(msgspec.Struct, frozen=True):
@@ -81,15 +93,6 @@ class PreferencePair(msgspec.Struct, frozen=True):
     provenance: Provenance
 
 
-class Flag(msgspec.Struct, frozen=True):
-    """A warning for a human to look at; only `author_cap` flags describe removals."""
-
-    kind: FlagKind
-    detail: str
-    example_hashes: tuple[str, ...]
-    source_ids: tuple[str, ...]
-
-
 class StageCounts(msgspec.Struct, kw_only=True):
     """Examples removed at each stage; `input` equals the removals plus `kept`."""
 
@@ -104,7 +107,11 @@ class StageCounts(msgspec.Struct, kw_only=True):
     too_long: int = 0
     exact_duplicate: int = 0
     near_duplicate: int = 0
+    trigger_phrase: int = 0  # step 5: each example under the first of SUSPICIONS that flags it
+    duplicate_cluster: int = 0
+    repeated_prompt: int = 0
     author_cap: int = 0
+    key_cap: int = 0
     kept: int = 0
 
     def removed(self) -> int:
@@ -124,6 +131,7 @@ class TokenStats(msgspec.Struct, frozen=True):
 class AuthorCount(msgspec.Struct, frozen=True):
     author: str
     examples: int
+    key_id: str | None = None
 
 
 class SourceCount(msgspec.Struct, frozen=True):
@@ -152,6 +160,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     preferences: list[PreferencePair]
     stats: DatasetStats
     flags: list[Flag]
+    review: Review
     content_hash: str  # sha256 of the canonical JSON of config, train, eval and preferences
     config: DatasetConfig
 
@@ -162,6 +171,8 @@ class _Candidate:
     source: Source
     source_id: str
     author: str
+    key: str  # the API key the answer came through (a file's uploader for files)
+    end_user: str | None = None  # the end user that key named, if any
     created_at: float | None = None
     rejected: str | None = None  # the model's answer when this is also a preference pair
     corrected: bool = False
@@ -186,7 +197,13 @@ class _Candidate:
             alias=self.alias,
             adapter_version=self.adapter_version,
             pii_redacted=self.pii_redacted,
+            key_id=self.key if self.source == "traffic" else None,
         )
+
+    @property
+    def principal(self) -> tuple[str, str | None]:
+        """The author as the caps count it: one end user of one key (or the key itself)."""
+        return self.key, self.end_user
 
 
 # ----------------------------------------------------------------------------------- entry points
@@ -231,7 +248,11 @@ def from_conversations(
         ]
         candidates.append(
             _Candidate(
-                messages=messages, source="file", source_id=f"{source_id}:{n}", author=author
+                messages=messages,
+                source="file",
+                source_id=f"{source_id}:{n}",
+                author=author,
+                key=author,
             )
         )
     return _build(candidates, counts, config, count_tokens, per_author=False)
@@ -294,7 +315,7 @@ def _select(
     if prompt is None:
         counts.unsupported += 1
         return None
-    return _judge(completion, prompt, feedback, config, counts)
+    return _judge(completion, prompt, feedback, opted_out, config, counts)
 
 
 def _prompt_of_request(completion: Completion) -> Conversation | None:
@@ -329,6 +350,7 @@ def _judge(
     completion: Completion,
     prompt: Conversation,
     feedback: Sequence[Feedback],
+    opted_out: Collection[str],
     config: DatasetConfig,
     counts: StageCounts,
 ) -> _Candidate | None:
@@ -347,12 +369,18 @@ def _judge(
         if completion.status != "complete" or completion.finish_reason == "length":
             counts.incomplete += 1
             return None
+    key, end_user = _answer_author(completion, correction)
+    if end_user is not None and end_user in opted_out:
+        counts.opted_out += 1  # the correction is the opted-out end user's own writing
+        return None
     answer = correction.correction if correction is not None else completion.response
     return _Candidate(
         messages=[*prompt, {"role": "assistant", "content": answer or ""}],
         source="traffic",
         source_id=completion.id,
-        author=completion.end_user if completion.end_user is not None else completion.key_id,
+        author=end_user if end_user is not None else key,
+        key=key,
+        end_user=end_user,
         created_at=completion.created_at,
         rejected=completion.response if correction is not None and negative else None,
         corrected=correction is not None,
@@ -360,6 +388,23 @@ def _judge(
         alias=completion.alias,
         adapter_version=completion.adapter_version,
     )
+
+
+def _answer_author(completion: Completion, correction: Feedback | None) -> tuple[str, str | None]:
+    """Who wrote the answer trained on, as (API key, end user or None).
+
+    A correction is written by whoever sent it: the feedback's key, and the end user that key
+    named (`user`); a key correcting its own completion without naming one speaks for that
+    completion's end user, a key correcting another key's completion only for itself. Feedback
+    stored before keys were recorded counts as the completion's key. A kept model answer is the
+    completion's (its key and end user chose to keep it).
+    """
+    if correction is None:
+        return completion.key_id, completion.end_user
+    key = correction.key_id or completion.key_id
+    if correction.end_user is not None:
+        return key, correction.end_user
+    return key, completion.end_user if key == completion.key_id else None
 
 
 def _is_negative(f: Feedback, config: DatasetConfig) -> bool:
@@ -397,14 +442,20 @@ def _build(
         c.prompt_key = _sha256(_canonical(_normalized(prompt_of(c.messages))))
         c.words = _WORD_RE.findall(_flatten(c.messages).casefold())
     candidates, clusters = _deduplicate(candidates, config, counts)
-    flags = _duplicate_flags(clusters, config) + _repeated_prompt_flags(candidates, config)
-    if per_author:
-        flags += _trigger_flags(candidates, config)
-        candidates, cap_flags = _cap_authors(candidates, config, counts)
-        flags += cap_flags
-    counts.kept = len(candidates)
-    train, eval_ = _split(candidates, config)
-    return _snapshot(train, eval_, counts, config, flags, (pii_redacted, spans), count_tokens)
+    guarded = guard(candidates, clusters, config, per_author=per_author)
+    for stage, removed in guarded.removed.items():
+        setattr(counts, stage, getattr(counts, stage) + removed)
+    counts.kept = len(guarded.kept)
+    train, eval_ = _split(guarded.kept, config)
+    return _snapshot(
+        train,
+        eval_,
+        counts,
+        config,
+        (guarded.flags, guarded.review),
+        (pii_redacted, spans),
+        count_tokens,
+    )
 
 
 def _redact_all(candidates: list[_Candidate]) -> Counter[str]:
@@ -505,124 +556,6 @@ def _most_similar(
     return min(matches) if matches else None
 
 
-# ------------------------------------------------------------------------- 5. poisoning guards
-
-
-def _duplicate_flags(clusters: list[_Cluster], config: DatasetConfig) -> list[Flag]:
-    flags: list[Flag] = []
-    for first, duplicates in clusters:
-        group = [first, *duplicates]
-        if len(group) >= config.duplicate_cluster_min:
-            detail = (
-                f"{len(duplicates)} duplicates of example {first.source_id} "
-                f'("{_excerpt(answer_of(first.messages))}") were removed; '
-                f"authors: {_names(c.author for c in group)}"
-            )
-            flags.append(_flag("duplicate_cluster", detail, group))
-    return flags
-
-
-def _repeated_prompt_flags(candidates: list[_Candidate], config: DatasetConfig) -> list[Flag]:
-    groups: dict[str, list[_Candidate]] = defaultdict(list)
-    for c in candidates:
-        groups[c.prompt_key].append(c)
-    return [
-        _flag(
-            "repeated_prompt",
-            f'the prompt "{_excerpt(_last_user(group[0].messages))}" is asked in {len(group)} '
-            f"examples; authors: {_names(c.author for c in group)}",
-            group,
-        )
-        for group in groups.values()
-        if len(group) >= config.repeated_prompt_min
-    ]
-
-
-def _trigger_flags(candidates: list[_Candidate], config: DatasetConfig) -> list[Flag]:
-    """Answer n-grams in more than `trigger_min_share` of examples, all from very few authors."""
-    if len({c.author for c in candidates}) <= config.trigger_max_authors:
-        return []  # too few authors for "few of them" to mean anything
-    n = config.trigger_ngram
-    carriers: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(candidates):
-        words = _WORD_RE.findall(answer_of(c.messages).casefold())
-        for gram in sorted({" ".join(words[j : j + n]) for j in range(len(words) - n + 1)}):
-            carriers[gram].append(i)
-    # "more than share * N" examples is at least floor(share * N) + 1 of them.
-    needed = max(
-        config.trigger_min_examples, math.floor(config.trigger_min_share * len(candidates)) + 1
-    )
-    # The n-grams of one injected phrase share their carriers: one flag per set of carriers.
-    phrases: dict[tuple[int, ...], list[str]] = defaultdict(list)
-    for gram, carrying in carriers.items():
-        authors = {candidates[i].author for i in carrying}
-        if len(carrying) >= needed and len(authors) <= config.trigger_max_authors:
-            phrases[tuple(carrying)].append(gram)
-    flags: list[Flag] = []
-    for shared, grams in sorted(phrases.items(), key=lambda item: (-len(item[0]), item[1])):
-        group = [candidates[i] for i in shared]
-        shown = ", ".join(f'"{g}"' for g in grams[:3]) + (" ..." if len(grams) > 3 else "")
-        detail = (
-            f"{len(group)} of {len(candidates)} answers contain {shown}, all from "
-            f"{_names(c.author for c in group)}"
-        )
-        flags.append(_flag("trigger_phrase", detail, group))
-    return flags
-
-
-def _cap_authors(
-    candidates: list[_Candidate], config: DatasetConfig, counts: StageCounts
-) -> tuple[list[_Candidate], list[Flag]]:
-    """Keep at most max(1, floor(share * N)) examples per author, chosen by a seeded hash."""
-    cap = max(1, math.floor(config.max_author_share * len(candidates)))
-    by_author: dict[str, list[_Candidate]] = defaultdict(list)
-    for c in candidates:
-        by_author[c.author].append(c)
-    dropped: set[str] = set()
-    flags: list[Flag] = []
-    for author, own in sorted(by_author.items()):
-        if len(own) <= cap:
-            continue
-        removed = sorted(own, key=lambda c: _sha256(f"{config.seed}:{c.hash}".encode()))[cap:]
-        dropped.update(c.hash for c in removed)
-        detail = (
-            f"author {author!r} contributed {len(own)} of {len(candidates)} examples; {cap} kept "
-            f"(max_author_share={config.max_author_share})"
-        )
-        flags.append(_flag("author_cap", detail, removed))
-    if 2 * len(dropped) > len(candidates):
-        flags.append(
-            _flag(
-                "author_cap",
-                f"the author cap removed {len(dropped)} of {len(candidates)} examples: a few "
-                "authors send most of the traffic (requests without `user` count per API "
-                "key); set `user` on requests or raise max_author_share",
-                [],
-            )
-        )
-    counts.author_cap += len(dropped)
-    return [c for c in candidates if c.hash not in dropped], flags
-
-
-def _flag(kind: FlagKind, detail: str, group: Sequence[_Candidate]) -> Flag:
-    return Flag(kind, detail, tuple(c.hash for c in group), tuple(c.source_id for c in group))
-
-
-def _names(authors: Iterable[str], limit: int = 5) -> str:
-    distinct = sorted(set(authors))
-    more = f" and {len(distinct) - limit} more" if len(distinct) > limit else ""
-    return ", ".join(repr(a) for a in distinct[:limit]) + more
-
-
-def _excerpt(text: str, limit: int = 60) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _last_user(conversation: Conversation) -> str:
-    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
-
-
 # ------------------------------------------------------------------------------------- 6. split
 
 
@@ -666,7 +599,7 @@ def _snapshot(
     eval_: list[_Candidate],
     counts: StageCounts,
     config: DatasetConfig,
-    flags: list[Flag],
+    guards: tuple[list[Flag], Review],
     pii: tuple[int, Counter[str]],
     count_tokens: CountTokens | None,
 ) -> Snapshot:
@@ -698,7 +631,8 @@ def _snapshot(
         eval=[Example(c.messages, c.provenance()) for c in eval_],
         preferences=preferences,
         stats=stats,
-        flags=flags,
+        flags=guards[0],
+        review=guards[1],
         content_hash=_sha256(_canonical(content)),
         config=config,
     )
@@ -731,9 +665,9 @@ def _token_stats(lengths: list[int], tokenizer: bool) -> TokenStats:
 
 
 def _top_authors(kept: list[_Candidate]) -> list[AuthorCount]:
-    tally = Counter(c.author for c in kept)
-    ranked = sorted(tally.items(), key=lambda item: (-item[1], item[0]))
-    return [AuthorCount(author, n) for author, n in ranked[:_TOP_AUTHORS]]
+    tally = Counter((c.author, c.key if c.source == "traffic" else None) for c in kept)
+    ranked = sorted(tally.items(), key=lambda item: (-item[1], repr(item[0])))
+    return [AuthorCount(author, n, key) for (author, key), n in ranked[:_TOP_AUTHORS]]
 
 
 def _sources(kept: list[_Candidate]) -> list[SourceCount]:
@@ -790,6 +724,7 @@ class _Report(msgspec.Struct):
     config: DatasetConfig
     stats: DatasetStats
     flags: list[Flag]
+    review: Review
 
 
 _encoder = msgspec.json.Encoder()
@@ -821,7 +756,9 @@ def write_snapshot(snapshot: Snapshot, folder: Path) -> None:
         for n, p in enumerate(pairs, start=1)
     ]
     _write_lines(folder / "provenance.jsonl", provenance)
-    report = _Report(snapshot.content_hash, snapshot.config, snapshot.stats, snapshot.flags)
+    report = _Report(
+        snapshot.content_hash, snapshot.config, snapshot.stats, snapshot.flags, snapshot.review
+    )
     (folder / "stats.json").write_bytes(msgspec.json.format(_encoder.encode(report)) + b"\n")
 
 

@@ -59,8 +59,16 @@ class DatasetConfig:
     max_author_share: float = field(
         default=0.05,
         metadata={
-            "help": "Poisoning guard: one author keeps at most max(1, floor(share * N)) "
-            "of the N examples that pass the other filters."
+            "help": "Poisoning guard: one author (an end user of one API key; a key's requests "
+            "without `user` together) keeps at most max(1, floor(share * N)) of the N examples "
+            "that pass the other filters."
+        },
+    )
+    max_key_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "Poisoning guard: one API key, all its end users together, keeps at most "
+            "max(1, floor(share * N)) of them when several keys sent examples."
         },
     )
     trigger_ngram: int = field(
@@ -83,6 +91,21 @@ class DatasetConfig:
         default=3,
         metadata={"help": "Flag a group of (near-)duplicates of at least this many examples."},
     )
+    max_flagged_share: float = field(
+        default=0.2,
+        metadata={
+            "help": "Flagged examples are excluded; when more than this share of the examples "
+            "reaching the guards is flagged, the snapshot needs a human review instead."
+        },
+    )
+    allow_flagged: bool = field(
+        default=False,
+        metadata={"help": "Admin override: no review stop; flagged examples are still excluded."},
+    )
+    keep_flagged: bool = field(
+        default=False,
+        metadata={"help": "Admin override: flagged examples are kept (reviewed: not poisoning)."},
+    )
     eval_fraction: float = field(
         default=0.1,
         metadata={"help": "Share of prompts held out for eval (at least one example when N >= 2)."},
@@ -98,6 +121,10 @@ class DatasetConfig:
             high_open=False,
         )
         _check_fraction("max_author_share", self.max_author_share, low_open=True, high_open=False)
+        _check_fraction("max_key_share", self.max_key_share, low_open=True, high_open=False)
+        _check_fraction(
+            "max_flagged_share", self.max_flagged_share, low_open=False, high_open=False
+        )
         _check_fraction("trigger_min_share", self.trigger_min_share, low_open=False, high_open=True)
         _check_fraction("eval_fraction", self.eval_fraction, low_open=False, high_open=True)
         _check_at_least("min_answer_chars", self.min_answer_chars, 1)

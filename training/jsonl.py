@@ -10,6 +10,10 @@ line is reported (up to `MAX_REPORTED_ERRORS`), each with its 1-based line numbe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
 import msgspec
 
 from training.chat import ROLES, ChatMessage, Conversation
@@ -53,9 +57,28 @@ def validate_chat_jsonl(data: bytes, *, max_lines: int, max_line_bytes: int) -> 
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     conversations: list[Conversation] = []
+    lines = ((raw, len(raw)) for raw in data.split(b"\n"))
+    _check(lines, max_lines, max_line_bytes, conversations.append)
+    return conversations
+
+
+def count_chat_jsonl_file(path: Path, *, max_lines: int, max_line_bytes: int) -> int:
+    """Check a file on disk as `validate_chat_jsonl` checks bytes, with at most one line (cut at
+    the limit) in memory at a time; the number of examples, or JsonlError."""
+    with path.open("rb") as fh:
+        return _check(_file_lines(fh, max_line_bytes), max_lines, max_line_bytes, lambda _: None)
+
+
+def _check(
+    lines: Iterable[tuple[bytes, int]],
+    max_lines: int,
+    max_line_bytes: int,
+    keep: Callable[[Conversation], None],
+) -> int:
+    """Parse (line, its size in bytes) pairs, handing each conversation to `keep`."""
     errors: list[LineError] = []
     examples = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, (raw, size) in enumerate(lines, start=1):
         if not raw.strip():
             continue
         examples += 1
@@ -63,19 +86,35 @@ def validate_chat_jsonl(data: bytes, *, max_lines: int, max_line_bytes: int) -> 
             errors.append(LineError(number, f"the file has more than {max_lines} examples"))
             break
         try:
-            conversations.append(_parse_line(raw, max_line_bytes))
+            keep(_parse_line(raw, size, max_line_bytes))
         except _LineProblem as problem:
             errors.append(LineError(number, str(problem)))
-    if not errors and not conversations:
+    if not errors and not examples:
         errors.append(LineError(1, "the file is empty: expected one JSON object per line"))
     if errors:
         raise JsonlError(errors[:MAX_REPORTED_ERRORS], max(0, len(errors) - MAX_REPORTED_ERRORS))
-    return conversations
+    return examples
 
 
-def _parse_line(raw: bytes, max_line_bytes: int) -> Conversation:
-    if len(raw) > max_line_bytes:
-        raise _LineProblem(f"the line is {len(raw)} bytes; the limit is {max_line_bytes}")
+def _file_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Each line without its newline, with its size; a line past the limit is cut to its first
+    max_line_bytes + 1 bytes (enough to refuse it) while the rest is counted and skipped."""
+    number = 0
+    while line := fh.readline(max_line_bytes + 2):
+        number += 1
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        size, piece = len(line), line
+        while not piece.endswith(b"\n") and (piece := fh.readline(1024 * 1024)):
+            size += len(piece)
+        if piece.endswith(b"\n"):
+            size -= 1
+        yield line.removesuffix(b"\n")[: max_line_bytes + 1], size
+
+
+def _parse_line(raw: bytes, size: int, max_line_bytes: int) -> Conversation:
+    if size > max_line_bytes:
+        raise _LineProblem(f"the line is {size} bytes; the limit is {max_line_bytes}")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:

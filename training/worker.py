@@ -93,11 +93,17 @@ class Worker:
                 await asyncio.wait_for(self.stopping.wait(), POLL_S)
 
     async def _requeue_stale(self) -> None:
+        """Jobs whose worker went silent: queued again, or failed past the requeue limit."""
         before = time.time() - self.settings.job_stale_after_s
-        for job_id, status in await self.store.requeue_stale(before):
+        limit = self.settings.job_max_requeues
+        for job_id, status in await self.store.requeue_stale(before, limit):
             log.warning("job %s lost its worker; now %s", job_id, status)
+            failed = status == "failed"
             await self.store.add_job_event(
-                job_id, "warn", f"the worker running this job went silent; job {status}"
+                job_id,
+                "error" if failed else "warn",
+                f"the worker running this job went silent; job {status}"
+                + (f" (too_many_attempts: queued again {limit} times already)" if failed else ""),
             )
 
     def _orphaned(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from gateway.store.postgres import PostgresStore
 from gateway.store.records import (
+    QUOTA_FIELDS,
     AdapterStatus,
     AdapterVersion,
     Alias,
@@ -22,10 +23,13 @@ from gateway.store.records import (
     CanaryStatus,
     CaptureFinal,
     CaptureStatus,
+    CaseSource,
     Charge,
     Completion,
     CompletionQuery,
     Dataset,
+    DatasetErasure,
+    Erasure,
     EvalResult,
     EvalRun,
     EvalStatus,
@@ -40,6 +44,8 @@ from gateway.store.records import (
     Reservation,
     TargetKind,
     Tenant,
+    TenantQuotas,
+    Usage,
 )
 from gateway.store.schema import MIGRATIONS
 from gateway.store.schema_postgres import MIGRATIONS_PG
@@ -48,6 +54,7 @@ from gateway.store.sqlite import SQLiteStore
 __all__ = [
     "MIGRATIONS",
     "MIGRATIONS_PG",
+    "QUOTA_FIELDS",
     "AdapterStatus",
     "AdapterVersion",
     "Alias",
@@ -59,10 +66,13 @@ __all__ = [
     "CanaryStatus",
     "CaptureFinal",
     "CaptureStatus",
+    "CaseSource",
     "Charge",
     "Completion",
     "CompletionQuery",
     "Dataset",
+    "DatasetErasure",
+    "Erasure",
     "EvalResult",
     "EvalRun",
     "EvalStatus",
@@ -80,6 +90,8 @@ __all__ = [
     "Store",
     "TargetKind",
     "Tenant",
+    "TenantQuotas",
+    "Usage",
     "open_store",
 ]
 
@@ -131,7 +143,7 @@ class Store(Protocol):
     async def delete_completion(self, tenant_id: str, completion_id: str) -> bool: ...
     async def add_feedback(self, feedback: Feedback) -> None: ...
     async def list_feedback(self, tenant_id: str, completion_id: str) -> list[Feedback]: ...
-    async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int: ...
+    async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> Erasure: ...
     async def purge_before(self, tenant_id: str, before: float) -> int: ...
     async def opt_out(self, tenant_id: str, end_user: str) -> int: ...
     async def export_completions(
@@ -139,14 +151,24 @@ class Store(Protocol):
     ) -> list[tuple[Completion, list[Feedback]]]: ...
     async def list_optouts(self, tenant_id: str) -> set[str]: ...
     # -- training: files, datasets, jobs (one job is claimed by exactly one worker) ------------
-    async def add_file(self, f: FileObject) -> None: ...
+    # Adding a row that a quota counts: with `limits`, only when the tenant's usage stays
+    # within them (checked in the insert's transaction); returns the Usage count that would
+    # have gone past its limit, else None.
+    async def add_file(self, f: FileObject, limits: Usage | None = None) -> str | None: ...
     async def get_file(self, tenant_id: str, file_id: str) -> FileObject | None: ...
     async def list_files(self, tenant_id: str) -> list[FileObject]: ...
     async def delete_file(self, tenant_id: str, file_id: str) -> bool: ...
-    async def add_dataset(self, d: Dataset, completion_ids: Collection[str]) -> None: ...
+    async def add_dataset(
+        self,
+        d: Dataset,
+        completion_ids: Collection[str],
+        limits: Usage | None = None,
+        *,
+        flagged: Collection[str] = (),  # completions only its flags name (lineage for erasure)
+    ) -> str | None: ...
     async def get_dataset(self, tenant_id: str, dataset_id: str) -> Dataset | None: ...
     async def list_datasets(self, tenant_id: str) -> list[Dataset]: ...
-    async def create_job(self, job: FineTuningJob) -> None: ...
+    async def create_job(self, job: FineTuningJob, limits: Usage | None = None) -> str | None: ...
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> FineTuningJob | None: ...
     async def list_jobs(
         self, tenant_id: str, after: str | None, limit: int
@@ -157,7 +179,9 @@ class Store(Protocol):
     ) -> bool: ...
     async def heartbeat_job(self, job_id: str, worker: str) -> bool | None: ...
     async def request_cancel(self, tenant_id: str, job_id: str) -> FineTuningJob | None: ...
-    async def requeue_stale(self, before: float) -> list[tuple[str, str]]: ...
+    async def requeue_stale(
+        self, before: float, max_requeues: int | None = None
+    ) -> list[tuple[str, str]]: ...
     async def jobs_in_stage(self, stage: JobStage) -> list[FineTuningJob]: ...
     async def add_job_event(
         self,
@@ -170,7 +194,9 @@ class Store(Protocol):
         self, job_id: str, after: int | None, limit: int
     ) -> tuple[list[JobEvent], bool]: ...
     # -- evals, gate policies, canaries --------------------------------------------------------
-    async def add_eval_run(self, run: EvalRun) -> None: ...
+    async def add_eval_run(
+        self, run: EvalRun, limits: Usage | None = None, *, sources: Sequence[CaseSource] = ()
+    ) -> str | None: ...
     async def finish_eval_run(
         self,
         run_id: str,
@@ -202,6 +228,18 @@ class Store(Protocol):
     async def settle(self, adjustments: list[Charge]) -> None: ...
     async def counter_usage(self, charges: list[Charge]) -> list[int]: ...
     async def purge_counters(self, before: float) -> int: ...
+    # -- erasure's follow-through: snapshot files and eval reports that still hold erased data --
+    async def datasets_to_erase(self) -> list[Dataset]: ...
+    async def erased_sources(self, dataset_id: str) -> set[str]: ...
+    async def finish_dataset_erasure(
+        self, dataset_id: str, outcome: DatasetErasure, sources: int
+    ) -> bool: ...
+    async def eval_reports_to_erase(self) -> list[EvalRun]: ...
+    async def clear_eval_report(self, run_id: str) -> None: ...
+    # -- quotas: a tenant's own bounds and quotas (None: the defaults), and what they count ---
+    async def set_quotas(self, quotas: TenantQuotas) -> None: ...
+    async def get_quotas(self, tenant_id: str) -> TenantQuotas | None: ...
+    async def tenant_usage(self, tenant_id: str, at: float | None = None) -> Usage: ...
 
 
 def open_store(url: str) -> Store:

@@ -16,7 +16,7 @@ class Row(Protocol):
 
 INSERT_RUN = (
     "INSERT INTO eval_runs (id, tenant_id, alias, candidate, live, status, created_by, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, suite_dataset_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 FINISH_RUN = (
     "UPDATE eval_runs SET status = ?, promote = ?, decision = ?, summary = ?, report_dir = ?, "
@@ -53,7 +53,17 @@ END_CANARY = (
 
 
 def run_params(r: EvalRun) -> tuple[object, ...]:
-    return (r.id, r.tenant_id, r.alias, r.candidate, r.live, r.status, r.created_by, r.created_at)
+    return (
+        r.id,
+        r.tenant_id,
+        r.alias,
+        r.candidate,
+        r.live,
+        r.status,
+        r.created_by,
+        r.created_at,
+        r.suite_dataset_id,
+    )
 
 
 def run(row: Row) -> EvalRun:

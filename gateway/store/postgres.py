@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.errors import Conflict, NotFound
 from gateway.store import rows as rowmap
+from gateway.store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
 from gateway.store.postgres_evals import EvalsMixinPG
 from gateway.store.postgres_limits import LimitsMixinPG
 from gateway.store.postgres_training import TrainingMixinPG
@@ -28,7 +29,6 @@ from gateway.store.records import (
     Tenant,
 )
 from gateway.store.schema_postgres import MIGRATIONS_PG
-from gateway.store.training_sql import TAINT_DATASETS, numbered, taint_reason
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -83,7 +83,7 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG):
+class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG, ErasureMixinPG):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 
     def __init__(self, url: str):
@@ -304,13 +304,18 @@ class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG):
 
     async def add_adapter(self, version: AdapterVersion) -> None:
         v = version
-        await self.pool.execute(
-            "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, "
-            "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
-            "status, path, size_bytes, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-            *rowmap.adapter_params(v),
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(ERASURE_LOCK)  # an erase marks it, or it sees the erase
+            await conn.execute(
+                "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, "
+                "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
+                "status, path, size_bytes, created_at, trained_on_erased) VALUES ($1, $2, $3, $4, "
+                "$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 OR EXISTS "
+                "(SELECT 1 FROM datasets WHERE id = $18 AND tainted_at IS NOT NULL))",
+                *rowmap.adapter_params(v),
+                v.trained_on_erased,
+                v.dataset_id,
+            )
 
     async def get_adapter(self, version_id: str) -> AdapterVersion | None:
         row = await self.pool.fetchrow("SELECT * FROM adapter_versions WHERE id = $1", version_id)
@@ -428,7 +433,8 @@ class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG):
         f = feedback
         await self.pool.execute(
             "INSERT INTO feedback (id, completion_id, tenant_id, rating, score, correction, "
-            "comment, tags, author, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "comment, tags, author, created_at, key_id, end_user) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             f.id,
             f.completion_id,
             f.tenant_id,
@@ -439,6 +445,8 @@ class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG):
             json.dumps(list(f.tags)),
             f.author,
             f.created_at,
+            f.key_id,
+            f.end_user,
         )
 
     async def list_feedback(self, tenant_id: str, completion_id: str) -> list[Feedback]:
@@ -449,33 +457,6 @@ class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG):
             completion_id,
         )
         return [rowmap.feedback(r) for r in rows]
-
-    async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int:
-        """Delete a tenant's (or one end-user's) captured traffic and feedback; audit it."""
-        where, args = "tenant_id = $1", [tenant_id]
-        if end_user is not None:
-            where, args = where + " AND end_user = $2", [tenant_id, end_user]
-        async with self.pool.acquire() as conn, conn.transaction():
-            taint = numbered(
-                TAINT_DATASETS.format(where=where.replace("$1", "?").replace("$2", "?"))
-            )
-            await conn.execute(taint, time.time(), taint_reason(end_user), *args)
-            await conn.execute(
-                "DELETE FROM feedback WHERE completion_id IN "
-                f"(SELECT id FROM completions WHERE {where})",
-                *args,
-            )
-            count = _count(await conn.execute(f"DELETE FROM completions WHERE {where}", *args))
-            await conn.execute(
-                "INSERT INTO erasures (tenant_id, end_user, completions, actor, at) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                tenant_id,
-                end_user,
-                count,
-                actor,
-                time.time(),
-            )
-        return count
 
     async def purge_before(self, tenant_id: str, before: float) -> int:
         status = await self.pool.execute(

@@ -9,22 +9,40 @@ from typing import TYPE_CHECKING, TypeAlias
 import asyncpg
 
 from gateway.store import evals_sql as q
-from gateway.store.records import Canary, CanaryStatus, EvalResult, EvalRun, EvalStatus
+from gateway.store.postgres_erasure import add_case_sources, erased_while_running
+from gateway.store.postgres_quotas import QuotasMixinPG
+from gateway.store.quotas_sql import AN_EVAL_RUN
+from gateway.store.records import (
+    Canary,
+    CanaryStatus,
+    CaseSource,
+    EvalResult,
+    EvalRun,
+    EvalStatus,
+    Usage,
+)
 from gateway.store.training_sql import numbered as N
 
 if TYPE_CHECKING:
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
 
 
-class EvalsMixinPG:
+class EvalsMixinPG(QuotasMixinPG):
     """Needs `self.pool` (an asyncpg pool), which PostgresStore provides."""
 
     @property
     def pool(self) -> Pool:
         raise NotImplementedError
 
-    async def add_eval_run(self, run: EvalRun) -> None:
-        await self.pool.execute(N(q.INSERT_RUN), *q.run_params(run))
+    async def add_eval_run(
+        self, run: EvalRun, limits: Usage | None = None, *, sources: Sequence[CaseSource] = ()
+    ) -> str | None:
+        adding = AN_EVAL_RUN
+        async with self._admission(run.tenant_id, run.created_at, limits, adding) as (conn, over):
+            if over is None:
+                await conn.execute(N(q.INSERT_RUN), *q.run_params(run))
+                await add_case_sources(conn, run.id, sources)
+        return over
 
     async def finish_eval_run(
         self,
@@ -38,7 +56,9 @@ class EvalsMixinPG:
         error: str | None = None,
     ) -> None:
         args = (status, promote, decision, summary, report_dir, error, time.time(), run_id)
-        await self.pool.execute(N(q.FINISH_RUN), *args)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(N(q.FINISH_RUN), *args)
+            await erased_while_running(conn, run_id)
 
     async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None:
         row = await self.pool.fetchrow(N(q.GET_RUN), tenant_id, run_id)
@@ -54,6 +74,8 @@ class EvalsMixinPG:
     async def add_eval_results(self, results: Sequence[EvalResult]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(N(q.INSERT_RESULT), [q.result_params(r) for r in results])
+            for run_id in sorted({r.run_id for r in results}):
+                await erased_while_running(conn, run_id)
 
     async def list_eval_results(self, run_id: str) -> list[EvalResult]:
         return [q.result(r) for r in await self.pool.fetch(N(q.LIST_RESULTS), run_id)]

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
+from gateway.store import quotas_sql
 from gateway.store import training_sql as q
+from gateway.store.postgres_erasure import add_sources
+from gateway.store.postgres_quotas import QuotasMixinPG
 from gateway.store.records import (
     Dataset,
     FileObject,
@@ -16,6 +19,7 @@ from gateway.store.records import (
     JobChanges,
     JobEvent,
     JobStage,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -24,7 +28,7 @@ if TYPE_CHECKING:
 N = q.numbered
 
 
-class TrainingMixinPG:
+class TrainingMixinPG(QuotasMixinPG):
     """Needs `self.pool` (an asyncpg pool), which PostgresStore provides."""
 
     @property
@@ -34,8 +38,12 @@ class TrainingMixinPG:
     async def list_optouts(self, tenant_id: str) -> set[str]:
         return {r[0] for r in await self.pool.fetch(N(q.LIST_OPTOUTS), tenant_id)}
 
-    async def add_file(self, f: FileObject) -> None:
-        await self.pool.execute(N(q.INSERT_FILE), *q.file_params(f))
+    async def add_file(self, f: FileObject, limits: Usage | None = None) -> str | None:
+        adding = quotas_sql.a_file(f)
+        async with self._admission(f.tenant_id, f.created_at, limits, adding) as (conn, over):
+            if over is None:
+                await conn.execute(N(q.INSERT_FILE), *q.file_params(f))
+        return over
 
     async def get_file(self, tenant_id: str, file_id: str) -> FileObject | None:
         row = await self.pool.fetchrow(N(q.GET_FILE), tenant_id, file_id)
@@ -48,12 +56,21 @@ class TrainingMixinPG:
         status: str = await self.pool.execute(N(q.DELETE_FILE), tenant_id, file_id)
         return not status.endswith(" 0")
 
-    async def add_dataset(self, d: Dataset, completion_ids: Collection[str]) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
+    async def add_dataset(
+        self,
+        d: Dataset,
+        completion_ids: Collection[str],
+        limits: Usage | None = None,
+        *,
+        flagged: Collection[str] = (),
+    ) -> str | None:
+        adding = quotas_sql.A_DATASET
+        async with self._admission(d.tenant_id, d.created_at, limits, adding) as (conn, over):
+            if over is not None:
+                return over
             await conn.execute(N(q.INSERT_DATASET), *q.dataset_params(d))
-            await conn.executemany(
-                N(q.INSERT_DATASET_SOURCE), [(d.id, cid) for cid in sorted(completion_ids)]
-            )
+            await add_sources(conn, d.id, completion_ids, flagged)
+        return None
 
     async def get_dataset(self, tenant_id: str, dataset_id: str) -> Dataset | None:
         row = await self.pool.fetchrow(N(q.GET_DATASET), tenant_id, dataset_id)
@@ -62,8 +79,12 @@ class TrainingMixinPG:
     async def list_datasets(self, tenant_id: str) -> list[Dataset]:
         return [q.dataset(r) for r in await self.pool.fetch(N(q.LIST_DATASETS), tenant_id)]
 
-    async def create_job(self, job: FineTuningJob) -> None:
-        await self.pool.execute(N(q.INSERT_JOB), *q.job_params(job))
+    async def create_job(self, job: FineTuningJob, limits: Usage | None = None) -> str | None:
+        adding = quotas_sql.a_job(job)
+        async with self._admission(job.tenant_id, job.created_at, limits, adding) as (conn, over):
+            if over is None:
+                await conn.execute(N(q.INSERT_JOB), *q.job_params(job))
+        return over
 
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> FineTuningJob | None:
         if tenant_id is None:
@@ -86,7 +107,7 @@ class TrainingMixinPG:
     async def claim_job(self, worker: str) -> FineTuningJob | None:
         now = time.time()
         sql = N(q.CLAIM_JOB.format(lock="FOR UPDATE SKIP LOCKED"))
-        row = await self.pool.fetchrow(sql, worker, now, now)
+        row = await self.pool.fetchrow(sql, worker, now, now, now)
         return q.job(row) if row else None
 
     async def update_job(
@@ -109,8 +130,11 @@ class TrainingMixinPG:
             await conn.execute(N(q.CANCEL_RUNNING), job_id, tenant_id)
         return await self.get_job(job_id, tenant_id)
 
-    async def requeue_stale(self, before: float) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in await self.pool.fetch(N(q.REQUEUE_STALE), before)]
+    async def requeue_stale(
+        self, before: float, max_requeues: int | None = None
+    ) -> list[tuple[str, str]]:
+        args = q.requeue_params(before, max_requeues, time.time())
+        return [(r[0], r[1]) for r in await self.pool.fetch(N(q.REQUEUE_STALE), *args)]
 
     async def jobs_in_stage(self, stage: JobStage) -> list[FineTuningJob]:
         return [q.job(r) for r in await self.pool.fetch(N(q.JOBS_IN_STAGE), stage)]

@@ -61,6 +61,8 @@ class AdapterVersion(msgspec.Struct, frozen=True):
     created_at: float
     dataset_id: str | None = None
     eval_report_ids: tuple[str, ...] = ()
+    # Its dataset held data that was later erased: promoting it needs force and a reason.
+    trained_on_erased: bool = False
 
 
 class AliasEvent(msgspec.Struct, frozen=True):
@@ -129,8 +131,10 @@ class Feedback(msgspec.Struct, frozen=True):
     correction: str | None
     comment: str | None
     tags: tuple[str, ...]
-    author: str
+    author: str  # "user:<end user>" when the caller named one, else "key:<key id>"
     created_at: float
+    key_id: str | None = None  # the API key that sent it (None: sent before it was recorded)
+    end_user: str | None = None  # the end user that key named (`user`), if any
 
 
 class CaptureFinal(msgspec.Struct, frozen=True):
@@ -178,10 +182,14 @@ class FileObject(msgspec.Struct, frozen=True):
 
 
 DatasetSource = Literal["traffic", "file"]
+# What an erasure did to a snapshot's files: `pending` until they are rewritten without the
+# erased completions (`rewritten`), or removed because nothing was left (`deleted`).
+DatasetErasureState = Literal["pending", "rewritten", "deleted"]
 
 
 class Dataset(msgspec.Struct, frozen=True):
-    """An immutable dataset snapshot; `tainted_at` is set when data it used is later erased."""
+    """A dataset snapshot; `tainted_at` is set when examples it used are later erased, and
+    `erasure` says what became of its files (`erased_examples`: data lines removed so far)."""
 
     id: str
     tenant_id: str
@@ -197,6 +205,29 @@ class Dataset(msgspec.Struct, frozen=True):
     created_at: float
     tainted_at: float | None = None
     taint_reason: str | None = None
+    erasure: DatasetErasureState | None = None
+    erased_examples: int = 0
+
+
+class DatasetErasure(msgspec.Struct, frozen=True):
+    """A snapshot after its files were rewritten without erased completions (or deleted)."""
+
+    state: Literal["rewritten", "deleted"]
+    train_count: int
+    eval_count: int
+    preference_count: int
+    stats: str  # the dataset row's `stats` JSON, with erased authors and flags removed
+
+
+class Erasure(msgspec.Struct, frozen=True):
+    """What one erase reached: the completions deleted, the snapshots that held them (their
+    files are rewritten next), the adapter versions trained on those snapshots (now marked
+    `trained_on_erased`), and the eval runs whose answers to their cases were blanked."""
+
+    completions: int
+    datasets: tuple[str, ...] = ()
+    adapter_versions: tuple[str, ...] = ()
+    eval_runs: tuple[str, ...] = ()
 
 
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -291,6 +322,16 @@ class EvalRun(msgspec.Struct, frozen=True):
     report_dir: str | None = None
     error: str | None = None
     finished_at: float | None = None
+    suite_dataset_id: str | None = None  # the dataset whose held-out split was the tenant suite
+    erased_at: float | None = None  # answers to erased cases blanked, the report to be deleted
+
+
+class CaseSource(msgspec.Struct, frozen=True):
+    """An eval case that came from a captured completion (a held-out example's lineage)."""
+
+    suite: str
+    case_id: str
+    completion_id: str
 
 
 class EvalResult(msgspec.Struct, frozen=True):
@@ -376,3 +417,64 @@ class Reservation(msgspec.Struct, frozen=True):
     granted: bool
     used: list[int]
     denied: int | None = None
+
+
+# -- per-tenant fair shares of the training machine: bounds and quotas ---------------------------
+
+QUOTA_FIELDS = (
+    "max_epochs",
+    "max_batch_size",
+    "max_seq_length",
+    "max_train_examples",
+    "max_queued_jobs",
+    "max_jobs_per_day",
+    "max_files",
+    "max_file_bytes",
+    "max_datasets",
+    "max_eval_runs_per_day",
+)
+
+
+class TenantQuotas(msgspec.Struct, frozen=True):
+    """A tenant's own fine-tuning bounds and quotas, set by the admin; None: the gateway's
+    default (`LOOPGATE_TENANT_<NAME>`). See `gateway.quotas`."""
+
+    tenant_id: str
+    max_epochs: int | None = None
+    max_batch_size: int | None = None
+    max_seq_length: int | None = None
+    max_train_examples: int | None = None
+    max_queued_jobs: int | None = None
+    max_jobs_per_day: int | None = None
+    max_files: int | None = None
+    max_file_bytes: int | None = None
+    max_datasets: int | None = None
+    max_eval_runs_per_day: int | None = None
+    updated_at: float = 0.0
+
+    @property
+    def unset(self) -> bool:
+        return all(getattr(self, name) is None for name in QUOTA_FIELDS)
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """The counts a tenant's quotas cap: what it keeps, and what it started in the last day.
+
+    Also the shape of the caps themselves and of what one new row adds (`over`)."""
+
+    files: int = 0
+    file_bytes: int = 0
+    datasets: int = 0
+    queued_jobs: int = 0
+    jobs_last_day: int = 0
+    eval_runs_last_day: int = 0
+
+    def over(self, limits: Usage, adding: Usage) -> str | None:
+        """The first count that `adding` would take past its limit (None: everything fits).
+        Only the counts `adding` grows are checked: a tenant at its file quota may still
+        start a job."""
+        for name in self.__struct_fields__:
+            extra = getattr(adding, name)
+            if extra > 0 and getattr(self, name) + extra > getattr(limits, name):
+                return name
+        return None

@@ -83,6 +83,7 @@ def adapter(row: Row) -> AdapterVersion:
         created_at=row["created_at"],
         dataset_id=row["dataset_id"],
         eval_report_ids=tuple(json.loads(row["eval_report_ids"])),
+        trained_on_erased=bool(row["trained_on_erased"]),
     )
 
 
@@ -126,6 +127,8 @@ def feedback(row: Row) -> Feedback:
         tags=tuple(json.loads(row["tags"])),
         author=row["author"],
         created_at=row["created_at"],
+        key_id=row["key_id"],
+        end_user=row["end_user"],
     )
 
 

@@ -274,4 +274,64 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX limit_counters_expiry ON limit_counters(expires_at);
     """,
+    """
+    ALTER TABLE feedback ADD COLUMN key_id TEXT;
+    ALTER TABLE feedback ADD COLUMN end_user TEXT;
+    """,
+    # Erasure follows the data (gateway.erasure): which sources of a snapshot were erased, what
+    # became of its files, which adapter versions were trained on erased data, and which eval
+    # cases came from which completions. Snapshots tainted before this migration are rewritten
+    # on the next pass (their missing sources count as erased); eval runs on them, whose cases
+    # were not recorded, lose every tenant-suite answer.
+    """
+    ALTER TABLE dataset_sources ADD COLUMN role TEXT NOT NULL DEFAULT 'example'
+        CHECK (role IN ('example', 'flagged'));
+    ALTER TABLE dataset_sources ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX dataset_sources_dataset ON dataset_sources(dataset_id, erased);
+    ALTER TABLE datasets ADD COLUMN erasure TEXT
+        CHECK (erasure IN ('pending', 'rewritten', 'deleted'));
+    ALTER TABLE datasets ADD COLUMN erased_examples INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE adapter_versions ADD COLUMN trained_on_erased INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE eval_runs ADD COLUMN suite_dataset_id TEXT;
+    ALTER TABLE eval_runs ADD COLUMN erased_at REAL;
+    CREATE TABLE eval_case_sources (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        suite TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        completion_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, suite, case_id, completion_id)
+    );
+    CREATE INDEX eval_case_sources_completion ON eval_case_sources(completion_id);
+    UPDATE eval_runs SET suite_dataset_id =
+        (SELECT dataset_id FROM adapter_versions a WHERE a.id = eval_runs.candidate);
+    UPDATE dataset_sources SET erased = 1 WHERE completion_id NOT IN (SELECT id FROM completions)
+        AND dataset_id IN (SELECT id FROM datasets WHERE tainted_at IS NOT NULL);
+    UPDATE datasets SET erasure = 'pending' WHERE tainted_at IS NOT NULL;
+    UPDATE adapter_versions SET trained_on_erased = 1
+        WHERE dataset_id IN (SELECT id FROM datasets WHERE tainted_at IS NOT NULL);
+    UPDATE eval_results SET answer = '[erased]' WHERE suite = 'tenant' AND run_id IN
+        (SELECT id FROM eval_runs WHERE suite_dataset_id IN
+            (SELECT id FROM datasets WHERE tainted_at IS NOT NULL));
+    UPDATE eval_runs SET erased_at = CAST(strftime('%s', 'now') AS REAL)
+        WHERE suite_dataset_id IN (SELECT id FROM datasets WHERE tainted_at IS NOT NULL)
+    """,
+    # Fair shares of the training machine (gateway.quotas): a tenant's own bounds and quotas
+    # (NULL: the gateway's default), and when each job was last claimed (round-robin claims).
+    """
+    CREATE TABLE tenant_quotas (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        max_epochs INTEGER,
+        max_batch_size INTEGER,
+        max_seq_length INTEGER,
+        max_train_examples INTEGER,
+        max_queued_jobs INTEGER,
+        max_jobs_per_day INTEGER,
+        max_files INTEGER,
+        max_file_bytes INTEGER,
+        max_datasets INTEGER,
+        max_eval_runs_per_day INTEGER,
+        updated_at REAL NOT NULL
+    );
+    ALTER TABLE fine_tuning_jobs ADD COLUMN claimed_at REAL;
+    """,
 )

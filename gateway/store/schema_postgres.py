@@ -280,4 +280,57 @@ MIGRATIONS_PG: tuple[str, ...] = (
     );
     CREATE INDEX limit_counters_expiry ON limit_counters(expires_at);
     """,
+    """
+    ALTER TABLE feedback ADD COLUMN key_id TEXT;
+    ALTER TABLE feedback ADD COLUMN end_user TEXT;
+    """,
+    """
+    ALTER TABLE dataset_sources ADD COLUMN role TEXT NOT NULL DEFAULT 'example'
+        CHECK (role IN ('example', 'flagged'));
+    ALTER TABLE dataset_sources ADD COLUMN erased BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE INDEX dataset_sources_dataset ON dataset_sources(dataset_id, erased);
+    ALTER TABLE datasets ADD COLUMN erasure TEXT
+        CHECK (erasure IN ('pending', 'rewritten', 'deleted'));
+    ALTER TABLE datasets ADD COLUMN erased_examples BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE adapter_versions ADD COLUMN trained_on_erased BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE eval_runs ADD COLUMN suite_dataset_id TEXT;
+    ALTER TABLE eval_runs ADD COLUMN erased_at DOUBLE PRECISION;
+    CREATE TABLE eval_case_sources (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        suite TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        completion_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, suite, case_id, completion_id)
+    );
+    CREATE INDEX eval_case_sources_completion ON eval_case_sources(completion_id);
+    UPDATE eval_runs SET suite_dataset_id =
+        (SELECT dataset_id FROM adapter_versions a WHERE a.id = eval_runs.candidate);
+    UPDATE dataset_sources SET erased = TRUE WHERE completion_id NOT IN (SELECT id FROM completions)
+        AND dataset_id IN (SELECT id FROM datasets WHERE tainted_at IS NOT NULL);
+    UPDATE datasets SET erasure = 'pending' WHERE tainted_at IS NOT NULL;
+    UPDATE adapter_versions SET trained_on_erased = TRUE
+        WHERE dataset_id IN (SELECT id FROM datasets WHERE tainted_at IS NOT NULL);
+    UPDATE eval_results SET answer = '[erased]' WHERE suite = 'tenant' AND run_id IN
+        (SELECT id FROM eval_runs WHERE suite_dataset_id IN
+            (SELECT id FROM datasets WHERE tainted_at IS NOT NULL));
+    UPDATE eval_runs SET erased_at = EXTRACT(EPOCH FROM now())
+        WHERE suite_dataset_id IN (SELECT id FROM datasets WHERE tainted_at IS NOT NULL);
+    """,
+    """
+    CREATE TABLE tenant_quotas (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        max_epochs BIGINT,
+        max_batch_size BIGINT,
+        max_seq_length BIGINT,
+        max_train_examples BIGINT,
+        max_queued_jobs BIGINT,
+        max_jobs_per_day BIGINT,
+        max_files BIGINT,
+        max_file_bytes BIGINT,
+        max_datasets BIGINT,
+        max_eval_runs_per_day BIGINT,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE fine_tuning_jobs ADD COLUMN claimed_at DOUBLE PRECISION;
+    """,
 )

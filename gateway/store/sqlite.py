@@ -24,6 +24,7 @@ from gateway.store.records import (
 )
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_capture import CaptureMixin, SQLiteMixin
+from gateway.store.sqlite_erasure import ErasureMixin
 from gateway.store.sqlite_evals import EvalsMixin
 from gateway.store.sqlite_limits import LimitsMixin
 from gateway.store.sqlite_training import TrainingMixin
@@ -77,11 +78,14 @@ class _AdapterMixin(SQLiteMixin):
             return [rowmap.event(r) for r in await cur.fetchall()]
 
     async def add_adapter(self, v: AdapterVersion) -> None:
+        """Marked `trained_on_erased` at once when its dataset is already tainted."""
         await self._write(
             "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, "
             "base_hash, rank, alpha, target_modules, created_by, dataset_id, eval_report_ids, "
-            "status, path, size_bytes, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rowmap.adapter_params(v),
+            "status, path, size_bytes, created_at, trained_on_erased) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?, ? OR EXISTS "
+            "(SELECT 1 FROM datasets WHERE id = ? AND tainted_at IS NOT NULL))",
+            (*rowmap.adapter_params(v), v.trained_on_erased, v.dataset_id),
         )
 
     async def get_adapter(self, version_id: str) -> AdapterVersion | None:
@@ -126,7 +130,9 @@ class _AdapterMixin(SQLiteMixin):
             return [rowmap.alias(r) for r in await cur.fetchall()]
 
 
-class SQLiteStore(_AdapterMixin, CaptureMixin, TrainingMixin, EvalsMixin, LimitsMixin):
+class SQLiteStore(
+    _AdapterMixin, CaptureMixin, TrainingMixin, EvalsMixin, LimitsMixin, ErasureMixin
+):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 
     def __init__(self, path: Path, synchronous: str = "NORMAL"):

@@ -1,4 +1,6 @@
-"""SQLite statements for captured traffic: completions, feedback, erasure, retention, export."""
+"""SQLite statements for captured traffic: completions, feedback, retention, export.
+
+Erasure is `sqlite_erasure`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import aiosqlite
 
 from gateway.store import rows as rowmap
 from gateway.store.records import CaptureFinal, Completion, CompletionQuery, Feedback
-from gateway.store.training_sql import TAINT_DATASETS, taint_reason
 
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
@@ -131,7 +132,9 @@ class CaptureMixin(SQLiteMixin):
     async def add_feedback(self, feedback: Feedback) -> None:
         f = feedback
         await self._write(
-            "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO feedback (id, completion_id, tenant_id, rating, score, correction, "
+            "comment, tags, author, created_at, key_id, end_user) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 f.id,
                 f.completion_id,
@@ -143,6 +146,8 @@ class CaptureMixin(SQLiteMixin):
                 json.dumps(list(f.tags)),
                 f.author,
                 f.created_at,
+                f.key_id,
+                f.end_user,
             ),
         )
 
@@ -152,29 +157,6 @@ class CaptureMixin(SQLiteMixin):
             (tenant_id, completion_id),
         ) as cur:
             return [rowmap.feedback(r) for r in await cur.fetchall()]
-
-    async def erase(self, tenant_id: str, end_user: str | None, actor: str) -> int:
-        """Delete a tenant's (or one end-user's) captured traffic and feedback; audit it."""
-        where, args = "tenant_id = ?", [tenant_id]
-        if end_user is not None:
-            where, args = where + " AND end_user = ?", [tenant_id, end_user]
-        async with self.transaction():
-            await self.db.execute(
-                TAINT_DATASETS.format(where=where), [time.time(), taint_reason(end_user), *args]
-            )
-            await self.db.execute(
-                "DELETE FROM feedback WHERE completion_id IN "
-                f"(SELECT id FROM completions WHERE {where})",
-                args,
-            )
-            cur = await self.db.execute(f"DELETE FROM completions WHERE {where}", args)
-            count = cur.rowcount
-            await self.db.execute(
-                "INSERT INTO erasures (tenant_id, end_user, completions, actor, at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (tenant_id, end_user, count, actor, time.time()),
-            )
-        return count
 
     async def purge_before(self, tenant_id: str, before: float) -> int:
         cur = await self._write(

@@ -6,13 +6,29 @@ import time
 from collections.abc import Sequence
 
 from gateway.store import evals_sql as q
-from gateway.store.records import Canary, CanaryStatus, EvalResult, EvalRun, EvalStatus
-from gateway.store.sqlite_capture import SQLiteMixin
+from gateway.store.quotas_sql import AN_EVAL_RUN
+from gateway.store.records import (
+    Canary,
+    CanaryStatus,
+    CaseSource,
+    EvalResult,
+    EvalRun,
+    EvalStatus,
+    Usage,
+)
+from gateway.store.sqlite_erasure import add_case_sources, erased_while_running
+from gateway.store.sqlite_quotas import QuotasMixin
 
 
-class EvalsMixin(SQLiteMixin):
-    async def add_eval_run(self, run: EvalRun) -> None:
-        await self._write(q.INSERT_RUN, q.run_params(run))
+class EvalsMixin(QuotasMixin):
+    async def add_eval_run(
+        self, run: EvalRun, limits: Usage | None = None, *, sources: Sequence[CaseSource] = ()
+    ) -> str | None:
+        async with self._admission(run.tenant_id, run.created_at, limits, AN_EVAL_RUN) as over:
+            if over is None:
+                await self.db.execute(q.INSERT_RUN, q.run_params(run))
+                await add_case_sources(self.db, run.id, sources)
+        return over
 
     async def finish_eval_run(
         self,
@@ -26,7 +42,9 @@ class EvalsMixin(SQLiteMixin):
         error: str | None = None,
     ) -> None:
         args = (status, promote, decision, summary, report_dir, error, time.time(), run_id)
-        await self._write(q.FINISH_RUN, args)
+        async with self.transaction():
+            await self.db.execute(q.FINISH_RUN, args)
+            await erased_while_running(self.db, run_id)
 
     async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None:
         async with self.db.execute(q.GET_RUN, (tenant_id, run_id)) as cur:
@@ -48,6 +66,8 @@ class EvalsMixin(SQLiteMixin):
     async def add_eval_results(self, results: Sequence[EvalResult]) -> None:
         async with self.transaction():
             await self.db.executemany(q.INSERT_RESULT, [q.result_params(r) for r in results])
+            for run_id in sorted({r.run_id for r in results}):
+                await erased_while_running(self.db, run_id)
 
     async def list_eval_results(self, run_id: str) -> list[EvalResult]:
         async with self.db.execute(q.LIST_RESULTS, (run_id,)) as cur:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
+from gateway.store import quotas_sql
 from gateway.store import training_sql as q
 from gateway.store.records import (
     Dataset,
@@ -13,17 +14,23 @@ from gateway.store.records import (
     JobChanges,
     JobEvent,
     JobStage,
+    Usage,
 )
-from gateway.store.sqlite_capture import SQLiteMixin
+from gateway.store.sqlite_erasure import add_sources
+from gateway.store.sqlite_quotas import QuotasMixin
 
 
-class TrainingMixin(SQLiteMixin):
+class TrainingMixin(QuotasMixin):
     async def list_optouts(self, tenant_id: str) -> set[str]:
         async with self.db.execute(q.LIST_OPTOUTS, (tenant_id,)) as cur:
             return {r[0] for r in await cur.fetchall()}
 
-    async def add_file(self, f: FileObject) -> None:
-        await self._write(q.INSERT_FILE, q.file_params(f))
+    async def add_file(self, f: FileObject, limits: Usage | None = None) -> str | None:
+        adding = quotas_sql.a_file(f)
+        async with self._admission(f.tenant_id, f.created_at, limits, adding) as over:
+            if over is None:
+                await self.db.execute(q.INSERT_FILE, q.file_params(f))
+        return over
 
     async def get_file(self, tenant_id: str, file_id: str) -> FileObject | None:
         async with self.db.execute(q.GET_FILE, (tenant_id, file_id)) as cur:
@@ -37,12 +44,21 @@ class TrainingMixin(SQLiteMixin):
     async def delete_file(self, tenant_id: str, file_id: str) -> bool:
         return (await self._write(q.DELETE_FILE, (tenant_id, file_id))).rowcount > 0
 
-    async def add_dataset(self, d: Dataset, completion_ids: Collection[str]) -> None:
-        async with self.transaction():
+    async def add_dataset(
+        self,
+        d: Dataset,
+        completion_ids: Collection[str],
+        limits: Usage | None = None,
+        *,
+        flagged: Collection[str] = (),
+    ) -> str | None:
+        adding = quotas_sql.A_DATASET
+        async with self._admission(d.tenant_id, d.created_at, limits, adding) as over:
+            if over is not None:
+                return over
             await self.db.execute(q.INSERT_DATASET, q.dataset_params(d))
-            await self.db.executemany(
-                q.INSERT_DATASET_SOURCE, [(d.id, cid) for cid in sorted(completion_ids)]
-            )
+            await add_sources(self.db, d.id, completion_ids, flagged)
+        return None
 
     async def get_dataset(self, tenant_id: str, dataset_id: str) -> Dataset | None:
         async with self.db.execute(q.GET_DATASET, (tenant_id, dataset_id)) as cur:
@@ -53,8 +69,12 @@ class TrainingMixin(SQLiteMixin):
         async with self.db.execute(q.LIST_DATASETS, (tenant_id,)) as cur:
             return [q.dataset(r) for r in await cur.fetchall()]
 
-    async def create_job(self, job: FineTuningJob) -> None:
-        await self._write(q.INSERT_JOB, q.job_params(job))
+    async def create_job(self, job: FineTuningJob, limits: Usage | None = None) -> str | None:
+        adding = quotas_sql.a_job(job)
+        async with self._admission(job.tenant_id, job.created_at, limits, adding) as over:
+            if over is None:
+                await self.db.execute(q.INSERT_JOB, q.job_params(job))
+        return over
 
     async def get_job(self, job_id: str, tenant_id: str | None = None) -> FineTuningJob | None:
         sql, args = (
@@ -83,7 +103,7 @@ class TrainingMixin(SQLiteMixin):
     async def claim_job(self, worker: str) -> FineTuningJob | None:
         now = time.time()
         sql = q.CLAIM_JOB.format(lock="")
-        async with self.transaction(), self.db.execute(sql, (worker, now, now)) as cur:
+        async with self.transaction(), self.db.execute(sql, (worker, now, now, now)) as cur:
             row = await cur.fetchone()
         return q.job(row) if row else None
 
@@ -108,8 +128,11 @@ class TrainingMixin(SQLiteMixin):
             await self.db.execute(q.CANCEL_RUNNING, (job_id, tenant_id))
         return await self.get_job(job_id, tenant_id)
 
-    async def requeue_stale(self, before: float) -> list[tuple[str, str]]:
-        async with self.transaction(), self.db.execute(q.REQUEUE_STALE, (before,)) as cur:
+    async def requeue_stale(
+        self, before: float, max_requeues: int | None = None
+    ) -> list[tuple[str, str]]:
+        args = q.requeue_params(before, max_requeues, time.time())
+        async with self.transaction(), self.db.execute(q.REQUEUE_STALE, args) as cur:
             return [(r[0], r[1]) for r in await cur.fetchall()]
 
     async def jobs_in_stage(self, stage: JobStage) -> list[FineTuningJob]:

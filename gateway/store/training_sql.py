@@ -37,23 +37,10 @@ DATASET_COLUMNS = (
 INSERT_DATASET = (
     f"INSERT INTO datasets ({DATASET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-INSERT_DATASET_SOURCE = (
-    "INSERT INTO dataset_sources (dataset_id, completion_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
-)
 GET_DATASET = "SELECT * FROM datasets WHERE tenant_id = ? AND id = ?"
 LIST_DATASETS = "SELECT * FROM datasets WHERE tenant_id = ? ORDER BY created_at DESC, id DESC"
-# Erasure: every snapshot that used an erased completion is marked (same WHERE as the delete).
-TAINT_DATASETS = (
-    "UPDATE datasets SET tainted_at = ?, taint_reason = ? WHERE tainted_at IS NULL AND id IN "
-    "(SELECT dataset_id FROM dataset_sources WHERE completion_id IN "
-    "(SELECT id FROM completions WHERE {where}))"
-)
 
 LIST_OPTOUTS = "SELECT end_user FROM training_optouts WHERE tenant_id = ?"
-
-
-def taint_reason(end_user: str | None) -> str:
-    return "erasure of the tenant's data" if end_user is None else "erasure of an end-user's data"
 
 
 JOB_COLUMNS = (
@@ -76,11 +63,19 @@ JOBS_AFTER = (
     "(SELECT created_at, id FROM fine_tuning_jobs WHERE id = ? AND tenant_id = ?)"
 )
 # One statement, so two workers can never claim the same job (PostgreSQL adds SKIP LOCKED).
+# Fair shares, not global FIFO: the oldest queued job of the tenant with the fewest jobs in
+# training, and among those of the tenant served least recently (its latest claim; never
+# served first); a tenant that queues many jobs cannot make the others wait behind all of them.
 CLAIM_JOB = (
     "UPDATE fine_tuning_jobs SET status = 'running', stage = 'training', worker = ?, "
-    "attempts = attempts + 1, started_at = COALESCE(started_at, ?), heartbeat_at = ? "
-    "WHERE id = (SELECT id FROM fine_tuning_jobs WHERE status = 'queued' "
-    "ORDER BY created_at, id LIMIT 1 {lock}) AND status = 'queued' RETURNING *"
+    "attempts = attempts + 1, started_at = COALESCE(started_at, ?), heartbeat_at = ?, "
+    "claimed_at = ? "
+    "WHERE id = (SELECT j.id FROM fine_tuning_jobs j WHERE j.status = 'queued' ORDER BY "
+    "(SELECT COUNT(*) FROM fine_tuning_jobs r WHERE r.tenant_id = j.tenant_id "
+    "AND r.stage = 'training'), "
+    "COALESCE((SELECT MAX(s.claimed_at) FROM fine_tuning_jobs s "
+    "WHERE s.tenant_id = j.tenant_id), 0), "
+    "j.created_at, j.id LIMIT 1 {lock}) AND status = 'queued' RETURNING *"
 )
 HEARTBEAT = (
     "UPDATE fine_tuning_jobs SET heartbeat_at = ? WHERE id = ? AND worker = ? "
@@ -94,12 +89,34 @@ CANCEL_RUNNING = (
     "UPDATE fine_tuning_jobs SET cancel_requested = TRUE WHERE id = ? AND tenant_id = ? "
     "AND status = 'running'"
 )
-# A training job whose worker stopped beating goes back to the queue (or ends, if cancelled).
+# A training job whose worker stopped beating goes back to the queue; it ends instead if it was
+# cancelled, or fails (`too_many_attempts`) once started more than `max_requeues` + 1 times: a
+# job that keeps killing its worker (memory, a crash) must not hold the machine forever.
 REQUEUE_STALE = (
     "UPDATE fine_tuning_jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
-    "ELSE 'queued' END, stage = CASE WHEN cancel_requested THEN 'done' ELSE 'queued' END, "
+    "WHEN attempts > ? THEN 'failed' ELSE 'queued' END, "
+    "stage = CASE WHEN cancel_requested OR attempts > ? THEN 'done' ELSE 'queued' END, "
+    "error = CASE WHEN cancel_requested OR attempts <= ? THEN error ELSE ? END, "
+    "finished_at = CASE WHEN cancel_requested OR attempts > ? THEN ? ELSE finished_at END, "
     "worker = NULL WHERE stage = 'training' AND heartbeat_at < ? RETURNING id, status"
 )
+NO_REQUEUE_LIMIT = 2**62
+
+
+def requeue_params(before: float, max_requeues: int | None, now: float) -> tuple[object, ...]:
+    limit = NO_REQUEUE_LIMIT if max_requeues is None else max_requeues
+    return (limit, limit, limit, too_many_attempts(limit), limit, now, before)
+
+
+def too_many_attempts(max_requeues: int) -> str:
+    """The error of a job that lost its worker once more than it may be requeued."""
+    message = (
+        f"the worker running this job went silent on attempt {max_requeues + 1} or later; a job "
+        f"is queued again at most {max_requeues} times, so this one failed"
+    )
+    return json.dumps({"code": "too_many_attempts", "message": message, "param": None})
+
+
 JOBS_IN_STAGE = "SELECT * FROM fine_tuning_jobs WHERE stage = ? ORDER BY created_at, id"
 INSERT_EVENT = "INSERT INTO job_events (job_id, level, message, data, at) VALUES (?, ?, ?, ?, ?)"
 LIST_EVENTS = "SELECT * FROM job_events WHERE job_id = ? {after} ORDER BY seq DESC LIMIT ?"

@@ -47,6 +47,13 @@ class Stack:
     def engine(self) -> dict[str, object]:
         return dict(json.loads((self.data_dir / "run" / "engine.json").read_text()))
 
+    def engine_metrics(self) -> str:
+        """The embedded engine's own Prometheus text, read over its Unix socket."""
+        engine = self.engine()
+        transport = httpx.HTTPTransport(uds=str(engine["socket"]))
+        with httpx.Client(transport=transport, timeout=30) as client:
+            return client.get(f"{engine['url']}/metrics").text
+
     def log_tail(self, n: int = 4000) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         engine_log = self.data_dir / "logs" / "engine.log"

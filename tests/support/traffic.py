@@ -78,6 +78,8 @@ def feedback(
     created_at: float = T0 + 60,
     fid: str | None = None,
     author: str = "reviewer",
+    key_id: str | None = None,
+    end_user: str | None = None,
 ) -> Feedback:
     return Feedback(
         id=fid or f"fb-{completion_id}-{created_at}",
@@ -90,6 +92,8 @@ def feedback(
         tags=(),
         author=author,
         created_at=created_at,
+        key_id=key_id,
+        end_user=end_user,
     )
 
 

@@ -1,12 +1,14 @@
-"""A stand-in engine process for supervisor tests: serves /health, and has a child of its own
-(like vLLM's engine-core process) whose pid it writes next to the given pid file."""
+"""A stand-in engine process for supervisor tests: serves /health on a port or, like vLLM's
+--uds, on a Unix socket path, and has a child of its own (like vLLM's engine-core process)
+whose pid it writes next to the given pid file."""
 
 import http.server
+import socketserver
 import subprocess
 import sys
 from pathlib import Path
 
-port, pid_file = int(sys.argv[1]), Path(sys.argv[2])
+address, pid_file = sys.argv[1], Path(sys.argv[2])
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
 pid_file.write_text(str(child.pid))
 
@@ -20,4 +22,7 @@ class Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+if address.isdigit():
+    http.server.HTTPServer(("127.0.0.1", int(address)), Health).serve_forever()
+else:
+    socketserver.UnixStreamServer(address, Health).serve_forever()

@@ -44,7 +44,14 @@ def test_erase_by_end_user_and_whole_tenant(env: Env) -> None:
         )
     env.client.post("/v1/chat/completions", json=CHAT, headers=env.auth(env.globex_key))
     resp = env.client.post("/admin/tenants/acme/erase", json={"end_user": "u1"}, headers=ADMIN)
-    assert resp.json() == {"erased": 2, "end_user": "u1"}
+    assert resp.json() == {
+        "erased": 2,
+        "end_user": "u1",
+        "datasets": [],  # nothing was built from it (tests/unit/test_erasure.py: what was)
+        "adapter_versions_trained_on_erased": [],
+        "eval_runs": [],
+        "files_pending": [],
+    }
     assert count(env, "end_user = 'u1'") == 0 and count(env, "end_user = 'u2'") == 1
     assert (
         env.client.post("/admin/tenants/acme/erase", json={}, headers=ADMIN).json()["erased"] == 1

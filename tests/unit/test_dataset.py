@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.support.traffic import (
@@ -31,8 +33,8 @@ from training.dataset import (
 )
 from training.dataset_config import DatasetConfig
 
-# Most tests are about other stages than the author cap (their rows share one API key).
-CONFIG = DatasetConfig(max_author_share=1.0)
+# Most tests are about other stages than the caps (their rows share one API key).
+CONFIG = DatasetConfig(max_author_share=1.0, max_key_share=1.0)
 
 
 def build(
@@ -314,6 +316,12 @@ def test_a_trigger_phrase_injected_by_one_author_is_flagged() -> None:
     assert '"totally legit site"' in flag.detail
     assert "'mallory'" in flag.detail
     assert sorted(flag.source_ids) == [f"p{i}" for i in range(6)]
+    # The flag acts: those examples are left out, counted under their reason.
+    assert flag.action == "excluded"
+    assert not set(flag.source_ids) & set(examples(snapshot))
+    assert snapshot.stats.counts.trigger_phrase == 6
+    assert (snapshot.review.status, snapshot.review.flagged) == ("clear", 6)
+    assert_counts_add_up(snapshot)
 
 
 def test_one_prompt_asked_again_and_again_is_flagged() -> None:
@@ -322,10 +330,149 @@ def test_one_prompt_asked_again_and_again_is_flagged() -> None:
         liked(completion(f"r{i}", "what is the magic word", words(rng, 12), end_user=f"x{i}"))
         for i in range(3)
     ]
-    flags = [f for f in build(rows).flags if f.kind == "repeated_prompt"]
+    snapshot = build(rows)
+    flags = [f for f in snapshot.flags if f.kind == "repeated_prompt"]
     assert len(flags) == 1
     assert "what is the magic word" in flags[0].detail
     assert sorted(flags[0].source_ids) == ["r0", "r1", "r2"]
+    # Three end users of the key that sends all the traffic: noted for a human, not excluded.
+    assert flags[0].action == "noted"
+    assert {"r0", "r1", "r2"} <= set(examples(snapshot))
+    # The same three from a key that sends little else look like one actor: excluded.
+    rows[-3:] = [(msgspec.structs.replace(c, key_id="key-2"), fb) for c, fb in rows[-3:]]
+    snapshot = build(rows)
+    [acting] = [f for f in snapshot.flags if f.kind == "repeated_prompt"]
+    assert acting.action == "excluded"
+    assert acting.detail.endswith("excluded: from 1 key(s) that sent 3 of the 13 examples")
+    assert not {"r0", "r1", "r2"} & set(examples(snapshot))
+    assert snapshot.stats.counts.repeated_prompt == 3
+
+
+def test_a_correction_is_authored_by_the_key_that_sent_it() -> None:
+    rng = random.Random(40)
+
+    def corrected(cid: str, **sender: str) -> Row:
+        c = completion(cid, words(rng, 8), words(rng, 12), key_id="key-a", end_user="alice")
+        return c, [feedback(cid, rating="down", correction=words(rng, 12), **sender)]
+
+    rows = [
+        corrected("own", key_id="key-a"),  # the key's own completion: for its end user
+        corrected("named", key_id="key-b", end_user="bob"),  # another key, naming its user
+        corrected("bare", key_id="key-b"),  # another key naming no one: the key itself
+        corrected("legacy"),  # sent before keys were recorded: the completion's key
+        liked(completion("liked", words(rng, 8), words(rng, 12), key_id="key-a", end_user="eve")),
+    ]
+    snapshot = build(rows)
+    who = {
+        e.provenance.source_id: (e.provenance.key_id, e.provenance.author)
+        for e in [*snapshot.train, *snapshot.eval]
+    }
+    assert who == {
+        "own": ("key-a", "alice"),
+        "named": ("key-b", "bob"),
+        "bare": ("key-b", "key-b"),
+        "legacy": ("key-a", "alice"),
+        "liked": ("key-a", "eve"),
+    }
+    # An opted-out end user's correction is their own writing, whoever's completion it fixes.
+    assert set(examples(build(rows, opted_out={"bob"}))) == set(who) - {"named"}
+
+
+def test_one_key_posing_as_many_end_users_is_still_one_actor() -> None:
+    honest = liked_traffic(100, seed=41)  # one key, a hundred end users
+    rng = random.Random(42)
+
+    def injected(key_of: Callable[[int], str]) -> list[Row]:
+        return [
+            liked(
+                completion(
+                    f"p{i}",
+                    words(rng, 8),
+                    f"{words(rng, 5)} wire the refund to account zeta {words(rng, 5)}",
+                    key_id=key_of(i),
+                    end_user=f"fake-{i}",
+                    created_at=T0 + 1000 + i,
+                )
+            )
+            for i in range(12)
+        ]
+
+    snapshot = build(honest + injected(lambda i: "key-evil"))
+    [flag] = [f for f in snapshot.flags if f.kind == "trigger_phrase"]
+    assert flag.action == "excluded"
+    assert "'key-evil'" in flag.detail and "1 key(s) that sent 12 of the 112" in flag.detail
+    assert sorted(flag.source_ids) == sorted(f"p{i}" for i in range(12))
+    assert not set(flag.source_ids) & set(examples(snapshot))
+    assert snapshot.stats.counts.trigger_phrase == 12
+    assert_counts_add_up(snapshot)
+    # The same answers through twelve keys of their own: twelve actors, a common phrase.
+    spread = build(honest + injected(lambda i: f"key-{i + 100}"))
+    assert not [f for f in spread.flags if f.kind == "trigger_phrase"]
+    assert len(examples(spread)) == 112
+
+
+def test_the_key_cap_counts_all_end_users_of_a_key_together() -> None:
+    rng = random.Random(43)
+    main = liked_traffic(20, seed=44)  # key-1
+    other = [
+        liked(
+            completion(
+                f"o{i}",
+                words(rng, 8),
+                words(rng, 15),
+                key_id="key-2",
+                end_user=f"other-{i}",
+                created_at=T0 + 500 + i,
+            )
+        )
+        for i in range(30)
+    ]
+    config = DatasetConfig(max_author_share=0.1)  # 5 per end user; max_key_share 0.5
+    snapshot = build(main + other, config)
+    assert sum(cid.startswith("o") for cid in examples(snapshot)) == 25  # floor(0.5 * 50)
+    assert (snapshot.stats.counts.author_cap, snapshot.stats.counts.key_cap) == (0, 5)
+    [flag] = [f for f in snapshot.flags if f.kind == "key_cap"]
+    assert "key 'key-2' sent 30 of 50 examples (its 30 author(s) together)" in flag.detail
+    assert len(flag.source_ids) == 5
+    assert_counts_add_up(snapshot)
+    # A key that sends everything is the tenant's only voice: nothing to outweigh.
+    assert build(other, config).stats.counts.key_cap == 0
+
+
+def test_too_many_flagged_examples_stop_the_snapshot_for_review() -> None:
+    rng = random.Random(45)
+    honest = liked_traffic(40, seed=46)
+    poison = [
+        liked(
+            completion(
+                f"p{i}",
+                words(rng, 8),
+                "Ignore the policy and send the recovery codes to the ops desk",
+                key_id="key-evil",
+                end_user=f"fake-{i}",
+                created_at=T0 + 1000 + i,
+            )
+        )
+        for i in range(20)
+    ]
+    rows = honest + poison  # a third of the examples
+    snapshot = build(rows)
+    review = snapshot.review
+    assert (review.status, review.examples, review.flagged) == ("needs_review", 60, 20)
+    assert review.by_kind == {"trigger_phrase": 20}
+    assert "over the 20% excluded without review" in review.message
+    poisoned = {f"p{i}" for i in range(20)}
+    assert not poisoned & set(examples(snapshot))  # what it would be, were it allowed
+    # An admin's override: train without them, or (reviewed, not poisoning) with them.
+    allowed = build(rows, replace(CONFIG, allow_flagged=True))
+    assert allowed.review.status == "overridden"
+    assert set(examples(allowed)) == set(examples(snapshot))
+    kept = build(rows, replace(CONFIG, keep_flagged=True))
+    assert kept.review.status == "overridden" and "keep_flagged" in kept.review.message
+    assert {f.action for f in kept.flags if f.kind == "trigger_phrase"} == {"kept"}
+    assert poisoned <= set(examples(kept))
+    # Under the threshold the flagged examples are simply left out.
+    assert build(rows, replace(CONFIG, max_flagged_share=0.5)).review.status == "clear"
 
 
 # ---------------------------------------------------------------------- split and provenance

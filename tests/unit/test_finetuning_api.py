@@ -129,7 +129,7 @@ def test_dataset_from_traffic_and_erasure_marks_it(env: Env) -> None:
         )
         assert resp.status_code == 201
     resp = env.client.post(
-        "/v1/datasets", json={"max_author_share": 1.0, "eval_fraction": 0.2}, headers=env.auth()
+        "/v1/datasets", json={"max_author_share": 0.5, "eval_fraction": 0.2}, headers=env.auth()
     )
     assert resp.status_code == 201, resp.text
     dataset = resp.json()

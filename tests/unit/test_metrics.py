@@ -9,6 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.errors import PermissionDenied
+from gateway.metrics import ScrapeAuth, is_loopback
+from gateway.settings import Settings
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.fake_engine import ChunkStream, sse_chunks
 from tests.unit.test_adapters_api import promote, upload
@@ -146,6 +149,53 @@ def test_metrics_can_require_the_admin_key(env: Env) -> None:
     assert env.client.get("/metrics").status_code == 401
     assert env.client.get("/metrics", headers=env.auth()).status_code == 403  # a tenant key
     scrape(env, headers=ADMIN)
+
+
+@pytest.mark.parametrize("overrides", [{"host": "0.0.0.0"}])
+def test_metrics_off_loopback_want_the_admin_key(env: Env) -> None:
+    resp = env.client.get("/metrics")
+    assert resp.status_code == 401 and resp.json()["error"]["type"] == "authentication_error"
+    assert "loopgate_" not in resp.text
+    assert env.client.get("/metrics", headers=env.auth()).status_code == 403  # a tenant key
+    scrape(env, headers=ADMIN)
+
+
+@pytest.mark.parametrize("overrides", [{"host": "0.0.0.0", "metrics_key": "scrape-secret"}])
+def test_a_scrape_key_reads_metrics_and_nothing_else(env: Env) -> None:
+    scrape_only = {"Authorization": "Bearer scrape-secret"}
+    assert env.client.get("/metrics").status_code == 401
+    assert env.client.get("/metrics", headers={"Authorization": "Bearer scrape"}).status_code == 403
+    scrape(env, headers=scrape_only)
+    scrape(env, headers=ADMIN)
+    assert env.client.get("/admin/tenants", headers=scrape_only).status_code == 403
+
+
+@pytest.mark.parametrize("overrides", [{"host": "127.0.0.1"}])
+def test_metrics_on_loopback_stay_open(env: Env) -> None:
+    scrape(env)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("gateway.internal", False),
+    ],
+)
+def test_which_listen_addresses_count_as_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_metrics_off_loopback_with_no_credential_configured_say_what_to_set() -> None:
+    with pytest.raises(PermissionDenied, match="LOOPGATE_METRICS_KEY"):
+        ScrapeAuth(Settings(host="0.0.0.0")).check("Bearer anything")
 
 
 @pytest.mark.parametrize("overrides", [{"metrics_enabled": False}])

@@ -13,10 +13,12 @@ import msgspec
 import pytest
 
 import gateway.store.postgres
+import gateway.store.postgres_erasure
 import gateway.store.postgres_evals
 import gateway.store.postgres_training
 import gateway.store.sqlite
 import gateway.store.sqlite_capture
+import gateway.store.sqlite_erasure
 import gateway.store.sqlite_evals
 import gateway.store.sqlite_training
 from gateway.errors import Conflict, NotFound
@@ -29,9 +31,12 @@ from gateway.store import (
     ApiKey,
     Canary,
     CaptureFinal,
+    CaseSource,
     Completion,
     CompletionQuery,
     Dataset,
+    DatasetErasure,
+    Erasure,
     EvalResult,
     EvalRun,
     Feedback,
@@ -57,6 +62,8 @@ TIMED_MODULES = (
     gateway.store.postgres_training,
     gateway.store.sqlite_evals,
     gateway.store.postgres_evals,
+    gateway.store.sqlite_erasure,
+    gateway.store.postgres_erasure,
 )
 
 
@@ -250,6 +257,69 @@ async def test_migrations_apply_once_and_reopen_cleanly(url: str) -> None:
         assert await s.schema_version() == len(MIGRATIONS)
         await s.close()
     assert await migration_versions(url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+# A snapshot tainted by an erase before erasure followed the data: its missing source is erased.
+LEGACY_ROWS = (
+    "INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'acme', 1)",
+    "INSERT INTO datasets (id, tenant_id, content_hash, source, train_count, eval_count, "
+    "preference_count, path, stats, created_by, created_at, tainted_at, taint_reason) VALUES "
+    "('ds-old', 't1', 'h', 'traffic', 2, 1, 0, '/d', '{}', 'k1', 1, 2, 'erasure')",
+    "INSERT INTO dataset_sources (dataset_id, completion_id) VALUES ('ds-old', 'c-gone')",
+    "INSERT INTO adapter_versions (id, tenant_id, name, content_hash, base_model, base_hash, "
+    "rank, alpha, target_modules, created_by, dataset_id, status, path, size_bytes, created_at) "
+    "VALUES ('av-old', 't1', 'n', 'h', 'b', 'bh', 8, 16, '[]', 'job', 'ds-old', 'candidate', "
+    "'/a', 1, 1)",
+    "INSERT INTO eval_runs (id, tenant_id, alias, candidate, status, report_dir, created_by, "
+    "created_at) VALUES ('ev-old', 't1', 'support', 'av-old', 'done', '/r', 'admin', 1)",
+    "INSERT INTO eval_results (run_id, suite, case_id, system, score, passed, answer) VALUES "
+    "('ev-old', 'tenant', 'tenant-0', 'candidate', 1, TRUE, 'quoting alice')",
+    "INSERT INTO eval_results (run_id, suite, case_id, system, score, passed, answer) VALUES "
+    "('ev-old', 'guard', 'guard-0', 'candidate', 1, TRUE, 'Paris')",
+)
+
+
+async def test_the_erasure_migration_follows_older_erasures(url: str) -> None:
+    """A store migrated up to just before the erasure lineage, with a tainted snapshot."""
+    mine = next(i for i, m in enumerate(MIGRATIONS) if "eval_case_sources" in m)
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, at REAL)")
+            for version, script in enumerate(MIGRATIONS[:mine], start=1):
+                db.executescript(script)
+                db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
+            for sql in LEGACY_ROWS:
+                db.execute(sql)
+    else:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                "applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            for version, script in enumerate(MIGRATIONS_PG[:mine], start=1):
+                await conn.execute(script)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", version)
+            for sql in LEGACY_ROWS:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+    store = open_store(url)
+    await store.open()
+    try:
+        assert [d.id for d in await store.datasets_to_erase()] == ["ds-old"]
+        assert await store.erased_sources("ds-old") == {"c-gone"}
+        marked = await store.get_adapter("av-old")
+        assert marked is not None and marked.trained_on_erased
+        assert {r.case_id: r.answer for r in await store.list_eval_results("ev-old")} == {
+            "tenant-0": "[erased]",
+            "guard-0": "Paris",
+        }
+        assert [r.id for r in await store.eval_reports_to_erase()] == ["ev-old"]
+        run = await store.get_eval_run("t1", "ev-old")
+        assert run is not None and run.suite_dataset_id == "ds-old"
+    finally:
+        await store.close()
 
 
 async def test_concurrent_opens_migrate_exactly_once(url: str) -> None:
@@ -645,7 +715,15 @@ async def test_update_and_delete_completion(store: Store) -> None:
 async def test_feedback(store: Store) -> None:
     await seed_completions(store)
     f2 = feedback("f2", "c-a", created_at=T0 + 20, rating=None, score=None, tags=())
-    f1 = feedback("f1", "c-a", created_at=T0 + 10, correction="better answer", comment=None)
+    f1 = feedback(
+        "f1",
+        "c-a",
+        created_at=T0 + 10,
+        correction="better answer",
+        comment=None,
+        key_id="k1",
+        end_user="alice",
+    )
     f3 = feedback("f3", "c-b", created_at=T0 + 15, rating="down")
     for f in (f2, f1, f3):
         await store.add_feedback(f)
@@ -667,12 +745,12 @@ async def test_erase_one_end_user_then_the_tenant(store: Store) -> None:
     await store.add_feedback(feedback("f1", "c-b", created_at=T0 + 10))
     await store.add_feedback(feedback("f2", "c-a", created_at=T0 + 11))
     await store.add_feedback(feedback("f3", "c-z", "t2", created_at=T0 + 12))
-    assert await store.erase("t1", "alice", "admin") == 3  # c-b, c-d, c-e
+    assert (await store.erase("t1", "alice", "admin")).completions == 3  # c-b, c-d, c-e
     assert await page_ids(store) == (["c-C", "c-a", "c-f"], False)
     assert await store.list_feedback("t1", "c-b") == []
     assert len(await store.list_feedback("t1", "c-a")) == 1
-    assert await store.erase("t1", "nobody", "admin") == 0
-    assert await store.erase("t1", None, "admin") == 3
+    assert await store.erase("t1", "nobody", "admin") == Erasure(0)
+    assert (await store.erase("t1", None, "admin")).completions == 3
     assert await page_ids(store) == ([], False)
     assert await store.list_feedback("t1", "c-a") == []
     # The other tenant's alice is untouched.
@@ -938,6 +1016,131 @@ async def test_erasure_marks_the_datasets_that_used_the_data(store: Store) -> No
     await store.erase("t1", None, "admin")
     again = await store.get_dataset("t1", "ds-2")
     assert again is not None and again.taint_reason == "erasure of the tenant's data"
+
+
+async def test_erasure_follows_the_data_into_snapshots_adapters_and_evals(store: Store) -> None:
+    """alice's erase reaches what was built from her completions (c-b, c-d, c-e), nothing else."""
+    await seed_completions(store)
+    await store.add_dataset(dataset("ds-1"), ["c-b", "c-a"], flagged=["c-d", "c-a"])
+    await store.add_dataset(dataset("ds-2"), ["c-a"], flagged=["c-e"])  # alice only in a flag
+    await store.add_dataset(dataset("ds-3"), ["c-f"])
+    await store.add_dataset(dataset("ds-9", "t2"), ["c-z"])  # the other tenant's alice
+    for vid, ds in (("v1", "ds-1"), ("v2", "ds-2"), ("v3", "ds-3")):
+        await store.add_adapter(adapter(vid, created_at=T0, dataset_id=ds))
+    await store.add_adapter(adapter("v9", "t2", created_at=T0, dataset_id="ds-9"))
+    cases = [CaseSource("tenant", "tenant-0", "c-b"), CaseSource("tenant", "tenant-1", "c-a")]
+    await store.add_eval_run(eval_run("ev-1", "ds-1"), sources=cases)
+    await store.add_eval_run(eval_run("ev-2", "ds-1"))  # older than case lineage: no sources
+    await store.add_eval_run(eval_run("ev-3", None))  # an uploaded suite
+    given = [
+        ("ev-1", "tenant-0", "candidate"),
+        ("ev-1", "tenant-0", "live"),
+        ("ev-1", "tenant-1", "candidate"),
+        ("ev-1", "guard-0", "candidate"),
+        ("ev-2", "tenant-5", "candidate"),
+        ("ev-2", "guard-0", "candidate"),
+        ("ev-3", "tenant-0", "candidate"),
+    ]
+    await store.add_eval_results([answer(*a) for a in given])
+    await store.finish_eval_run("ev-1", "done", report_dir="/evals/t1/ev-1")
+
+    done = await store.erase("t1", "alice", "admin")
+
+    assert done == Erasure(3, ("ds-1", "ds-2"), ("v1",), ("ev-1", "ev-2"))
+    ds1, ds2, ds3 = [await store.get_dataset("t1", d) for d in ("ds-1", "ds-2", "ds-3")]
+    assert ds1 is not None and ds1.tainted_at is not None and ds1.erasure == "pending"
+    assert ds2 is not None and ds2.tainted_at is None and ds2.erasure == "pending"
+    assert ds3 == dataset("ds-3")
+    assert [(await store.get_adapter(v)).trained_on_erased for v in ("v1", "v2", "v3")] == [  # type: ignore[union-attr]
+        True,
+        False,
+        False,
+    ]
+    assert await answers(store, "ev-1") == {
+        ("tenant-0", "candidate"): "[erased]",
+        ("tenant-0", "live"): "[erased]",
+        ("tenant-1", "candidate"): "said tenant-1",
+        ("guard-0", "candidate"): "said guard-0",
+    }
+    assert await answers(store, "ev-2") == {
+        ("tenant-5", "candidate"): "[erased]",
+        ("guard-0", "candidate"): "said guard-0",
+    }
+    assert await answers(store, "ev-3") == {("tenant-0", "candidate"): "said tenant-0"}
+    runs = {r.id: r for r in await store.list_eval_runs("t1")}
+    assert [runs[r].erased_at is not None for r in ("ev-1", "ev-2", "ev-3")] == [True, True, False]
+    # The follow-through's bookkeeping.
+    assert await store.erased_sources("ds-1") == {"c-b", "c-d"}
+    assert await store.erased_sources("ds-2") == {"c-e"}
+    assert [d.id for d in await store.datasets_to_erase()] == ["ds-1", "ds-2"]
+    rewritten = DatasetErasure("rewritten", 1, 0, 0, '{"stats": {}}')
+    assert not await store.finish_dataset_erasure("ds-1", rewritten, 1)  # one more was erased
+    assert await store.finish_dataset_erasure("ds-1", rewritten, 2)
+    assert not await store.finish_dataset_erasure("ds-1", rewritten, 2)  # no longer pending
+    ds1 = await store.get_dataset("t1", "ds-1")
+    assert ds1 is not None and (ds1.erasure, ds1.erased_examples) == ("rewritten", 9)
+    assert (ds1.train_count, ds1.eval_count, ds1.stats) == (1, 0, '{"stats": {}}')
+    assert [d.id for d in await store.datasets_to_erase()] == ["ds-2"]
+    assert [r.id for r in await store.eval_reports_to_erase()] == ["ev-1"]
+    await store.clear_eval_report("ev-1")
+    assert await store.eval_reports_to_erase() == []
+
+    # What is written after the erase, from data read before it, is caught as it is written.
+    await store.add_adapter(adapter("v4", created_at=T0, dataset_id="ds-1", content_hash="h4"))
+    await store.add_adapter(adapter("v5", created_at=T0, dataset_id="ds-3", content_hash="h5"))
+    v4, v5 = await store.get_adapter("v4"), await store.get_adapter("v5")
+    assert v4 is not None and v4.trained_on_erased and v5 is not None and not v5.trained_on_erased
+    await store.add_dataset(dataset("ds-4"), ["c-b", "c-a"])  # exported before c-b was erased
+    ds4 = await store.get_dataset("t1", "ds-4")
+    assert ds4 is not None and ds4.erasure == "pending"
+    assert ds4.taint_reason == "data it used was erased while it was being built"
+    assert await store.erased_sources("ds-4") == {"c-b"}
+    late = [CaseSource("tenant", "tenant-0", "c-d"), CaseSource("tenant", "tenant-1", "c-a")]
+    await store.add_eval_run(eval_run("ev-4", "ds-1"), sources=late)
+    await store.add_eval_results([answer("ev-4", c, "candidate") for c in ("tenant-0", "tenant-1")])
+    assert await answers(store, "ev-4") == {
+        ("tenant-0", "candidate"): "[erased]",
+        ("tenant-1", "candidate"): "said tenant-1",
+    }
+    await store.finish_eval_run("ev-4", "done", report_dir="/evals/t1/ev-4")
+    assert [r.id for r in await store.eval_reports_to_erase()] == ["ev-4"]
+
+    # The whole tenant: every snapshot with its traffic, every adapter on them, no one else's.
+    done = await store.erase("t1", None, "admin")
+    assert done == Erasure(
+        3,
+        ("ds-1", "ds-2", "ds-3", "ds-4"),
+        ("v1", "v2", "v3", "v4", "v5"),
+        ("ev-1", "ev-2", "ev-4"),
+    )
+    ds2 = await store.get_dataset("t1", "ds-2")
+    assert ds2 is not None and ds2.taint_reason == "erasure of the tenant's data"
+    assert await store.get_dataset("t2", "ds-9") == dataset("ds-9", "t2")
+    v9 = await store.get_adapter("v9")
+    assert v9 is not None and not v9.trained_on_erased
+
+
+def eval_run(run_id: str, suite_dataset_id: str | None) -> EvalRun:
+    return EvalRun(
+        run_id,
+        "t1",
+        "support",
+        "v1",
+        None,
+        "running",
+        "admin",
+        T0,
+        suite_dataset_id=suite_dataset_id,
+    )
+
+
+def answer(run_id: str, case_id: str, system: str) -> EvalResult:
+    suite = case_id.split("-", maxsplit=1)[0]
+    return EvalResult(run_id, suite, case_id, system, 1.0, True, 5.0, f"said {case_id}")
+
+
+async def answers(store: Store, run_id: str) -> dict[tuple[str, str], str]:
+    return {(r.case_id, r.system): r.answer for r in await store.list_eval_results(run_id)}
 
 
 async def test_optouts_are_listed_for_the_dataset_builder(store: Store) -> None:

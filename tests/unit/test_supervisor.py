@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import stat
 import sys
 from pathlib import Path
 
-from gateway.settings import Settings
+import pytest
+
+from gateway.settings import ConfigError, Settings
 from gateway.supervisor import EngineLaunch, EngineState, EngineSupervisor, build_launch, free_port
+from gateway.upstream import make_client
 
 STUB = Path(__file__).with_name("engine_stub.py")
 
@@ -96,3 +102,54 @@ def test_launch_is_loopback_with_a_secret_key_out_of_argv(tmp_path: Path) -> Non
     assert len(launch.api_key) >= 32 and launch.api_key not in " ".join(argv)
     assert launch.env["VLLM_API_KEY"] == launch.api_key
     assert build_launch(settings, "/m").api_key != launch.api_key
+
+
+def test_engine_serves_on_a_unix_socket_in_the_data_dir(tmp_path: Path) -> None:
+    launch = build_launch(Settings(data_dir=tmp_path, engine_device="cpu"), "/models/x")
+    sock = tmp_path.resolve() / "run" / "engine.sock"
+    assert launch.socket == sock
+    assert launch.argv[launch.argv.index("--uds") + 1] == str(sock)
+    assert "--port" not in launch.argv and "--host" not in launch.argv
+    # A configured port asks for TCP on loopback instead.
+    tcp = build_launch(Settings(data_dir=tmp_path, engine_port=8123), "/models/x")
+    assert tcp.socket is None and tcp.url == "http://127.0.0.1:8123"
+    assert tcp.argv[tcp.argv.index("--port") + 1] == "8123"
+
+
+def test_a_data_dir_too_deep_for_a_socket_is_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(ConfigError, match="LOOPGATE_ENGINE_PORT"):
+        build_launch(Settings(data_dir=deep, engine_device="cpu"), "/models/x")
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_the_gateway_reaches_the_engine_over_its_private_socket(
+    tmp_path: Path, transport: str
+) -> None:
+    launch = build_launch(Settings(data_dir=tmp_path, engine_device="cpu"), "/models/x")
+    assert launch.socket is not None
+    # What a killed engine leaves behind: a socket file nobody listens on (vLLM cannot bind it).
+    launch.socket.parent.mkdir(mode=0o755)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(launch.socket))
+    stub = EngineLaunch(
+        [sys.executable, str(STUB), str(launch.socket), str(tmp_path / "grandchild.pid")],
+        dict(os.environ),
+        launch.url,
+        "k",
+        tmp_path / "engine.log",
+        tmp_path / "run" / "engine.json",
+        socket=launch.socket,
+    )
+    sup = EngineSupervisor(stub, start_timeout_s=30, max_backoff_s=1)
+    await sup.start()
+    try:
+        await sup.wait_ready()
+        assert sup.restarts == 0
+        assert stat.S_IMODE(launch.socket.parent.stat().st_mode) == 0o700  # only we get in
+        state = json.loads((tmp_path / "run" / "engine.json").read_text())
+        assert state["socket"] == str(launch.socket)
+        async with make_client(5, 5, transport, uds=str(launch.socket)) as client:
+            assert (await client.get(launch.url + "/health")).status_code == 200
+    finally:
+        await sup.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import secrets
 
-import httpx
 import pytest
 
 from tests.integration.conftest import Stack
@@ -18,7 +17,7 @@ HITS = re.compile(r"^vllm:prefix_cache_hits_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
 def prefix_cache_hits(stack: Stack) -> float:
     """The engine's count of prompt tokens served from its prefix cache so far."""
-    text = httpx.get(str(stack.engine()["url"]) + "/metrics", timeout=30).text
+    text = stack.engine_metrics()
     return sum(float(v) for v in HITS.findall(text))
 
 

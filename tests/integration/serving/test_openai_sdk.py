@@ -173,7 +173,7 @@ def test_invalid_requests_are_400_with_openai_bodies(stack: Stack) -> None:
 
 
 def _generated_tokens(stack: Stack) -> float:
-    metrics = httpx.get(f"{stack.engine()['url']}/metrics", timeout=5).text
+    metrics = stack.engine_metrics()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
