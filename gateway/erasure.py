@@ -69,9 +69,15 @@ class DataErasure:
         async with self._lock:
             done = 0
             for dataset in await self.store.datasets_to_erase():
-                done += await self._dataset(dataset)
+                try:  # one unreadable snapshot must not hold back the others
+                    done += await self._dataset(dataset)
+                except Exception:
+                    log.exception("erasure: dataset %s failed; next pass retries", dataset.id)
             for run in await self.store.eval_reports_to_erase():
-                done += await self._report(run)
+                try:
+                    done += await self._report(run)
+                except Exception:
+                    log.exception("erasure: eval %s's report failed; next pass retries", run.id)
             return done
 
     async def run(self, interval_s: float) -> None:

@@ -283,7 +283,7 @@ CHAT_GLOBEX = {"model": "smollm2", "messages": [{"role": "user", "content": "hel
 
 async def test_the_follow_through_touches_only_its_own_folders(tmp_path: Path) -> None:
     """Rows point at folders; only those under the training and report roots are rewritten or
-    deleted, and a snapshot left pending is picked up by a later pass."""
+    deleted, and a snapshot that cannot be read stays pending without holding back the rest."""
     store = SQLiteStore(tmp_path / "db.sqlite")
     await store.open()
     try:
@@ -291,7 +291,8 @@ async def test_the_follow_through_touches_only_its_own_folders(tmp_path: Path) -
         roots = tmp_path / "training" / "datasets", tmp_path / "evals"
         inside = roots[0] / "t1" / "ds-in"
         outside = tmp_path / "elsewhere" / "ds-out"
-        for folder in (inside, outside):
+        broken = roots[0] / "t1" / "ds-broken"
+        for folder in (broken, inside, outside):
             folder.mkdir(parents=True)
             (folder / "train.jsonl").write_text('{"messages": []}\n')
             (folder / "provenance.jsonl").write_text(
@@ -302,6 +303,7 @@ async def test_the_follow_through_touches_only_its_own_folders(tmp_path: Path) -
                 folder.name, "t1", "h", "traffic", None, 1, 0, 0, str(folder), "{}", "k", 1
             )
             await store.add_dataset(ds, ["c-gone"])  # erased before it was stored
+        (broken / "provenance.jsonl").write_text("not json\n")
         reports = {"ev-in": roots[1] / "t1" / "ev-in", "ev-out": tmp_path / "elsewhere" / "ev"}
         for run_id, folder in reports.items():  # runs that read c-gone's case as it was erased
             folder.mkdir(parents=True)
@@ -313,7 +315,8 @@ async def test_the_follow_through_touches_only_its_own_folders(tmp_path: Path) -
         assert not inside.exists() and (outside / "train.jsonl").exists()
         assert not reports["ev-in"].exists() and reports["ev-out"].exists()
         assert [r.id for r in await store.eval_reports_to_erase()] == ["ev-out"]
-        assert [d.id for d in await store.datasets_to_erase()] == ["ds-out"]
+        assert [d.id for d in await store.datasets_to_erase()] == ["ds-broken", "ds-out"]
+        assert (broken / "train.jsonl").exists()
         kept = await store.get_dataset("t1", "ds-in")
         assert kept is not None and (kept.erasure, kept.erased_examples) == ("deleted", 1)
     finally:
