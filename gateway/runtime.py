@@ -29,7 +29,7 @@ from gateway.loop import Loops
 from gateway.metrics import MeteredCanaries, MeteredSwapper, Metrics
 from gateway.model import ModelError, resolve_model
 from gateway.quotas import Quotas
-from gateway.serving import Serving
+from gateway.serving import CHARS_PER_TOKEN_CEILING, Serving
 from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
@@ -136,6 +136,7 @@ class Gateway:
             retries=settings.upstream_retries,
             ready_wait_s=settings.engine_ready_wait_s,
             salts=self.salts,
+            max_prompt_chars=settings.engine_max_model_len * CHARS_PER_TOKEN_CEILING,
         )
         self.supervisor: EngineSupervisor | None = None
         self.draining = False

@@ -20,7 +20,13 @@ from adapters.swap import Swapper
 from gateway.cache_salt import CacheSalts
 from gateway.canary import Assignment, Canaries, counts_against_canary
 from gateway.capture import CaptureWriter, Exchange, captured_stream
-from gateway.errors import EngineNotReady, LoopgateError, NotFound, UpstreamUnavailable
+from gateway.errors import (
+    EngineNotReady,
+    InvalidRequest,
+    LoopgateError,
+    NotFound,
+    UpstreamUnavailable,
+)
 from gateway.limits import Limiter, prompt_chars
 from gateway.privacy import redact
 from gateway.protocol import (
@@ -29,6 +35,7 @@ from gateway.protocol import (
     decode_chat,
     decode_completion,
     encode_for_engine,
+    prompt_count,
 )
 from gateway.store import Alias, Completion
 from gateway.telemetry import Telemetry, current_request, note_alias
@@ -46,6 +53,9 @@ log = logging.getLogger("loopgate.serving")
 # Requests with more prompt text than this are redacted off the event loop (a thread hop costs
 # tens of microseconds, more than redacting a typical prompt inline).
 REDACT_INLINE_CHARS = 16 * 1024
+# No tokenizer packs more characters than this into one token of ordinary text (English BPE
+# averages ~4), so a prompt longer than context x this cannot fit the engine's context.
+CHARS_PER_TOKEN_CEILING = 16
 
 
 class Serving:
@@ -64,6 +74,7 @@ class Serving:
         retries: int = 1,
         ready_wait_s: float = 0.0,
         salts: CacheSalts | None = None,
+        max_prompt_chars: int | None = None,
     ):
         self.directory = directory
         self.pool = pool
@@ -78,6 +89,7 @@ class Serving:
         self.retries = retries
         self.ready_wait_s = ready_wait_s
         self.salts = salts or CacheSalts(secrets.token_urlsafe(32))
+        self.max_prompt_chars = max_prompt_chars
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
@@ -118,11 +130,28 @@ class Serving:
         self, caller: Caller, body: bytes, kind: Kind, request_id: str
     ) -> Response[bytes] | Stream:
         req = decode_chat(body) if kind == "chat" else decode_completion(body)
+        self._check_prompt_size(req)
         alias = await self.directory.resolve(caller, req.model)
         note_alias(alias.name)
         if self.limits is not None:
             return await self._limited(self.limits, caller, req, kind, alias, request_id)
         return await self._serve(caller, req, kind, alias, request_id)
+
+    def _check_prompt_size(self, req: ChatCompletionRequest | CompletionRequest) -> None:
+        """A prompt that cannot fit the engine's context is refused here, before the engine
+        spends seconds tokenizing megabytes of it only to refuse it too."""
+        if self.max_prompt_chars is None:
+            return
+        size, limit = prompt_chars(req), self.max_prompt_chars * prompt_count(req)
+        if size > limit:
+            param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
+            raise InvalidRequest(
+                f"the prompt has {size} characters; the engine's context cannot hold more than "
+                f"{limit} (LOOPGATE_ENGINE_MAX_MODEL_LEN tokens x {CHARS_PER_TOKEN_CEILING} "
+                "characters per prompt); shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     async def _limited(
         self,

@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 
+from gateway.settings import Settings
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.fake_engine import ENGINE_MODEL
 
@@ -300,3 +301,16 @@ def test_admin_validation_errors(env: Env) -> None:
         404,
         "not_found_error",
     )
+
+
+def test_a_prompt_the_engine_s_context_cannot_hold_is_refused_before_the_engine(env: Env) -> None:
+    context = Settings().engine_max_model_len  # the unit env runs on the default
+    huge = {**CHAT, "messages": [{"role": "user", "content": "x" * (context * 16 + 1)}]}
+    resp = env.client.post("/v1/chat/completions", json=huge, headers=env.auth())
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert env.engine.bodies() == []  # the engine never saw it
+    prompts = {"model": "smollm2", "prompt": ["y" * (context * 16 - 10)] * 2, "max_tokens": 1}
+    # the bound is per prompt: two prompts each within it pass the gateway
+    assert env.client.post("/v1/completions", json=prompts, headers=env.auth()).status_code == 200
