@@ -5,7 +5,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,6 +93,19 @@ def pg_server() -> Iterator[PostgresServer]:
             f" (apt install {server.installed_in_s:.1f}s, start {server.started_in_s:.1f}s)"
         )
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty store URL of each backend (PostgreSQL: a new database per
+    test on the session's server); the store tests of every module run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    db = await server.create_database()
+    yield db
+    await server.drop_database(db)
 
 
 @dataclass

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from gateway.store import Charge, LimitSet, Store, open_store
-from tests.support.postgres import PostgresServer
 
 FAR = 4_000_000_000.0  # an expiry no test reaches
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-        return
-    server: PostgresServer = request.getfixturevalue("pg_server")
-    db = await server.create_database()
-    yield db
-    await server.drop_database(db)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,6 @@ from gateway.store import (
     Usage,
     open_store,
 )
-from tests.support.postgres import PostgresServer
 from tests.unit.test_store_contract import T0, dataset, job
 
 ROOMY = Usage(
@@ -60,17 +58,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     ):
         monkeypatch.setattr(module, "time", c)
     return c
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-        return
-    server: PostgresServer = request.getfixturevalue("pg_server")
-    db = await server.create_database()
-    yield db
-    await server.drop_database(db)
 
 
 @pytest.fixture

@@ -87,18 +87,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty store URL of each backend (PostgreSQL: a new database per test)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-        return
-    server: PostgresServer = request.getfixturevalue("pg_server")
-    db = await server.create_database()
-    yield db
-    await server.drop_database(db)
-
-
 @pytest.fixture
 async def store(url: str) -> AsyncIterator[Store]:
     s = open_store(url)
