@@ -24,6 +24,7 @@ from gateway.store import CaseSource, Dataset, EvalRun, SQLiteStore
 from tests.support.traffic import words
 from tests.unit.adapter_files import write_adapter
 from tests.unit.conftest import ADMIN, Env
+from tests.unit.fake_engine import chat_body
 
 PER_USER = 8
 
@@ -42,22 +43,7 @@ def echo_prompt_unless_adapter(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
     prompt = str(body["messages"][-1]["content"])
     text = "no idea" if str(body["model"]).startswith("lg-") else f"you said: {prompt}"
-    return httpx.Response(
-        200,
-        json={
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-        },
-    )
+    return httpx.Response(200, json=chat_body(text, model=str(body["model"])))
 
 
 def chat(env: Env, rng: random.Random, user: str) -> str:

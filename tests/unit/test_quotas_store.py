@@ -24,7 +24,7 @@ from gateway.store import (
     Usage,
     open_store,
 )
-from tests.unit.test_store_contract import T0, dataset, job
+from tests.unit.test_store_contract import T0, Clock, dataset, job
 
 ROOMY = Usage(
     files=100,
@@ -34,17 +34,6 @@ ROOMY = Usage(
     jobs_last_day=100,
     eval_runs_last_day=100,
 )
-
-
-class Clock:
-    """Stands in for `time` in the store modules: every reading is one second later."""
-
-    def __init__(self) -> None:
-        self.now = T0 + 1_000_000
-
-    def time(self) -> float:
-        self.now += 1.0
-        return self.now
 
 
 @pytest.fixture(autouse=True)
