@@ -18,6 +18,8 @@ ENV LOOPGATE_HOST=0.0.0.0 \
 
 WORKDIR /opt/loopgate
 COPY pyproject.toml README.md ./
+COPY store ./store
+COPY replicas ./replicas
 COPY gateway ./gateway
 COPY adapters ./adapters
 COPY training ./training

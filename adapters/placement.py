@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from gateway.errors import EngineNotReady, UpstreamUnavailable
-from gateway.store import AdapterVersion, AliasTarget
-from gateway.upstream import Backend, BackendPool
+from replicas.pool import Backend, BackendPool
+from store import AdapterVersion, AliasTarget
+from store.errors import EngineNotReady, UpstreamUnavailable
 
 log = logging.getLogger("loopgate.adapters")
 

@@ -25,10 +25,21 @@ from adapters.validation import (
     unpack_archive,
     validate_folder,
 )
-from gateway.errors import Conflict, InvalidRequest, NotFound, Unprocessable
-from gateway.store import AdapterStatus, AdapterVersion, Store, Tenant
+from store import AdapterStatus, AdapterVersion, Store, Tenant
+from store.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 
 VERSION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: no "\n"
+ALIAS_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
+
+
+def check_alias_name(name: str) -> None:
+    """Alias names are matched exactly (case and whitespace count), so refuse ambiguous ones."""
+    if not ALIAS_NAME_RE.fullmatch(name):
+        raise InvalidRequest(
+            "alias must be 1-128 chars of letters, digits and . _ @ : - "
+            "starting with a letter or digit",
+            param="name",
+        )
 
 
 class Transition(enum.Enum):

@@ -22,11 +22,10 @@ import httpx
 import msgspec
 
 from adapters.placement import AdapterPool, LoadState, Placement
-from adapters.registry import Registry, Transition, next_status
-from gateway.errors import Conflict, EngineNotReady, NotFound, Unprocessable, UpstreamUnavailable
-from gateway.store import AdapterVersion, Alias, AliasEvent, AliasTarget, Store, Tenant
-from gateway.tenancy import check_alias_name
-from gateway.upstream import Backend
+from adapters.registry import Registry, Transition, check_alias_name, next_status
+from replicas.pool import Backend
+from store import AdapterVersion, Alias, AliasEvent, AliasTarget, Store, Tenant
+from store.errors import Conflict, EngineNotReady, NotFound, Unprocessable, UpstreamUnavailable
 
 log = logging.getLogger("loopgate.swap")
 

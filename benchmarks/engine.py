@@ -51,9 +51,9 @@ import msgspec
 
 from benchmarks.client_choice import child_env, core_busy_seconds, idle_share, pct
 from benchmarks.overhead import tree_cpu_seconds
-from gateway.model import resolve_model
-from gateway.settings import Settings
-from gateway.supervisor import EngineLaunch, build_launch, free_port
+from replicas.base_model import resolve_model
+from replicas.supervisor import EngineLaunch, build_launch, free_port
+from store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"

@@ -1,8 +1,8 @@
 """vLLM-CPU's throughput in bfloat16 and in float32 on this host: the measurement behind the
-embedded engine's `LOOPGATE_ENGINE_DTYPE=auto` (`gateway.numerics`).
+embedded engine's `LOOPGATE_ENGINE_DTYPE=auto` (`store.numerics`).
 
 For each dtype: one vLLM-CPU process with the bundled model, started with the embedded mode's
-own flags (`gateway.supervisor.build_launch`), then closed loops of greedy chat completions at
+own flags (`replicas.supervisor.build_launch`), then closed loops of greedy chat completions at
 each concurrency; output tokens per second over the wall time of each run (median of rounds).
 The CPU's capability is printed with every figure.
 
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 
-from gateway.model import resolve_model
-from gateway.numerics import choose_cpu_dtype, describe_cpu
-from gateway.settings import Settings
-from gateway.supervisor import build_launch, free_port
+from replicas.base_model import resolve_model
+from replicas.supervisor import build_launch, free_port
+from store.numerics import choose_cpu_dtype, describe_cpu
+from store.settings import Settings
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 PROMPTS = (

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.numerics import choose_cpu_dtype, describe_cpu
+from store.numerics import choose_cpu_dtype, describe_cpu
 from training.chat import Conversation
 from training.trainer import to_prompt_completion
 
@@ -135,8 +135,8 @@ def main() -> None:
 
 
 def _default_base() -> Path:
-    from gateway.model import resolve_model
-    from gateway.settings import Settings
+    from replicas.base_model import resolve_model
+    from store.settings import Settings
 
     return Path(resolve_model(Settings()))
 

@@ -36,8 +36,8 @@ from typing import Any, Literal, TypedDict
 import httpx
 from openai import AsyncOpenAI, omit
 
-from gateway.numerics import describe_cpu
-from gateway.supervisor import free_port
+from replicas.supervisor import free_port
+from store.numerics import describe_cpu
 
 Category = Literal["hardware", "account", "billing", "network"]
 Log = Callable[[str], None]

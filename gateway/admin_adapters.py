@@ -13,9 +13,9 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from adapters.registry import Transition, next_status
 from adapters.swap import SwapReport, erasure_reason
 from gateway.admin_api import admin_guard
-from gateway.errors import Conflict, InvalidRequest
 from gateway.runtime import Gateway
-from gateway.store import AdapterVersion, Alias, AliasEvent
+from store import AdapterVersion, Alias, AliasEvent
+from store.errors import Conflict, InvalidRequest
 
 GW = NamedDependency[Gateway]
 ACTOR_HEADER = "x-loopgate-actor"

@@ -12,10 +12,10 @@ from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
 
-from gateway.errors import InvalidRequest
 from gateway.runtime import Gateway
-from gateway.store import Alias, AliasTarget, Tenant
 from gateway.tenancy import IssuedKey
+from store import Alias, AliasTarget, Tenant
+from store.errors import InvalidRequest
 
 GW = NamedDependency[Gateway]
 

@@ -13,9 +13,9 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from gateway.admin_adapters import ACTOR_HEADER
 from gateway.admin_api import admin_guard
 from gateway.canary import CanaryPromotion, CanaryReport, CanarySpec
-from gateway.errors import InvalidRequest
 from gateway.runtime import Gateway
-from gateway.store import Canary
+from store import Canary
+from store.errors import InvalidRequest
 
 GW = NamedDependency[Gateway]
 

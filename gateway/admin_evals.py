@@ -12,11 +12,11 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
 from gateway.admin_api import admin_guard
-from gateway.errors import NotFound
 from gateway.evaluations import PolicyIn, StartEval
 from gateway.loop import LoopRun, StartLoop
 from gateway.runtime import Gateway
-from gateway.store import EvalRun
+from store import EvalRun
+from store.errors import NotFound
 
 GW = NamedDependency[Gateway]
 REPORT_FILES = {"report.md": "text/markdown", "report.html": "text/html", "report.png": "image/png"}

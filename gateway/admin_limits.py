@@ -11,9 +11,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from gateway.admin_api import admin_guard
-from gateway.errors import NotFound
 from gateway.runtime import Gateway
-from gateway.store import BudgetPeriod, LimitSet
+from store import BudgetPeriod, LimitSet
+from store.errors import NotFound
 
 GW = NamedDependency[Gateway]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=2**62)] | None

@@ -8,10 +8,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from gateway.errors import EngineNotReady, NotFound
 from gateway.request_id import request_id
 from gateway.runtime import Gateway
-from gateway.store import Alias
+from store import Alias
+from store.errors import EngineNotReady, NotFound
 
 GW = NamedDependency[Gateway]
 

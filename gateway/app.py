@@ -17,10 +17,10 @@ from gateway.admin_canary import CanaryController
 from gateway.admin_evals import EvalController, LoopController
 from gateway.admin_limits import LimitsController
 from gateway.admin_training import TrainingController
-from gateway.errors import EXCEPTION_HANDLERS
 from gateway.request_id import add_request_id, request_context
 from gateway.runtime import Gateway
-from gateway.settings import Settings
+from store.errors import EXCEPTION_HANDLERS
+from store.settings import Settings
 
 
 def create_app(

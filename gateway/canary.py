@@ -25,7 +25,8 @@ import msgspec
 
 from adapters.registry import Registry
 from adapters.swap import Swapper, SwapReport
-from gateway.errors import (
+from store import Alias, Canary, CanaryStatus, Feedback, Store, Tenant
+from store.errors import (
     Conflict,
     EngineError,
     EngineNotReady,
@@ -33,7 +34,6 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.store import Alias, Canary, CanaryStatus, Feedback, Store, Tenant
 
 log = logging.getLogger("loopgate.canary")
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from gateway.errors import EngineNotReady
-from gateway.privacy import redact
-from gateway.store import CaptureFinal, Completion, Store
+from store import CaptureFinal, Completion, Store
+from store.errors import EngineNotReady
+from store.privacy import redact
 
 log = logging.getLogger("loopgate.capture")
 

@@ -20,12 +20,12 @@ import msgspec
 from gateway.cache_salt import secret_file
 from gateway.cli_adapters import add_adapter_commands
 from gateway.cli_finetuning import add_finetuning_commands
-from gateway.errors import LoopgateError
 from gateway.logs import configure_logging
-from gateway.private_files import owner_only
-from gateway.settings import ConfigError, Settings, describe
-from gateway.store import AliasTarget, Completion, Feedback, open_store
 from gateway.tenancy import Admin
+from store import AliasTarget, Completion, Feedback, open_store
+from store.errors import LoopgateError
+from store.private_files import owner_only
+from store.settings import ConfigError, Settings, describe
 
 if TYPE_CHECKING:
     import uvicorn
@@ -34,7 +34,7 @@ log = logging.getLogger("loopgate")
 
 DEMO_TENANT = "demo"
 # The long-running commands: everything they and their children write is owner-only
-# (gateway.private_files).
+# (store.private_files).
 PRIVATE_COMMANDS = frozenset({"up", "serve", "worker"})
 
 
@@ -170,7 +170,7 @@ def _check_port_free(settings: Settings) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.model import resolve_model
+    from replicas.base_model import resolve_model
 
     _check_port_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -287,8 +287,14 @@ def _banner(settings: Settings, demo_key: str | None) -> str:
 
 
 def cmd_model_prepare(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.model import bundled_dir, nf4_dir, prepare_bundled, prepare_nf4, resolve_model
-    from gateway.supervisor import served_dtype
+    from replicas.base_model import (
+        bundled_dir,
+        nf4_dir,
+        prepare_bundled,
+        prepare_nf4,
+        resolve_model,
+    )
+    from replicas.supervisor import served_dtype
 
     if args.force and settings.base_model == "bundled":
         prepare_bundled(bundled_dir(settings), force=True)
@@ -301,7 +307,7 @@ def cmd_model_prepare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_model_verify(settings: Settings, _: argparse.Namespace) -> int:
-    from gateway.model import ModelError, resolve_model
+    from replicas.base_model import ModelError, resolve_model
 
     try:
         print(f"ok: {resolve_model(settings, prepare=False)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from gateway.settings import Settings
+from store.settings import Settings
 
 
 def add_adapter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

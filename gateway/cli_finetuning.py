@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from gateway.cli_adapters import http_call
-from gateway.settings import Settings
+from store.settings import Settings
 
 Call = Callable[[httpx.Client, argparse.Namespace], httpx.Response]
 TERMINAL = ("succeeded", "failed", "cancelled")

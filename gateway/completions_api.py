@@ -17,12 +17,12 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from gateway.errors import InvalidRequest, NotFound
-from gateway.privacy import redact
 from gateway.protocol import Metadata
 from gateway.runtime import Gateway
-from gateway.store import Completion, CompletionQuery, Feedback
 from gateway.tenancy import Caller
+from store import Completion, CompletionQuery, Feedback
+from store.errors import InvalidRequest, NotFound
+from store.privacy import redact
 
 GW = NamedDependency[Gateway]
 AnyRequest = Request[object, object, State]

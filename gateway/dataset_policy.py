@@ -16,7 +16,7 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.errors import InvalidRequest
+from store.errors import InvalidRequest
 from training.dataset import DatasetStats
 from training.dataset_config import DatasetConfig
 from training.poisoning import Flag, Review

@@ -1,7 +1,7 @@
 """Erasure that follows the data: an erase, then the snapshot files and eval reports that held it.
 
 `Store.erase` deletes a tenant's (or one end user's) captured traffic and feedback and, in the
-same transaction, marks what was derived from it (`gateway.store.erasure_sql`):
+same transaction, marks what was derived from it (`store.erasure_sql`):
 
 - every dataset snapshot that used one of the completions as an example is tainted (no new
   job may train on it) and every snapshot that names one (its flags too) becomes `pending`;
@@ -33,7 +33,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.store import Dataset, Erasure, EvalRun, Store
+from store import Dataset, Erasure, EvalRun, Store
 from training.snapshot_erasure import erase_from_snapshot
 
 log = logging.getLogger("loopgate.erasure")

@@ -43,9 +43,9 @@ from evals.suite import (
     parse_jsonl,
 )
 from gateway.cache_salt import CacheSalts
-from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.quotas import Quotas, refusal
-from gateway.store import (
+from replicas.pool import Backend
+from store import (
     AdapterVersion,
     CaseSource,
     EvalResult,
@@ -55,7 +55,7 @@ from gateway.store import (
     Usage,
     erasure_sql,
 )
-from gateway.upstream import Backend
+from store.errors import Conflict, InvalidRequest, NotFound
 from training.chat import Conversation
 from training.dataset import read_split
 from training.snapshot_erasure import split_sources

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from gateway import uploads
-from gateway.errors import InvalidRequest, LoopgateError, NotFound, PayloadTooLarge
 from gateway.quotas import Quotas, QuotaSet, Standing, refusal
-from gateway.settings import Settings
-from gateway.store import FileObject, Store, Usage
 from gateway.tenancy import Caller
+from store import FileObject, Store, Usage
+from store.errors import InvalidRequest, LoopgateError, NotFound, PayloadTooLarge
+from store.settings import Settings
 from training.jsonl import JsonlError, count_chat_jsonl_file
 
 MAX_LINES = 100_000

@@ -15,7 +15,7 @@ trained on it `trained_on_erased` (gateway.erasure); a tainted snapshot trains n
 
 The embedded worker process gets its settings explicitly (LOOPGATE_* variables rebuilt from the
 gateway's Settings, the store URL among them) and an allowlisted rest of the environment: never
-the admin key, the engine key, the metrics key or the cache-salt secret (`gateway.child_env`).
+the admin key, the engine key, the metrics key or the cache-salt secret (`replicas.child_env`).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import validate_folder
-from gateway.child_env import child_env
 from gateway.dataset_policy import BuildDataset, DatasetOverride, DatasetReport, tenant_config
-from gateway.errors import InvalidRequest, NotFound, Unprocessable
-from gateway.model import ModelError, resolve_model
 from gateway.quotas import Quotas, bounded, check_examples, refusal
-from gateway.settings import Settings, to_env
-from gateway.store import (
+from gateway.tenancy import Caller
+from replicas.base_model import ModelError, resolve_model
+from replicas.child_env import child_env
+from replicas.pool import BackendPool
+from store import (
     AdapterVersion,
     AliasTarget,
     Dataset,
@@ -62,8 +62,8 @@ from gateway.store import (
     Tenant,
     Usage,
 )
-from gateway.tenancy import Caller
-from gateway.upstream import BackendPool
+from store.errors import InvalidRequest, NotFound, Unprocessable
+from store.settings import Settings, to_env
 from training.chat import Conversation
 from training.dataset import (
     Snapshot,
@@ -564,7 +564,7 @@ WORKER_OMITS = ("admin_key", "engine_api_key", "cache_salt_secret", "metrics_key
 
 
 def worker_process_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """The embedded worker's environment: the allowlisted part of `environ` (gateway.child_env)
+    """The embedded worker's environment: the allowlisted part of `environ` (replicas.child_env)
     and its settings, passed explicitly, less the serving side's secrets."""
     return child_env(
         environ,

@@ -12,12 +12,12 @@ from litestar.params import FromPath
 
 from gateway.completions_api import decode_body, page_limit
 from gateway.dataset_policy import BuildDataset
-from gateway.errors import InvalidRequest
 from gateway.finetuning import CreateJob
 from gateway.runtime import Gateway
-from gateway.settings import Settings
-from gateway.store import Dataset, FileObject, FineTuningJob, JobEvent
 from gateway.tenancy import Caller
+from store import Dataset, FileObject, FineTuningJob, JobEvent
+from store.errors import InvalidRequest
+from store.settings import Settings
 
 GW = NamedDependency[Gateway]
 AnyRequest = Request[object, object, State]

@@ -3,7 +3,7 @@
 What is limited, per tenant (key_id "") and per key, each independently (both must admit):
 - requests and tokens per minute, and a token budget per day or month: fixed-window counters
   in the store, shared by every gateway on the same database. A reservation charges all of a
-  request's counters in one transaction or none (see `gateway.store.limits_sql`). Fixed windows
+  request's counters in one transaction or none (see `store.limits_sql`). Fixed windows
   allow up to twice a per-minute limit across a window boundary; that is the price of one row
   per window.
 - concurrent requests: counted in this process's memory, so with N gateways a tenant may have
@@ -36,7 +36,6 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from gateway.errors import InvalidRequest, RateLimited
 from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -44,8 +43,9 @@ from gateway.protocol import (
     prompt_count,
     sequences_per_prompt,
 )
-from gateway.store import Charge, LimitSet, Reservation, Store
 from gateway.tenancy import Caller
+from store import Charge, LimitSet, Reservation, Store
+from store.errors import InvalidRequest, RateLimited
 
 Request = ChatCompletionRequest | CompletionRequest
 Kind = Literal["requests", "tokens", "budget"]

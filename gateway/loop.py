@@ -24,11 +24,11 @@ import msgspec
 
 from adapters.swap import Swapper
 from gateway.dataset_policy import AdminDataset, DatasetOverride, admin_config
-from gateway.errors import LoopgateError, NotFound
 from gateway.evaluations import Evaluations, StartEval
 from gateway.finetuning import CreateJob, FineTuning, Hyperparameters
-from gateway.store import Dataset, EvalRun, FineTuningJob, Store, Tenant
 from gateway.tenancy import Caller
+from store import Dataset, EvalRun, FineTuningJob, Store, Tenant
+from store.errors import LoopgateError, NotFound
 from training.dataset_config import DatasetConfig
 from training.poisoning import SUSPICIONS, Flag, Review
 

@@ -36,13 +36,13 @@ from prometheus_client import (
 
 from adapters.registry import Registry
 from adapters.swap import Swapper, SwapReport
-from gateway.breaker import BreakerState
 from gateway.canary import Canaries
-from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.settings import Settings
-from gateway.store import Canary, JobStage, Store, Tenant
 from gateway.tenancy import bearer_token
-from gateway.upstream import Backend
+from replicas.breaker import BreakerState
+from replicas.pool import Backend
+from store import Canary, JobStage, Store, Tenant
+from store.errors import AuthenticationFailed, PermissionDenied
+from store.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway

@@ -38,8 +38,8 @@ from gateway.finetuning import CreateJob
 from gateway.loop import LoopRun, StartLoop
 from gateway.protocol import FORBIDDEN_FIELDS, ChatCompletionRequest, CompletionRequest
 from gateway.quotas import QuotasBody, TenantShares
-from gateway.settings import Settings
-from gateway.store import (
+from gateway.tenancy import IssuedKey
+from store import (
     AdapterVersion,
     Alias,
     AliasEvent,
@@ -49,7 +49,7 @@ from gateway.store import (
     LimitSet,
     Tenant,
 )
-from gateway.tenancy import IssuedKey
+from store.settings import Settings
 
 Schema = dict[str, Any]
 Auth = Literal["tenant", "admin", "public"]

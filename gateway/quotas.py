@@ -13,7 +13,7 @@ overshoot; a cheap check first refuses before an upload is read or a dataset bui
 
 Every value is the tenant's own (`PUT /admin/tenants/{t}/quotas`, null: the default), else the
 gateway's default (`LOOPGATE_TENANT_MAX_<NAME>`, sized for the 2-core CPU host in
-`gateway.settings`). The queue is fair as well: workers claim round-robin across tenants
+`store.settings`). The queue is fair as well: workers claim round-robin across tenants
 (`training_sql.CLAIM_JOB`), and a job that keeps losing its worker fails after
 `LOOPGATE_JOB_MAX_REQUEUES` requeues.
 """
@@ -27,9 +27,9 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.errors import InvalidRequest, QuotaExceeded
-from gateway.settings import Settings
-from gateway.store import QUOTA_FIELDS, Dataset, Store, TenantQuotas, Usage
+from store import QUOTA_FIELDS, Dataset, Store, TenantQuotas, Usage
+from store.errors import InvalidRequest, QuotaExceeded
+from store.settings import Settings
 from training.trainer_config import TrainConfig
 
 Quota = Annotated[int, msgspec.Meta(ge=1, le=2**62)] | None

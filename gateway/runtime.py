@@ -16,26 +16,27 @@ import httpx
 from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.validation import BaseModelInfo, Limits, base_model_info
-from gateway.breaker import CircuitBreaker
 from gateway.cache_salt import CacheSalts
 from gateway.capture import CaptureWriter
 from gateway.erasure import DataErasure
-from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.evaluations import Evaluations
 from gateway.files import Files
 from gateway.finetuning import FineTuning, WorkerProcess
 from gateway.limits import Limiter
 from gateway.loop import Loops
 from gateway.metrics import MeteredCanaries, MeteredSwapper, Metrics
-from gateway.model import ModelError, resolve_model
 from gateway.quotas import Quotas
 from gateway.serving import CHARS_PER_TOKEN_CEILING, Serving
-from gateway.settings import Settings
-from gateway.store import Store, open_store
-from gateway.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
 from gateway.telemetry import Telemetry, Tracing
 from gateway.tenancy import Admin, Directory, bearer_token
-from gateway.upstream import Backend, BackendPool, Upstream, make_client
+from gateway.upstream import Upstream
+from replicas.base_model import ModelError, resolve_model
+from replicas.breaker import CircuitBreaker
+from replicas.pool import Backend, BackendPool, make_client
+from replicas.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
+from store import Store, open_store
+from store.errors import AuthenticationFailed, PermissionDenied
+from store.settings import Settings
 
 log = logging.getLogger("loopgate")
 
@@ -158,7 +159,7 @@ class Gateway:
         if self._transport is not None:  # tests: a fake network edge
             timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
             return httpx.AsyncClient(transport=self._transport, timeout=timeout)
-        # The embedded engine is reached over its Unix socket (gateway.supervisor).
+        # The embedded engine is reached over its Unix socket (replicas.supervisor).
         sock = engine_socket(s) if s.engine_mode == "embedded" else None
         return make_client(
             s.upstream_connect_timeout_s,

@@ -20,15 +20,7 @@ from adapters.swap import Swapper
 from gateway.cache_salt import CacheSalts
 from gateway.canary import Assignment, Canaries, counts_against_canary
 from gateway.capture import CaptureWriter, Exchange, captured_stream
-from gateway.errors import (
-    EngineNotReady,
-    InvalidRequest,
-    LoopgateError,
-    NotFound,
-    UpstreamUnavailable,
-)
 from gateway.limits import Limiter, prompt_chars
-from gateway.privacy import redact
 from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,10 +29,19 @@ from gateway.protocol import (
     encode_for_engine,
     prompt_count,
 )
-from gateway.store import Alias, Completion
 from gateway.telemetry import Telemetry, current_request, note_alias
 from gateway.tenancy import Caller, Directory
-from gateway.upstream import Backend, BackendPool, Upstream, rename_model
+from gateway.upstream import Upstream, rename_model
+from replicas.pool import Backend, BackendPool
+from store import Alias, Completion
+from store.errors import (
+    EngineNotReady,
+    InvalidRequest,
+    LoopgateError,
+    NotFound,
+    UpstreamUnavailable,
+)
+from store.privacy import redact
 
 Kind = Literal["chat", "completion"]
 

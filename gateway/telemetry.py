@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from adapters.placement import Lease
-from gateway.errors import EngineError, LoopgateError
 from gateway.metrics import Metrics
+from store.errors import EngineError, LoopgateError
 
 OPERATION = {"chat": "chat", "completion": "text_completion"}
 ROUTE = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}

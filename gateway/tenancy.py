@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import msgspec
 
-from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
-from gateway.store import Alias, AliasTarget, ApiKey, Store, Tenant
+from adapters.registry import check_alias_name
+from store import Alias, AliasTarget, ApiKey, Store, Tenant
+from store.errors import AuthenticationFailed, InvalidRequest, NotFound
 
 KEY_PREFIX = "lg"
 # Matched with fullmatch: `$` would also accept a trailing newline ("support\n").
 _KEY_RE = re.compile(r"lg-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
 TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-ALIAS_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 
 
 def hash_key(plaintext: str) -> str:
@@ -39,16 +39,6 @@ def mint_key() -> tuple[str, str]:
 
 def keys_match(plaintext: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_key(plaintext), stored_hash)
-
-
-def check_alias_name(name: str) -> None:
-    """Alias names are matched exactly (case and whitespace count), so refuse ambiguous ones."""
-    if not ALIAS_NAME_RE.fullmatch(name):
-        raise InvalidRequest(
-            "alias must be 1-128 chars of letters, digits and . _ @ : - "
-            "starting with a letter or digit",
-            param="name",
-        )
 
 
 def bearer_token(authorization: str | None) -> str:

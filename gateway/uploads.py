@@ -23,7 +23,7 @@ from multipart import (  # type: ignore[import-untyped]
     PushMultipartParser,
 )
 
-from gateway.errors import InvalidRequest, LoopgateError
+from store.errors import InvalidRequest, LoopgateError
 
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 8

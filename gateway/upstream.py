@@ -1,4 +1,4 @@
-"""Talking to vLLM: the backend pool, the HTTP client, and the SSE relay.
+"""Talking to vLLM: requests and the SSE relay over the replica pool (replicas.pool).
 
 This is the only module that catches transport errors: connect failures become 502, timeouts
 504; an engine's own error response is passed through once, untouched. A stream that breaks
@@ -8,21 +8,18 @@ after its first byte ends with exactly one OpenAI-shaped error event (never a fa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 import anyio
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
-from gateway.breaker import CircuitBreaker
-from gateway.errors import (
+from replicas.pool import Backend
+from store.errors import (
     EngineError,
-    EngineNotReady,
     LoopgateError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -32,89 +29,6 @@ from gateway.errors import (
 log = logging.getLogger("loopgate.upstream")
 
 DONE = b"data: [DONE]"
-
-
-@dataclass(eq=False)
-class Backend:
-    """One vLLM replica."""
-
-    url: str
-    api_key: str
-    name: str
-    ready: bool = False
-    inflight: int = 0
-    picks: int = 0  # breaks ties between equally idle replicas (round robin)
-    headers: dict[str, str] = field(default_factory=dict)
-    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-
-    def __post_init__(self) -> None:
-        self.headers = {"content-type": "application/json"}
-        if self.api_key:
-            self.headers["authorization"] = f"Bearer {self.api_key}"
-        self.breaker.name = self.name
-
-    @property
-    def available(self) -> bool:
-        """Ready, and its circuit lets a request through."""
-        return self.ready and self.breaker.admits()
-
-
-class BackendPool:
-    """The replicas, and the choice of one per request (fewest requests in flight)."""
-
-    def __init__(self, backends: list[Backend]):
-        self.backends = backends
-        self._readiness = asyncio.Event()
-
-    def pick(self, exclude: Collection[Backend] = ()) -> Backend:
-        ready = [b for b in self.backends if b.available and b not in exclude]
-        if not ready:
-            raise EngineNotReady("the inference engine is not ready yet; retry shortly")
-        best = min(ready, key=lambda b: (b.inflight, b.picks))
-        best.picks += 1
-        return best
-
-    @property
-    def any_ready(self) -> bool:
-        return any(b.ready for b in self.backends)
-
-    def readiness_changed(self) -> None:
-        """Wake the requests waiting for a replica (see `wait_ready`)."""
-        self._readiness.set()
-        self._readiness = asyncio.Event()
-
-    async def wait_ready(self, timeout_s: float) -> None:
-        """Wait (at most `timeout_s`) until some replica is ready: an engine restarted by the
-        supervisor is then seen by new requests as a short delay, not as an error."""
-        deadline = time.monotonic() + timeout_s
-        while not self.any_ready:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise EngineNotReady("the inference engine is not ready yet; retry shortly")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._readiness.wait()
-
-
-def make_client(
-    connect_timeout_s: float, read_timeout_s: float, transport: str, uds: str | None = None
-) -> httpx.AsyncClient:
-    """The client toward the replicas; with `uds`, every request goes over that Unix socket
-    (the embedded engine's), whatever host its URL names."""
-    timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-    if transport == "aiohttp":
-        # Measured faster than httpx's own transport under concurrency (see README).
-        return httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False, uds=uds),
-            timeout=timeout,
-            trust_env=False,
-        )
-    return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(limits=limits, trust_env=False, uds=uds),
-        timeout=timeout,
-        trust_env=False,
-    )
 
 
 def _headers(backend: Backend, request_id: str | None) -> dict[str, str]:

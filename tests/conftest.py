@@ -3,9 +3,9 @@ every run's timings say what hardware and numerics they come from."""
 
 from __future__ import annotations
 
-from gateway.numerics import choose_cpu_dtype, describe_cpu
-from gateway.settings import Settings
-from gateway.supervisor import detect_device, engine_dtype
+from replicas.supervisor import detect_device, engine_dtype
+from store.numerics import choose_cpu_dtype, describe_cpu
+from store.settings import Settings
 
 
 def pytest_report_header() -> list[str]:

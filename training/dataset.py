@@ -47,8 +47,8 @@ from typing import Literal
 import msgspec
 from datasketch import MinHash, MinHashLSH
 
-from gateway.privacy import redact
-from gateway.store.records import Completion, Feedback
+from store.privacy import redact
+from store.records import Completion, Feedback
 from training.chat import ChatMessage, Conversation, answer_of, prompt_of
 from training.dataset_config import DatasetConfig
 from training.poisoning import Flag, Review, guard

@@ -22,8 +22,8 @@ from typing import Literal
 import msgspec
 import torch
 
-from gateway.numerics import DtypeSetting
-from gateway.store import FineTuningJob, JobChanges, Store
+from store import FineTuningJob, JobChanges, Store
+from store.numerics import DtypeSetting
 from training.dataset import read_split
 from training.parity import PARITY_PROMPTS, peft_reference
 from training.trainer import (

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.store.records import DatasetErasure
+from store.records import DatasetErasure
 from training.dataset import AuthorCount, Snapshot, SourceCount, Split
 
 DATA_FILES = ("train.jsonl", "eval.jsonl", "preferences.jsonl")

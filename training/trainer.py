@@ -2,7 +2,7 @@
 
 The recipe, top to bottom in `train`:
 1. resolve the device and the compute dtype (bf16 only where the hardware computes it natively,
-   `gateway.numerics`), pin torch's threads, hash the base weights;
+   `store.numerics`), pin torch's threads, hash the base weights;
 2. load the base (4-bit NF4 with double quantization unless `quantization="none"`);
 3. turn conversations into TRL's conversational prompt-completion rows, so the chat template
    is the base's own and only the final assistant turn is in the loss;
@@ -37,9 +37,9 @@ from adapters.validation import (
     base_model_info,
     validate_folder,
 )
-from gateway.errors import Unprocessable
-from gateway.model import nf4_config
-from gateway.numerics import DtypeSetting, choose_cpu_dtype, describe_cpu
+from replicas.base_model import nf4_config
+from store.errors import Unprocessable
+from store.numerics import DtypeSetting, choose_cpu_dtype, describe_cpu
 from training.chat import ChatMessage, Conversation, answer_of, prompt_of
 from training.trainer_config import ALL_LINEAR, Device, TrainConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-from gateway.numerics import DtypeSetting
+from store.numerics import DtypeSetting
 
 Quantization = Literal["nf4", "none"]
 Device = Literal["auto", "cpu", "cuda"]

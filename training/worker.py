@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.model import resolve_model
-from gateway.settings import Settings
-from gateway.store import Store, open_store
-from gateway.supervisor import served_dtype
+from replicas.base_model import resolve_model
+from replicas.supervisor import served_dtype
+from store import Store, open_store
+from store.settings import Settings
 from training.job_runner import JobRunner, WorkerEnv
 
 log = logging.getLogger("loopgate.worker")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from gateway.supervisor import free_port
+from replicas.supervisor import free_port
 
 ADMIN_KEY = "lg-admin-integration-tests"
 READY_TIMEOUT_S = 900

@@ -83,8 +83,8 @@ class AdapterTrainingError(RuntimeError):
 
 def default_base_dir() -> Path:
     """The prepared bundled base model folder (verified; prepared on first use)."""
-    from gateway.model import resolve_model
-    from gateway.settings import Settings
+    from replicas.base_model import resolve_model
+    from store.settings import Settings
 
     return Path(resolve_model(Settings()))
 

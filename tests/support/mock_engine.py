@@ -146,7 +146,7 @@ class MockEngine:
 def mock_engine(
     chunks: int, delay_ms: float, first_delay_ms: float = 0.0, port: int | None = None
 ) -> Iterator[MockEngine]:
-    from gateway.supervisor import free_port
+    from replicas.supervisor import free_port
 
     engine = MockEngine(port or free_port(), chunks, delay_ms, first_delay_ms)
     engine.start()

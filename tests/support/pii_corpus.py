@@ -4,7 +4,7 @@
 sentences full of look-alikes (dates, times, versions, prices, order numbers failing Luhn, ISBNs,
 UUIDs, hex colours, code) that must come back unchanged. UUIDs, hashes, MAC addresses and
 postcodes are deliberately not PII here. The checksum helpers are written independently of
-`gateway.privacy` so the tests do not grade the module with its own arithmetic.
+`store.privacy` so the tests do not grade the module with its own arithmetic.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.privacy import PiiKind
+from store.privacy import PiiKind
 
 ALNUM = string.ascii_letters + string.digits
 URLSAFE = ALNUM + "-_"

@@ -8,7 +8,7 @@ import string
 from collections.abc import Sequence
 from typing import Literal
 
-from gateway.store.records import CaptureStatus, Completion, Feedback
+from store.records import CaptureStatus, Completion, Feedback
 
 Row = tuple[Completion, list[Feedback]]
 T0 = 1_800_000_000.0

@@ -20,7 +20,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from store.settings import Settings
 from tests.support.postgres import PostgresServer, postgres_server
 from tests.unit.fake_engine import FakeEngine
 

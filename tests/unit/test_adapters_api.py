@@ -227,7 +227,7 @@ async def test_concurrent_promotes_end_in_one_consistent_state(tmp_path: Path) -
     from litestar.testing import AsyncTestClient
 
     from gateway.app import create_app
-    from gateway.errors import Conflict
+    from store.errors import Conflict
     from tests.unit.conftest import make_settings
     from tests.unit.fake_engine import FakeEngine
 

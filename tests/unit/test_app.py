@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from gateway.settings import Settings
+from store.settings import Settings
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.fake_engine import ENGINE_MODEL
 

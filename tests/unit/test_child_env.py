@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.finetuning import worker_process_env
-from gateway.settings import Settings
-from gateway.supervisor import build_launch
+from replicas.supervisor import build_launch
+from store.settings import Settings
 
 SECRETS = {
     "LOOPGATE_ADMIN_KEY": "lg-admin-poisoned",

@@ -13,7 +13,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.cli import main
-from gateway.supervisor import free_port
+from replicas.supervisor import free_port
 from tests.unit.adapter_files import write_adapter
 from tests.unit.conftest import make_settings
 from tests.unit.fake_engine import FakeEngine

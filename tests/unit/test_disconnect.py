@@ -11,7 +11,7 @@ import uvicorn
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.supervisor import free_port
+from replicas.supervisor import free_port
 from tests.unit.conftest import ADMIN, make_settings
 
 

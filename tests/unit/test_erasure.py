@@ -20,7 +20,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.erasure import DataErasure
-from gateway.store import CaseSource, Dataset, EvalRun, SQLiteStore
+from store import CaseSource, Dataset, EvalRun, SQLiteStore
 from tests.support.traffic import words
 from tests.unit.adapter_files import write_adapter
 from tests.unit.conftest import ADMIN, Env

@@ -47,7 +47,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from gateway.app import create_app
-from gateway.store import JobChanges
+from store import JobChanges
 from tests.unit.adapter_files import pack, write_adapter
 from tests.unit.conftest import ADMIN, Env, make_settings
 from tests.unit.fake_engine import ENGINE_MODEL, FakeEngine

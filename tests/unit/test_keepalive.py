@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.cli import server_config
-from gateway.supervisor import free_port
+from replicas.supervisor import free_port
 from tests.unit.conftest import make_settings
 
 REQUEST = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"

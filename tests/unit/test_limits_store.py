@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store import Charge, LimitSet, Store, open_store
+from store import Charge, LimitSet, Store, open_store
 
 FAR = 4_000_000_000.0  # an expiry no test reaches
 

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from gateway.model import verify
+from replicas.base_model import verify
 from tests.support.lora_factory import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,

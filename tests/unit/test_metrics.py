@@ -9,9 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.errors import PermissionDenied
 from gateway.metrics import ScrapeAuth, is_loopback
-from gateway.settings import Settings
+from store.errors import PermissionDenied
+from store.settings import Settings
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.fake_engine import ChunkStream, sse_chunks
 from tests.unit.test_adapters_api import promote, upload

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gateway.model import ModelError, nf4_config, nf4_dir, prepare_nf4, resolve_model
-from gateway.settings import Settings
+from replicas.base_model import ModelError, nf4_config, nf4_dir, prepare_nf4, resolve_model
+from store.settings import Settings
 from tests.support.lora_factory import default_base_dir
 
 NF4_LEVELS = torch.tensor(

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from gateway.model import MANIFEST, bundled_gguf, prepare_bundled, sha256_file, verify
+from replicas.base_model import MANIFEST, bundled_gguf, prepare_bundled, sha256_file, verify
 from tests.support.lora_factory import default_base_dir
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gateway.loop import training_summary
-from gateway.numerics import (
+from replicas.supervisor import build_launch, engine_dtype, served_dtype
+from store.numerics import (
     choose_cpu_dtype,
     cpu_capability,
     cpu_flags,
@@ -17,8 +18,7 @@ from gateway.numerics import (
     describe_cpu,
     host_flags,
 )
-from gateway.settings import ConfigError, Settings
-from gateway.supervisor import build_launch, engine_dtype, served_dtype
+from store.settings import ConfigError, Settings
 from training.trainer import compute_dtype
 from training.trainer_config import TrainConfig
 

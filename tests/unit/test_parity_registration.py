@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.store import JobChanges
+from store import JobChanges
 from tests.unit.adapter_files import write_adapter
 from tests.unit.conftest import Env
 from tests.unit.test_finetuning_api import GOOD, upload

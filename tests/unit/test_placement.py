@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from adapters.placement import AdapterPool, LoadState
-from gateway.errors import EngineNotReady
-from gateway.store import AdapterVersion
-from gateway.upstream import Backend, BackendPool
+from replicas.pool import Backend, BackendPool
+from store import AdapterVersion
+from store.errors import EngineNotReady
 from tests.unit.fake_engine import FakeEngine
 
 

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from gateway import privacy
-from gateway.privacy import ALL, PiiKind, Redaction, contains_pii, redact
+from store import privacy
+from store.privacy import ALL, PiiKind, Redaction, contains_pii, redact
 from tests.support import pii_corpus as corpus
 
 POSITIVES = corpus.positives()

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.private_files import owner_only
-from gateway.supervisor import free_port
+from replicas.supervisor import free_port
+from store.private_files import owner_only
 
 
 def mode(path: Path) -> int:

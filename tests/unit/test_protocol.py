@@ -10,9 +10,9 @@ import msgspec
 import pytest
 
 from gateway.cache_salt import CacheSalts
-from gateway.errors import InvalidRequest
 from gateway.protocol import decode_chat, decode_completion, encode_for_engine
 from gateway.upstream import SSEEvents, rename_model
+from store.errors import InvalidRequest
 from tests.unit.fake_engine import sse_chunks
 
 

@@ -10,11 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-import gateway.store.postgres_quotas
-import gateway.store.postgres_training
-import gateway.store.sqlite_quotas
-import gateway.store.sqlite_training
-from gateway.store import (
+from store import (
     EvalRun,
     FileObject,
     FineTuningJob,
@@ -23,6 +19,10 @@ from gateway.store import (
     TenantQuotas,
     Usage,
     open_store,
+    postgres_quotas,
+    postgres_training,
+    sqlite_quotas,
+    sqlite_training,
 )
 from tests.unit.test_store_contract import T0, Clock, dataset, job
 
@@ -40,10 +40,10 @@ ROOMY = Usage(
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
     for module in (
-        gateway.store.sqlite_training,
-        gateway.store.postgres_training,
-        gateway.store.sqlite_quotas,
-        gateway.store.postgres_quotas,
+        sqlite_training,
+        postgres_training,
+        sqlite_quotas,
+        postgres_quotas,
     ):
         monkeypatch.setattr(module, "time", c)
     return c

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, Settings, describe, to_env
+from store.settings import ConfigError, Settings, describe, to_env
 
 
 def test_env_is_parsed_and_overrides_win() -> None:

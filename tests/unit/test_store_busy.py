@@ -13,10 +13,10 @@ from pathlib import Path
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from gateway.errors import EXCEPTION_HANDLERS
 from gateway.openapi import document
-from gateway.settings import Settings
-from gateway.store import open_store
+from store import open_store
+from store.errors import EXCEPTION_HANDLERS
+from store.settings import Settings
 
 
 async def test_a_write_waits_out_another_connections_lock(tmp_path: Path) -> None:

@@ -12,17 +12,7 @@ import asyncpg
 import msgspec
 import pytest
 
-import gateway.store.postgres
-import gateway.store.postgres_erasure
-import gateway.store.postgres_evals
-import gateway.store.postgres_training
-import gateway.store.sqlite
-import gateway.store.sqlite_capture
-import gateway.store.sqlite_erasure
-import gateway.store.sqlite_evals
-import gateway.store.sqlite_training
-from gateway.errors import Conflict, NotFound
-from gateway.store import (
+from store import (
     MIGRATIONS,
     MIGRATIONS_PG,
     AdapterVersion,
@@ -47,7 +37,17 @@ from gateway.store import (
     SQLiteStore,
     Store,
     open_store,
+    postgres,
+    postgres_erasure,
+    postgres_evals,
+    postgres_training,
+    sqlite,
+    sqlite_capture,
+    sqlite_erasure,
+    sqlite_evals,
+    sqlite_training,
 )
+from store.errors import Conflict, NotFound
 from tests.support.postgres import PostgresServer
 
 IntegrityError = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
@@ -55,15 +55,15 @@ T0 = 1_700_000_000.0
 
 
 TIMED_MODULES = (
-    gateway.store.sqlite,
-    gateway.store.sqlite_capture,
-    gateway.store.sqlite_training,
-    gateway.store.postgres,
-    gateway.store.postgres_training,
-    gateway.store.sqlite_evals,
-    gateway.store.postgres_evals,
-    gateway.store.sqlite_erasure,
-    gateway.store.postgres_erasure,
+    sqlite,
+    sqlite_capture,
+    sqlite_training,
+    postgres,
+    postgres_training,
+    sqlite_evals,
+    postgres_evals,
+    sqlite_erasure,
+    postgres_erasure,
 )
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, Settings
-from gateway.supervisor import EngineLaunch, EngineState, EngineSupervisor, build_launch, free_port
-from gateway.upstream import make_client
+from replicas.pool import make_client
+from replicas.supervisor import EngineLaunch, EngineState, EngineSupervisor, build_launch, free_port
+from store.settings import ConfigError, Settings
 
 STUB = Path(__file__).with_name("engine_stub.py")
 

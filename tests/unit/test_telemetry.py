@@ -14,8 +14,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from gateway.app import create_app
 from gateway.logs import configure_logging, scrub
-from gateway.settings import ConfigError
 from gateway.telemetry import traces_url
+from store.settings import ConfigError
 from tests.unit.conftest import ADMIN, Collector, attrs, make_settings
 from tests.unit.fake_engine import ENGINE_MODEL, FakeEngine
 

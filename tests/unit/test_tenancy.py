@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
-from gateway.store import MIGRATIONS, AliasTarget, SQLiteStore
 from gateway.tenancy import Admin, Directory, hash_key, mint_key
+from store import MIGRATIONS, AliasTarget, SQLiteStore
+from store.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 
 
 @pytest.fixture

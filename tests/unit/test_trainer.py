@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapters.validation import Limits, base_model_info, validate_folder
-from gateway.numerics import cpu_has_native_bf16, describe_cpu, host_flags
+from store.numerics import cpu_has_native_bf16, describe_cpu, host_flags
 from tests.support.lora_factory import default_base_dir, torch_threads
 from training.chat import Conversation
 from training.parity import greedy_answer, peft_greedy, peft_reference

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway import uploads
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from store.errors import InvalidRequest, PayloadTooLarge
 from tests.unit.conftest import Env
 from tests.unit.test_finetuning_api import GOOD, upload
 from training.jsonl import JsonlError, count_chat_jsonl_file, validate_chat_jsonl

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.model import resolve_model
-from gateway.settings import Settings
-from gateway.supervisor import build_launch, free_port
+from replicas.base_model import resolve_model
+from replicas.supervisor import build_launch, free_port
+from store.settings import Settings
 from tests.integration.conftest import Stack, add_tenants, start_gateway, stop_gateway
 from tests.support.lora_factory import cached_style_adapter
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from gateway.model import resolve_model
-from gateway.settings import Settings
-from gateway.supervisor import free_port
+from replicas.base_model import resolve_model
+from replicas.supervisor import free_port
+from store.settings import Settings
 from tests.integration.adapters.conftest import ENGINE_KEY, Replica
 from tests.support.lora_factory import cached_style_adapter
 

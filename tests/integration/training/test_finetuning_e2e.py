@@ -13,8 +13,8 @@ import pytest
 from openai import OpenAI
 from safetensors.numpy import load_file
 
-from gateway.model import resolve_model
-from gateway.settings import Settings
+from replicas.base_model import resolve_model
+from store.settings import Settings
 from tests.integration.conftest import Stack, start_gateway, stop_gateway
 from tests.integration.training.conftest import TRAINING_ENV
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.store import evals_sql as q
-from gateway.store.quotas_sql import AN_EVAL_RUN
-from gateway.store.records import (
+from store import evals_sql as q
+from store.quotas_sql import AN_EVAL_RUN
+from store.records import (
     Canary,
     CanaryStatus,
     CaseSource,
@@ -16,8 +16,8 @@ from gateway.store.records import (
     EvalStatus,
     Usage,
 )
-from gateway.store.sqlite_erasure import add_case_sources, erased_while_running
-from gateway.store.sqlite_quotas import QuotasMixin
+from store.sqlite_erasure import add_case_sources, erased_while_running
+from store.sqlite_quotas import QuotasMixin
 
 
 class EvalsMixin(QuotasMixin):

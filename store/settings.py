@@ -8,7 +8,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
 
-from gateway.numerics import DtypeSetting
+from store.numerics import DtypeSetting
 
 EngineMode = Literal["embedded", "external"]
 EngineDevice = Literal["auto", "cpu", "cuda"]

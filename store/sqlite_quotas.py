@@ -6,9 +6,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from gateway.store import quotas_sql as q
-from gateway.store.records import TenantQuotas, Usage
-from gateway.store.sqlite_capture import SQLiteMixin
+from store import quotas_sql as q
+from store.records import TenantQuotas, Usage
+from store.sqlite_capture import SQLiteMixin
 
 
 class QuotasMixin(SQLiteMixin):

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from gateway.store import quotas_sql as q
-from gateway.store.records import TenantQuotas, Usage
-from gateway.store.training_sql import numbered as N
+from store import quotas_sql as q
+from store.records import TenantQuotas, Usage
+from store.training_sql import numbered as N
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy

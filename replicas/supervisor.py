@@ -8,7 +8,7 @@ later (the import takes that long), and any local process that bound it in betwe
 received the gateway's engine key and every tenant's prompts. LOOPGATE_ENGINE_PORT still asks
 for TCP on 127.0.0.1 (the port is then the operator's to keep free).
 
-The child's environment is an allowlist (`gateway.child_env`): vLLM's, torch's, CUDA's and the
+The child's environment is an allowlist (`replicas.child_env`): vLLM's, torch's, CUDA's and the
 locale's variables, never the admin key, the store URL or other secrets of the gateway's own
 environment. It runs in its own process group, which is what gets signalled on stop, so vLLM's
 own engine-core processes go with it; on Linux the child also receives SIGTERM if the gateway
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import httpx
 
-from gateway.child_env import child_env
-from gateway.numerics import choose_cpu_dtype, describe_cpu
-from gateway.private_files import private_dir
-from gateway.settings import ConfigError, Settings
+from replicas.child_env import child_env
+from store.numerics import choose_cpu_dtype, describe_cpu
+from store.private_files import private_dir
+from store.settings import ConfigError, Settings
 
 log = logging.getLogger("loopgate.engine")
 
@@ -85,7 +85,7 @@ def detect_device(setting: str) -> str:
 
 def engine_dtype(settings: Settings, device: str) -> str:
     """vLLM's --dtype: the setting when it names one; on CPU (auto) bf16 only where the CPU
-    computes it natively (`gateway.numerics`); on CUDA (auto) vLLM's own choice for the GPU."""
+    computes it natively (`store.numerics`); on CUDA (auto) vLLM's own choice for the GPU."""
     if device == "cpu":
         return choose_cpu_dtype(settings.engine_dtype)
     return settings.engine_dtype

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from gateway.store.records import (
+from store.records import (
     AdapterVersion,
     Alias,
     AliasEvent,

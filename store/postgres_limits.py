@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from gateway.store import limits_sql as q
-from gateway.store.records import Charge, LimitSet, Reservation
-from gateway.store.training_sql import numbered as N
+from store import limits_sql as q
+from store.records import Charge, LimitSet, Reservation
+from store.training_sql import numbered as N
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy

@@ -7,11 +7,11 @@ from collections.abc import Collection, Sequence
 
 import aiosqlite
 
-from gateway.store import erasure_sql as q
-from gateway.store import evals_sql
-from gateway.store import training_sql as tq
-from gateway.store.records import CaseSource, Dataset, DatasetErasure, Erasure, EvalRun
-from gateway.store.sqlite_capture import SQLiteMixin
+from store import erasure_sql as q
+from store import evals_sql
+from store import training_sql as tq
+from store.records import CaseSource, Dataset, DatasetErasure, Erasure, EvalRun
+from store.sqlite_capture import SQLiteMixin
 
 
 class ErasureMixin(SQLiteMixin):

@@ -9,13 +9,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.errors import Conflict, NotFound
-from gateway.store import rows as rowmap
-from gateway.store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
-from gateway.store.postgres_evals import EvalsMixinPG
-from gateway.store.postgres_limits import LimitsMixinPG
-from gateway.store.postgres_training import TrainingMixinPG
-from gateway.store.records import (
+from store import rows as rowmap
+from store.errors import Conflict, NotFound
+from store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
+from store.postgres_evals import EvalsMixinPG
+from store.postgres_limits import LimitsMixinPG
+from store.postgres_training import TrainingMixinPG
+from store.records import (
     AdapterStatus,
     AdapterVersion,
     Alias,
@@ -28,7 +28,7 @@ from gateway.store.records import (
     Feedback,
     Tenant,
 )
-from gateway.store.schema_postgres import MIGRATIONS_PG
+from store.schema_postgres import MIGRATIONS_PG
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy

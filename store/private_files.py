@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from gateway.settings import ConfigError
+from store.settings import ConfigError
 
 log = logging.getLogger("loopgate")
 

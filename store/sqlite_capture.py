@@ -13,8 +13,8 @@ from contextlib import AbstractAsyncContextManager
 
 import aiosqlite
 
-from gateway.store import rows as rowmap
-from gateway.store.records import CaptureFinal, Completion, CompletionQuery, Feedback
+from store import rows as rowmap
+from store.records import CaptureFinal, Completion, CompletionQuery, Feedback
 
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiosqlite
 
-from gateway.errors import Conflict, NotFound
-from gateway.store import rows as rowmap
-from gateway.store.records import (
+from store import rows as rowmap
+from store.errors import Conflict, NotFound
+from store.records import (
     AdapterStatus,
     AdapterVersion,
     Alias,
@@ -22,12 +22,12 @@ from gateway.store.records import (
     ApiKey,
     Tenant,
 )
-from gateway.store.schema import MIGRATIONS
-from gateway.store.sqlite_capture import CaptureMixin, SQLiteMixin
-from gateway.store.sqlite_erasure import ErasureMixin
-from gateway.store.sqlite_evals import EvalsMixin
-from gateway.store.sqlite_limits import LimitsMixin
-from gateway.store.sqlite_training import TrainingMixin
+from store.schema import MIGRATIONS
+from store.sqlite_capture import CaptureMixin, SQLiteMixin
+from store.sqlite_erasure import ErasureMixin
+from store.sqlite_evals import EvalsMixin
+from store.sqlite_limits import LimitsMixin
+from store.sqlite_training import TrainingMixin
 
 BUSY_TIMEOUT_MS = 30_000
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gateway.store.records import Canary, EvalResult, EvalRun
+from store.records import Canary, EvalResult, EvalRun
 
 
 class Row(Protocol):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
-from gateway.store import quotas_sql
-from gateway.store import training_sql as q
-from gateway.store.records import (
+from store import quotas_sql
+from store import training_sql as q
+from store.records import (
     Dataset,
     FileObject,
     FineTuningJob,
@@ -16,8 +16,8 @@ from gateway.store.records import (
     JobStage,
     Usage,
 )
-from gateway.store.sqlite_erasure import add_sources
-from gateway.store.sqlite_quotas import QuotasMixin
+from store.sqlite_erasure import add_sources
+from store.sqlite_quotas import QuotasMixin
 
 
 class TrainingMixin(QuotasMixin):

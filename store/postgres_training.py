@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from gateway.store import quotas_sql
-from gateway.store import training_sql as q
-from gateway.store.postgres_erasure import add_sources
-from gateway.store.postgres_quotas import QuotasMixinPG
-from gateway.store.records import (
+from store import quotas_sql
+from store import training_sql as q
+from store.postgres_erasure import add_sources
+from store.postgres_quotas import QuotasMixinPG
+from store.records import (
     Dataset,
     FileObject,
     FineTuningJob,

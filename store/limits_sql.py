@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gateway.store.records import LIMIT_FIELDS, Charge, LimitSet
+from store.records import LIMIT_FIELDS, Charge, LimitSet
 
 
 class Row(Protocol):

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any, Protocol
 
-from gateway.store.records import Dataset, FileObject, FineTuningJob, JobEvent
+from store.records import Dataset, FileObject, FineTuningJob, JobEvent
 
 _PLACEHOLDER = re.compile(r"\?")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gateway.settings import BUNDLED_MODEL, ConfigError, Settings
-from gateway.supervisor import served_dtype
+from replicas.supervisor import served_dtype
+from store.settings import BUNDLED_MODEL, ConfigError, Settings
 
 log = logging.getLogger("loopgate.model")
 

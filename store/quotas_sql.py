@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gateway.store.records import QUOTA_FIELDS, FileObject, FineTuningJob, TenantQuotas, Usage
+from store.records import QUOTA_FIELDS, FileObject, FineTuningJob, TenantQuotas, Usage
 
 DAY_S = 86_400.0  # the window of the per-day quotas (jobs, eval runs): the last 24 hours
 

@@ -9,8 +9,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from gateway.store.postgres import PostgresStore
-from gateway.store.records import (
+from store.postgres import PostgresStore
+from store.records import (
     QUOTA_FIELDS,
     AdapterStatus,
     AdapterVersion,
@@ -47,9 +47,9 @@ from gateway.store.records import (
     TenantQuotas,
     Usage,
 )
-from gateway.store.schema import MIGRATIONS
-from gateway.store.schema_postgres import MIGRATIONS_PG
-from gateway.store.sqlite import SQLiteStore
+from store.schema import MIGRATIONS
+from store.schema_postgres import MIGRATIONS_PG
+from store.sqlite import SQLiteStore
 
 __all__ = [
     "MIGRATIONS",

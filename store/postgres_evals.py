@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from gateway.store import evals_sql as q
-from gateway.store.postgres_erasure import add_case_sources, erased_while_running
-from gateway.store.postgres_quotas import QuotasMixinPG
-from gateway.store.quotas_sql import AN_EVAL_RUN
-from gateway.store.records import (
+from store import evals_sql as q
+from store.postgres_erasure import add_case_sources, erased_while_running
+from store.postgres_quotas import QuotasMixinPG
+from store.quotas_sql import AN_EVAL_RUN
+from store.records import (
     Canary,
     CanaryStatus,
     CaseSource,
@@ -21,7 +21,7 @@ from gateway.store.records import (
     EvalStatus,
     Usage,
 )
-from gateway.store.training_sql import numbered as N
+from store.training_sql import numbered as N
 
 if TYPE_CHECKING:
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from gateway.store import erasure_sql as q
-from gateway.store import evals_sql
-from gateway.store import training_sql as tq
-from gateway.store.records import CaseSource, Dataset, DatasetErasure, Erasure, EvalRun
+from store import erasure_sql as q
+from store import evals_sql
+from store import training_sql as tq
+from store.records import CaseSource, Dataset, DatasetErasure, Erasure, EvalRun
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy

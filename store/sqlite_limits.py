@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from gateway.store import limits_sql as q
-from gateway.store.records import Charge, LimitSet, Reservation
-from gateway.store.sqlite_capture import SQLiteMixin
+from store import limits_sql as q
+from store.records import Charge, LimitSet, Reservation
+from store.sqlite_capture import SQLiteMixin
 
 _ATTEMPTS = 20
 
