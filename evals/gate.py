@@ -12,49 +12,18 @@ A candidate is promoted only when every check passes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from evals.stats import Comparison, Interval, LatencySummary, mean_interval
+from evals.policy import GatePolicy
+
+__all__ = ["GateCheck", "GateDecision", "GatePolicy", "decide"]
+
+if TYPE_CHECKING:  # the statistics (scipy) run in the evals worker; a policy is light
+    from evals.stats import Comparison, Interval, LatencySummary
 
 # Scores are means of floats: a delta meant to equal a limit must not fail by rounding.
 _EPSILON = 1e-9
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """What a tenant requires of a candidate adapter before it replaces the live one."""
-
-    min_improvement: float = field(
-        default=0.05,
-        metadata={"help": "Least mean gain on the tenant suite (absolute score, 0-1) to promote."},
-    )
-    max_guard_regression: float = field(
-        default=0.02,
-        metadata={"help": "Largest allowed drop of the guard suite mean (absolute score, 0-1)."},
-    )
-    max_latency_increase: float | None = field(
-        default=None,
-        metadata={
-            "help": "Largest allowed p50 latency increase as a ratio (0.2 = +20%); None: off."
-        },
-    )
-    confidence: float = field(
-        default=0.95,
-        metadata={"help": "Confidence level of the interval on the tenant suite improvement."},
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("min_improvement", "max_guard_regression"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"GatePolicy.{name} must be between 0 and 1, got {value}")
-        limit = self.max_latency_increase
-        if limit is not None and not (math.isfinite(limit) and limit >= 0.0):
-            raise ValueError(f"GatePolicy.max_latency_increase must be >= 0 or None, got {limit}")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(
-                f"GatePolicy.confidence must be between 0 and 1 (exclusive), got {self.confidence}"
-            )
 
 
 @dataclass(frozen=True)
@@ -82,6 +51,8 @@ def _pct(level: float) -> str:
 def _tenant_interval(tenant: Comparison, confidence: float) -> Interval:
     if math.isclose(tenant.ci.level, confidence):
         return tenant.ci
+    from evals.stats import mean_interval
+
     return mean_interval(tenant.deltas, confidence)
 
 

@@ -25,18 +25,45 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Iterable
+from functools import cache
+from typing import TYPE_CHECKING
 
 import msgspec
-from jsonschema import exceptions as jsonschema_exceptions
-from jsonschema import validators as jsonschema_validators
-from rouge_score import rouge_scorer
+
+from evals.checks import (
+    Check,
+    ExactCheck,
+    JsonCheck,
+    JudgeCheck,
+    LengthCheck,
+    NormalizedCheck,
+    RegexCheck,
+    RougeLCheck,
+)
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+
+__all__ = [
+    "Check",
+    "ExactCheck",
+    "Grade",
+    "GraderError",
+    "JsonCheck",
+    "JudgeCheck",
+    "LengthCheck",
+    "NormalizedCheck",
+    "RegexCheck",
+    "RougeLCheck",
+    "check_schemas",
+    "grade",
+    "grade_async",
+]
+
 
 Judge = Callable[[str], Awaitable[str]]
 """An OpenAI-compatible model behind a coroutine: prompt in, reply text out."""
-
-JsonSchema = dict[str, object]
 
 
 class GraderError(Exception):
@@ -54,95 +81,16 @@ class Grade(msgspec.Struct, frozen=True):
             raise ValueError(f"a grade's score must be in [0, 1], got {self.score}")
 
 
-class _CheckBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
-    needs_reference: ClassVar[bool] = False
+def check_schemas(checks: Iterable[Check]) -> None:
+    """Every `json` check's schema is a valid JSON schema, else ValueError naming the problem."""
+    from jsonschema import exceptions, validators
 
-
-class ExactCheck(_CheckBase, frozen=True, tag="exact"):
-    """The answer equals the reference, character for character."""
-
-    needs_reference: ClassVar[bool] = True
-
-
-class NormalizedCheck(_CheckBase, frozen=True, tag="normalized"):
-    """The answer equals the reference after NFKC, case folding, whitespace and punctuation."""
-
-    needs_reference: ClassVar[bool] = True
-
-
-class RegexCheck(_CheckBase, frozen=True, tag="regex"):
-    """The pattern is found in the answer (or covers it, with `fullmatch`)."""
-
-    pattern: str
-    fullmatch: bool = False
-    ignore_case: bool = False
-
-    def __post_init__(self) -> None:
-        try:
-            re.compile(self.pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {self.pattern!r}: {exc}") from None
-
-
-class JsonCheck(_CheckBase, frozen=True, tag="json"):
-    """The answer is JSON, and conforms to `schema` when one is given."""
-
-    schema: JsonSchema | None = None
-
-    def __post_init__(self) -> None:
-        if self.schema is None:
-            return
-        validator = jsonschema_validators.validator_for(self.schema)
-        try:
-            validator.check_schema(self.schema)
-        except jsonschema_exceptions.SchemaError as exc:
-            raise ValueError(f"invalid JSON schema: {exc.message}") from None
-
-
-class RougeLCheck(_CheckBase, frozen=True, tag="rouge_l"):
-    """ROUGE-L F-measure between the answer and the reference, as the score."""
-
-    needs_reference: ClassVar[bool] = True
-
-
-class LengthCheck(_CheckBase, frozen=True, tag="length"):
-    """The answer's length in characters and/or words lies within the given bounds."""
-
-    min_chars: int | None = None
-    max_chars: int | None = None
-    min_words: int | None = None
-    max_words: int | None = None
-
-    def __post_init__(self) -> None:
-        bounds = (self.min_chars, self.max_chars, self.min_words, self.max_words)
-        if all(bound is None for bound in bounds):
-            raise ValueError("a length check needs at least one of min/max_chars/words")
-        if any(bound is not None and bound < 0 for bound in bounds):
-            raise ValueError("length bounds must be >= 0")
-        for unit, low, high in (
-            ("chars", self.min_chars, self.max_chars),
-            ("words", self.min_words, self.max_words),
-        ):
-            if low is not None and high is not None and low > high:
-                raise ValueError(f"min_{unit} ({low}) is greater than max_{unit} ({high})")
-
-
-class JudgeCheck(_CheckBase, frozen=True, tag="judge"):
-    """An LLM judge scores the answer against a rubric, from 0 to `scale`."""
-
-    rubric: str
-    scale: int = 10
-
-    def __post_init__(self) -> None:
-        if not self.rubric.strip():
-            raise ValueError("a judge check needs a non-empty rubric")
-        if self.scale < 1:
-            raise ValueError(f"a judge check's scale must be >= 1, got {self.scale}")
-
-
-Check = (
-    ExactCheck | NormalizedCheck | RegexCheck | JsonCheck | RougeLCheck | LengthCheck | JudgeCheck
-)
+    for check in checks:
+        if isinstance(check, JsonCheck) and check.schema is not None:
+            try:
+                validators.validator_for(check.schema).check_schema(check.schema)
+            except exceptions.SchemaError as exc:
+                raise ValueError(f"invalid JSON schema: {exc.message}") from None
 
 
 def normalize(text: str) -> str:
@@ -217,8 +165,10 @@ def grade_json(check: JsonCheck, answer: str) -> Grade:
     where = " (from a ``` fence)" if fenced else ""
     if check.schema is None:
         return Grade(1.0, f"valid JSON{where}")
-    validator = jsonschema_validators.validator_for(check.schema)(check.schema)
-    error = jsonschema_exceptions.best_match(validator.iter_errors(value))
+    from jsonschema import exceptions, validators
+
+    validator = validators.validator_for(check.schema)(check.schema)
+    error = exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return Grade(1.0, f"JSON conforms to the schema{where}")
     path = "$" + "".join(f"[{part!r}]" for part in error.absolute_path)
@@ -232,13 +182,17 @@ class _UnicodeWords:
         return re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold())
 
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_UnicodeWords())
+@cache
+def _rouge() -> RougeScorer:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_UnicodeWords())
 
 
 def grade_rouge_l(answer: str, reference: str) -> Grade:
     if not _UnicodeWords().tokenize(answer):
         return Grade(0.0, "no words in the answer")
-    fmeasure = float(_ROUGE.score(reference, answer)["rougeL"].fmeasure)
+    fmeasure = float(_rouge().score(reference, answer)["rougeL"].fmeasure)
     return Grade(min(1.0, max(0.0, fmeasure)), f"ROUGE-L F = {fmeasure:.3f}")
 
 

@@ -1,26 +1,49 @@
 """Runs suites against several systems with the same cases and greedy decoding, then compares.
 
-Engine-agnostic: each system is an async `Generate` (messages → answer) that the caller builds
-(the gateway leases the candidate, live version and base on vLLM). The comparison is paired:
-every system answers every case.
+Engine-agnostic: each system is an async `Generate` (messages → answer and its latency) that
+the caller builds (the evals worker asks the gateway, which leases the candidate, live version
+and base on vLLM). The comparison is paired: every system answers every case.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from evals.gate import GateDecision, GatePolicy, decide
-from evals.graders import Judge
+from evals.graders import Grade, Judge, grade_async
 from evals.report import CaseRow, EvalReport, SuiteReport
+from evals.spec import AnswerReply
 from evals.stats import compare_paired, summarize_latency, summarize_scores
-from evals.suite import CaseResult, Suite, grade_case
+from evals.suite import Case, Suite
 from training.chat import Conversation
 
-Generate = Callable[[Conversation], Awaitable[str]]
+Generate = Callable[[Conversation], Awaitable[AnswerReply]]
 CONCURRENCY = 8  # vLLM batches concurrent requests; more only queues
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case's grades for one answer."""
+
+    case_id: str
+    answer: str
+    grades: tuple[Grade, ...]
+    score: float
+    passed: bool
+
+
+async def grade_case(case: Case, answer: str, judge: Judge | None = None) -> CaseResult:
+    """Every check of the case on one answer; the case score is their mean."""
+    grades = tuple(
+        [
+            await grade_async(check, case.question, answer, case.reference, judge)
+            for check in case.checks
+        ]
+    )
+    score = sum(g.score for g in grades) / len(grades)
+    return CaseResult(case.id, answer, grades, score, score >= case.threshold)
 
 
 @dataclass(frozen=True)
@@ -53,14 +76,12 @@ async def answer_all(
         nonlocal done
         case = suite.cases[case_index]
         async with gate:
-            started = time.perf_counter()
-            text = await systems[system](list(case.messages))
-            latency = (time.perf_counter() - started) * 1000
-        result = await grade_case(case, text, judge)
+            reply = await systems[system](list(case.messages))
+        result = await grade_case(case, reply.content, judge)
         done += 1
         if on_done is not None:
             on_done(done, len(jobs))
-        return Answer(suite.name, case.id, system, result, latency)
+        return Answer(suite.name, case.id, system, result, reply.latency_ms)
 
     answers: list[Answer] = []
     for name in systems:

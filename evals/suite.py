@@ -1,9 +1,8 @@
-"""Eval suites and their cases: loading (JSONL, a tenant's held-out split, the guard suite) and
-grading one case's answer.
+"""Eval suites and their cases: loading (JSONL, a tenant's held-out split, the guard suite).
 
-A case's score is the **mean** of its checks' scores (partial credit keeps the paired
-statistics sensitive; a case that must meet every check can use threshold 1.0), and the
-case `passed` when that score is >= its threshold.
+Grading a case is evals.runner's: a case's score is the **mean** of its checks' scores
+(partial credit keeps the paired statistics sensitive; a case that must meet every check can
+use threshold 1.0), and the case `passed` when that score is >= its threshold.
 """
 
 from __future__ import annotations
@@ -16,14 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from evals.graders import (
-    Check,
-    Grade,
-    Judge,
-    NormalizedCheck,
-    RougeLCheck,
-    grade_async,
-)
+from evals.checks import Check, NormalizedCheck, RougeLCheck
 from training.chat import ChatMessage, Conversation, answer_of, prompt_of
 
 DEFAULT_THRESHOLD = 0.5
@@ -86,17 +78,6 @@ class Suite:
         unchecked = [case.id for case in self.cases if not case.checks]
         if unchecked:
             raise SuiteError(f"suite {self.name!r}: cases {unchecked[:5]} have no checks")
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One case's grades for one answer."""
-
-    case_id: str
-    answer: str
-    grades: tuple[Grade, ...]
-    score: float
-    passed: bool
 
 
 def _with_defaults(case: Case, fallback_id: str, default_checks: Sequence[Check]) -> Case:
@@ -177,15 +158,3 @@ def load_guard_suite() -> Suite:
     """The general-capability suite shipped with loopgate (catches catastrophic forgetting)."""
     text = resources.files("evals").joinpath("data", "guard.jsonl").read_text(encoding="utf-8")
     return parse_jsonl(text, GUARD_SUITE, source="evals/data/guard.jsonl")
-
-
-async def grade_case(case: Case, answer: str, judge: Judge | None = None) -> CaseResult:
-    """Every check of the case on one answer; the case score is their mean."""
-    grades = tuple(
-        [
-            await grade_async(check, case.question, answer, case.reference, judge)
-            for check in case.checks
-        ]
-    )
-    score = sum(g.score for g in grades) / len(grades)
-    return CaseResult(case.id, answer, grades, score, score >= case.threshold)

@@ -7,18 +7,25 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery
 
-from adapters.registry import Transition, next_status
-from adapters.swap import SwapReport, erasure_reason
-from gateway.admin_api import admin_guard
-from gateway.runtime import Gateway
-from store import AdapterVersion, Alias, AliasEvent
+from adapters.placement import AdapterPool
+from adapters.registry import Registry, Transition, next_status
+from adapters.swap import Swapper, SwapReport, erasure_reason
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Json
+from gateway.evaluations import Evaluations
+from gateway.responses import HeldAdapter, ListOf, Placement, Replicas, replica
+from gateway.tenancy import Admin, Directory
+from replicas.pool import BackendPool
+from store import AdapterVersion, Alias, AliasEvent, Store, Tenant
 from store.errors import Conflict, InvalidRequest
+from store.settings import Settings
 
-GW = NamedDependency[Gateway]
-ACTOR_HEADER = "x-loopgate-actor"
+E = apidoc.admin
+SWAP = (404, 409, 413, 422, 503)
+ARCHIVE = {"application/octet-stream": apidoc.schema({"type": "string", "format": "binary"})}
 MAX_UPLOAD = 1024 * 1024 * 1024  # the per-settings cap is enforced by the registry
 
 
@@ -36,150 +43,208 @@ class Rollback(msgspec.Struct, forbid_unknown_fields=True):
 class AdapterDetail(msgspec.Struct):
     version: AdapterVersion
     aliases: list[Alias]
-    placements: list[dict[str, str | int | bool]]
+    placements: list[Placement]
 
 
-def _actor(request: Request[object, object, State]) -> str:
-    return (request.headers.get(ACTOR_HEADER) or "admin")[:128]
+def placements(adapters: AdapterPool, version_id: str) -> list[Placement]:
+    return [
+        Placement(p.backend.name, p.engine_name, p.state.value, p.inflight, p.served, p.pinned)
+        for p in adapters.placements_of(version_id)
+    ]
+
+
+async def gated_reason(
+    evaluations: Evaluations, registry: Registry, found: Tenant, alias: str, data: Promote
+) -> str | None:
+    """A forced promotion needs a reason; any other needs a passing eval run (named)."""
+    if data.force:
+        if not (data.reason or "").strip():
+            raise InvalidRequest("a forced promotion needs a reason", param="reason")
+        return data.reason
+    version = await registry.get(found, data.version)
+    erasure_reason(version, forced=False, reason=data.reason)  # before the gate: clearer
+    run = await evaluations.require_passing(found, alias, version.id)
+    return f"{data.reason or 'gate passed'} (eval {run.id})"
 
 
 class AdapterController(Controller):
     path = "/admin/tenants/{tenant:str}"
-    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
 
-    @post("/adapters", status_code=201, request_max_body_size=MAX_UPLOAD)
+    @post(
+        "/adapters",
+        status_code=201,
+        request_max_body_size=MAX_UPLOAD,
+        summary="Register an adapter archive (.tar.gz or .zip)",
+        operation_class=apidoc.raw_body(ARCHIVE),
+        responses=E(404, 409, 413, 422, 503),
+    )
     async def register(
         self,
         tenant: FromPath[str],
         request: Request[object, object, State],
-        gw: GW,
+        admin: Injected[Admin],
+        registry: Injected[Registry],
+        actor: Injected[str],
         name: FromQuery[str] = "adapter",
         sha256: FromQuery[str | None] = None,
     ) -> AdapterVersion:
         """Upload a .tar.gz or .zip of a peft adapter folder (optionally with its SHA-256)."""
-        found = await gw.admin.tenant(tenant)
-        data = await request.body()
-        return await gw.registry.import_archive(
-            found, data, name=name, created_by=f"upload:{_actor(request)}", expected_sha256=sha256
+        found = await admin.tenant(tenant)
+        return await registry.import_archive(
+            found,
+            await request.body(),
+            name=name,
+            created_by=f"upload:{actor}",
+            expected_sha256=sha256,
         )
 
-    @get("/adapters")
-    async def list_adapters(self, tenant: FromPath[str], gw: GW) -> dict[str, object]:
-        found = await gw.admin.tenant(tenant)
-        return {"object": "list", "data": await gw.store.list_adapters(found.id)}
+    @get("/adapters", summary="List adapter versions", responses=E(404))
+    async def list_adapters(
+        self, tenant: FromPath[str], admin: Injected[Admin], store: Injected[Store]
+    ) -> ListOf[AdapterVersion]:
+        found = await admin.tenant(tenant)
+        return ListOf(data=list(await store.list_adapters(found.id)))
 
-    @get("/adapters/{version:str}")
-    async def show(self, tenant: FromPath[str], version: FromPath[str], gw: GW) -> AdapterDetail:
-        found = await gw.admin.tenant(tenant)
-        record = await gw.registry.get(found, version)
-        placements = [
-            {
-                "backend": p.backend.name,
-                "engine_name": p.engine_name,
-                "state": p.state.value,
-                "inflight": p.inflight,
-                "served": p.served,
-                "pinned": p.pinned,
-            }
-            for p in gw.adapters.placements_of(record.id)
-        ]
-        return AdapterDetail(record, await gw.store.aliases_to(record.id), placements)
+    @get(
+        "/adapters/{version:str}",
+        summary="An adapter version and where it is loaded",
+        responses=E(404),
+    )
+    async def show(
+        self,
+        tenant: FromPath[str],
+        version: FromPath[str],
+        admin: Injected[Admin],
+        registry: Injected[Registry],
+        store: Injected[Store],
+        adapters: Injected[AdapterPool],
+    ) -> AdapterDetail:
+        record = await registry.get(await admin.tenant(tenant), version)
+        aliases = list(await store.aliases_to(record.id))
+        return AdapterDetail(record, aliases, placements(adapters, record.id))
 
-    @post("/adapters/{version:str}/retire", status_code=200)
-    async def retire(self, tenant: FromPath[str], version: FromPath[str], gw: GW) -> AdapterVersion:
-        found = await gw.admin.tenant(tenant)
-        record = await gw.registry.get(found, version)
-        if await gw.store.aliases_to(record.id):
-            raise Conflict("an alias still serves this version; promote another or roll back first")
-        await gw.store.set_adapter_status(record.id, next_status(record.status, Transition.RETIRE))
-        await gw.adapters.retire(record.id, gw.settings.swap_drain_timeout_s)
-        return await gw.registry.get(found, version)
-
-    @delete("/adapters/{version:str}", status_code=200)
-    async def delete_version(
-        self, tenant: FromPath[str], version: FromPath[str], gw: GW
+    @post(
+        "/adapters/{version:str}/retire",
+        status_code=200,
+        summary="Retire an adapter version",
+        responses=E(404, 409, 503),
+    )
+    async def retire(
+        self,
+        tenant: FromPath[str],
+        version: FromPath[str],
+        admin: Injected[Admin],
+        registry: Injected[Registry],
+        store: Injected[Store],
+        adapters: Injected[AdapterPool],
+        settings: Injected[Settings],
     ) -> AdapterVersion:
-        found = await gw.admin.tenant(tenant)
-        return await gw.registry.delete(found, version)
+        found = await admin.tenant(tenant)
+        record = await registry.get(found, version)
+        if await store.aliases_to(record.id):
+            raise Conflict("an alias still serves this version; promote another or roll back first")
+        await store.set_adapter_status(record.id, next_status(record.status, Transition.RETIRE))
+        await adapters.retire(record.id, settings.swap_drain_timeout_s)
+        return await registry.get(found, version)
 
-    @post("/aliases/{alias:str}/promote", status_code=200)
+    @delete(
+        "/adapters/{version:str}",
+        status_code=200,
+        summary="Delete a retired adapter version",
+        responses=E(404, 409, 503),
+    )
+    async def delete_version(
+        self,
+        tenant: FromPath[str],
+        version: FromPath[str],
+        admin: Injected[Admin],
+        registry: Injected[Registry],
+    ) -> AdapterVersion:
+        return await registry.delete(await admin.tenant(tenant), version)
+
+    @post(
+        "/aliases/{alias:str}/promote",
+        status_code=200,
+        summary="Swap an alias onto a version (gated)",
+        dto=Json[Promote],
+        return_dto=None,
+        responses=E(*SWAP),
+    )
     async def promote(
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        data: JSONBody[Promote],
-        gw: GW,
-        request: Request[object, object, State],
+        data: Promote,
+        admin: Injected[Admin],
+        registry: Injected[Registry],
+        evaluations: Injected[Evaluations],
+        swapper: Injected[Swapper],
+        directory: Injected[Directory],
+        actor: Injected[str],
     ) -> SwapReport:
-        found = await gw.admin.tenant(tenant)
-        reason = data.reason
-        if data.force:
-            if not (data.reason or "").strip():
-                raise InvalidRequest("a forced promotion needs a reason", param="reason")
-        else:
-            version = await gw.registry.get(found, data.version)
-            erasure_reason(version, forced=False, reason=data.reason)  # before the gate: clearer
-            run = await gw.evaluations.require_passing(found, alias, version.id)
-            reason = f"{data.reason or 'gate passed'} (eval {run.id})"
-        report = await gw.swapper.promote(
+        found = await admin.tenant(tenant)
+        reason = await gated_reason(evaluations, registry, found, alias, data)
+        report = await swapper.promote(
             found,
             alias,
             data.version,
-            actor=_actor(request),
+            actor=actor,
             reason=reason,
             require_change=data.require_change,
             forced=data.force,
         )
-        gw.directory.invalidate()
+        directory.invalidate()
         return report
 
-    @post("/aliases/{alias:str}/rollback", status_code=200)
+    @post(
+        "/aliases/{alias:str}/rollback",
+        status_code=200,
+        summary="Swap an alias back to its last version",
+        dto=Json[Rollback],
+        return_dto=None,
+        responses=E(*SWAP),
+    )
     async def rollback(
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        data: JSONBody[Rollback],
-        gw: GW,
-        request: Request[object, object, State],
+        admin: Injected[Admin],
+        swapper: Injected[Swapper],
+        directory: Injected[Directory],
+        actor: Injected[str],
+        data: Rollback | None = None,
     ) -> SwapReport:
-        found = await gw.admin.tenant(tenant)
-        report = await gw.swapper.rollback(found, alias, actor=_actor(request), reason=data.reason)
-        gw.directory.invalidate()
+        found = await admin.tenant(tenant)
+        reason = (data or Rollback()).reason
+        report = await swapper.rollback(found, alias, actor=actor, reason=reason)
+        directory.invalidate()
         return report
 
-    @get("/aliases/{alias:str}/history")
+    @get("/aliases/{alias:str}/history", summary="An alias's swaps", responses=E(404))
     async def history(
-        self, tenant: FromPath[str], alias: FromPath[str], gw: GW
+        self,
+        tenant: FromPath[str],
+        alias: FromPath[str],
+        admin: Injected[Admin],
+        store: Injected[Store],
     ) -> list[AliasEvent]:
-        found = await gw.admin.tenant(tenant)
-        return await gw.store.alias_events(found.id, alias)
+        found = await admin.tenant(tenant)
+        return list(await store.alias_events(found.id, alias))
 
 
-@get("/admin/backends", guards=[admin_guard])
-async def backends(gw: GW) -> dict[str, object]:
+@get("/admin/backends", summary="Engine replicas and the adapters they hold", responses=E())
+async def backends(pool: Injected[BackendPool], adapters: Injected[AdapterPool]) -> Replicas:
     """Each replica: readiness, requests in flight, and the adapters it holds."""
     data = [
-        {
-            "name": b.name,
-            "ready": b.ready,
-            "inflight": b.inflight,
-            "adapters": [
-                {
-                    "version": p.version_id,
-                    "engine_name": p.engine_name,
-                    "state": p.state.value,
-                    "inflight": p.inflight,
-                    "served": p.served,
-                    "pinned": p.pinned,
-                }
-                for p in gw.adapters.on(b).values()
+        replica(
+            b,
+            [
+                HeldAdapter(
+                    p.version_id, p.engine_name, p.state.value, p.inflight, p.served, p.pinned
+                )
+                for p in adapters.on(b).values()
             ],
-        }
-        for b in gw.pool.backends
+        )
+        for b in pool.backends
     ]
-    return {
-        "object": "list",
-        "data": data,
-        "loads": gw.adapters.loads,
-        "unloads": gw.adapters.unloads,
-    }
+    return Replicas(data=data, loads=adapters.loads, unloads=adapters.unloads)

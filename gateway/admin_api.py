@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post, put
-from litestar.connection import ASGIConnection
-from litestar.datastructures import State
-from litestar.di import NamedDependency
-from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar import Controller, delete, get, patch, post, put
+from litestar.params import FromPath
 
-from gateway.runtime import Gateway
-from gateway.tenancy import IssuedKey
-from store import Alias, AliasTarget, Tenant
-from store.errors import InvalidRequest
-
-GW = NamedDependency[Gateway]
+from adapters.swap import Swapper
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Json
+from gateway.erasure import DataErasure
+from gateway.responses import Erased, ListOf, OptedOut
+from gateway.tenancy import Admin, Directory, IssuedKey
+from store import Alias, AliasTarget, Store, Tenant
 
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,124 +54,195 @@ class KeyInfo(msgspec.Struct):
     created_at: float
     revoked_at: float | None
 
+    @classmethod
+    def of(cls, k: object) -> KeyInfo:
+        return msgspec.convert(k, cls, from_attributes=True)
 
-def admin_guard(
-    connection: ASGIConnection[object, object, object, State], _: BaseRouteHandler
-) -> None:
-    gw: GW = connection.app.state.gateway
-    gw.check_admin(connection.headers.get("authorization"))
+
+T = "/tenants/{tenant:str}"
+E = apidoc.admin
 
 
 class AdminController(Controller):
     path = "/admin"
-    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
 
-    @post("/tenants", status_code=201)
-    async def create_tenant(self, data: JSONBody[CreateTenant], gw: GW) -> Tenant:
-        tenant = await gw.admin.create_tenant(data.name)
-        gw.directory.invalidate()
+    @post(
+        "/tenants",
+        status_code=201,
+        summary="Create a tenant",
+        dto=Json[CreateTenant],
+        return_dto=None,
+        responses=E(409, 413, 503),
+    )
+    async def create_tenant(
+        self,
+        data: CreateTenant,
+        admin: Injected[Admin],
+        directory: Injected[Directory],
+    ) -> Tenant:
+        tenant = await admin.create_tenant(data.name)
+        directory.invalidate()
         return tenant
 
-    @get("/tenants")
-    async def list_tenants(self, gw: GW) -> dict[str, object]:
-        return {"object": "list", "data": await gw.store.list_tenants()}
+    @get("/tenants", summary="List tenants", responses=E())
+    async def list_tenants(self, store: Injected[Store]) -> ListOf[Tenant]:
+        return ListOf(data=list(await store.list_tenants()))
 
-    @get("/tenants/{tenant:str}")
-    async def get_tenant(self, tenant: FromPath[str], gw: GW) -> Tenant:
-        return await gw.admin.tenant(tenant)
+    @get(T, summary="Get a tenant", responses=E(404))
+    async def get_tenant(self, tenant: FromPath[str], admin: Injected[Admin]) -> Tenant:
+        return await admin.tenant(tenant)
 
-    @patch("/tenants/{tenant:str}")
+    @patch(
+        T,
+        summary="Set a tenant's capture policy",
+        dto=Json[TenantPolicy],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def set_policy(
-        self, tenant: FromPath[str], data: JSONBody[TenantPolicy], gw: GW
+        self,
+        tenant: FromPath[str],
+        data: TenantPolicy,
+        admin: Injected[Admin],
+        store: Injected[Store],
+        directory: Injected[Directory],
     ) -> Tenant:
         """Capture policy: default `store`, PII redaction, retention in days."""
-        found = await gw.admin.tenant(tenant)
+        found = await admin.tenant(tenant)
         retention = None if data.keep_forever else (data.retention_days or found.retention_days)
-        await gw.store.set_tenant_policy(
+        await store.set_tenant_policy(
             found.id,
             store_default=found.store_default if data.store_default is None else data.store_default,
             redact_pii=found.redact_pii if data.redact_pii is None else data.redact_pii,
             retention_days=retention,
         )
-        gw.directory.invalidate()
-        return await gw.admin.tenant(found.id)
+        directory.invalidate()
+        return await admin.tenant(found.id)
 
-    @post("/tenants/{tenant:str}/erase", status_code=200)
+    @post(
+        T + "/erase",
+        status_code=200,
+        summary="Erase captured traffic (all, or one end-user's)",
+        dto=Json[Erase],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def erase(
         self,
         tenant: FromPath[str],
-        data: JSONBody[Erase],
-        gw: GW,
-        request: Request[object, object, State],
-    ) -> dict[str, object]:
+        data: Erase,
+        admin: Injected[Admin],
+        erasure: Injected[DataErasure],
+        actor: Injected[str],
+    ) -> Erased:
         """Delete a tenant's captured traffic and feedback (all, or one end-user's), and what
         was derived from it: snapshot files, eval answers and reports (gateway.erasure)."""
-        found = await gw.admin.tenant(tenant)
-        actor = request.headers.get("x-loopgate-actor") or "admin"
-        return (await gw.erasure.erase(found.id, data.end_user, actor[:128])).to_json()
+        found = await admin.tenant(tenant)
+        report = await erasure.erase(found.id, data.end_user, actor)
+        return Erased.of(report)
 
-    @post("/tenants/{tenant:str}/opt-out", status_code=200)
+    @post(
+        T + "/opt-out",
+        status_code=200,
+        summary="Never train on an end-user's data",
+        dto=Json[OptOut],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def opt_out(
-        self, tenant: FromPath[str], data: JSONBody[OptOut], gw: GW
-    ) -> dict[str, object]:
+        self,
+        tenant: FromPath[str],
+        data: OptOut,
+        admin: Injected[Admin],
+        store: Injected[Store],
+    ) -> OptedOut:
         """Never train on this end-user's data (existing and future)."""
-        found = await gw.admin.tenant(tenant)
-        return {
-            "flagged": await gw.store.opt_out(found.id, data.end_user),
-            "end_user": data.end_user,
-        }
+        found = await admin.tenant(tenant)
+        return OptedOut(await store.opt_out(found.id, data.end_user), data.end_user)
 
-    @post("/tenants/{tenant:str}/keys", status_code=201)
+    @post(
+        T + "/keys",
+        status_code=201,
+        summary="Issue an API key (its plaintext is shown once)",
+        dto=Json[CreateKey],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def create_key(
-        self, tenant: FromPath[str], gw: GW, request: Request[object, object, State]
+        self, tenant: FromPath[str], admin: Injected[Admin], data: CreateKey | None = None
     ) -> IssuedKey:
-        raw = await request.body()
-        try:
-            data = msgspec.json.decode(raw, type=CreateKey) if raw.strip() else CreateKey()
-        except msgspec.DecodeError as exc:  # ValidationError is a subclass
-            raise InvalidRequest(f"invalid request: {exc}") from None
-        return await gw.admin.issue_key(tenant, data.name)
+        return await admin.issue_key(tenant, (data or CreateKey()).name)
 
-    @get("/tenants/{tenant:str}/keys")
-    async def list_keys(self, tenant: FromPath[str], gw: GW) -> dict[str, object]:
-        found = await gw.admin.tenant(tenant)
-        keys = await gw.store.list_keys(found.id)
-        data = [KeyInfo(k.id, k.tenant_id, k.name, k.created_at, k.revoked_at) for k in keys]
-        return {"object": "list", "data": data}
+    @get(T + "/keys", summary="List a tenant's keys", responses=E(404))
+    async def list_keys(
+        self, tenant: FromPath[str], admin: Injected[Admin], store: Injected[Store]
+    ) -> ListOf[KeyInfo]:
+        found = await admin.tenant(tenant)
+        return ListOf(data=[KeyInfo.of(k) for k in await store.list_keys(found.id)])
 
-    @delete("/keys/{key_id:str}", status_code=200)
-    async def revoke_key(self, key_id: FromPath[str], gw: GW) -> KeyInfo:
-        key = await gw.store.revoke_key(key_id)
-        gw.directory.invalidate()
-        return KeyInfo(key.id, key.tenant_id, key.name, key.created_at, key.revoked_at)
+    @delete("/keys/{key_id:str}", status_code=200, summary="Revoke a key", responses=E(404, 503))
+    async def revoke_key(
+        self,
+        key_id: FromPath[str],
+        store: Injected[Store],
+        directory: Injected[Directory],
+    ) -> KeyInfo:
+        key = await store.revoke_key(key_id)
+        directory.invalidate()
+        return KeyInfo.of(key)
 
-    @get("/tenants/{tenant:str}/aliases")
-    async def list_aliases(self, tenant: FromPath[str], gw: GW) -> dict[str, object]:
-        found = await gw.admin.tenant(tenant)
-        return {"object": "list", "data": await gw.store.list_aliases(found.id)}
+    @get(T + "/aliases", summary="List a tenant's aliases", responses=E(404))
+    async def list_aliases(
+        self, tenant: FromPath[str], admin: Injected[Admin], store: Injected[Store]
+    ) -> ListOf[Alias]:
+        found = await admin.tenant(tenant)
+        return ListOf(data=list(await store.list_aliases(found.id)))
 
-    @put("/tenants/{tenant:str}/aliases/{name:str}")
+    @put(
+        T + "/aliases/{name:str}",
+        summary="Create an alias, or set it to the base",
+        dto=Json[SetAlias],
+        return_dto=None,
+        responses=E(404, 413, 422, 503),
+    )
     async def set_alias(
-        self, tenant: FromPath[str], name: FromPath[str], data: JSONBody[SetAlias], gw: GW
+        self,
+        tenant: FromPath[str],
+        name: FromPath[str],
+        admin: Injected[Admin],
+        store: Injected[Store],
+        swapper: Injected[Swapper],
+        directory: Injected[Directory],
+        data: SetAlias | None = None,
     ) -> Alias:
-        found = await gw.admin.tenant(tenant)
-        existing = await gw.store.get_alias(found.id, name)
-        if existing is not None and gw.swapper.current(existing).kind == "adapter":
-            await gw.swapper.to_base(found, name, actor="admin", reason="set to base")
-            alias = await gw.store.get_alias(found.id, name)
+        found = await admin.tenant(tenant)
+        existing = await store.get_alias(found.id, name)
+        if existing is not None and swapper.current(existing).kind == "adapter":
+            await swapper.to_base(found, name, actor="admin", reason="set to base")
+            alias = await store.get_alias(found.id, name)
             assert alias is not None
         else:
-            alias = await gw.admin.set_alias(tenant, name, data.target)
-        gw.directory.invalidate()
+            alias = await admin.set_alias(tenant, name, (data or SetAlias()).target)
+        directory.invalidate()
         return alias
 
-    @delete("/tenants/{tenant:str}/aliases/{name:str}", status_code=204)
-    async def delete_alias(self, tenant: FromPath[str], name: FromPath[str], gw: GW) -> None:
-        found = await gw.admin.tenant(tenant)
-        async with gw.swapper.lock(found.id, name):
-            existing = await gw.store.get_alias(found.id, name)
-            await gw.store.delete_alias(found.id, name)
-            gw.swapper.forget(found.id, name)
-            gw.directory.invalidate()
+    @delete(
+        T + "/aliases/{name:str}", status_code=204, summary="Delete an alias", responses=E(404, 503)
+    )
+    async def delete_alias(
+        self,
+        tenant: FromPath[str],
+        name: FromPath[str],
+        admin: Injected[Admin],
+        store: Injected[Store],
+        swapper: Injected[Swapper],
+        directory: Injected[Directory],
+    ) -> None:
+        found = await admin.tenant(tenant)
+        async with swapper.lock(found.id, name):
+            existing = await store.get_alias(found.id, name)
+            await store.delete_alias(found.id, name)
+            swapper.forget(found.id, name)
+            directory.invalidate()
         if existing is not None and existing.target.adapter_version:
-            await gw.swapper.retire_if_unused(existing.target.adapter_version)
+            await swapper.retire_if_unused(existing.target.adapter_version)

@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
-from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, FromQuery
 
-from gateway.admin_adapters import ACTOR_HEADER
-from gateway.admin_api import admin_guard
-from gateway.canary import CanaryPromotion, CanaryReport, CanarySpec
-from gateway.runtime import Gateway
-from store import Canary
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Json
+from gateway.canary import Canaries, CanaryPromotion, CanaryReport, CanarySpec
+from gateway.evaluations import Evaluations
+from gateway.tenancy import Admin, Directory
+from store import Canary, Tenant
 from store.errors import InvalidRequest
 
-GW = NamedDependency[Gateway]
+E = apidoc.admin
+SWAP = (404, 409, 413, 422, 503)
 
 
 class Decision(msgspec.Struct, forbid_unknown_fields=True):
@@ -25,66 +26,89 @@ class Decision(msgspec.Struct, forbid_unknown_fields=True):
     force: bool = False  # skip the eval gate: needs a reason; recorded as a forced promotion
 
 
-def _actor(request: Request[object, object, State]) -> str:
-    return (request.headers.get(ACTOR_HEADER) or "admin")[:128]
+async def gated_reason(
+    evaluations: Evaluations, canaries: Canaries, found: Tenant, alias: str, data: Decision
+) -> str | None:
+    """The same gate as any promotion: a passing eval run, or force with a reason."""
+    if data.force:
+        if not (data.reason or "").strip():
+            raise InvalidRequest("a forced promotion needs a reason", param="reason")
+        return data.reason
+    version = canaries.active(found, alias).record.version
+    run = await evaluations.require_passing(found, alias, version)
+    return f"{data.reason or 'gate passed'} (eval {run.id})"
 
 
 class CanaryController(Controller):
     path = "/admin/tenants/{tenant:str}/aliases/{alias:str}/canary"
-    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        summary="Start a canary on an alias",
+        dto=Json[CanarySpec],
+        return_dto=None,
+        responses=E(*SWAP),
+    )
     async def start(
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        data: JSONBody[CanarySpec],
-        gw: GW,
-        request: Request[object, object, State],
+        data: CanarySpec,
+        admin: Injected[Admin],
+        canaries: Injected[Canaries],
+        actor: Injected[str],
     ) -> Canary:
         """Send `percent` of the alias's traffic (sticky per end-user) to `version`."""
-        found = await gw.admin.tenant(tenant)
-        return await gw.canaries.start(found, alias, data, _actor(request))
+        return await canaries.start(await admin.tenant(tenant), alias, data, actor)
 
-    @get("/")
-    async def show(self, tenant: FromPath[str], alias: FromPath[str], gw: GW) -> CanaryReport:
+    @get("/", summary="The alias's canaries, with live signals", responses=E(404))
+    async def show(
+        self,
+        tenant: FromPath[str],
+        alias: FromPath[str],
+        admin: Injected[Admin],
+        canaries: Injected[Canaries],
+    ) -> CanaryReport:
         """The active canary with both arms' live signals, and every canary of the alias."""
-        found = await gw.admin.tenant(tenant)
-        return await gw.canaries.report(found, alias)
+        return await canaries.report(await admin.tenant(tenant), alias)
 
-    @delete("/", status_code=200)
+    @delete("/", status_code=200, summary="Stop the active canary", responses=E(404, 503))
     async def stop(
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        gw: GW,
-        request: Request[object, object, State],
+        admin: Injected[Admin],
+        canaries: Injected[Canaries],
+        actor: Injected[str],
         reason: FromQuery[str | None] = None,
     ) -> Canary:
-        found = await gw.admin.tenant(tenant)
-        return await gw.canaries.stop(found, alias, _actor(request), (reason or "")[:1000] or None)
+        found = await admin.tenant(tenant)
+        return await canaries.stop(found, alias, actor, (reason or "")[:1000] or None)
 
-    @post("/promote", status_code=200)
+    @post(
+        "/promote",
+        status_code=200,
+        summary="Promote the canary's version (gated)",
+        dto=Json[Decision],
+        return_dto=None,
+        responses=E(*SWAP),
+    )
     async def promote(
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        data: JSONBody[Decision],
-        gw: GW,
-        request: Request[object, object, State],
+        admin: Injected[Admin],
+        canaries: Injected[Canaries],
+        evaluations: Injected[Evaluations],
+        directory: Injected[Directory],
+        actor: Injected[str],
+        data: Decision | None = None,
     ) -> CanaryPromotion:
-        """Swap the canary's version onto the alias (live, zero failed requests); end it.
-        The same gate as any promotion: a passing eval run, or force with a reason."""
-        found = await gw.admin.tenant(tenant)
-        reason = data.reason
-        if data.force and not (reason or "").strip():
-            raise InvalidRequest("a forced promotion needs a reason", param="reason")
-        if not data.force:
-            version = gw.canaries.active(found, alias).record.version
-            run = await gw.evaluations.require_passing(found, alias, version)
-            reason = f"{reason or 'gate passed'} (eval {run.id})"
-        promotion = await gw.canaries.promote(
-            found, alias, _actor(request), reason, forced=data.force
-        )
-        gw.directory.invalidate()
+        """Swap the canary's version onto the alias (live, zero failed requests); end it."""
+        found = await admin.tenant(tenant)
+        decision = data or Decision()
+        reason = await gated_reason(evaluations, canaries, found, alias, decision)
+        promotion = await canaries.promote(found, alias, actor, reason, forced=decision.force)
+        directory.invalidate()
         return promotion

@@ -7,15 +7,17 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, put
-from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
-from gateway.admin_api import admin_guard
-from gateway.runtime import Gateway
-from store import BudgetPeriod, LimitSet
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Json
+from gateway.limits import Limiter
+from gateway.tenancy import Admin
+from store import BudgetPeriod, LimitSet, Store
 from store.errors import NotFound
 
-GW = NamedDependency[Gateway]
+E = apidoc.admin
 Limit = Annotated[int, msgspec.Meta(ge=1, le=2**62)] | None
 
 
@@ -28,50 +30,75 @@ class LimitsBody(msgspec.Struct, forbid_unknown_fields=True):
     budget_period: BudgetPeriod = "month"
 
 
-async def _scope(gw: Gateway, tenant: str, key_id: str | None) -> tuple[str, str]:
-    """(tenant id, key id or ""): a key must belong to the tenant named in the path."""
-    found = await gw.admin.tenant(tenant)
-    if key_id is None:
-        return found.id, ""
-    key = await gw.store.get_key(key_id)
-    if key is None or key.tenant_id != found.id:
-        raise NotFound(f"tenant '{tenant}' has no API key with id '{key_id}'", param="key_id")
-    return found.id, key.id
+class LimitSets:
+    """A tenant's limits and its keys' limits, read and replaced (the limiter forgets its cache)."""
 
+    def __init__(self, admin: Admin, store: Store, limiter: Limiter):
+        self.admin = admin
+        self.store = store
+        self.limiter = limiter
 
-async def _save(gw: Gateway, tenant: str, key_id: str | None, data: LimitsBody) -> LimitSet:
-    tenant_id, key = await _scope(gw, tenant, key_id)
-    limits = LimitSet(tenant_id, key, **msgspec.structs.asdict(data), updated_at=time.time())
-    await gw.store.set_limits(limits)
-    gw.limits.invalidate()
-    return limits
+    async def scope(self, tenant: str, key_id: str | None) -> tuple[str, str]:
+        """(tenant id, key id or ""): a key must belong to the tenant named in the path."""
+        found = await self.admin.tenant(tenant)
+        if key_id is None:
+            return found.id, ""
+        key = await self.store.get_key(key_id)
+        if key is None or key.tenant_id != found.id:
+            raise NotFound(f"tenant '{tenant}' has no API key with id '{key_id}'", param="key_id")
+        return found.id, key.id
 
+    async def save(self, tenant: str, key_id: str | None, data: LimitsBody) -> LimitSet:
+        tenant_id, key = await self.scope(tenant, key_id)
+        limits = LimitSet(tenant_id, key, **msgspec.structs.asdict(data), updated_at=time.time())
+        await self.store.set_limits(limits)
+        self.limiter.invalidate()
+        return limits
 
-async def _load(gw: Gateway, tenant: str, key_id: str | None) -> LimitSet:
-    tenant_id, key = await _scope(gw, tenant, key_id)
-    return await gw.store.get_limits(tenant_id, key) or LimitSet(tenant_id, key)
+    async def load(self, tenant: str, key_id: str | None) -> LimitSet:
+        tenant_id, key = await self.scope(tenant, key_id)
+        return await self.store.get_limits(tenant_id, key) or LimitSet(tenant_id, key)
 
 
 class LimitsController(Controller):
     path = "/admin/tenants/{tenant:str}"
-    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
 
-    @put("/limits")
+    @put(
+        "/limits",
+        summary="Replace a tenant's limits",
+        dto=Json[LimitsBody],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def set_tenant_limits(
-        self, tenant: FromPath[str], data: JSONBody[LimitsBody], gw: GW
+        self, tenant: FromPath[str], data: LimitsBody, limit_sets: Injected[LimitSets]
     ) -> LimitSet:
-        return await _save(gw, tenant, None, data)
+        return await limit_sets.save(tenant, None, data)
 
-    @get("/limits")
-    async def tenant_limits(self, tenant: FromPath[str], gw: GW) -> LimitSet:
-        return await _load(gw, tenant, None)
+    @get("/limits", summary="A tenant's limits", responses=E(404))
+    async def tenant_limits(
+        self, tenant: FromPath[str], limit_sets: Injected[LimitSets]
+    ) -> LimitSet:
+        return await limit_sets.load(tenant, None)
 
-    @put("/keys/{key_id:str}/limits")
+    @put(
+        "/keys/{key_id:str}/limits",
+        summary="Replace one key's limits",
+        dto=Json[LimitsBody],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def set_key_limits(
-        self, tenant: FromPath[str], key_id: FromPath[str], data: JSONBody[LimitsBody], gw: GW
+        self,
+        tenant: FromPath[str],
+        key_id: FromPath[str],
+        data: LimitsBody,
+        limit_sets: Injected[LimitSets],
     ) -> LimitSet:
-        return await _save(gw, tenant, key_id, data)
+        return await limit_sets.save(tenant, key_id, data)
 
-    @get("/keys/{key_id:str}/limits")
-    async def key_limits(self, tenant: FromPath[str], key_id: FromPath[str], gw: GW) -> LimitSet:
-        return await _load(gw, tenant, key_id)
+    @get("/keys/{key_id:str}/limits", summary="One key's limits", responses=E(404))
+    async def key_limits(
+        self, tenant: FromPath[str], key_id: FromPath[str], limit_sets: Injected[LimitSets]
+    ) -> LimitSet:
+        return await limit_sets.load(tenant, key_id)

@@ -2,61 +2,80 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Request, get, post, put
-from litestar.datastructures import State
-from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar import Controller, get, post, put
+from litestar.params import FromPath
 
-from gateway.admin_api import admin_guard
-from gateway.completions_api import page_limit
-from gateway.finetuning_api import job_object
-from gateway.quotas import QuotasBody, TenantShares
-from gateway.runtime import Gateway
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Json
+from gateway.completions_api import PageLimit
+from gateway.finetuning import FineTuning
+from gateway.quotas import Quotas, QuotasBody, TenantShares
+from gateway.responses import Job, PageOf
+from gateway.tenancy import Admin
+from store import Store
 
-GW = NamedDependency[Gateway]
-
-
-def admin_actor(request: Request[object, object, State]) -> str:
-    """Who acts on the admin API: `admin`, or `admin:<name>` from X-Loopgate-Actor."""
-    named = (request.headers.get("x-loopgate-actor") or "").strip()[:128]
-    return f"admin:{named}" if named else "admin"
+E = apidoc.admin
 
 
 class TrainingController(Controller):
     path = "/admin/tenants/{tenant:str}"
-    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
 
-    @get("/quotas")
-    async def quotas(self, tenant: FromPath[str], gw: GW) -> TenantShares:
+    @get(
+        "/quotas",
+        summary="A tenant's fine-tuning bounds and quotas, and its usage",
+        responses=E(404),
+    )
+    async def quotas(
+        self, tenant: FromPath[str], admin: Injected[Admin], quotas: Injected[Quotas]
+    ) -> TenantShares:
         """The tenant's own bounds and quotas, those in force (defaults filled in), its usage."""
-        return await gw.quotas.shares((await gw.admin.tenant(tenant)).id)
+        return await quotas.shares((await admin.tenant(tenant)).id)
 
-    @put("/quotas")
+    @put(
+        "/quotas",
+        summary="Replace a tenant's bounds and quotas (null: the default)",
+        dto=Json[QuotasBody],
+        return_dto=None,
+        responses=E(404, 413, 503),
+    )
     async def set_quotas(
-        self, tenant: FromPath[str], data: JSONBody[QuotasBody], gw: GW
+        self,
+        tenant: FromPath[str],
+        data: QuotasBody,
+        admin: Injected[Admin],
+        quotas: Injected[Quotas],
     ) -> TenantShares:
         """Replace the tenant's own values; null (or left out) means the gateway's default."""
-        return await gw.quotas.save((await gw.admin.tenant(tenant)).id, data)
+        return await quotas.save((await admin.tenant(tenant)).id, data)
 
-    @get("/fine_tuning/jobs")
+    @get("/fine_tuning/jobs", summary="A tenant's fine-tuning jobs", responses=E(404))
     async def jobs(
-        self, tenant: FromPath[str], gw: GW, request: Request[object, object, State]
-    ) -> dict[str, object]:
-        found = await gw.admin.tenant(tenant)
-        params = request.query_params
-        jobs, more = await gw.store.list_jobs(
-            found.id, params.get("after"), page_limit(params.get("limit"))
-        )
-        return {"object": "list", "data": [job_object(j) for j in jobs], "has_more": more}
+        self,
+        tenant: FromPath[str],
+        admin: Injected[Admin],
+        store: Injected[Store],
+        after: str | None = None,
+        limit: PageLimit = 20,
+    ) -> PageOf[Job]:
+        found = await admin.tenant(tenant)
+        jobs, more = await store.list_jobs(found.id, after, limit)
+        return PageOf(data=[Job.of(j) for j in jobs], has_more=more)
 
-    @post("/fine_tuning/jobs/{job_id:str}/cancel", status_code=200)
+    @post(
+        "/fine_tuning/jobs/{job_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a tenant's job (queued or running); its events record the actor",
+        responses=E(404, 503),
+    )
     async def cancel(
         self,
         tenant: FromPath[str],
         job_id: FromPath[str],
-        gw: GW,
-        request: Request[object, object, State],
-    ) -> dict[str, object]:
+        admin: Injected[Admin],
+        finetuning: Injected[FineTuning],
+        admin_actor: Injected[str],
+    ) -> Job:
         """Cancel any of the tenant's jobs, queued or running; the job's events name the actor."""
-        found = await gw.admin.tenant(tenant)
-        return job_object(await gw.finetuning.cancel(found.id, job_id, admin_actor(request)))
+        found = await admin.tenant(tenant)
+        return Job.of(await finetuning.cancel(found.id, job_id, admin_actor))

@@ -4,81 +4,112 @@ from __future__ import annotations
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from adapters.swap import Swapper
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Raw
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.request_id import request_id
-from gateway.runtime import Gateway
-from store import Alias
+from gateway.responses import BackendReadiness, Health, ListOf, ModelCard, ModelTarget, Ready
+from gateway.responses import model_card as card
+from gateway.runtime import Lifecycle
+from gateway.serving import Serving
+from gateway.tenancy import Caller
+from replicas.pool import BackendPool
+from store import Alias, Store
 from store.errors import EngineNotReady, NotFound
-
-GW = NamedDependency[Gateway]
+from store.settings import Settings
 
 AnyRequest = Request[object, object, State]
+CHAT = {"type": "object", "required": ["id", "object", "model", "choices"]}
+COMPLETION = {"type": "object", "required": ["id", "object", "model", "choices"]}
 
 
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: AnyRequest, gw: GW) -> Response[bytes] | Stream:
-    caller = await gw.directory.authenticate(request.headers.get("authorization"))
-    return await gw.serving.complete(
-        caller, await request.body(), "chat", request_id(request.scope)
-    )
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    summary="Create a chat completion",
+    dto=Raw[ChatCompletionRequest],
+    return_dto=None,
+    responses=apidoc.tenant(*apidoc.ENGINE),
+    operation_class=apidoc.streamed(CHAT),
+)
+async def chat_completions(
+    request: AnyRequest,
+    caller: Injected[Caller],
+    serving: Injected[Serving],
+    data: bytes = b"",
+) -> Response[bytes] | Stream:
+    return await serving.complete(caller, data, "chat", request_id(request.scope))
 
 
-@post("/v1/completions", status_code=200)
-async def completions(request: AnyRequest, gw: GW) -> Response[bytes] | Stream:
-    caller = await gw.directory.authenticate(request.headers.get("authorization"))
-    body = await request.body()
-    return await gw.serving.complete(caller, body, "completion", request_id(request.scope))
+@post(
+    "/v1/completions",
+    status_code=200,
+    summary="Create a (legacy) completion",
+    dto=Raw[CompletionRequest],
+    return_dto=None,
+    responses=apidoc.tenant(*apidoc.ENGINE),
+    operation_class=apidoc.streamed(COMPLETION),
+)
+async def completions(
+    request: AnyRequest,
+    caller: Injected[Caller],
+    serving: Injected[Serving],
+    data: bytes = b"",
+) -> Response[bytes] | Stream:
+    return await serving.complete(caller, data, "completion", request_id(request.scope))
 
 
-@get("/v1/models")
-async def list_models(request: AnyRequest, gw: GW) -> dict[str, object]:
-    caller = await gw.directory.authenticate(request.headers.get("authorization"))
-    aliases = await gw.store.list_aliases(caller.tenant_id)
-    return {"object": "list", "data": [model_card(a, caller.tenant_name, gw) for a in aliases]}
+class Cards:
+    """Model cards of a tenant's aliases: the alias, what it serves now, the base it runs on."""
+
+    def __init__(self, settings: Settings, swapper: Swapper) -> None:
+        self.base = settings.base_model_name
+        self.max_len = settings.engine_max_model_len
+        self.swapper = swapper
+
+    def of(self, alias: Alias, owner: str) -> ModelCard:
+        target = self.swapper.current(alias)
+        where = ModelTarget(target.kind, target.adapter_version)
+        return card(alias, owner, self.base, where, self.max_len)
 
 
-@get("/v1/models/{model_id:str}")
-async def retrieve_model(request: AnyRequest, gw: GW, model_id: FromPath[str]) -> dict[str, object]:
-    caller = await gw.directory.authenticate(request.headers.get("authorization"))
-    alias = await gw.store.get_alias(caller.tenant_id, model_id)
+@get("/v1/models", summary="List the caller's models", responses=apidoc.tenant())
+async def list_models(
+    caller: Injected[Caller], store: Injected[Store], cards: Injected[Cards]
+) -> ListOf[ModelCard]:
+    aliases = await store.list_aliases(caller.tenant_id)
+    return ListOf(data=[cards.of(a, caller.tenant_name) for a in aliases])
+
+
+@get("/v1/models/{model_id:str}", summary="Retrieve a model", responses=apidoc.tenant(404))
+async def retrieve_model(
+    caller: Injected[Caller],
+    store: Injected[Store],
+    cards: Injected[Cards],
+    model_id: FromPath[str],
+) -> ModelCard:
+    alias = await store.get_alias(caller.tenant_id, model_id)
     if alias is None:
         raise NotFound(
             f"The model '{model_id}' does not exist", param="model", code="model_not_found"
         )
-    return model_card(alias, caller.tenant_name, gw)
+    return cards.of(alias, caller.tenant_name)
 
 
-def model_card(alias: Alias, owner: str, gw: GW) -> dict[str, object]:
-    base = gw.settings.base_model_name
-    target = gw.swapper.current(alias)
-    adapter = target.kind == "adapter"
-    return {
-        "id": alias.name,
-        "object": "model",
-        "created": int(alias.created_at),
-        "owned_by": owner,
-        "root": base,
-        "parent": base if adapter else None,
-        "max_model_len": gw.settings.engine_max_model_len,
-        "metadata": {"target": target.kind, "adapter_version": target.adapter_version},
-    }
+@get("/health", summary="Liveness")
+async def health() -> Health:
+    return Health()
 
 
-@get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@get("/ready")
-async def ready(gw: GW) -> dict[str, object]:
-    if gw.draining:
+@get("/ready", summary="Readiness: an engine replica can serve", responses=apidoc.errors(503))
+async def ready(lifecycle: Injected[Lifecycle], pool: Injected[BackendPool]) -> Ready:
+    if lifecycle.draining:
         raise EngineNotReady("the gateway is shutting down")
-    if not gw.pool.any_ready:
+    if not pool.any_ready:
         raise EngineNotReady("the inference engine is not ready yet")
-    return {
-        "status": "ready",
-        "backends": [{"name": b.name, "ready": b.ready} for b in gw.pool.backends],
-    }
+    return Ready(backends=[BackendReadiness(b.name, b.ready) for b in pool.backends])

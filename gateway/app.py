@@ -1,26 +1,123 @@
-"""The app factory: `create_app(settings)` wires the routes to one `Gateway` and its lifespan."""
+"""The app factory: `create_app(settings)` builds the services once, injects each by name
+(Litestar `Provide`), guards the tenant and admin routes, and starts and stops them all."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from gateway import api, completions_api, finetuning_api, metrics, openapi
+from gateway import api, apidoc, completions_api, finetuning_api, metrics
+from gateway.access import (
+    admin_guard,
+    provide_actor,
+    provide_admin_actor,
+    provide_caller,
+    tenant_guard,
+)
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
 from gateway.admin_evals import EvalController, LoopController
-from gateway.admin_limits import LimitsController
+from gateway.admin_limits import LimitsController, LimitSets
 from gateway.admin_training import TrainingController
 from gateway.request_id import add_request_id, request_context
 from gateway.runtime import Gateway
 from store.errors import EXCEPTION_HANDLERS
 from store.settings import Settings
+
+
+def _constant(value: object) -> Callable[[], object]:
+    return lambda: value
+
+
+def services(gateway: Gateway) -> dict[str, Provide]:
+    """Every long-lived service under its own name; a handler names those it uses."""
+    g = gateway
+    named: dict[str, object] = {
+        "settings": g.settings,
+        "store": g.store,
+        "directory": g.directory,
+        "admin": g.admin,
+        "serving": g.serving,
+        "pool": g.pool,
+        "adapters": g.adapters,
+        "registry": g.registry,
+        "swapper": g.swapper,
+        "canaries": g.canaries,
+        "evaluations": g.evaluations,
+        "loops": g.loops,
+        "finetuning": g.finetuning,
+        "quotas": g.quotas,
+        "files": g.files,
+        "erasure": g.erasure,
+        "metrics": g.metrics,
+        "capture": g.capture,
+        "lifecycle": g.lifecycle,
+        "cards": api.Cards(g.settings, g.swapper),
+        "limit_sets": LimitSets(g.admin, g.store, g.limits),
+    }
+    provided = {
+        name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
+        for name, value in named.items()
+    }
+    provided["caller"] = Provide(provide_caller, sync_to_thread=False)
+    provided["actor"] = Provide(provide_actor, sync_to_thread=False)
+    provided["admin_actor"] = Provide(provide_admin_actor, sync_to_thread=False)
+    return provided
+
+
+def tenant_routes(gateway: Gateway) -> Router:
+    return Router(
+        "/",
+        route_handlers=[
+            api.chat_completions,
+            api.completions,
+            api.list_models,
+            api.retrieve_model,
+            *completions_api.ROUTES,
+            *finetuning_api.routes(gateway.settings),
+        ],
+        guards=[tenant_guard(gateway.directory)],
+        security=apidoc.TENANT_KEY,
+        tags=["tenant"],
+    )
+
+
+def admin_routes(gateway: Gateway) -> Router:
+    return Router(
+        "/",
+        route_handlers=[
+            AdminController,
+            AdapterController,
+            CanaryController,
+            EvalController,
+            LoopController,
+            LimitsController,
+            TrainingController,
+            backends,
+        ],
+        guards=[admin_guard(gateway.check_admin)],
+        security=apidoc.ADMIN_KEY,
+        tags=["admin"],
+    )
+
+
+def public_routes(settings: Settings) -> Router:
+    return Router(
+        "/",
+        route_handlers=[
+            api.health,
+            api.ready,
+            *([metrics.route(settings)] if settings.metrics_enabled else []),
+            *([apidoc.document_route()] if settings.openapi_enabled else []),
+        ],
+        tags=["public"],
+    )
 
 
 def create_app(
@@ -37,34 +134,16 @@ def create_app(
             await gateway.stop()
 
     return Litestar(
-        route_handlers=[
-            api.chat_completions,
-            api.completions,
-            api.list_models,
-            api.retrieve_model,
-            api.health,
-            api.ready,
-            *completions_api.ROUTES,
-            *finetuning_api.routes(settings),
-            AdminController,
-            AdapterController,
-            CanaryController,
-            EvalController,
-            LoopController,
-            LimitsController,
-            TrainingController,
-            backends,
-            *([metrics.route(settings)] if settings.metrics_enabled else []),
-            *([openapi.route(settings)] if settings.openapi_enabled else []),
-        ],
-        dependencies={"gw": Provide(lambda: gateway, sync_to_thread=False, use_cache=True)},
+        route_handlers=[tenant_routes(gateway), admin_routes(gateway), public_routes(settings)],
+        dependencies=services(gateway),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         before_send=[add_request_id],
         middleware=[request_context],
-        state=State({"gateway": gateway}),
+        state=State({"gateway": gateway}),  # for tests and tools that look inside
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=None,  # gateway.openapi serves the document (handlers read raw bodies)
+        openapi_config=apidoc.openapi_config() if settings.openapi_enabled else None,
+        plugins=[apidoc.RefusedFields()],
         logging_config=None,  # the entry point configures logging (gateway.logs), not Litestar
         debug=False,
     )

@@ -170,7 +170,7 @@ def _check_port_free(settings: Settings) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from replicas.base_model import resolve_model
+    from replicas.base_model import prepare_in_child
 
     _check_port_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             admin_key=secret_file(settings.data_dir / "admin_key", "lg-admin-")
         )
     print(f"loopgate: data in {settings.data_dir}; preparing the base model...", flush=True)
-    resolve_model(settings)
+    prepare_in_child(settings)  # in a child: the serving process never imports torch
     demo_key = None if args.no_demo else asyncio.run(_ensure_demo(settings))
     asyncio.run(_serve(settings, banner=lambda: _banner(settings, demo_key)))
     return 0

@@ -6,28 +6,38 @@ like one that does not exist, so existence is never leaked.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, Parameter
 
+from gateway import apidoc
+from gateway.access import Injected
+from gateway.bodies import Json
 from gateway.protocol import Metadata
-from gateway.runtime import Gateway
+from gateway.responses import (
+    CompletionDeleted,
+    CursorPageOf,
+    ListOf,
+    StoredCompletion,
+    StoredMessage,
+    stored_messages,
+)
 from gateway.tenancy import Caller
-from store import Completion, CompletionQuery, Feedback
+from store import Completion, CompletionQuery, Feedback, Store
 from store.errors import InvalidRequest, NotFound
 from store.privacy import redact
 
-GW = NamedDependency[Gateway]
 AnyRequest = Request[object, object, State]
 Text = Annotated[str, msgspec.Meta(max_length=32_768)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+PageLimit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100)")]
+Order = Literal["asc", "desc"]
+CID = "/v1/chat/completions/{completion_id:str}"
 
 
 class UpdateCompletion(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,207 +53,168 @@ class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
     tags: Annotated[list[Tag], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
     user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
+    def feedback(self, caller: Caller, completion_id: str) -> Feedback:
+        """The record: free text redacted when the tenant asks for it; its author named."""
+        if self.rating is None and self.score is None and not self._has_text():
+            raise InvalidRequest(
+                "feedback needs at least one of rating, score, correction, comment"
+            )
 
-T = TypeVar("T")
+        def clean(text: str | None) -> str | None:
+            return redact(text).text if text is not None and caller.redact_pii else text
+
+        return Feedback(
+            id="fb_" + secrets.token_hex(12),
+            completion_id=completion_id,
+            tenant_id=caller.tenant_id,
+            rating=self.rating,
+            score=self.score,
+            correction=clean(self.correction),
+            comment=clean(self.comment),
+            tags=tuple(self.tags),
+            author=f"user:{self.user}" if self.user else f"key:{caller.key_id}",
+            created_at=time.time(),
+            key_id=caller.key_id,  # a correction's author is the key that sent it
+            end_user=self.user or None,
+        )
+
+    def _has_text(self) -> bool:
+        return self.correction is not None or self.comment is not None
 
 
-def decode_body(raw: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"invalid request: {exc}") from None
-
-
-async def _caller(request: AnyRequest, gw: Gateway) -> Caller:
-    return await gw.directory.authenticate(request.headers.get("authorization"))
-
-
-async def _owned(gw: Gateway, caller: Caller, completion_id: str) -> Completion:
-    found = await gw.store.get_completion(caller.tenant_id, completion_id)
+async def owned(store: Store, caller: Caller, completion_id: str) -> Completion:
+    found = await store.get_completion(caller.tenant_id, completion_id)
     if found is None or not found.stored or found.kind != "chat":
         raise NotFound(f"No chat completion found with id '{completion_id}'", param="completion_id")
     return found
 
 
-def completion_object(c: Completion) -> dict[str, object]:
-    usage = None
-    if c.prompt_tokens is not None and c.completion_tokens is not None:
-        usage = {
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens,
-        }
-    return {
-        "id": c.id,
-        "object": "chat.completion",
-        "created": int(c.created_at),
-        "model": c.alias,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": c.response},
-                "finish_reason": c.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage,
-        "metadata": c.metadata,
-        "request_id": c.request_id,
-        "loopgate": {
-            "status": c.status,
-            "adapter_version": c.adapter_version,
-            "latency_ms": c.latency_ms,
-            "ttft_ms": c.ttft_ms,
-            "end_user": c.end_user,
-            "do_not_train": c.do_not_train,
-        },
-    }
+def page(items: list[StoredCompletion], has_more: bool) -> CursorPageOf[StoredCompletion]:
+    first, last = (items[0].id, items[-1].id) if items else (None, None)
+    return CursorPageOf(data=items, has_more=has_more, first_id=first, last_id=last)
 
 
-def _page(items: list[dict[str, object]], has_more: bool) -> dict[str, object]:
-    return {
-        "object": "list",
-        "data": items,
-        "has_more": has_more,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-    }
+def message_page(
+    items: list[StoredMessage], after: str | None, limit: int, order: Order
+) -> CursorPageOf[StoredMessage]:
+    if order == "desc":
+        items.reverse()
+    if after:
+        ids = [m.id for m in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    shown = items[:limit]
+    first, last = (shown[0].id, shown[-1].id) if shown else (None, None)
+    return CursorPageOf(data=shown, has_more=len(items) > limit, first_id=first, last_id=last)
 
 
-def _query(request: AnyRequest, caller: Caller) -> CompletionQuery:
+def metadata_filter(request: AnyRequest) -> dict[str, str]:
+    """`metadata[key]=value` query parameters (OpenAI's filter on stored completions)."""
     params = request.query_params
-    metadata = {
+    return {
         k[len("metadata[") : -1]: v
         for k, v in params.items()
         if k.startswith("metadata[") and k.endswith("]")
     }
-    order = _order(params.get("order"))
-    return CompletionQuery(
-        caller.tenant_id,
-        params.get("model"),
-        metadata,
-        params.get("after"),
-        page_limit(params.get("limit")),
-        order,
-    )
 
 
-def page_limit(raw: str | None) -> int:
-    try:
-        limit = 20 if raw is None else int(raw)  # `?limit=` is no number either
-    except ValueError:
-        raise InvalidRequest("limit must be an integer", param="limit") from None
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("limit must be between 1 and 100", param="limit")
-    return limit
+@get("/v1/chat/completions", summary="List stored chat completions", responses=apidoc.tenant())
+async def list_completions(
+    request: AnyRequest,
+    caller: Injected[Caller],
+    store: Injected[Store],
+    model: str | None = None,
+    after: str | None = None,
+    limit: PageLimit = 20,
+    order: Order = "asc",
+) -> CursorPageOf[StoredCompletion]:
+    query = CompletionQuery(caller.tenant_id, model, metadata_filter(request), after, limit, order)
+    rows, has_more = await store.list_completions(query)
+    return page([StoredCompletion.of(c) for c in rows if c.kind == "chat"], has_more)
 
 
-def _order(raw: str | None) -> Literal["asc", "desc"]:
-    if raw in (None, "asc"):
-        return "asc"
-    if raw == "desc":
-        return "desc"
-    raise InvalidRequest("order must be 'asc' or 'desc'", param="order")
-
-
-@get("/v1/chat/completions")
-async def list_completions(request: AnyRequest, gw: GW) -> dict[str, object]:
-    caller = await _caller(request, gw)
-    rows, has_more = await gw.store.list_completions(_query(request, caller))
-    return _page([completion_object(c) for c in rows if c.kind == "chat"], has_more)
-
-
-@get("/v1/chat/completions/{completion_id:str}")
+@get(CID, summary="Get a stored chat completion", responses=apidoc.tenant(404))
 async def get_completion(
-    request: AnyRequest, gw: GW, completion_id: FromPath[str]
-) -> dict[str, object]:
-    return completion_object(await _owned(gw, await _caller(request, gw), completion_id))
+    caller: Injected[Caller], store: Injected[Store], completion_id: FromPath[str]
+) -> StoredCompletion:
+    return StoredCompletion.of(await owned(store, caller, completion_id))
 
 
-@get("/v1/chat/completions/{completion_id:str}/messages")
+@get(CID + "/messages", summary="The messages of a stored completion", responses=apidoc.tenant(404))
 async def get_messages(
-    request: AnyRequest, gw: GW, completion_id: FromPath[str]
-) -> dict[str, object]:
-    found = await _owned(gw, await _caller(request, gw), completion_id)
-    messages = json.loads(found.request or "{}").get("messages", [])
-    items: list[dict[str, object]] = [
-        {"id": f"{found.id}-{i}", **m} for i, m in enumerate(messages)
-    ]
-    params = request.query_params
-    limit = page_limit(params.get("limit"))
-    if _order(params.get("order")) == "desc":
-        items.reverse()
-    if after := params.get("after"):
-        ids = [m["id"] for m in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
-    return _page(items[:limit], len(items) > limit)
+    caller: Injected[Caller],
+    store: Injected[Store],
+    completion_id: FromPath[str],
+    after: str | None = None,
+    limit: PageLimit = 20,
+    order: Order = "asc",
+) -> CursorPageOf[StoredMessage]:
+    found = await owned(store, caller, completion_id)
+    return message_page(stored_messages(found), after, limit, order)
 
 
-@post("/v1/chat/completions/{completion_id:str}", status_code=200)
+@post(
+    CID,
+    status_code=200,
+    summary="Update a stored completion's metadata",
+    dto=Json[UpdateCompletion],
+    return_dto=None,
+    responses=apidoc.tenant(404, 413, *apidoc.WRITE),
+)
 async def update_completion(
-    request: AnyRequest, gw: GW, completion_id: FromPath[str]
-) -> dict[str, object]:
-    caller = await _caller(request, gw)
-    await _owned(gw, caller, completion_id)
-    data = decode_body(await request.body(), UpdateCompletion)
-    updated = await gw.store.update_completion(
-        caller.tenant_id, completion_id, metadata=data.metadata, do_not_train=data.do_not_train
+    caller: Injected[Caller],
+    store: Injected[Store],
+    completion_id: FromPath[str],
+    data: UpdateCompletion | None = None,
+) -> StoredCompletion:
+    await owned(store, caller, completion_id)
+    change = data or UpdateCompletion()
+    updated = await store.update_completion(
+        caller.tenant_id, completion_id, metadata=change.metadata, do_not_train=change.do_not_train
     )
     assert updated is not None
-    return completion_object(updated)
+    return StoredCompletion.of(updated)
 
 
-@delete("/v1/chat/completions/{completion_id:str}", status_code=200)
+@delete(
+    CID,
+    status_code=200,
+    summary="Delete a stored chat completion",
+    responses=apidoc.tenant(404, *apidoc.WRITE),
+)
 async def delete_completion(
-    request: AnyRequest, gw: GW, completion_id: FromPath[str]
-) -> dict[str, object]:
-    caller = await _caller(request, gw)
-    await _owned(gw, caller, completion_id)
-    await gw.store.delete_completion(caller.tenant_id, completion_id)
-    return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
+    caller: Injected[Caller], store: Injected[Store], completion_id: FromPath[str]
+) -> CompletionDeleted:
+    await owned(store, caller, completion_id)
+    await store.delete_completion(caller.tenant_id, completion_id)
+    return CompletionDeleted(id=completion_id)
 
 
-@post("/v1/chat/completions/{completion_id:str}/feedback", status_code=201)
-async def add_feedback(request: AnyRequest, gw: GW, completion_id: FromPath[str]) -> Feedback:
-    caller = await _caller(request, gw)
-    await _owned(gw, caller, completion_id)
-    data = decode_body(await request.body(), FeedbackIn)
-    if (
-        data.rating is None
-        and data.score is None
-        and data.correction is None
-        and data.comment is None
-    ):
-        raise InvalidRequest("feedback needs at least one of rating, score, correction, comment")
-
-    def clean(text: str | None) -> str | None:
-        return redact(text).text if text is not None and caller.redact_pii else text
-
-    feedback = Feedback(
-        id="fb_" + secrets.token_hex(12),
-        completion_id=completion_id,
-        tenant_id=caller.tenant_id,
-        rating=data.rating,
-        score=data.score,
-        correction=clean(data.correction),
-        comment=clean(data.comment),
-        tags=tuple(data.tags),
-        author=f"user:{data.user}" if data.user else f"key:{caller.key_id}",
-        created_at=time.time(),
-        key_id=caller.key_id,  # a correction's author is the key that sent it (training.dataset)
-        end_user=data.user or None,
-    )
-    await gw.store.add_feedback(feedback)
+@post(
+    CID + "/feedback",
+    status_code=201,
+    summary="Add feedback on a stored completion",
+    dto=Json[FeedbackIn],
+    return_dto=None,
+    responses=apidoc.tenant(404, 413, *apidoc.WRITE),
+)
+async def add_feedback(
+    caller: Injected[Caller],
+    store: Injected[Store],
+    completion_id: FromPath[str],
+    data: FeedbackIn | None = None,
+) -> Feedback:
+    await owned(store, caller, completion_id)
+    feedback = (data or FeedbackIn()).feedback(caller, completion_id)
+    await store.add_feedback(feedback)
     return feedback
 
 
-@get("/v1/chat/completions/{completion_id:str}/feedback")
+@get(CID + "/feedback", summary="List a completion's feedback", responses=apidoc.tenant(404))
 async def list_feedback(
-    request: AnyRequest, gw: GW, completion_id: FromPath[str]
-) -> dict[str, object]:
-    caller = await _caller(request, gw)
-    await _owned(gw, caller, completion_id)
-    return {"object": "list", "data": await gw.store.list_feedback(caller.tenant_id, completion_id)}
+    caller: Injected[Caller], store: Injected[Store], completion_id: FromPath[str]
+) -> ListOf[Feedback]:
+    await owned(store, caller, completion_id)
+    return ListOf(data=list(await store.list_feedback(caller.tenant_id, completion_id)))
 
 
 ROUTES = [

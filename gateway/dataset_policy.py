@@ -17,9 +17,18 @@ from typing import Annotated
 import msgspec
 
 from store.errors import InvalidRequest
-from training.dataset import DatasetStats
+from training.build_records import DatasetOverride, DatasetReport
 from training.dataset_config import DatasetConfig
-from training.poisoning import Flag, Review
+
+__all__ = [  # the override and the report are records the worker writes (training.build_records)
+    "TENANT_MAX_SHARE",
+    "AdminDataset",
+    "BuildDataset",
+    "DatasetOverride",
+    "DatasetReport",
+    "admin_config",
+    "tenant_config",
+]
 
 TENANT_MAX_SHARE = 0.5
 Share = Annotated[float, msgspec.Meta(gt=0, le=1)]
@@ -44,24 +53,6 @@ class AdminDataset(BuildDataset):
     allow_flagged: bool = False
     keep_flagged: bool = False
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
-
-
-class DatasetOverride(msgspec.Struct, frozen=True):
-    """An admin's override of the poisoning guards, as recorded."""
-
-    actor: str
-    at: float
-    reason: str
-    overrides: list[str]  # e.g. ["allow_flagged", "max_author_share=0.8"]
-
-
-class DatasetReport(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What a dataset's `report` holds (its record's `stats` column)."""
-
-    stats: DatasetStats
-    flags: list[Flag]
-    review: Review
-    override: DatasetOverride | None = None
 
 
 def tenant_config(req: BuildDataset) -> DatasetConfig:

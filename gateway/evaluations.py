@@ -1,25 +1,28 @@
-"""Eval runs on the gateway side: candidate, live version and base answer the same cases on vLLM.
+"""Eval runs on the gateway side: starting one (a queued row), the engine answers its worker asks
+for, and the gate on promotion.
 
 A run evaluates a tenant's candidate adapter for an alias against what the alias serves now
 (live) and the base, on the held-out split of the candidate's dataset (the tenant suite, graded
-with the tenant's checks) and the shipped guard suite; stores every answer and score, writes a
-Markdown/HTML/PNG report, and records the gate's verdict. Promotion requires a passing run.
-
-Each held-out case's source completion is recorded with the run (`CaseSource`): erasing that
-completion replaces the case's answers by "[erased]" and deletes the run's report files, also
-when the erase lands while the run is still going (gateway.erasure).
+with the tenant's checks) or an uploaded suite, and the shipped guard suite. Starting one checks
+what is cheap to check here (the versions, the alias, the quota, the suite's lines) and queues
+it; an evals worker (evals.worker) claims it and does the rest: every answer, through
+`answer` below (the gateway owns adapter placement and the tenant's cache salt), the grading,
+the statistics, the report and the gate's verdict. Promotion requires a passing run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -29,71 +32,28 @@ import msgspec
 from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
-from evals.gate import GatePolicy
-from evals.graders import Check
-from evals.report import write_report
-from evals.runner import Answer, Generate, answer_all, compare
-from evals.suite import (
-    DEFAULT_TENANT_CHECKS,
-    GUARD_SUITE,
-    Suite,
-    SuiteError,
-    from_conversations,
-    load_guard_suite,
-    parse_jsonl,
-)
+from evals.policy import PolicyIn
+from evals.spec import AnswerReply, AnswerRequest, RunSpec
+from evals.suite import DEFAULT_TENANT_CHECKS, SuiteError, parse_jsonl
 from gateway.cache_salt import CacheSalts
 from gateway.quotas import Quotas, refusal
+from replicas.child_env import child_env
 from replicas.pool import Backend
-from store import (
-    AdapterVersion,
-    CaseSource,
-    EvalResult,
-    EvalRun,
-    Store,
-    Tenant,
-    Usage,
-    erasure_sql,
+from store import AdapterVersion, EvalRun, Store, Tenant, Usage, erasure_sql
+from store.errors import (
+    Conflict,
+    EngineNotReady,
+    InvalidRequest,
+    NotFound,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
-from store.errors import Conflict, InvalidRequest, NotFound
-from training.chat import Conversation
-from training.dataset import read_split
-from training.snapshot_erasure import split_sources
+from store.settings import Settings, to_env
 
+__all__ = ["EvalsWorkerProcess", "Evaluations", "PolicyIn", "StartEval"]
 log = logging.getLogger("loopgate.evals")
-# The held-out split's suite; an erase blanks older runs' answers by this name.
 TENANT_SUITE = erasure_sql.TENANT_SUITE
 AN_EVAL_RUN = Usage(eval_runs_last_day=1)
-Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-
-
-class PolicyIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A tenant's promotion gate and how its held-out split is graded."""
-
-    min_improvement: Fraction = 0.05
-    max_guard_regression: Fraction = 0.02
-    max_latency_increase: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
-    confidence: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.95
-    tenant_checks: list[Check] = msgspec.field(default_factory=list)
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 96
-
-    def gate(self) -> GatePolicy:
-        return GatePolicy(
-            self.min_improvement,
-            self.max_guard_regression,
-            self.max_latency_increase,
-            self.confidence,
-        )
-
-
-@dataclass(frozen=True)
-class TenantSuite:
-    """The tenant suite of a run; from a candidate's held-out split, with the completion each
-    case came from (what an erasure of that completion blanks)."""
-
-    suite: Suite
-    dataset_id: str | None = None
-    sources: list[CaseSource] = field(default_factory=list)
 
 
 class StartEval(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,7 +85,6 @@ class Evaluations:
         self.base_engine_name = base_engine_name
         self.reports_root = reports_root
         self.salts = salts or CacheSalts(secrets.token_urlsafe(32))
-        self.tasks: dict[str, asyncio.Task[None]] = {}
 
     async def policy(self, tenant_id: str) -> PolicyIn:
         raw = await self.store.get_gate_policy(tenant_id)
@@ -139,7 +98,7 @@ class Evaluations:
         await self.store.set_gate_policy(tenant_id, msgspec.json.encode(policy).decode())
         return policy
 
-    # -- starting a run -------------------------------------------------------------------
+    # -- starting a run: a queued row ---------------------------------------------------------
 
     async def start(self, tenant: Tenant, req: StartEval, actor: str) -> EvalRun:
         candidate = await self.registry.get(tenant, req.candidate)
@@ -151,38 +110,36 @@ class Evaluations:
             raise Conflict(f"alias '{req.alias}' already serves {candidate.id}")
         quotas = (await self.quotas.check(tenant.id, AN_EVAL_RUN)).quotas  # max per day
         policy = await self.policy(tenant.id)
-        tenant_suite = await self._tenant_suite(tenant, candidate, req, policy)
-        suites = [tenant_suite.suite, load_guard_suite()]
+        dataset_id = await self._suite_source(tenant, candidate, req, policy)
         run = EvalRun(
             id="ev-" + secrets.token_hex(8),
             tenant_id=tenant.id,
             alias=req.alias,
             candidate=candidate.id,
             live=live,
-            status="running",
+            status="queued",
             created_by=actor,
             created_at=time.time(),
-            suite_dataset_id=tenant_suite.dataset_id,
+            suite_dataset_id=dataset_id,
+            spec=msgspec.json.encode(RunSpec(policy, req.suite_jsonl)).decode(),
         )
-        over = await self.store.add_eval_run(run, quotas.limits(), sources=tenant_suite.sources)
+        over = await self.store.add_eval_run(run, quotas.limits())
         if over is not None:  # another run took the room since the first check
             raise refusal(quotas, over)
-        task = asyncio.create_task(self._run(run, candidate, suites, policy))
-        self.tasks[run.id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(run.id, None))
         return run
 
-    async def _tenant_suite(
+    async def _suite_source(
         self, tenant: Tenant, candidate: AdapterVersion, req: StartEval, policy: PolicyIn
-    ) -> TenantSuite:
-        checks = policy.tenant_checks or list(DEFAULT_TENANT_CHECKS)
+    ) -> str | None:
+        """The dataset whose held-out split is the tenant suite (None: the uploaded suite,
+        whose lines are checked here; the worker reads the split)."""
         if req.suite_jsonl is not None:
+            checks = policy.tenant_checks or list(DEFAULT_TENANT_CHECKS)
             try:
-                return TenantSuite(
-                    parse_jsonl(req.suite_jsonl, TENANT_SUITE, default_checks=checks)
-                )
+                parse_jsonl(req.suite_jsonl, TENANT_SUITE, default_checks=checks)
             except SuiteError as exc:
                 raise InvalidRequest(str(exc), param="suite_jsonl") from None
+            return None
         dataset = (
             await self.store.get_dataset(tenant.id, candidate.dataset_id)
             if candidate.dataset_id
@@ -194,107 +151,66 @@ class Evaluations:
                 f"{candidate.id} has {why}, so no held-out split: send 'suite_jsonl'",
                 param="suite_jsonl",
             )
-        folder = Path(dataset.path)
-        held_out = await asyncio.to_thread(read_split, folder, "eval")
-        if not held_out:
+        if dataset.eval_count == 0:
             raise InvalidRequest(f"dataset {dataset.id} has an empty eval split", param="candidate")
-        suite = from_conversations(TENANT_SUITE, held_out, checks)
-        lineage = await asyncio.to_thread(split_sources, folder, "eval")
-        sources = [
-            CaseSource(TENANT_SUITE, case.id, completion)
-            for case, completion in zip(suite.cases, lineage, strict=False)
-            if completion is not None
-        ]
-        return TenantSuite(suite, dataset.id, sources)
+        return dataset.id
 
-    # -- the run itself ---------------------------------------------------------------------
+    # -- the answers a running run's worker asks for ------------------------------------------
 
-    async def _run(
-        self, run: EvalRun, candidate: AdapterVersion, suites: list[Suite], policy: PolicyIn
-    ) -> None:
-        try:
-            tenant = await self.store.get_tenant(run.tenant_id)
-            assert tenant is not None
-            live = await self.registry.get(tenant, run.live) if run.live else None
-            salt = self.salts.of(tenant.id)  # the tenant's prefix-cache salt, as for its traffic
-            async with (
-                self._generator(candidate, policy, salt) as cand,
-                self._generator(live, policy, salt) as cur,
-            ):
-                base = self._generate(self._ready(), self.base_engine_name, policy, salt)
-                systems = {"candidate": cand, "base": base}
-                if live is not None:
-                    systems["live"] = cur
-                answers = await answer_all(suites, systems)
-            if live is None:  # the alias served the base: live and base are the same answers
-                answers += [
-                    Answer(a.suite, a.case_id, "live", a.result, a.latency_ms)
-                    for a in answers
-                    if a.system == "base"
-                ]
-            await self.store.add_eval_results([_result(run.id, a) for a in answers])
-            title = f"{candidate.id} for alias '{run.alias}' (live: {run.live or 'base'})"
-            report = compare(answers, suites, TENANT_SUITE, GUARD_SUITE, policy.gate(), title)
-            folder = self.reports_root / run.tenant_id / run.id
-            await asyncio.to_thread(write_report, report, folder)
-            summary = {
-                s.name: {
-                    "means": {k: v.mean for k, v in s.systems.items()},
-                    "vs_live": asdict(s.vs_live) if s.vs_live else None,
-                    "vs_base": asdict(s.vs_base) if s.vs_base else None,
-                }
-                for s in report.suites
+    async def answer(self, tenant: Tenant, run_id: str, req: AnswerRequest) -> AnswerReply:
+        """One greedy answer by the run's candidate, live version or base, with the tenant's
+        cache salt, as for its traffic."""
+        run = await self.store.get_eval_run(tenant.id, run_id)
+        if run is None:
+            raise NotFound(f"no eval run '{run_id}' for this tenant", param="run_id")
+        if run.status != "running":
+            raise Conflict(f"eval run {run_id} is {run.status}, not running")
+        version_id = {"candidate": run.candidate, "live": run.live, "base": None}[req.system]
+        version = await self.registry.get(tenant, version_id) if version_id else None
+        async with self._engine(version) as (backend, model):
+            body = {
+                "model": model,
+                "messages": list(req.messages),
+                "temperature": 0.0,
+                "max_tokens": req.max_tokens,
+                "seed": 0,
+                "cache_salt": self.salts.of(tenant.id),
             }
-            summary["latency_ms"] = {k: asdict(v) for k, v in report.latency.items()}
-            await self.store.finish_eval_run(
-                run.id,
-                "done",
-                promote=report.decision.promote,
-                decision=json.dumps(asdict(report.decision)),
-                summary=json.dumps(summary),
-                report_dir=str(folder),
-            )
-            log.info("eval %s: promote=%s", run.id, report.decision.promote)
-        except Exception as exc:
-            log.exception("eval %s failed", run.id)
-            await self.store.finish_eval_run(run.id, "failed", error=f"the eval run failed: {exc}")
+            started = time.perf_counter()
+            content = await self._complete(backend, body)
+        return AnswerReply(content, (time.perf_counter() - started) * 1000)
+
+    @contextlib.asynccontextmanager
+    async def _engine(self, version: AdapterVersion | None) -> AsyncIterator[tuple[Backend, str]]:
+        if version is None:
+            yield self._ready(), self.base_engine_name
+            return
+        lease = await self.adapters.lease(version)
+        try:
+            yield lease.backend, lease.engine_name
+        finally:
+            lease.release()
 
     def _ready(self) -> Backend:
         for backend in self.adapters.pool.backends:
             if backend.ready:
                 return backend
-        raise RuntimeError("no replica is ready")
+        raise EngineNotReady("the inference engine is not ready yet; retry shortly")
 
-    @asynccontextmanager
-    async def _generator(
-        self, version: AdapterVersion | None, policy: PolicyIn, salt: str
-    ) -> AsyncIterator[Generate]:
-        if version is None:
-            yield self._generate(self._ready(), self.base_engine_name, policy, salt)
-            return
-        lease = await self.adapters.lease(version)
+    async def _complete(self, backend: Backend, body: dict[str, object]) -> str:
+        url = backend.url + "/v1/chat/completions"
         try:
-            yield self._generate(lease.backend, lease.engine_name, policy, salt)
-        finally:
-            lease.release()
-
-    def _generate(self, backend: Backend, model: str, policy: PolicyIn, salt: str) -> Generate:
-        async def generate(messages: Conversation) -> str:
-            body = {
-                "model": model,
-                "messages": list(messages),
-                "temperature": 0.0,
-                "max_tokens": policy.max_tokens,
-                "seed": 0,
-                "cache_salt": salt,
-            }
-            resp = await self.client.post(
-                backend.url + "/v1/chat/completions", json=body, headers=backend.headers
-            )
-            resp.raise_for_status()
+            resp = await self.client.post(url, json=body, headers=backend.headers)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("the engine did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"the engine is unreachable: {exc!r}") from None
+        if resp.status_code != 200:
+            raise UpstreamUnavailable(f"the engine answered {resp.status_code}: {resp.text[:200]}")
+        try:
             return str(resp.json()["choices"][0]["message"]["content"] or "")
-
-        return generate
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UpstreamUnavailable("the engine's answer was not a chat completion") from None
 
     # -- the gate on promotion ----------------------------------------------------------------
 
@@ -321,14 +237,43 @@ class Evaluations:
         )
 
 
-def _result(run_id: str, a: Answer) -> EvalResult:
-    return EvalResult(
-        run_id,
-        a.suite,
-        a.case_id,
-        a.system,
-        a.result.score,
-        a.result.passed,
-        a.latency_ms,
-        a.result.answer,
+# Secrets the evals worker has no use for: it never serves nor talks to the engine itself. The
+# admin key it keeps: it asks the gateway's admin API for answers and loop steps.
+EVALS_WORKER_OMITS = ("engine_api_key", "cache_salt_secret", "metrics_key")
+
+
+def evals_worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The embedded evals worker's environment (replicas.child_env), with its settings."""
+    return child_env(
+        environ,
+        **to_env(settings, omit=EVALS_WORKER_OMITS),
+        LOOPGATE_WORKER_PARENT=str(os.getpid()),
     )
+
+
+class EvalsWorkerProcess:
+    """The embedded evals worker: a child process with the gateway's settings."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = evals_worker_env(self.settings, os.environ)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "evals.worker"], env=env, start_new_session=True
+        )
+        log.info("evals worker started (pid %d)", self.proc.pid)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout_s)
+        except TimeoutError:
+            log.warning("evals worker did not stop in %.0f s; killing it", timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.to_thread(proc.wait)

@@ -1,5 +1,9 @@
 """Fine-tuning on the gateway side: dataset snapshots, jobs, and registration.
 
+A dataset is built by a training worker (`training.dataset_builds`), never in this process: a
+request that needs one (`POST /v1/datasets`, a job naming a file, the loop) queues a build in the
+store and waits for its outcome, at most `LOOPGATE_DATASET_BUILD_TIMEOUT_S`.
+
 Uploaded files are `gateway.files`; each tenant's bounds on a job and quotas on snapshots and
 jobs are `gateway.quotas`, checked here as a job or snapshot is created.
 
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +37,6 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,13 +50,13 @@ from adapters.validation import validate_folder
 from gateway.dataset_policy import BuildDataset, DatasetOverride, DatasetReport, tenant_config
 from gateway.quotas import Quotas, bounded, check_examples, refusal
 from gateway.tenancy import Caller
-from replicas.base_model import ModelError, resolve_model
 from replicas.child_env import child_env
 from replicas.pool import BackendPool
 from store import (
     AdapterVersion,
     AliasTarget,
     Dataset,
+    DatasetBuild,
     FileObject,
     FineTuningJob,
     JobChanges,
@@ -62,25 +64,23 @@ from store import (
     Tenant,
     Usage,
 )
-from store.errors import InvalidRequest, NotFound, Unprocessable
-from store.settings import Settings, to_env
-from training.chat import Conversation
-from training.dataset import (
-    Snapshot,
-    completion_ids,
-    from_conversations,
-    from_traffic,
-    write_snapshot,
+from store.errors import (
+    InvalidRequest,
+    LoopgateError,
+    NotFound,
+    PayloadTooLarge,
+    StoreBusy,
+    Unprocessable,
+    UpstreamTimeout,
 )
+from store.settings import Settings, to_env
+from training.build_records import BuildError, ReviewStop
 from training.dataset_config import DatasetConfig
-from training.jsonl import JsonlError, validate_chat_jsonl
-from training.parity import PARITY_PROMPTS, compare
-from training.snapshot_erasure import flagged_completion_ids
+from training.parity_check import PARITY_PROMPTS, compare
+from training.poisoning import Flag, Review
 from training.trainer_config import TrainConfig, from_hyperparameters
 
 log = logging.getLogger("loopgate.finetuning")
-MAX_LINES = 100_000
-MAX_LINE_BYTES = 1024 * 1024
 SUFFIX = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")]  # not $: "\n"
 AutoInt = int | Literal["auto"]
 AutoFloat = float | Literal["auto"]
@@ -150,9 +150,23 @@ def fine_tuned_name(job_model: str, tenant: Tenant, suffix: str | None, job_id: 
     return f"ft:{job_model}:{tenant.name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def dataset_id(tenant_id: str, content_hash: str) -> str:
-    """Content-addressed within a tenant: two tenants with the same data get different ids."""
-    return "ds-" + hashlib.sha256(f"{tenant_id}:{content_hash}".encode()).hexdigest()[:16]
+class TrafficBuild(msgspec.Struct, frozen=True):
+    """A traffic snapshot built by a worker: its dataset (None: the poisoning guards stopped it
+    for review, nothing was saved), and the guards' review and flags."""
+
+    dataset: Dataset | None
+    review: Review
+    flags: list[Flag]
+
+
+# A failed build's status, as the error the gateway raises (anything else: a clean 500).
+BUILD_ERRORS: dict[int, type[LoopgateError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    413: PayloadTooLarge,
+    422: Unprocessable,
+    503: StoreBusy,
+}
 
 
 class FineTuning:
@@ -180,115 +194,97 @@ class FineTuning:
         self.root = settings.training_path
         self.id = f"gateway:{os.getpid()}:{secrets.token_hex(3)}"
 
-    # -- datasets ---------------------------------------------------------------------------
-
-    @cached_property
-    def _tokenizer(self) -> Any:
-        try:
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(resolve_model(self.settings, prepare=False))
-        except (ModelError, OSError, ValueError):
-            log.warning("the base model's tokenizer is not available here; counting words")
-            return None
-
-    def _count_tokens(self, conversation: Conversation) -> int:
-        encoded = self._tokenizer.apply_chat_template(list(conversation), tokenize=True)
-        ids = (
-            encoded["input_ids"]
-            if isinstance(encoded, dict) or hasattr(encoded, "keys")
-            else encoded
-        )
-        return len(ids)
-
-    def _counter(self) -> Any:
-        return self._count_tokens if self._tokenizer is not None else None
+    # -- datasets: built by a training worker (training.dataset_builds); enqueued and awaited here
 
     async def build_from_traffic(self, caller: Caller, req: BuildDataset) -> Dataset:
         """POST /v1/datasets: a tenant key's snapshot (see gateway.dataset_policy)."""
         await self.quotas.check(caller.tenant_id, Usage(datasets=1))  # before the costly part
-        snapshot = await self.snapshot_traffic(caller, tenant_config(req))
-        return await self.save_traffic(caller, snapshot)
+        built = await self.build_traffic(caller, tenant_config(req))
+        if built.dataset is None:
+            raise Unprocessable(built.review.message, code="dataset_needs_review")
+        return built.dataset
 
-    async def snapshot_traffic(self, caller: Caller, config: DatasetConfig) -> Snapshot:
-        """The tenant's traffic and feedback through the dataset builder; nothing is saved."""
-        rows = await self.store.export_completions(caller.tenant_id)
-        opted_out = await self.store.list_optouts(caller.tenant_id)
-        counter = await asyncio.to_thread(self._counter)
-        return await asyncio.to_thread(
-            lambda: from_traffic(rows, opted_out=opted_out, config=config, count_tokens=counter)
-        )
-
-    async def save_traffic(
-        self, caller: Caller, snapshot: Snapshot, override: DatasetOverride | None = None
-    ) -> Dataset:
-        """Save a traffic snapshot; one that the poisoning guards stopped for review is refused."""
-        if snapshot.review.status == "needs_review":
-            raise Unprocessable(snapshot.review.message, code="dataset_needs_review")
-        return await self._save(caller, snapshot, "traffic", None, override)
+    async def build_traffic(
+        self, caller: Caller, config: DatasetConfig, override: DatasetOverride | None = None
+    ) -> TrafficBuild:
+        """The tenant's traffic and feedback through the dataset builder on a worker, saved
+        unless the poisoning guards stop it for review (then the result has no dataset)."""
+        build = await self._build(caller, "traffic", config, override=override)
+        if build.status == "needs_review":
+            stop = msgspec.json.decode(build.report or "", type=ReviewStop)
+            return TrafficBuild(None, stop.review, stop.flags)
+        dataset = await self._built(caller, build)
+        report = msgspec.json.decode(dataset.stats, type=DatasetReport)
+        return TrafficBuild(dataset, report.review, report.flags)
 
     async def build_from_file(self, caller: Caller, f: FileObject) -> Dataset:
-        data = await asyncio.to_thread(Path(f.path).read_bytes)
-        conversations = await asyncio.to_thread(_validate, data)
-        counter = await asyncio.to_thread(self._counter)
-        snapshot = await asyncio.to_thread(
-            lambda: from_conversations(
-                conversations,
-                author=f.created_by,
-                source_id=f.id,
-                config=DatasetConfig(),
-                count_tokens=counter,
-            )
-        )
-        return await self._save(caller, snapshot, "file", f.id)
+        build = await self._build(caller, "file", DatasetConfig(), file_id=f.id)
+        return await self._built(caller, build)
 
-    async def _save(
+    async def _build(
         self,
         caller: Caller,
-        snapshot: Snapshot,
         source: Literal["traffic", "file"],
-        file_id: str | None,
+        config: DatasetConfig,
+        *,
+        file_id: str | None = None,
         override: DatasetOverride | None = None,
-    ) -> Dataset:
-        if not snapshot.train:
-            raise Unprocessable(
-                "no usable training examples: "
-                + json.dumps(msgspec.to_builtins(snapshot.stats.counts)),
-                code="empty_dataset",
-            )
-        ds_id = dataset_id(caller.tenant_id, snapshot.content_hash)
-        existing = await self.store.get_dataset(caller.tenant_id, ds_id)
-        if existing is not None and existing.tainted_at is None:
-            return existing
-        if existing is not None:
-            ds_id += "-" + secrets.token_hex(3)
-        quotas = (await self.quotas.check(caller.tenant_id, Usage(datasets=1))).quotas
-        folder = self.root / "datasets" / caller.tenant_id / ds_id
-        await asyncio.to_thread(write_snapshot, snapshot, folder)
-        report = DatasetReport(snapshot.stats, snapshot.flags, snapshot.review, override)
-        d = Dataset(
-            id=ds_id,
+    ) -> DatasetBuild:
+        """Queue a build for a worker and wait for its outcome."""
+        quotas = await self.quotas.of(caller.tenant_id)
+        build = DatasetBuild(
+            id="dsb-" + secrets.token_hex(12),
             tenant_id=caller.tenant_id,
-            content_hash=snapshot.content_hash,
-            source=source,
-            source_file_id=file_id,
-            train_count=len(snapshot.train),
-            eval_count=len(snapshot.eval),
-            preference_count=len(snapshot.preferences),
-            path=str(folder),
-            stats=msgspec.json.encode(report).decode(),
             created_by=f"key:{caller.key_id}",
+            source=source,
+            file_id=file_id,
+            config=msgspec.json.encode(config).decode(),
+            override=None if override is None else msgspec.json.encode(override).decode(),
+            limits=msgspec.json.encode(quotas.limits()).decode(),
+            status="queued",
             created_at=time.time(),
         )
-        # Lineage for erasure: the completions it trains on, and those only its flags name.
-        flagged = flagged_completion_ids(snapshot) if source == "traffic" else set()
-        over = await self.store.add_dataset(
-            d, completion_ids(snapshot), quotas.limits(), flagged=flagged
-        )
-        if over is not None:  # another snapshot took the room since the first check
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-            raise refusal(quotas, over)
-        return d
+        await self.store.add_dataset_build(build)
+        return await self._wait(build)
+
+    async def _wait(self, build: DatasetBuild) -> DatasetBuild:
+        """Poll the build's row until a worker finishes it, up to the setting's deadline."""
+        timeout_s = self.settings.dataset_build_timeout_s
+        deadline = time.monotonic() + timeout_s
+        delay = 0.01
+        while True:
+            found = await self.store.get_dataset_build(build.tenant_id, build.id)
+            if found is not None and found.status in ("ready", "needs_review", "failed"):
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UpstreamTimeout(
+                    f"no training worker finished dataset build {build.id} within {timeout_s:g} s "
+                    "(LOOPGATE_DATASET_BUILD_TIMEOUT_S); is a worker running (loopgate worker, "
+                    "or LOOPGATE_TRAINING_WORKER=true)?",
+                    code="dataset_build_timeout",
+                )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+
+    async def _built(self, caller: Caller, build: DatasetBuild) -> Dataset:
+        """The dataset a finished build saved, or its failure raised as the request's error."""
+        if build.status == "failed":
+            raise await self._failure(caller, build)
+        found = await self.store.get_dataset(caller.tenant_id, build.dataset_id or "")
+        if build.status != "ready" or found is None:
+            raise LoopgateError(
+                f"dataset build {build.id} ended {build.status} without a dataset",
+                code="dataset_build_failed",
+            )
+        return found
+
+    async def _failure(self, caller: Caller, build: DatasetBuild) -> LoopgateError:
+        error = msgspec.json.decode(build.error or "", type=BuildError)
+        if error.over is not None:
+            return refusal(await self.quotas.of(caller.tenant_id), error.over)
+        kind = BUILD_ERRORS.get(error.status, LoopgateError)
+        return kind(error.message, param=error.param, code=error.code)
 
     async def dataset(self, caller: Caller, dataset_id: str) -> Dataset:
         found = await self.store.get_dataset(caller.tenant_id, dataset_id)
@@ -549,13 +545,6 @@ def _hyperparameters(req: CreateJob) -> Hyperparameters:
         if req.method.supervised is not None:
             return req.method.supervised.hyperparameters
     return req.hyperparameters or Hyperparameters()
-
-
-def _validate(data: bytes) -> list[Conversation]:
-    try:
-        return validate_chat_jsonl(data, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES)
-    except JsonlError as exc:
-        raise InvalidRequest(str(exc), param="file", code="invalid_file") from None
 
 
 # Secrets of the serving side the worker has no use for (it trains; it never serves or

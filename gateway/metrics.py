@@ -19,7 +19,6 @@ import ipaddress
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
@@ -36,16 +35,16 @@ from prometheus_client import (
 
 from adapters.registry import Registry
 from adapters.swap import Swapper, SwapReport
+from gateway import apidoc
+from gateway.access import Injected
 from gateway.canary import Canaries
+from gateway.capture import CaptureWriter
 from gateway.tenancy import bearer_token
 from replicas.breaker import BreakerState
-from replicas.pool import Backend
+from replicas.pool import Backend, BackendPool
 from store import Canary, JobStage, Store, Tenant
 from store.errors import AuthenticationFailed, PermissionDenied
 from store.settings import Settings
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -310,14 +309,25 @@ class ScrapeAuth:
 def route(settings: Settings) -> HTTPRouteHandler:
     """GET /metrics, guarded by the settings' `ScrapeAuth`."""
     auth = ScrapeAuth(settings)
+    text = {"text/plain": apidoc.schema({"type": "string"})}
 
-    @get("/metrics", include_in_schema=False)
-    async def metrics_endpoint(request: Request[object, object, State]) -> Response[bytes]:
+    @get(
+        "/metrics",
+        summary="Prometheus metrics",
+        media_type="text/plain",
+        operation_class=apidoc.answers(200, text),
+        responses=apidoc.errors(401, 403),
+    )
+    async def metrics_endpoint(
+        request: Request[object, object, State],
+        metrics: Injected[Metrics],
+        pool: Injected[BackendPool],
+        capture: Injected[CaptureWriter | None],
+        store: Injected[Store],
+    ) -> Response[bytes]:
         """Prometheus scrape target."""
         auth.check(request.headers.get("authorization"))
-        gw: Gateway = request.app.state.gateway
-        depth = gw.capture.depth if gw.capture is not None else 0
-        await gw.metrics.refresh(gw.pool.backends, depth, gw.store)
-        return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        await metrics.refresh(pool.backends, capture.depth if capture is not None else 0, store)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return metrics_endpoint

@@ -19,7 +19,7 @@ from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.cache_salt import CacheSalts
 from gateway.capture import CaptureWriter
 from gateway.erasure import DataErasure
-from gateway.evaluations import Evaluations
+from gateway.evaluations import EvalsWorkerProcess, Evaluations
 from gateway.files import Files
 from gateway.finetuning import FineTuning, WorkerProcess
 from gateway.limits import Limiter
@@ -30,7 +30,7 @@ from gateway.serving import CHARS_PER_TOKEN_CEILING, Serving
 from gateway.telemetry import Telemetry, Tracing
 from gateway.tenancy import Admin, Directory, bearer_token
 from gateway.upstream import Upstream
-from replicas.base_model import ModelError, resolve_model
+from replicas.base_model import ModelError, prepare_in_child, resolve_model
 from replicas.breaker import CircuitBreaker
 from replicas.pool import Backend, BackendPool, make_client
 from replicas.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
@@ -39,6 +39,13 @@ from store.errors import AuthenticationFailed, PermissionDenied
 from store.settings import Settings
 
 log = logging.getLogger("loopgate")
+
+
+class Lifecycle:
+    """Whether the gateway is shutting down (readiness says so before the engines stop)."""
+
+    def __init__(self) -> None:
+        self.draining = False
 
 
 class Gateway:
@@ -108,13 +115,8 @@ class Gateway:
             self.salts,
             quotas=self.quotas,
         )
-        self.loops = Loops(
-            self.store,
-            self.finetuning,
-            self.evaluations,
-            self.swapper,
-            settings.data_dir / "loops",
-        )
+        self.loops = Loops(self.store, self.finetuning)
+        self.evals_worker = EvalsWorkerProcess(settings) if settings.evals_worker else None
         self.canaries = MeteredCanaries(
             self.store,
             self.registry,
@@ -140,7 +142,7 @@ class Gateway:
             max_prompt_chars=settings.engine_max_model_len * CHARS_PER_TOKEN_CEILING,
         )
         self.supervisor: EngineSupervisor | None = None
-        self.draining = False
+        self.lifecycle = Lifecycle()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciling: set[Backend] = set()  # one pass per replica at a time
         self._admin_hash = (
@@ -198,12 +200,16 @@ class Gateway:
         self._spawn(self.finetuning.registration_loop())
         if self.worker is not None:
             self.worker.start()
+        if self.evals_worker is not None:
+            self.evals_worker.start()
 
     def _base_info(self) -> BaseModelInfo:
         """The served base's identity and module shapes, when its files are on this host."""
         s = self.settings
         try:
-            folder = Path(resolve_model(s, prepare=s.engine_mode == "embedded"))
+            # Preparing (embedded mode) runs in a child: this process never imports torch.
+            embedded = s.engine_mode == "embedded"
+            folder = Path(prepare_in_child(s) if embedded else resolve_model(s, prepare=False))
         except ModelError:  # external replicas serve a base whose files are not here
             folder = None
         if folder is not None and folder.is_dir():
@@ -248,7 +254,7 @@ class Gateway:
             self._reconciling.discard(backend)
 
     async def _start_embedded(self) -> None:
-        model = await asyncio.to_thread(resolve_model, self.settings)
+        model = await asyncio.to_thread(prepare_in_child, self.settings)
         launch = build_launch(self.settings, model)
         backend = self._backend(launch.url, launch.api_key, "embedded")
         self.pool.backends[:] = [backend]
@@ -305,7 +311,7 @@ class Gateway:
             await asyncio.sleep(self.settings.retention_interval_s)
 
     async def stop(self) -> None:
-        self.draining = True
+        self.lifecycle.draining = True
         for task in list(self._tasks):
             task.cancel()
         if self._health_task is not None:
@@ -314,6 +320,8 @@ class Gateway:
                 await self._health_task
         if self.worker is not None:
             await self.worker.stop()  # its job (if any) goes back to the queue
+        if self.evals_worker is not None:
+            await self.evals_worker.stop()
         if self.capture is not None:
             await self.capture.stop()  # flush every queued row before the store closes
         if self.supervisor is not None:
@@ -321,6 +329,10 @@ class Gateway:
         await self.client.aclose()
         await self.store.close()
         await self.tracing.stop()  # exports the spans of every finished request
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
 
     def check_admin(self, authorization: str | None) -> None:
         if self._admin_hash is None:

@@ -279,3 +279,46 @@ def _convert(gguf: Path, out: Path, bar: tqdm) -> None:
         raise ModelError("the GGUF tokenizer has no chat template; cannot serve chat")
     tokenizer.save_pretrained(str(out))
     bar.update()
+
+
+# Secrets the preparing child has no use for (it reads and writes model files only).
+PREPARE_OMITS = ("admin_key", "engine_api_key", "cache_salt_secret", "metrics_key")
+
+
+def prepare_in_child(settings: Settings, *, prepare: bool = True) -> str:
+    """`resolve_model` run in a child process, so the gateway process never imports torch or
+    transformers (converting the GGUF and NF4 rounding need them; serving does not). The
+    child's progress bars go to this process's stderr; its last stdout line is the path."""
+    import os
+    import subprocess
+    import sys
+
+    from replicas.child_env import child_env
+    from store.settings import to_env
+
+    env = child_env(os.environ, **to_env(settings, omit=PREPARE_OMITS))
+    args = [sys.executable, "-m", "replicas.base_model", *([] if prepare else ["--verify"])]
+    done = subprocess.run(args, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ModelError(f"preparing the base model failed: {why}")
+    return lines[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m replicas.base_model [--verify]`: prepare (or only verify) the base model the
+    settings in the environment name, and print the folder (or id) to serve."""
+    import sys
+
+    verify_only = "--verify" in (sys.argv[1:] if argv is None else argv)
+    try:
+        print(resolve_model(Settings.from_env(), prepare=not verify_only), flush=True)
+    except (ModelError, ConfigError) as exc:
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -86,7 +86,7 @@ def make_client(
     timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     if transport == "aiohttp":
-        # Measured faster than httpx's own transport under concurrency (see README).
+        # Measured faster than httpx's own transport under concurrency (docs/benchmarks.md).
         return httpx.AsyncClient(
             transport=AiohttpTransport(limits=limits, trust_env=False, uds=uds),
             timeout=timeout,

@@ -19,6 +19,7 @@ from store.records import (
     AliasTarget,
     ApiKey,
     BudgetPeriod,
+    BuildStatus,
     Canary,
     CanaryStatus,
     CaptureFinal,
@@ -28,6 +29,7 @@ from store.records import (
     Completion,
     CompletionQuery,
     Dataset,
+    DatasetBuild,
     DatasetErasure,
     Erasure,
     EvalResult,
@@ -41,6 +43,7 @@ from store.records import (
     JobStage,
     JobStatus,
     LimitSet,
+    LoopRecord,
     Reservation,
     TargetKind,
     Tenant,
@@ -62,6 +65,7 @@ __all__ = [
     "AliasTarget",
     "ApiKey",
     "BudgetPeriod",
+    "BuildStatus",
     "Canary",
     "CanaryStatus",
     "CaptureFinal",
@@ -71,6 +75,7 @@ __all__ = [
     "Completion",
     "CompletionQuery",
     "Dataset",
+    "DatasetBuild",
     "DatasetErasure",
     "Erasure",
     "EvalResult",
@@ -84,6 +89,7 @@ __all__ = [
     "JobStage",
     "JobStatus",
     "LimitSet",
+    "LoopRecord",
     "PostgresStore",
     "Reservation",
     "SQLiteStore",
@@ -193,6 +199,25 @@ class Store(Protocol):
     async def list_job_events(
         self, job_id: str, after: int | None, limit: int
     ) -> tuple[list[JobEvent], bool]: ...
+    # -- dataset builds: queued by the gateway, claimed by one training worker each ------------
+    async def add_dataset_build(self, build: DatasetBuild) -> None: ...
+    async def get_dataset_build(self, tenant_id: str, build_id: str) -> DatasetBuild | None: ...
+    async def claim_dataset_build(self, worker: str) -> DatasetBuild | None: ...
+    async def heartbeat_dataset_build(self, build_id: str, worker: str) -> bool: ...
+    async def finish_dataset_build(
+        self,
+        build_id: str,
+        worker: str,
+        status: BuildStatus,
+        *,
+        dataset_id: str | None = None,
+        report: str | None = None,
+        error: str | None = None,
+    ) -> bool: ...
+    async def requeue_stale_builds(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]: ...
+    async def purge_dataset_builds(self, before: float) -> int: ...
     # -- evals, gate policies, canaries --------------------------------------------------------
     async def add_eval_run(
         self, run: EvalRun, limits: Usage | None = None, *, sources: Sequence[CaseSource] = ()
@@ -208,6 +233,24 @@ class Store(Protocol):
         report_dir: str | None = None,
         error: str | None = None,
     ) -> None: ...
+    # Queued runs (evals.worker): one claim per run; a run whose worker went silent is queued
+    # again, or failed once it lost more than `max_requeues` workers; (id, new status) each.
+    async def claim_eval_run(self, worker: str) -> EvalRun | None: ...
+    async def heartbeat_eval_run(self, run_id: str, worker: str) -> bool: ...
+    async def requeue_stale_eval_runs(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]: ...
+    async def add_eval_sources(self, run_id: str, sources: Sequence[CaseSource]) -> None: ...
+    async def add_loop_run(self, run: LoopRecord) -> None: ...
+    async def get_loop_run(self, tenant_id: str, run_id: str) -> LoopRecord | None: ...
+    async def claim_loop_run(self, worker: str) -> LoopRecord | None: ...
+    async def save_loop_run(
+        self, run_id: str, worker: str, status: str, state: str, finished_at: float | None
+    ) -> bool: ...
+    async def heartbeat_loop_run(self, run_id: str, worker: str) -> bool: ...
+    async def requeue_stale_loop_runs(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]: ...
     async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None: ...
     async def list_eval_runs(
         self, tenant_id: str, candidate: str | None = None

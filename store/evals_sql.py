@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from store.records import Canary, EvalResult, EvalRun
+from store.records import Canary, EvalResult, EvalRun, LoopRecord
 
 
 class Row(Protocol):
@@ -16,8 +16,47 @@ class Row(Protocol):
 
 INSERT_RUN = (
     "INSERT INTO eval_runs (id, tenant_id, alias, candidate, live, status, created_by, "
-    "created_at, suite_dataset_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, suite_dataset_id, spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The oldest queued run goes to one worker (PostgreSQL: `lock` skips rows another claims).
+CLAIM_RUN = (
+    "UPDATE eval_runs SET status = 'running', worker = ?, heartbeat_at = ?, "
+    "attempts = attempts + 1 WHERE id = (SELECT id FROM eval_runs WHERE status = 'queued' "
+    "ORDER BY created_at, id LIMIT 1 {lock}) AND status = 'queued' RETURNING *"
+)
+HEARTBEAT_RUN = (
+    "UPDATE eval_runs SET heartbeat_at = ? WHERE id = ? AND worker = ? AND status = 'running'"
+)
+# A running run whose worker went silent: queued again, or failed past the requeue limit.
+REQUEUE_STALE_RUNS = (
+    "UPDATE eval_runs SET status = CASE WHEN attempts > ? THEN 'failed' ELSE 'queued' END, "
+    "error = CASE WHEN attempts > ? THEN ? ELSE error END, "
+    "finished_at = CASE WHEN attempts > ? THEN ? ELSE finished_at END, worker = NULL "
+    "WHERE status = 'running' AND heartbeat_at < ? RETURNING id, status"
+)
+INSERT_LOOP = (
+    "INSERT INTO loop_runs (id, tenant_id, alias, status, spec, state, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+GET_LOOP = "SELECT * FROM loop_runs WHERE tenant_id = ? AND id = ?"
+CLAIM_LOOP = (
+    "UPDATE loop_runs SET worker = ?, heartbeat_at = ?, attempts = attempts + 1 "
+    "WHERE id = (SELECT id FROM loop_runs WHERE status = 'running' AND worker IS NULL "
+    "ORDER BY created_at, id LIMIT 1 {lock}) AND worker IS NULL RETURNING *"
+)
+SAVE_LOOP = (
+    "UPDATE loop_runs SET status = ?, state = ?, finished_at = ?, heartbeat_at = ? "
+    "WHERE id = ? AND worker = ? AND status = 'running'"
+)
+HEARTBEAT_LOOP = (
+    "UPDATE loop_runs SET heartbeat_at = ? WHERE id = ? AND worker = ? AND status = 'running'"
+)
+REQUEUE_STALE_LOOPS = (
+    "UPDATE loop_runs SET status = CASE WHEN attempts > ? THEN 'failed' ELSE 'running' END, "
+    "finished_at = CASE WHEN attempts > ? THEN ? ELSE finished_at END, worker = NULL "
+    "WHERE status = 'running' AND worker IS NOT NULL AND heartbeat_at < ? RETURNING id, status"
+)
+LOST_WORKER = "its worker went silent (crashed or was stopped) {n} times; not retried again"
 FINISH_RUN = (
     "UPDATE eval_runs SET status = ?, promote = ?, decision = ?, summary = ?, report_dir = ?, "
     "error = ?, finished_at = ? WHERE id = ?"
@@ -63,7 +102,25 @@ def run_params(r: EvalRun) -> tuple[object, ...]:
         r.created_by,
         r.created_at,
         r.suite_dataset_id,
+        r.spec,
     )
+
+
+def requeue_params(before: float, max_requeues: int, now: float) -> tuple[object, ...]:
+    error = "the eval run failed: " + LOST_WORKER.format(n=max_requeues + 1)
+    return (max_requeues, max_requeues, error, max_requeues, now, before)
+
+
+def loop_requeue_params(before: float, max_requeues: int, now: float) -> tuple[object, ...]:
+    return (max_requeues, max_requeues, now, before)
+
+
+def loop_params(r: LoopRecord) -> tuple[object, ...]:
+    return (r.id, r.tenant_id, r.alias, r.status, r.spec, r.state, r.created_at)
+
+
+def loop(row: Row) -> LoopRecord:
+    return LoopRecord(**{k: row[k] for k in LoopRecord.__struct_fields__})
 
 
 def run(row: Row) -> EvalRun:

@@ -11,6 +11,7 @@ import asyncpg
 
 from store import rows as rowmap
 from store.errors import Conflict, NotFound
+from store.postgres_builds import BuildsMixinPG
 from store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
 from store.postgres_evals import EvalsMixinPG
 from store.postgres_limits import LimitsMixinPG
@@ -83,7 +84,7 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(TrainingMixinPG, EvalsMixinPG, LimitsMixinPG, ErasureMixinPG):
+class PostgresStore(TrainingMixinPG, BuildsMixinPG, EvalsMixinPG, LimitsMixinPG, ErasureMixinPG):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 
     def __init__(self, url: str):

@@ -19,6 +19,7 @@ from store.records import (
     EvalResult,
     EvalRun,
     EvalStatus,
+    LoopRecord,
     Usage,
 )
 from store.training_sql import numbered as N
@@ -59,6 +60,54 @@ class EvalsMixinPG(QuotasMixinPG):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(N(q.FINISH_RUN), *args)
             await erased_while_running(conn, run_id)
+
+    async def claim_eval_run(self, worker: str) -> EvalRun | None:
+        sql = N(q.CLAIM_RUN.format(lock="FOR UPDATE SKIP LOCKED"))
+        row = await self.pool.fetchrow(sql, worker, time.time())
+        return q.run(row) if row else None
+
+    async def heartbeat_eval_run(self, run_id: str, worker: str) -> bool:
+        status: str = await self.pool.execute(N(q.HEARTBEAT_RUN), time.time(), run_id, worker)
+        return not status.endswith(" 0")
+
+    async def requeue_stale_eval_runs(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]:
+        args = q.requeue_params(before, max_requeues, time.time())
+        return [(r[0], r[1]) for r in await self.pool.fetch(N(q.REQUEUE_STALE_RUNS), *args)]
+
+    async def add_eval_sources(self, run_id: str, sources: Sequence[CaseSource]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await add_case_sources(conn, run_id, sources)
+
+    async def add_loop_run(self, run: LoopRecord) -> None:
+        await self.pool.execute(N(q.INSERT_LOOP), *q.loop_params(run))
+
+    async def get_loop_run(self, tenant_id: str, run_id: str) -> LoopRecord | None:
+        row = await self.pool.fetchrow(N(q.GET_LOOP), tenant_id, run_id)
+        return q.loop(row) if row else None
+
+    async def claim_loop_run(self, worker: str) -> LoopRecord | None:
+        sql = N(q.CLAIM_LOOP.format(lock="FOR UPDATE SKIP LOCKED"))
+        row = await self.pool.fetchrow(sql, worker, time.time())
+        return q.loop(row) if row else None
+
+    async def save_loop_run(
+        self, run_id: str, worker: str, status: str, state: str, finished_at: float | None
+    ) -> bool:
+        args = (status, state, finished_at, time.time(), run_id, worker)
+        done: str = await self.pool.execute(N(q.SAVE_LOOP), *args)
+        return not done.endswith(" 0")
+
+    async def heartbeat_loop_run(self, run_id: str, worker: str) -> bool:
+        status: str = await self.pool.execute(N(q.HEARTBEAT_LOOP), time.time(), run_id, worker)
+        return not status.endswith(" 0")
+
+    async def requeue_stale_loop_runs(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]:
+        args = q.loop_requeue_params(before, max_requeues, time.time())
+        return [(r[0], r[1]) for r in await self.pool.fetch(N(q.REQUEUE_STALE_LOOPS), *args)]
 
     async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None:
         row = await self.pool.fetchrow(N(q.GET_RUN), tenant_id, run_id)

@@ -209,6 +209,38 @@ class Dataset(msgspec.Struct, frozen=True):
     erased_examples: int = 0
 
 
+BuildStatus = Literal["queued", "building", "ready", "needs_review", "failed"]
+
+
+class DatasetBuild(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued dataset build, claimed and run by a training worker (`training.dataset_builds`).
+
+    `config`, `override` and `limits` are what the gateway asked for (JSON of
+    `training.dataset_config.DatasetConfig`, `training.build_records.DatasetOverride` and the
+    quota `Usage` the saved dataset must stay within); the worker fills in the outcome:
+    `dataset_id` (ready), `report` (needs_review: the guards' review and flags) or `error`
+    (failed: JSON of `training.build_records.BuildError`)."""
+
+    id: str
+    tenant_id: str
+    created_by: str
+    source: DatasetSource
+    file_id: str | None
+    config: str
+    override: str | None
+    limits: str | None
+    status: BuildStatus
+    created_at: float
+    attempts: int = 0
+    worker: str | None = None
+    claimed_at: float | None = None
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
+    dataset_id: str | None = None
+    report: str | None = None
+    error: str | None = None
+
+
 class DatasetErasure(msgspec.Struct, frozen=True):
     """A snapshot after its files were rewritten without erased completions (or deleted)."""
 
@@ -302,7 +334,7 @@ class JobEvent(msgspec.Struct, frozen=True):
 
 # -- evals, the promotion gate, canaries ----------------------------------------------------------
 
-EvalStatus = Literal["running", "done", "failed"]
+EvalStatus = Literal["queued", "running", "done", "failed"]
 
 
 class EvalRun(msgspec.Struct, frozen=True):
@@ -324,6 +356,30 @@ class EvalRun(msgspec.Struct, frozen=True):
     finished_at: float | None = None
     suite_dataset_id: str | None = None  # the dataset whose held-out split was the tenant suite
     erased_at: float | None = None  # answers to erased cases blanked, the report to be deleted
+    spec: str | None = None  # JSON: what the evals worker needs (evals.spec.RunSpec)
+    worker: str | None = None  # the evals worker running it (claimed), with its heartbeat
+    heartbeat_at: float | None = None
+    attempts: int = 0  # claims so far; a run whose worker went silent is queued again
+
+
+class LoopRecord(msgspec.Struct, frozen=True):
+    """One adaptation loop run, advanced step by step by an evals worker (evals.loop_run).
+
+    `status` is `running` until it ends; a running row with no `worker` waits to be claimed.
+    `spec` (the request) and `state` (steps, ids, verdict) are JSON typed by evals.loop_record.
+    """
+
+    id: str
+    tenant_id: str
+    alias: str
+    status: str
+    spec: str
+    state: str
+    created_at: float
+    worker: str | None = None
+    heartbeat_at: float | None = None
+    attempts: int = 0
+    finished_at: float | None = None
 
 
 class CaseSource(msgspec.Struct, frozen=True):

@@ -334,4 +334,111 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE fine_tuning_jobs ADD COLUMN claimed_at REAL;
     """,
+    # Dataset builds are queued work (training.dataset_builds): the gateway enqueues, a training
+    # worker claims (fair across tenants), builds and records the outcome.
+    """
+    CREATE TABLE dataset_builds (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        created_by TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('traffic', 'file')),
+        file_id TEXT,
+        config TEXT NOT NULL,
+        override TEXT,
+        limits TEXT,
+        status TEXT NOT NULL
+            CHECK (status IN ('queued', 'building', 'ready', 'needs_review', 'failed')),
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,
+        claimed_at REAL,
+        heartbeat_at REAL,
+        finished_at REAL,
+        dataset_id TEXT,
+        report TEXT,
+        error TEXT
+    );
+    CREATE INDEX dataset_builds_status ON dataset_builds(status, tenant_id);
+    """,  # Eval runs and loop runs are queued rows that evals workers claim (evals.worker). The
+    # status CHECK of eval_runs gains 'queued': SQLite rebuilds the table, and its two child
+    # tables with it (a DROP of the parent would cascade into them); renaming the new parent
+    # rewrites the children's REFERENCES. A run left 'running' by a gateway that ran it in
+    # process before this version never finishes: it is marked failed.
+    """
+    CREATE TABLE eval_runs_next (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        live TEXT,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        promote INTEGER,
+        decision TEXT,
+        summary TEXT,
+        report_dir TEXT,
+        error TEXT,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        suite_dataset_id TEXT,
+        erased_at REAL,
+        spec TEXT,
+        worker TEXT,
+        heartbeat_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO eval_runs_next (id, tenant_id, alias, candidate, live, status, promote, decision,
+        summary, report_dir, error, created_by, created_at, finished_at, suite_dataset_id,
+        erased_at)
+        SELECT id, tenant_id, alias, candidate, live,
+            CASE status WHEN 'running' THEN 'failed' ELSE status END, promote, decision,
+            summary, report_dir,
+            CASE status WHEN 'running' THEN 'the gateway running this eval stopped' ELSE error END,
+            created_by, created_at, finished_at, suite_dataset_id, erased_at FROM eval_runs;
+    CREATE TABLE eval_results_next (
+        run_id TEXT NOT NULL REFERENCES eval_runs_next(id) ON DELETE CASCADE,
+        suite TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        system TEXT NOT NULL,
+        score REAL NOT NULL,
+        passed INTEGER NOT NULL,
+        latency_ms REAL,
+        answer TEXT NOT NULL,
+        PRIMARY KEY (run_id, suite, case_id, system)
+    );
+    INSERT INTO eval_results_next SELECT run_id, suite, case_id, system, score, passed,
+        latency_ms, answer FROM eval_results;
+    CREATE TABLE eval_case_sources_next (
+        run_id TEXT NOT NULL REFERENCES eval_runs_next(id) ON DELETE CASCADE,
+        suite TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        completion_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, suite, case_id, completion_id)
+    );
+    INSERT INTO eval_case_sources_next SELECT run_id, suite, case_id, completion_id
+        FROM eval_case_sources;
+    DROP TABLE eval_case_sources;
+    DROP TABLE eval_results;
+    DROP TABLE eval_runs;
+    ALTER TABLE eval_runs_next RENAME TO eval_runs;
+    ALTER TABLE eval_results_next RENAME TO eval_results;
+    ALTER TABLE eval_case_sources_next RENAME TO eval_case_sources;
+    CREATE INDEX eval_runs_candidate ON eval_runs(tenant_id, candidate, created_at);
+    CREATE INDEX eval_runs_queue ON eval_runs(status, created_at);
+    CREATE INDEX eval_case_sources_completion ON eval_case_sources(completion_id);
+    CREATE TABLE loop_runs (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        status TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        worker TEXT,
+        heartbeat_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        finished_at REAL
+    );
+    CREATE INDEX loop_runs_queue ON loop_runs(status, created_at)
+    """,
 )

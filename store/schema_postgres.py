@@ -333,4 +333,57 @@ MIGRATIONS_PG: tuple[str, ...] = (
     );
     ALTER TABLE fine_tuning_jobs ADD COLUMN claimed_at DOUBLE PRECISION;
     """,
+    # Dataset builds are queued work (training.dataset_builds): the gateway enqueues, a training
+    # worker claims (fair across tenants), builds and records the outcome.
+    """
+    CREATE TABLE dataset_builds (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        created_by TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('traffic', 'file')),
+        file_id TEXT,
+        config TEXT NOT NULL,
+        override TEXT,
+        limits TEXT,
+        status TEXT NOT NULL
+            CHECK (status IN ('queued', 'building', 'ready', 'needs_review', 'failed')),
+        created_at DOUBLE PRECISION NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        worker TEXT,
+        claimed_at DOUBLE PRECISION,
+        heartbeat_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        dataset_id TEXT,
+        report TEXT,
+        error TEXT
+    );
+    CREATE INDEX dataset_builds_status ON dataset_builds(status, tenant_id);
+    """,  # Eval runs and loop runs are queued rows that evals workers claim (evals.worker); a run
+    # left 'running' by a gateway that ran it in process before this version is marked failed.
+    """
+    ALTER TABLE eval_runs DROP CONSTRAINT eval_runs_status_check;
+    ALTER TABLE eval_runs ADD CONSTRAINT eval_runs_status_check
+        CHECK (status IN ('queued', 'running', 'done', 'failed'));
+    ALTER TABLE eval_runs ADD COLUMN spec TEXT;
+    ALTER TABLE eval_runs ADD COLUMN worker TEXT;
+    ALTER TABLE eval_runs ADD COLUMN heartbeat_at DOUBLE PRECISION;
+    ALTER TABLE eval_runs ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+    UPDATE eval_runs SET status = 'failed', error = 'the gateway running this eval stopped'
+        WHERE status = 'running';
+    CREATE INDEX eval_runs_queue ON eval_runs(status, created_at);
+    CREATE TABLE loop_runs (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        status TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        worker TEXT,
+        heartbeat_at DOUBLE PRECISION,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        finished_at DOUBLE PRECISION
+    );
+    CREATE INDEX loop_runs_queue ON loop_runs(status, created_at);
+    """,
 )

@@ -261,6 +261,22 @@ class Settings:
             "false when workers run elsewhere (`loopgate worker` on a GPU host)."
         },
     )
+    evals_worker: bool = field(
+        default=True,
+        metadata={
+            "help": "Start an evals worker process beside the gateway (eval runs: answers, "
+            "grading, statistics, reports; and the adaptation loop's steps); false when "
+            "evals workers run elsewhere (`python -m evals.worker`)."
+        },
+    )
+    gateway_url: str = field(
+        default="",
+        metadata={
+            "help": "Where an evals worker reaches the gateway's admin API (it asks the gateway "
+            "for every engine answer and loop step, with LOOPGATE_ADMIN_KEY); empty means "
+            "http://HOST:PORT of this gateway (the embedded worker)."
+        },
+    )
     training_device: EngineDevice = field(
         default="auto",
         metadata={"help": "Device the worker trains on: auto (CUDA when present), cpu or cuda."},
@@ -289,6 +305,13 @@ class Settings:
     job_heartbeat_s: float = field(
         default=5.0, metadata={"help": "How often a worker confirms it is still training a job."}
     )
+    dataset_build_timeout_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "How long POST /v1/datasets (or a job naming a file) waits for a training "
+            "worker to build the dataset before answering 504 (the build goes on)."
+        },
+    )
     job_stale_after_s: float = field(
         default=60.0,
         metadata={"help": "A training job whose worker was silent this long is queued again."},
@@ -304,7 +327,7 @@ class Settings:
     )
     # Fair shares of the training machine: each tenant's defaults; the admin sets a tenant's
     # own with PUT /admin/tenants/{t}/quotas (gateway.quotas). Sized for the 2-core CPU host,
-    # where QLoRA trains ~100 tokens/s (README, measured).
+    # where QLoRA trains ~100 tokens/s (docs/benchmarks.md, measured).
     tenant_max_epochs: int = field(
         default=10,
         metadata={

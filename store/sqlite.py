@@ -23,6 +23,7 @@ from store.records import (
     Tenant,
 )
 from store.schema import MIGRATIONS
+from store.sqlite_builds import BuildsMixin
 from store.sqlite_capture import CaptureMixin, SQLiteMixin
 from store.sqlite_erasure import ErasureMixin
 from store.sqlite_evals import EvalsMixin
@@ -131,7 +132,13 @@ class _AdapterMixin(SQLiteMixin):
 
 
 class SQLiteStore(
-    _AdapterMixin, CaptureMixin, TrainingMixin, EvalsMixin, LimitsMixin, ErasureMixin
+    _AdapterMixin,
+    CaptureMixin,
+    TrainingMixin,
+    BuildsMixin,
+    EvalsMixin,
+    LimitsMixin,
+    ErasureMixin,
 ):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 

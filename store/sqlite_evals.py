@@ -14,6 +14,7 @@ from store.records import (
     EvalResult,
     EvalRun,
     EvalStatus,
+    LoopRecord,
     Usage,
 )
 from store.sqlite_erasure import add_case_sources, erased_while_running
@@ -45,6 +46,56 @@ class EvalsMixin(QuotasMixin):
         async with self.transaction():
             await self.db.execute(q.FINISH_RUN, args)
             await erased_while_running(self.db, run_id)
+
+    async def claim_eval_run(self, worker: str) -> EvalRun | None:
+        sql = q.CLAIM_RUN.format(lock="")
+        async with self.transaction(), self.db.execute(sql, (worker, time.time())) as cur:
+            row = await cur.fetchone()
+        return q.run(row) if row else None
+
+    async def heartbeat_eval_run(self, run_id: str, worker: str) -> bool:
+        return (await self._write(q.HEARTBEAT_RUN, (time.time(), run_id, worker))).rowcount > 0
+
+    async def requeue_stale_eval_runs(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]:
+        args = q.requeue_params(before, max_requeues, time.time())
+        async with self.transaction(), self.db.execute(q.REQUEUE_STALE_RUNS, args) as cur:
+            return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def add_eval_sources(self, run_id: str, sources: Sequence[CaseSource]) -> None:
+        async with self.transaction():
+            await add_case_sources(self.db, run_id, sources)
+
+    async def add_loop_run(self, run: LoopRecord) -> None:
+        await self._write(q.INSERT_LOOP, q.loop_params(run))
+
+    async def get_loop_run(self, tenant_id: str, run_id: str) -> LoopRecord | None:
+        async with self.db.execute(q.GET_LOOP, (tenant_id, run_id)) as cur:
+            row = await cur.fetchone()
+        return q.loop(row) if row else None
+
+    async def claim_loop_run(self, worker: str) -> LoopRecord | None:
+        sql = q.CLAIM_LOOP.format(lock="")
+        async with self.transaction(), self.db.execute(sql, (worker, time.time())) as cur:
+            row = await cur.fetchone()
+        return q.loop(row) if row else None
+
+    async def save_loop_run(
+        self, run_id: str, worker: str, status: str, state: str, finished_at: float | None
+    ) -> bool:
+        args = (status, state, finished_at, time.time(), run_id, worker)
+        return (await self._write(q.SAVE_LOOP, args)).rowcount > 0
+
+    async def heartbeat_loop_run(self, run_id: str, worker: str) -> bool:
+        return (await self._write(q.HEARTBEAT_LOOP, (time.time(), run_id, worker))).rowcount > 0
+
+    async def requeue_stale_loop_runs(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]:
+        args = q.loop_requeue_params(before, max_requeues, time.time())
+        async with self.transaction(), self.db.execute(q.REQUEUE_STALE_LOOPS, args) as cur:
+            return [(r[0], r[1]) for r in await cur.fetchall()]
 
     async def get_eval_run(self, tenant_id: str, run_id: str) -> EvalRun | None:
         async with self.db.execute(q.GET_RUN, (tenant_id, run_id)) as cur:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import msgspec
 
 from store.records import DatasetErasure
-from training.dataset import AuthorCount, Snapshot, SourceCount, Split
+from training.snapshot import AuthorCount, Snapshot, SourceCount, Split
 
 DATA_FILES = ("train.jsonl", "eval.jsonl", "preferences.jsonl")
 TOP_AUTHORS = 10  # as many as the builder lists

@@ -1,4 +1,6 @@
-"""The fine-tuning worker process: claims queued jobs from the store and runs them, one at a time.
+"""The training worker process: claims queued jobs from the store and runs them, one at a time,
+and beside them queued dataset builds (`training.dataset_builds`), so a build never waits for a
+job to finish training.
 
 Started beside the gateway (`LOOPGATE_TRAINING_WORKER=true`, the default) or on its own on a
 GPU host (`loopgate worker`), pointed at the same store and shared training folder. One worker
@@ -23,6 +25,7 @@ from replicas.base_model import resolve_model
 from replicas.supervisor import served_dtype
 from store import Store, open_store
 from store.settings import Settings
+from training.dataset_builds import DatasetBuilder, build_env
 from training.job_runner import JobRunner, WorkerEnv
 
 log = logging.getLogger("loopgate.worker")
@@ -68,6 +71,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.runner = JobRunner(store, worker_env(settings))
+        self.builder = DatasetBuilder(store, build_env(settings, self.runner.env.worker_id))
         self.stopping = asyncio.Event()
         self.parent = os.getppid()
 
@@ -79,6 +83,14 @@ class Worker:
         log.info(
             "worker %s ready (device %s)", self.runner.env.worker_id, self.settings.training_device
         )
+        builds = asyncio.create_task(self.builder.serve(self.stopping))
+        try:
+            await self._jobs()
+        finally:
+            self.stopping.set()
+            await builds
+
+    async def _jobs(self) -> None:
         while not self.stopping.is_set():
             await self._requeue_stale()
             job = await self.store.claim_job(self.runner.env.worker_id)

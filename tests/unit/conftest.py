@@ -19,8 +19,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from evals.worker import EvalsWorker
 from gateway.app import create_app
 from store.settings import Settings
+from tests.support.dataset_worker import dataset_worker
+from tests.support.evals_worker import evals_worker as running_evals_worker
 from tests.support.postgres import PostgresServer, postgres_server
 from tests.unit.fake_engine import FakeEngine
 
@@ -36,6 +39,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "admin_key": "admin-secret",
         "auth_cache_ttl_s": 0.0,
         "training_worker": False,  # worker processes are exercised by the integration tier
+        "evals_worker": False,  # the `evals_worker` fixture runs one in the app's event loop
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
@@ -69,8 +73,10 @@ def overrides() -> dict[str, object]:
 
 @pytest.fixture
 def env(tmp_path: Path, engine: FakeEngine, overrides: dict[str, object]) -> Iterator[Env]:
-    app = create_app(make_settings(tmp_path, **overrides), transport=engine.transport())
-    with TestClient(app) as client:
+    settings = make_settings(tmp_path, **overrides)
+    app = create_app(settings, transport=engine.transport())
+    # Dataset builds run in the worker's code path (training.dataset_builds), in a thread here.
+    with TestClient(app) as client, dataset_worker(settings):
         keys = []
         for name in ("acme", "globex"):
             assert (
@@ -82,6 +88,13 @@ def env(tmp_path: Path, engine: FakeEngine, overrides: dict[str, object]) -> Ite
         resp = client.put("/admin/tenants/globex/aliases/globex-private", json={}, headers=ADMIN)
         assert resp.status_code == 200
         yield Env(client, engine, keys[0], keys[1])
+
+
+@pytest.fixture
+def evals_worker(env: Env, tmp_path: Path, overrides: dict[str, object]) -> Iterator[EvalsWorker]:
+    """An evals worker on the env's app (eval runs, loop steps): tests/support/evals_worker."""
+    with running_evals_worker(env.client, make_settings(tmp_path, **overrides)) as worker:
+        yield worker
 
 
 @pytest.fixture(scope="session")

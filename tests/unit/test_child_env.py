@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.evaluations import evals_worker_env
 from gateway.finetuning import worker_process_env
 from replicas.supervisor import build_launch
 from store.settings import Settings
@@ -63,4 +64,15 @@ def test_the_worker_gets_its_settings_but_no_serving_secret(poisoned: Settings) 
     assert env["HF_HOME"] == "/srv/hf" and env["CUDA_VISIBLE_DEVICES"] == "1"
     # The worker rebuilds the gateway's settings from it, less the secrets it has no use for.
     unset = {"admin_key": "", "engine_api_key": "", "cache_salt_secret": "", "metrics_key": ""}
+    assert Settings.from_env(env) == poisoned.with_overrides(**unset)
+
+
+def test_the_evals_worker_keeps_the_admin_key_and_no_engine_secret(poisoned: Settings) -> None:
+    """It asks the gateway's admin API for answers and loop steps; it never reaches the engine."""
+    env = evals_worker_env(poisoned, os.environ)
+    needed = ("LOOPGATE_ADMIN_KEY", "LOOPGATE_DATABASE_URL")
+    assert leaked(env, [n for n in SECRETS if n not in needed]) == []
+    assert env["LOOPGATE_ADMIN_KEY"] == SECRETS["LOOPGATE_ADMIN_KEY"]
+    assert env["LOOPGATE_WORKER_PARENT"] == str(os.getpid())
+    unset = {"engine_api_key": "", "cache_salt_secret": "", "metrics_key": ""}
     assert Settings.from_env(env) == poisoned.with_overrides(**unset)

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.unit.conftest import ADMIN, Env
+from tests.support.evals_worker import evals_worker as running_evals_worker
+from tests.unit.conftest import ADMIN, Env, make_settings
 from tests.unit.test_adapters_api import upload
 
 SUITE = "\n".join(
@@ -55,7 +57,7 @@ def run_eval(env: Env, version: str) -> dict:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         run = env.client.get(f"/admin/tenants/acme/evals/{run_id}", headers=ADMIN).json()
-        if run["status"] != "running":
+        if run["status"] in ("done", "failed"):
             return dict(run)
         time.sleep(0.1)
     raise AssertionError(f"eval {run_id} did not finish")
@@ -69,6 +71,7 @@ def promote(env: Env, version: str, **kw: object) -> httpx.Response:
     )
 
 
+@pytest.mark.usefixtures("evals_worker")  # the eval run is done by an evals worker
 def test_a_clear_winner_passes_the_gate_and_is_promoted(env: Env, tmp_path: Path) -> None:
     env.client.put("/admin/tenants/acme/aliases/support", json={}, headers=ADMIN)
     version = str(upload(env, tmp_path, 1)["id"])
@@ -97,6 +100,7 @@ def test_a_clear_winner_passes_the_gate_and_is_promoted(env: Env, tmp_path: Path
     assert event["forced"] is False and run["id"] in event["reason"]
 
 
+@pytest.mark.usefixtures("evals_worker")  # the eval run is done by an evals worker
 def test_an_equal_candidate_is_refused_and_forcing_is_audited(env: Env, tmp_path: Path) -> None:
     env.client.put("/admin/tenants/acme/aliases/support", json={}, headers=ADMIN)
     version = str(upload(env, tmp_path, 2)["id"])
@@ -148,3 +152,75 @@ def guard_cases() -> list[str]:
     from evals.suite import load_guard_suite
 
     return [c.id for c in load_guard_suite().cases]
+
+
+def started_run(env: Env, tmp_path: Path, seed: int) -> str:
+    """A queued eval run of a fresh candidate for alias 'support' (no worker takes it)."""
+    env.client.put("/admin/tenants/acme/aliases/support", json={}, headers=ADMIN)
+    version = str(upload(env, tmp_path, seed)["id"])
+    body = {"alias": "support", "candidate": version, "suite_jsonl": SUITE}
+    resp = env.client.post("/admin/tenants/acme/evals", json=body, headers=ADMIN)
+    assert resp.status_code == 202 and resp.json()["status"] == "queued", resp.text
+    return str(resp.json()["id"])
+
+
+def claim(env: Env, worker: str) -> str | None:
+    store = env.client.app.state.gateway.store
+    run = env.client.blocking_portal.call(store.claim_eval_run, worker)
+    return None if run is None else str(run.id)
+
+
+def test_the_answers_route_is_for_admins_and_running_runs_and_never_a_500(
+    env: Env, tmp_path: Path
+) -> None:
+    run_id = started_run(env, tmp_path, 5)
+    url = f"/admin/tenants/acme/evals/{run_id}/answers"
+    body = {"system": "candidate", "messages": [{"role": "user", "content": "hi"}]}
+    assert env.client.post(url, json=body).status_code == 401
+    assert env.client.post(url, json=body, headers=env.auth()).status_code == 403
+    queued = env.client.post(url, json=body, headers=ADMIN)
+    assert queued.status_code == 409 and "queued" in queued.json()["error"]["message"]
+    unknown = env.client.post(url.replace(run_id, "ev-nope"), json=body, headers=ADMIN)
+    assert unknown.status_code == 404
+    other = env.client.post(url.replace("acme", "globex"), json=body, headers=ADMIN)
+    assert other.status_code == 404  # another tenant's run is not found
+    assert claim(env, "w-test") == run_id
+    bad = {"system": "judge", "messages": []}
+    assert env.client.post(url, json=bad, headers=ADMIN).status_code == 400
+    env.engine.custom = answer_by_model("ANSWER: ok")  # type: ignore[assignment]
+    for system, text in (("candidate", "ANSWER: ok"), ("live", "I am not sure."), ("base", None)):
+        resp = env.client.post(url, json={**body, "system": system}, headers=ADMIN)
+        assert resp.status_code == 200, resp.text
+        assert text is None or resp.json()["content"] == text
+        assert resp.json()["latency_ms"] >= 0
+    sent = [json.loads(r.content) for r in env.engine.requests[-3:]]
+    assert [s["model"].startswith("lg-") for s in sent] == [True, False, False]
+    assert len({s["cache_salt"] for s in sent}) == 1 and all(s["temperature"] == 0 for s in sent)
+    env.engine.custom = lambda request: httpx.Response(500, json={"error": "boom"})  # type: ignore[assignment]
+    failing = env.client.post(url, json=body, headers=ADMIN)
+    assert failing.status_code == 502 and "500" in failing.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("overrides", [{"job_stale_after_s": 0.3, "job_heartbeat_s": 0.05}])
+def test_a_run_whose_worker_died_is_queued_again_and_done_by_another(
+    env: Env, tmp_path: Path, overrides: dict[str, object]
+) -> None:
+    run_id = started_run(env, tmp_path, 6)
+    assert claim(env, "w-dead") == run_id  # ... and that worker never beats again
+    env.engine.custom = answer_by_model("ANSWER: escalated ##")  # type: ignore[assignment]
+    with running_evals_worker(env.client, make_settings(tmp_path, **overrides)):
+        deadline = time.monotonic() + 60
+        while True:
+            run = env.client.get(f"/admin/tenants/acme/evals/{run_id}", headers=ADMIN).json()
+            if run["status"] in ("done", "failed") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert run["status"] == "done" and run["promote"] is True, run
+    store = env.client.app.state.gateway.store
+    record = env.client.blocking_portal.call(store.get_eval_run, tenant_id(env), run_id)
+    assert record.attempts == 2 and record.worker != "w-dead"
+
+
+def tenant_id(env: Env) -> str:
+    gw = env.client.app.state.gateway
+    return str(env.client.blocking_portal.call(gw.admin.tenant, "acme").id)

@@ -17,16 +17,17 @@ from evals.graders import (
     NormalizedCheck,
     RegexCheck,
     RougeLCheck,
+    check_schemas,
     grade,
     grade_async,
     normalize,
 )
+from evals.runner import grade_case
 from evals.suite import (
     DEFAULT_TENANT_CHECKS,
     Case,
     SuiteError,
     from_conversations,
-    grade_case,
     load_guard_suite,
     load_jsonl,
     parse_jsonl,
@@ -106,9 +107,12 @@ def test_json_schema_conformance_and_violation() -> None:
     assert "'age' is a required property" in missing.reason
 
 
-def test_invalid_schema_is_rejected_when_the_check_is_built() -> None:
+def test_invalid_schema_is_rejected_before_grading() -> None:
+    """Decoding stays light (the gateway does it); the worker checks schemas before grading."""
+    bad = JsonCheck(schema={"type": "no-such-type"})
     with pytest.raises(ValueError, match="invalid JSON schema"):
-        JsonCheck(schema={"type": "no-such-type"})
+        check_schemas([RougeLCheck(), bad])
+    check_schemas([JsonCheck(schema={"type": "object"}), RougeLCheck()])
 
 
 def test_rouge_l_identical_disjoint_partial_and_unicode() -> None:

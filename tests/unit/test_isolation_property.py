@@ -48,6 +48,7 @@ from litestar.testing import TestClient
 
 from gateway.app import create_app
 from store import JobChanges
+from tests.support.dataset_worker import dataset_worker
 from tests.unit.adapter_files import pack, write_adapter
 from tests.unit.conftest import ADMIN, Env, make_settings
 from tests.unit.fake_engine import ENGINE_MODEL, FakeEngine
@@ -141,11 +142,12 @@ class Isolation(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="lg-isolation-"))
         self.engine = FakeEngine()
-        app = create_app(
-            make_settings(self.tmp, engine_max_loras=64), transport=self.engine.transport()
-        )
+        settings = make_settings(self.tmp, engine_max_loras=64)
+        app = create_app(settings, transport=self.engine.transport())
         self.client: TestClient[Litestar] = TestClient(app)
         self.client.__enter__()
+        self.builds = dataset_worker(settings)  # dataset builds: the worker's code, in a thread
+        self.builds.__enter__()
         self.tenants: dict[str, Owned] = {}
         self.owner: dict[str, str] = {}  # adapter version (or parity-<job>) -> tenant name
         self.swept: set[tuple[str, str]] = set()  # (caller, name or id) tried once already
@@ -153,6 +155,7 @@ class Isolation(RuleBasedStateMachine):
         self.sent: list[str] = []  # the models the engine got during the last call
 
     def teardown(self) -> None:
+        self.builds.__exit__(None, None, None)
         self.client.__exit__(None, None, None)
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -16,7 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from replicas.base_model import ModelError, nf4_config, nf4_dir, prepare_nf4, resolve_model
+from replicas.base_model import (
+    ModelError,
+    nf4_config,
+    nf4_dir,
+    prepare_in_child,
+    prepare_nf4,
+    resolve_model,
+)
 from store.settings import Settings
 from tests.support.lora_factory import default_base_dir
 
@@ -132,3 +139,15 @@ def test_the_setting_picks_the_rounded_copy_and_verify_only_never_prepares(
         resolve_model(settings, prepare=False)
     assert not target.exists()
     assert resolve_model(settings.with_overrides(engine_weights="full")) == str(source)
+
+
+def test_preparing_in_a_child_gives_the_same_folder_and_its_errors(
+    source: Path, tmp_path: Path
+) -> None:
+    """The gateway prepares the base in a child process (it never imports torch itself): the
+    child prints the folder resolve_model gives here, and a failure is a ModelError here."""
+    settings = Settings(cache_dir=tmp_path, base_model=str(source), engine_weights="nf4")
+    with pytest.raises(ModelError, match="not prepared"):
+        prepare_in_child(settings, prepare=False)
+    folder = prepare_in_child(settings)
+    assert folder == resolve_model(settings, prepare=False) == str(nf4_dir(settings, str(source)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gateway.loop import training_summary
+from evals.loop_record import training_summary
 from replicas.supervisor import build_launch, engine_dtype, served_dtype
 from store.numerics import (
     choose_cpu_dtype,

@@ -12,6 +12,7 @@ from adapters.placement import AdapterPool, LoadState
 from replicas.pool import Backend, BackendPool
 from store import AdapterVersion
 from store.errors import EngineNotReady
+from tests.support.polling import until
 from tests.unit.fake_engine import FakeEngine
 
 
@@ -60,10 +61,8 @@ async def test_unload_waits_for_inflight_and_blocks_new_leases(setup) -> None:  
     placement = lease.placement
     assert placement is not None
     unloading = asyncio.create_task(pool.unload(placement))
-    await asyncio.sleep(0.05)
-    assert (
-        placement.state is LoadState.DRAINING and engine.loras
-    )  # still loaded: a request is using it
+    await until(lambda: placement.state is LoadState.DRAINING, "the unload never began draining")
+    assert not unloading.done() and engine.loras  # still loaded: a request is using it
     assert pool.try_lease("av-1") is None  # no new requests on a draining placement
     lease.release()
     assert await unloading is True
@@ -167,9 +166,9 @@ async def test_reconcile_leaves_a_draining_version_to_its_retirement(setup) -> N
     engine, pool, backend = setup
     lease = await pool.lease(version(1))
     assert lease.placement is not None
+    placement = lease.placement
     retiring = asyncio.create_task(pool.retire("av-1"))
-    await asyncio.sleep(0.01)
-    assert lease.placement.state is LoadState.DRAINING
+    await until(lambda: placement.state is LoadState.DRAINING, "the retirement never drained")
 
     async def stale() -> list[AdapterVersion]:
         return [version(1)]  # a wish from before the alias moved

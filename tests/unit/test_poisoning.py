@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.traffic import words
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.test_finetuning_api import dataset_path
@@ -78,6 +80,7 @@ def cancel_and_finish(env: Env, run: dict) -> dict:
     return wait_run(env, run["id"], lambda r: r["status"] != "running")
 
 
+@pytest.mark.usefixtures("evals_worker")  # the loop is advanced by an evals worker
 def test_a_tenth_of_poisoned_corrections_is_left_out_of_what_the_loop_trains(env: Env) -> None:
     poisoned = seed(env, honest_users=30, per_user=9, posers=30)  # 30 of 300 corrections
 
@@ -104,6 +107,7 @@ def test_a_tenth_of_poisoned_corrections_is_left_out_of_what_the_loop_trains(env
     assert cancel_and_finish(env, run)["candidate"] is None
 
 
+@pytest.mark.usefixtures("evals_worker")  # the loop is advanced by an evals worker
 def test_a_heavier_attack_stops_the_loop_until_an_admin_overrides_it(env: Env) -> None:
     poisoned = seed(env, honest_users=20, per_user=2, posers=20)  # a third of the corrections
 

@@ -371,6 +371,7 @@ def test_mutated_pii_never_raises() -> None:
     """PII snippets cut, glued and spliced with noise: nothing raises, counts stay consistent."""
     rng = random.Random(11)
     snippets = [e.snippet for p in POSITIVES for e in p.values]
+    found: Counter[PiiKind] = Counter()
     for _ in range(3000):
         parts = []
         for _ in range(rng.randint(1, 4)):
@@ -383,6 +384,10 @@ def test_mutated_pii_never_raises() -> None:
         assert result.total == sum(result.text.count(k.placeholder) for k in PiiKind) - sum(
             text.count(k.placeholder) for k in PiiKind
         )
+        found.update(result.counts)
+    # Every detector still fired somewhere in the noise (a redact() that gave its input back
+    # would pass the checks above, and fail this).
+    assert set(found) == set(PiiKind), found
 
 
 def _timed(text: str) -> tuple[float, Redaction]:
@@ -410,6 +415,9 @@ def test_one_megabyte_of_digits_and_letters() -> None:
         assert elapsed < GENEROUS_S, name
 
 
+TAIL_EMAIL = "canary.tail-7k2@example.org"
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -433,10 +441,11 @@ def test_one_megabyte_of_digits_and_letters() -> None:
     ids=lambda t: repr(t[:12]),
 )
 def test_pathological_inputs_stay_linear(text: str) -> None:
-    elapsed, result = _timed(text)
+    tail = f"\n\nReal mail after the noise: {TAIL_EMAIL}, thanks."
+    elapsed, result = _timed(text + tail)
     print(f"\n{len(text) / 1e6:.2f} MB of {text[:12]!r}...: {elapsed:.3f} s CPU")
     assert elapsed < GENEROUS_S
-    assert isinstance(result.text, str)
+    assert _found(TAIL_EMAIL, result), result.text[-200:]  # the scan did not give up on the way
 
 
 def test_typical_chat_message_speed() -> None:

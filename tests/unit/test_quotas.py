@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.test_adapters_api import upload as upload_adapter
@@ -147,6 +148,7 @@ def test_dataset_quota(env: Env) -> None:
     assert len(env.client.get("/v1/datasets", headers=env.auth()).json()["data"]) == 1
 
 
+@pytest.mark.usefixtures("evals_worker")  # the eval run is done by an evals worker
 def test_eval_runs_per_day_quota(env: Env, tmp_path: Path) -> None:
     set_quotas(env, max_eval_runs_per_day=1)
     env.client.put("/admin/tenants/acme/aliases/support", json={}, headers=ADMIN)

@@ -13,10 +13,9 @@ from pathlib import Path
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from gateway.openapi import document
 from store import open_store
 from store.errors import EXCEPTION_HANDLERS
-from store.settings import Settings
+from tests.unit.conftest import Env
 
 
 async def test_a_write_waits_out_another_connections_lock(tmp_path: Path) -> None:
@@ -71,8 +70,8 @@ def test_a_lock_that_outlasts_the_wait_is_a_retryable_503() -> None:
             assert "Traceback" not in resp.text and "sqlite" not in resp.text.lower()
 
 
-def test_the_api_document_tells_clients_every_write_may_be_told_to_retry() -> None:
-    spec = document(Settings.from_env({}))
+def test_the_api_document_tells_clients_every_write_may_be_told_to_retry(env: Env) -> None:
+    spec = env.client.get("/openapi.json").json()
     feedback = spec["paths"]["/v1/chat/completions/{completion_id}/feedback"]
     assert "503" in feedback["post"]["responses"]
     assert "store_busy" in feedback["post"]["responses"]["503"]["description"]

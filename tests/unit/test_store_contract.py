@@ -33,6 +33,7 @@ from store import (
     FileObject,
     FineTuningJob,
     JobChanges,
+    LoopRecord,
     PostgresStore,
     SQLiteStore,
     Store,
@@ -1271,3 +1272,59 @@ async def test_canaries_start_and_end_once(store: Store) -> None:
     assert await store.active_canaries() == []
     ended = (await store.canaries_of("t1", "support"))[0]
     assert ended.status == "rolled_back" and ended.reason == "error rate 0.5 > 0.1"
+
+
+async def test_a_queued_eval_run_is_claimed_once_and_requeued_when_its_worker_dies(
+    store: Store, clock: Clock
+) -> None:
+    await store.create_tenant("t1", "acme")
+    queued = EvalRun("ev-q", "t1", "support", "av-1", None, "queued", "admin", T0, spec="{}")
+    await store.add_eval_run(queued)
+    first = await store.claim_eval_run("w1")
+    assert first is not None and (first.id, first.status, first.worker) == ("ev-q", "running", "w1")
+    assert first.attempts == 1 and first.spec == "{}"
+    assert await store.claim_eval_run("w2") is None  # claimed once
+    assert await store.heartbeat_eval_run("ev-q", "w1")
+    assert not await store.heartbeat_eval_run("ev-q", "w2")  # not w2's
+    # w1 goes silent: queued again, then (past the limit) failed with the reason.
+    assert await store.requeue_stale_eval_runs(clock.now - 100, 1) == []  # not stale yet
+    assert await store.requeue_stale_eval_runs(clock.now + 10, 1) == [("ev-q", "queued")]
+    again = await store.claim_eval_run("w2")
+    assert again is not None and (again.worker, again.attempts) == ("w2", 2)
+    assert not await store.heartbeat_eval_run("ev-q", "w1")  # w1 lost its claim
+    assert await store.requeue_stale_eval_runs(clock.now + 10, 1) == [("ev-q", "failed")]
+    failed = await store.get_eval_run("t1", "ev-q")
+    assert failed is not None and failed.status == "failed" and failed.worker is None
+    assert (
+        failed.error is not None and "went silent (crashed or was stopped) 2 times" in failed.error
+    )
+    assert failed.finished_at is not None
+    assert await store.claim_eval_run("w3") is None
+
+
+async def test_a_loop_run_is_claimed_once_saved_by_its_worker_and_requeued(
+    store: Store, clock: Clock
+) -> None:
+    await store.create_tenant("t1", "acme")
+    record = LoopRecord("loop-1", "t1", "support", "running", '{"a": 1}', '{"s": 0}', T0)
+    await store.add_loop_run(record)
+    assert await store.get_loop_run("t2", "loop-1") is None
+    claimed = await store.claim_loop_run("w1")
+    assert claimed is not None and (claimed.worker, claimed.attempts) == ("w1", 1)
+    assert claimed.spec == '{"a": 1}'
+    assert await store.claim_loop_run("w2") is None
+    assert await store.save_loop_run("loop-1", "w1", "running", '{"s": 1}', None)
+    assert not await store.save_loop_run("loop-1", "w2", "running", '{"s": 9}', None)
+    assert await store.requeue_stale_loop_runs(clock.now + 10, 1) == [("loop-1", "running")]
+    resumed = await store.claim_loop_run("w2")
+    assert resumed is not None and resumed.state == '{"s": 1}' and resumed.attempts == 2
+    assert not await store.save_loop_run("loop-1", "w1", "running", '{"s": 2}', None)
+    assert await store.save_loop_run("loop-1", "w2", "promoted", '{"s": 3}', T0 + 5)
+    done = await store.get_loop_run("t1", "loop-1")
+    assert done is not None and (done.status, done.state, done.finished_at) == (
+        "promoted",
+        '{"s": 3}',
+        T0 + 5,
+    )
+    assert await store.claim_loop_run("w3") is None  # an ended run is nobody's
+    assert await store.requeue_stale_loop_runs(clock.now + 10, 1) == []

@@ -14,6 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
+from tests.support.polling import until as wait_for
 from tests.unit.adapter_files import pack, write_adapter
 from tests.unit.conftest import ADMIN, make_settings
 from tests.unit.fake_engine import FakeEngine
@@ -25,15 +26,21 @@ CHAT = {"model": "support", "messages": [{"role": "user", "content": "hi"}]}
 @dataclass
 class Fleet:
     """Two fake replicas behind one transport; a host in `stuck` hangs on the given paths
-    (its /health still answers, as a vLLM whose engine loop is stalled does)."""
+    (its /health still answers, as a vLLM whose engine loop is stalled does). `hanging` lists
+    the (host, path) of every request that is hanging now."""
 
     engines: dict[str, FakeEngine] = field(default_factory=lambda: {h: FakeEngine() for h in HOSTS})
     stuck: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hanging: list[tuple[str, str]] = field(default_factory=list)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        if request.url.path in self.stuck.get(host, ()):
-            await asyncio.sleep(60)
+        host, path = request.url.host, request.url.path
+        if path in self.stuck.get(host, ()):
+            self.hanging.append((host, path))
+            try:
+                await asyncio.sleep(60)  # the stall itself (the behaviour), not a wait for anything
+            finally:
+                self.hanging.remove((host, path))
         return self.engines[host].handle(request)
 
 
@@ -98,13 +105,6 @@ async def patient(tmp_path: Path) -> AsyncIterator[Env]:
         yield env
 
 
-async def wait_for(condition: object, what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
 async def test_a_replica_stuck_loading_is_left_out_then_caught_up(quick: Env) -> None:
     r0, r1 = (quick.fleet.engines[h] for h in HOSTS)
     quick.fleet.stuck["r1.test"] = ("/v1/load_lora_adapter",)
@@ -160,7 +160,10 @@ async def test_when_every_replica_is_stuck_nothing_is_promoted(slow: Env) -> Non
 
 async def test_a_reconcile_pass_stuck_on_one_replica_delays_no_health_check(patient: Env) -> None:
     patient.fleet.stuck["r1.test"] = ("/v1/models",)  # every reconcile of replica-1 hangs
-    await asyncio.sleep(0.5)  # a pass on replica-1 is under way now
+    await wait_for(
+        lambda: ("r1.test", "/v1/models") in patient.fleet.hanging,
+        "no reconcile pass reached replica-1",
+    )
     r0 = patient.client.app.state.gateway.pool.backends[0]
     assert r0.name == "replica-0" and r0.ready
     patient.fleet.engines["r0.test"].healthy = False

@@ -14,6 +14,7 @@ import httpx
 
 from tests.integration.conftest import Stack, add_tenants, start_gateway, stop_gateway
 from tests.support.mock_engine import mock_engine
+from tests.support.polling import until
 
 
 def gateway(data_dir: Path, engine_url: str) -> Stack:
@@ -108,7 +109,9 @@ def test_sigterm_drains_streams_and_flushes_every_row(tmp_path: Path) -> None:
         async def run() -> list[str]:
             async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
                 streams = [asyncio.create_task(one(client, key, 2 * i)) for i in range(20)]
-                await asyncio.sleep(0.7)  # all of them are mid-stream now
+                await until(  # the engine has all 20: each is mid-stream now (for about 2 s)
+                    lambda: engine.stats()["requests"] >= 20, "the streams never reached the engine"
+                )
                 stack.proc.send_signal(signal.SIGTERM)
                 return list(await asyncio.gather(*streams))
 

@@ -3,7 +3,7 @@ the guard suite, the format check), how it reads an eval's results and judges it
 
 The scenario itself (`python -m demo.support_desk`, exit 1 when a target is missed) is not part of
 the suite: it met every target in its last run, but its guard margin is a case or two and moves with
-the machine and the traffic draw (the README's demo paragraph has the runs). The loop it drives is
+the machine and the traffic draw (docs/benchmarks.md has the runs). The loop it drives is
 tested on the real stack in tests/integration/training/test_loop_e2e.py."""
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import Stack
+from tests.support.polling import until_sync
 
 pytestmark = pytest.mark.engine
 
@@ -45,8 +46,11 @@ def test_engine_killed_during_a_stream(stack: Stack) -> None:
     assert httpx.get(stack.url + "/health").status_code == 200  # the gateway is still up
     # A request sent while the engine is down waits for the supervisor to bring it back
     # (LOOPGATE_ENGINE_READY_WAIT_S) and then succeeds: the restart is seen only as a delay.
-    time.sleep(1)  # the supervisor has seen the death (a pidfd makes it immediate)
-    assert httpx.get(stack.url + "/ready").status_code == 503
+    until_sync(  # the supervisor has seen the death (a pidfd makes it immediate)
+        lambda: httpx.get(stack.url + "/ready").status_code == 503,
+        "/ready never reported the engine down",
+        timeout_s=30,
+    )
     started = time.monotonic()
     resp = stack.client().chat.completions.create(
         model="smollm2",

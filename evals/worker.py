@@ -1,0 +1,129 @@
+"""The evals worker process: claims queued eval runs and loop runs from the store and does them.
+
+Started beside the gateway (`LOOPGATE_EVALS_WORKER=true`, the default) or on its own on another
+host (`python -m evals.worker`, with the same store, LOOPGATE_GATEWAY_URL and
+LOOPGATE_ADMIN_KEY). Eval runs are done one at a time (their answers are batched on the engine);
+loop runs, which mostly wait on a job or an eval, each advance in a task of their own. A run
+whose worker went silent for `job_stale_after_s` is queued again, up to `job_max_requeues`
+times, then failed with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from evals.eval_run import EvalJob
+from evals.gateway_client import GatewayClient, make_client
+from evals.loop_run import LoopRunner
+from store import Store, open_store
+from store.settings import Settings
+
+log = logging.getLogger("loopgate.evals.worker")
+POLL_S = 1.0
+
+
+class EvalsWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        gateway: GatewayClient,
+        *,
+        poll_s: float = POLL_S,
+        loop_poll_s: float = 2.0,
+    ):
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self.poll_s = poll_s
+        self.id = f"evals:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        beat = settings.job_heartbeat_s
+        self.evals = EvalJob(store, gateway, settings.data_dir / "evals", self.id, beat)
+        self.loops = LoopRunner(store, gateway, self.id, beat, loop_poll_s)
+        self.loop_tasks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+        self.parent = os.getppid()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        log.info("evals worker %s ready", self.id)
+        try:
+            while not self.stopping.is_set():
+                if await self.step():
+                    continue
+                if self._orphaned():
+                    log.info("the gateway that started this worker is gone; exiting")
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.poll_s)
+        finally:
+            for task in list(self.loop_tasks):
+                task.cancel()
+            await asyncio.gather(*self.loop_tasks, return_exceptions=True)
+
+    async def step(self) -> bool:
+        """One pass: requeue the silent workers' runs, start a loop, do an eval; True if busy."""
+        await self._requeue_stale()
+        record = await self.store.claim_loop_run(self.id)
+        if record is not None:
+            task = asyncio.create_task(self.loops.run(record), name=f"loop-{record.id}")
+            self.loop_tasks.add(task)
+            task.add_done_callback(self.loop_tasks.discard)
+        run = await self.store.claim_eval_run(self.id)
+        if run is not None:
+            log.info("running eval %s for tenant %s", run.id, run.tenant_id)
+            await self.evals.run(run)
+        return record is not None or run is not None
+
+    async def _requeue_stale(self) -> None:
+        before = time.time() - self.settings.job_stale_after_s
+        limit = self.settings.job_max_requeues
+        for run_id, status in await self.store.requeue_stale_eval_runs(before, limit):
+            log.warning("eval %s lost its worker; now %s", run_id, status)
+        for run_id, status in await self.store.requeue_stale_loop_runs(before, limit):
+            log.warning("loop %s lost its worker; now %s", run_id, status)
+
+    def _orphaned(self) -> bool:
+        """Started by a gateway (not by a user) whose process has died."""
+        return os.environ.get("LOOPGATE_WORKER_PARENT") == str(self.parent) and (
+            os.getppid() != self.parent
+        )
+
+
+async def serve(settings: Settings) -> int:
+    store = open_store(settings.store_url)
+    await store.open()
+    async with make_client(settings) as client:
+        worker = EvalsWorker(settings, store, GatewayClient(client))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run()
+        finally:
+            await store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    del argv
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
