@@ -2,13 +2,14 @@
 
 A suite line such as `{"type": "regex", "pattern": "Paris"}` decodes straight into `RegexCheck`
 and a bad field is reported with its JSON path. Light on purpose: the gateway decodes policies
-and suites with them. A `json` check's schema is checked by the worker that grades it
-(`evals.graders.check_schemas`), since that needs jsonschema.
+and suites with them; `check_schemas` checks a `json` check's schema against its JSON Schema
+dialect (jsonschema, imported only when a schema is there to check).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import ClassVar
 
 import msgspec
@@ -96,3 +97,15 @@ class JudgeCheck(_CheckBase, frozen=True, tag="judge"):
 Check = (
     ExactCheck | NormalizedCheck | RegexCheck | JsonCheck | RougeLCheck | LengthCheck | JudgeCheck
 )
+
+
+def check_schemas(checks: Iterable[Check]) -> None:
+    """Every `json` check's schema is a valid JSON schema, else ValueError naming the problem."""
+    from jsonschema import exceptions, validators
+
+    for check in checks:
+        if isinstance(check, JsonCheck) and check.schema is not None:
+            try:
+                validators.validator_for(check.schema).check_schema(check.schema)
+            except exceptions.SchemaError as exc:
+                raise ValueError(f"invalid JSON schema: {exc.message}") from None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ from evals.checks import (
     NormalizedCheck,
     RegexCheck,
     RougeLCheck,
+    check_schemas,
 )
 
 if TYPE_CHECKING:
@@ -79,18 +80,6 @@ class Grade(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"a grade's score must be in [0, 1], got {self.score}")
-
-
-def check_schemas(checks: Iterable[Check]) -> None:
-    """Every `json` check's schema is a valid JSON schema, else ValueError naming the problem."""
-    from jsonschema import exceptions, validators
-
-    for check in checks:
-        if isinstance(check, JsonCheck) and check.schema is not None:
-            try:
-                validators.validator_for(check.schema).check_schema(check.schema)
-            except exceptions.SchemaError as exc:
-                raise ValueError(f"invalid JSON schema: {exc.message}") from None
 
 
 def normalize(text: str) -> str:

@@ -32,6 +32,7 @@ import msgspec
 from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
+from evals.checks import check_schemas
 from evals.policy import PolicyIn
 from evals.spec import AnswerReply, AnswerRequest, RunSpec
 from evals.suite import DEFAULT_TENANT_CHECKS, SuiteError, parse_jsonl
@@ -93,6 +94,7 @@ class Evaluations:
     async def set_policy(self, tenant_id: str, policy: PolicyIn) -> PolicyIn:
         try:
             policy.gate()
+            check_schemas(policy.tenant_checks)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         await self.store.set_gate_policy(tenant_id, msgspec.json.encode(policy).decode())
@@ -136,8 +138,9 @@ class Evaluations:
         if req.suite_jsonl is not None:
             checks = policy.tenant_checks or list(DEFAULT_TENANT_CHECKS)
             try:
-                parse_jsonl(req.suite_jsonl, TENANT_SUITE, default_checks=checks)
-            except SuiteError as exc:
+                suite = parse_jsonl(req.suite_jsonl, TENANT_SUITE, default_checks=checks)
+                check_schemas(c for case in suite.cases for c in case.checks)
+            except (SuiteError, ValueError) as exc:
                 raise InvalidRequest(str(exc), param="suite_jsonl") from None
             return None
         dataset = (

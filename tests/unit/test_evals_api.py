@@ -133,6 +133,10 @@ def test_gate_policy_and_bad_eval_requests(env: Env, tmp_path: Path) -> None:
     )
     bad = env.client.put("/admin/tenants/acme/gate-policy", json={"confidence": 2}, headers=ADMIN)
     assert bad.status_code == 400
+    schema = {"tenant_checks": [{"type": "json", "schema": {"type": "no-such-type"}}]}
+    bad = env.client.put("/admin/tenants/acme/gate-policy", json=schema, headers=ADMIN)
+    assert bad.status_code == 400 and "invalid JSON schema" in bad.json()["error"]["message"]
+    assert env.client.get("/admin/tenants/acme/gate-policy", headers=ADMIN).json() == got
     version = str(upload(env, tmp_path, 3)["id"])
     env.client.put("/admin/tenants/acme/aliases/support", json={}, headers=ADMIN)
 
@@ -143,6 +147,11 @@ def test_gate_policy_and_bad_eval_requests(env: Env, tmp_path: Path) -> None:
 
     assert start(candidate=version).status_code == 400  # no dataset and no suite
     assert start(candidate=version, suite_jsonl="not json").status_code == 400
+    line = {"id": "c1", "messages": [{"role": "user", "content": "hi"}],
+            "checks": [{"type": "json", "schema": {"type": 7}}]}  # fmt: skip
+    bad_schema = start(candidate=version, suite_jsonl=json.dumps(line))
+    assert bad_schema.status_code == 400, bad_schema.text
+    assert bad_schema.json()["error"]["param"] == "suite_jsonl"
     assert start(candidate="av-missing", suite_jsonl=SUITE).status_code == 404
     globex = str(upload(env, tmp_path, 4, tenant="globex")["id"])
     assert start(candidate=globex, suite_jsonl=SUITE).status_code == 404

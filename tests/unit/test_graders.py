@@ -108,7 +108,7 @@ def test_json_schema_conformance_and_violation() -> None:
 
 
 def test_invalid_schema_is_rejected_before_grading() -> None:
-    """Decoding stays light (the gateway does it); the worker checks schemas before grading."""
+    """Decoding stays light; the schemas are checked when a policy or suite is sent."""
     bad = JsonCheck(schema={"type": "no-such-type"})
     with pytest.raises(ValueError, match="invalid JSON schema"):
         check_schemas([RougeLCheck(), bad])

@@ -24,7 +24,6 @@ FORBIDDEN = frozenset(
         "matplotlib",
         "datasketch",
         "rouge_score",
-        "jsonschema",
         "datasets",
         "accelerate",
         "bitsandbytes",

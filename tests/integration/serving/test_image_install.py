@@ -32,7 +32,7 @@ TARGET = "gateway"
 # The workers' and the engine's stacks: none of them is installed by the base.
 MUST_BE_ABSENT = (
     *("vllm", "torch", "transformers", "peft", "trl", "scipy", "matplotlib"),
-    *("datasketch", "rouge_score", "jsonschema"),
+    *("datasketch", "rouge_score"),
 )
 ADMIN_KEY = "lg-admin-image-test"
 INSTALL_TIMEOUT_S = 1200
