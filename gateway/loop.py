@@ -119,11 +119,16 @@ class Loops:
         return LoopDataset(built.review, summary)
 
     async def job(self, tenant: Tenant, run_id: str, dataset_id: str) -> FineTuningJob:
-        """2. The QLoRA job on that dataset, queued for a training worker."""
-        spec, _ = await self._running(tenant, run_id)
+        """2. The QLoRA job on that dataset, queued for a training worker. Idempotent: a worker
+        that died after asking but before saving the job's id gets the same job again."""
+        spec, run = await self._running(tenant, run_id)
+        actor = f"loop:{spec.actor}:{run_id}"
+        existing = await self._job_of(tenant, actor, dataset_id, since=run.started_at)
+        if existing is not None:
+            return existing
         req = spec.request
         return await self.finetuning.create_job(
-            _caller(tenant, spec),
+            Caller(tenant.id, tenant.name, actor),
             CreateJob(
                 model=req.base or req.alias,
                 training_file=dataset_id,
@@ -132,6 +137,23 @@ class Loops:
                 seed=req.seed,
             ),
         )
+
+    async def _job_of(
+        self, tenant: Tenant, actor: str, dataset_id: str, *, since: float
+    ) -> FineTuningJob | None:
+        """The job this loop run already created on `dataset_id`, if any (newest first, back
+        to the run's start); a job records its creator as `key:<the caller's key id>`."""
+        after: str | None = None
+        while True:
+            jobs, more = await self.store.list_jobs(tenant.id, after, 100)
+            for job in jobs:
+                if job.created_at < since:
+                    return None
+                if job.created_by == f"key:{actor}" and job.dataset_id == dataset_id:
+                    return job
+            if not more or not jobs:
+                return None
+            after = jobs[-1].id
 
 
 def _caller(tenant: Tenant, spec: LoopSpec) -> Caller:

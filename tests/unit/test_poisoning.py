@@ -104,6 +104,15 @@ def test_a_tenth_of_poisoned_corrections_is_left_out_of_what_the_loop_trains(env
     assert POISON not in trained_text(env, run["dataset_id"])
     job = env.client.get(f"/v1/fine_tuning/jobs/{run['job_id']}", headers=env.auth()).json()
     assert job["loopgate"]["dataset_id"] == run["dataset_id"]
+    # A worker that died after asking for the job, resumed, asks again: the same job, not two.
+    again = env.client.post(
+        f"/admin/tenants/acme/loops/{run['id']}/job",
+        json={"dataset_id": run["dataset_id"]},
+        headers=ADMIN,
+    )
+    assert again.status_code == 201 and again.json()["id"] == run["job_id"], again.text
+    jobs = env.client.get("/v1/fine_tuning/jobs", headers=env.auth()).json()["data"]
+    assert [j["id"] for j in jobs] == [run["job_id"]]
     assert cancel_and_finish(env, run)["candidate"] is None
 
 
