@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 
+from training.build_records import DatasetOverride
 from training.poisoning import Flag, Review
 
 LoopStatus = Literal["running", "promoted", "refused", "failed", "needs_review"]
@@ -20,15 +21,6 @@ LoopStatus = Literal["running", "promoted", "refused", "failed", "needs_review"]
 class Step(msgspec.Struct):
     at: float
     message: str
-
-
-class Override(msgspec.Struct, frozen=True):
-    """An admin's override of the poisoning guards, as recorded (gateway.dataset_policy)."""
-
-    actor: str
-    at: float
-    reason: str
-    overrides: list[str]  # e.g. ["allow_flagged", "max_author_share=0.8"]
 
 
 class LoopRun(msgspec.Struct):
@@ -48,7 +40,7 @@ class LoopRun(msgspec.Struct):
     finished_at: float | None = None
     review: Review | None = None  # the poisoning guards' verdict on the dataset
     flags: list[Flag] = msgspec.field(default_factory=list)  # the acting ones, on a review stop
-    override: Override | None = None  # an admin's, with its reason
+    override: DatasetOverride | None = None  # an admin's, with its reason
 
 
 class LoopRequestView(msgspec.Struct):

@@ -24,11 +24,10 @@ from evals.loop_record import (
     DatasetSummary,
     LoopDataset,
     LoopRun,
-    Override,
     Step,
     training_summary,
 )
-from gateway.dataset_policy import AdminDataset, DatasetOverride, admin_config
+from gateway.dataset_policy import AdminDataset, admin_config
 from gateway.finetuning import CreateJob, FineTuning, Hyperparameters
 from gateway.tenancy import Caller
 from store import FineTuningJob, LoopRecord, Store, Tenant
@@ -66,9 +65,7 @@ class Loops:
             raise NotFound(f"no alias '{req.alias}' for this tenant", param="alias")
         _, override = admin_config(req.dataset or AdminDataset(), actor)  # refuses a bad one
         run = LoopRun("loop-" + secrets.token_hex(6), tenant.id, req.alias, "running", time.time())
-        run.override = (
-            None if override is None else msgspec.convert(override, Override, from_attributes=True)
-        )
+        run.override = override
         await self.store.add_loop_run(
             LoopRecord(
                 id=run.id,
@@ -105,12 +102,7 @@ class Loops:
         stop it for review (then with the acting flags, and nothing saved)."""
         spec, run = await self._running(tenant, run_id)
         config, _ = admin_config(spec.request.dataset or AdminDataset(), spec.actor)
-        override = (
-            None
-            if run.override is None
-            else msgspec.convert(run.override, DatasetOverride, from_attributes=True)
-        )
-        built = await self.finetuning.build_traffic(_caller(tenant, spec), config, override)
+        built = await self.finetuning.build_traffic(_caller(tenant, spec), config, run.override)
         d = built.dataset
         if d is None:
             acting = [f for f in built.flags if f.kind in SUSPICIONS and f.action != "noted"]
