@@ -15,7 +15,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter, SkipValidation
+from litestar.params import HeaderParameter, SkipValidation
 
 from gateway.tenancy import Caller, Directory
 
@@ -26,7 +26,7 @@ Injected: TypeAlias = SkipValidation[NamedDependency[T]]
 Connection = ASGIConnection[object, object, object, State]
 Guard = Callable[[Connection, BaseRouteHandler], Awaitable[None] | None]
 ActorHeader = Annotated[
-    str | None, Parameter(header="x-loopgate-actor", description="Who acts (audit trail)")
+    str | None, HeaderParameter(name="x-loopgate-actor", description="Who acts (audit trail)")
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from adapters.placement import AdapterPool
 from adapters.registry import Registry, Transition, next_status
@@ -174,7 +174,7 @@ class AdapterController(Controller):
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        data: Promote,
+        data: JSONBody[Promote],
         admin: Injected[Admin],
         registry: Injected[Registry],
         evaluations: Injected[Evaluations],
@@ -212,7 +212,7 @@ class AdapterController(Controller):
         swapper: Injected[Swapper],
         directory: Injected[Directory],
         actor: Injected[str],
-        data: Rollback | None = None,
+        data: JSONBody[Rollback | None] = None,
     ) -> SwapReport:
         found = await admin.tenant(tenant)
         reason = (data or Rollback()).reason

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, patch, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from adapters.swap import Swapper
 from gateway import apidoc
@@ -76,7 +76,7 @@ class AdminController(Controller):
     )
     async def create_tenant(
         self,
-        data: CreateTenant,
+        data: JSONBody[CreateTenant],
         admin: Injected[Admin],
         directory: Injected[Directory],
     ) -> Tenant:
@@ -102,7 +102,7 @@ class AdminController(Controller):
     async def set_policy(
         self,
         tenant: FromPath[str],
-        data: TenantPolicy,
+        data: JSONBody[TenantPolicy],
         admin: Injected[Admin],
         store: Injected[Store],
         directory: Injected[Directory],
@@ -130,7 +130,7 @@ class AdminController(Controller):
     async def erase(
         self,
         tenant: FromPath[str],
-        data: Erase,
+        data: JSONBody[Erase],
         admin: Injected[Admin],
         erasure: Injected[DataErasure],
         actor: Injected[str],
@@ -152,7 +152,7 @@ class AdminController(Controller):
     async def opt_out(
         self,
         tenant: FromPath[str],
-        data: OptOut,
+        data: JSONBody[OptOut],
         admin: Injected[Admin],
         store: Injected[Store],
     ) -> OptedOut:
@@ -169,7 +169,7 @@ class AdminController(Controller):
         responses=E(404, 413, 503),
     )
     async def create_key(
-        self, tenant: FromPath[str], admin: Injected[Admin], data: CreateKey | None = None
+        self, tenant: FromPath[str], admin: Injected[Admin], data: JSONBody[CreateKey | None] = None
     ) -> IssuedKey:
         return await admin.issue_key(tenant, (data or CreateKey()).name)
 
@@ -213,7 +213,7 @@ class AdminController(Controller):
         store: Injected[Store],
         swapper: Injected[Swapper],
         directory: Injected[Directory],
-        data: SetAlias | None = None,
+        data: JSONBody[SetAlias | None] = None,
     ) -> Alias:
         found = await admin.tenant(tenant)
         existing = await store.get_alias(found.id, name)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from gateway import apidoc
 from gateway.access import Injected
@@ -54,7 +54,7 @@ class CanaryController(Controller):
         self,
         tenant: FromPath[str],
         alias: FromPath[str],
-        data: CanarySpec,
+        data: JSONBody[CanarySpec],
         admin: Injected[Admin],
         canaries: Injected[Canaries],
         actor: Injected[str],
@@ -103,7 +103,7 @@ class CanaryController(Controller):
         evaluations: Injected[Evaluations],
         directory: Injected[Directory],
         actor: Injected[str],
-        data: Decision | None = None,
+        data: JSONBody[Decision | None] = None,
     ) -> CanaryPromotion:
         """Swap the canary's version onto the alias (live, zero failed requests); end it."""
         found = await admin.tenant(tenant)

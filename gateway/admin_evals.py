@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from litestar import Controller, get, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
 from evals.loop_record import Created, LoopDataset, LoopJob
@@ -47,7 +47,7 @@ class EvalController(Controller):
     async def set_policy(
         self,
         tenant: FromPath[str],
-        data: PolicyIn,
+        data: JSONBody[PolicyIn],
         admin: Injected[Admin],
         evaluations: Injected[Evaluations],
     ) -> PolicyIn:
@@ -64,7 +64,7 @@ class EvalController(Controller):
     async def start(
         self,
         tenant: FromPath[str],
-        data: StartEval,
+        data: JSONBody[StartEval],
         admin: Injected[Admin],
         evaluations: Injected[Evaluations],
         actor: Injected[str],
@@ -112,7 +112,7 @@ class EvalController(Controller):
         self,
         tenant: FromPath[str],
         run_id: FromPath[str],
-        data: AnswerRequest,
+        data: JSONBody[AnswerRequest],
         admin: Injected[Admin],
         evaluations: Injected[Evaluations],
     ) -> AnswerReply:
@@ -152,7 +152,7 @@ class LoopController(Controller):
     async def start(
         self,
         tenant: FromPath[str],
-        data: StartLoop,
+        data: JSONBody[StartLoop],
         admin: Injected[Admin],
         loops: Injected[Loops],
         actor: Injected[str],
@@ -196,7 +196,7 @@ class LoopController(Controller):
         self,
         tenant: FromPath[str],
         run_id: FromPath[str],
-        data: LoopJob,
+        data: JSONBody[LoopJob],
         admin: Injected[Admin],
         loops: Injected[Loops],
     ) -> Created:

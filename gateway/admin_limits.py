@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, put
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from gateway import apidoc
 from gateway.access import Injected
@@ -71,7 +71,7 @@ class LimitsController(Controller):
         responses=E(404, 413, 503),
     )
     async def set_tenant_limits(
-        self, tenant: FromPath[str], data: LimitsBody, limit_sets: Injected[LimitSets]
+        self, tenant: FromPath[str], data: JSONBody[LimitsBody], limit_sets: Injected[LimitSets]
     ) -> LimitSet:
         return await limit_sets.save(tenant, None, data)
 
@@ -92,7 +92,7 @@ class LimitsController(Controller):
         self,
         tenant: FromPath[str],
         key_id: FromPath[str],
-        data: LimitsBody,
+        data: JSONBody[LimitsBody],
         limit_sets: Injected[LimitSets],
     ) -> LimitSet:
         return await limit_sets.save(tenant, key_id, data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, get, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from gateway import apidoc
 from gateway.access import Injected
@@ -42,7 +42,7 @@ class TrainingController(Controller):
     async def set_quotas(
         self,
         tenant: FromPath[str],
-        data: QuotasBody,
+        data: JSONBody[QuotasBody],
         admin: Injected[Admin],
         quotas: Injected[Quotas],
     ) -> TenantShares:
@@ -55,7 +55,7 @@ class TrainingController(Controller):
         tenant: FromPath[str],
         admin: Injected[Admin],
         store: Injected[Store],
-        after: str | None = None,
+        after: FromQuery[str | None] = None,
         limit: PageLimit = 20,
     ) -> PageOf[Job]:
         found = await admin.tenant(tenant)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from adapters.swap import Swapper
@@ -41,7 +41,7 @@ async def chat_completions(
     request: AnyRequest,
     caller: Injected[Caller],
     serving: Injected[Serving],
-    data: bytes = b"",
+    data: JSONBody[bytes] = b"",
 ) -> Response[bytes] | Stream:
     return await serving.complete(caller, data, "chat", request_id(request.scope))
 
@@ -59,7 +59,7 @@ async def completions(
     request: AnyRequest,
     caller: Injected[Caller],
     serving: Injected[Serving],
-    data: bytes = b"",
+    data: JSONBody[bytes] = b"",
 ) -> Response[bytes] | Stream:
     return await serving.complete(caller, data, "completion", request_id(request.scope))
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from gateway import apidoc
 from gateway.access import Injected
@@ -35,7 +35,7 @@ from store.privacy import redact
 AnyRequest = Request[object, object, State]
 Text = Annotated[str, msgspec.Meta(max_length=32_768)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-PageLimit = Annotated[int, Parameter(ge=1, le=100, description="Page size (1-100)")]
+PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (1-100)")]
 Order = Literal["asc", "desc"]
 CID = "/v1/chat/completions/{completion_id:str}"
 
@@ -122,10 +122,10 @@ async def list_completions(
     request: AnyRequest,
     caller: Injected[Caller],
     store: Injected[Store],
-    model: str | None = None,
-    after: str | None = None,
+    model: FromQuery[str | None] = None,
+    after: FromQuery[str | None] = None,
     limit: PageLimit = 20,
-    order: Order = "asc",
+    order: FromQuery[Order] = "asc",
 ) -> CursorPageOf[StoredCompletion]:
     query = CompletionQuery(caller.tenant_id, model, metadata_filter(request), after, limit, order)
     rows, has_more = await store.list_completions(query)
@@ -144,9 +144,9 @@ async def get_messages(
     caller: Injected[Caller],
     store: Injected[Store],
     completion_id: FromPath[str],
-    after: str | None = None,
+    after: FromQuery[str | None] = None,
     limit: PageLimit = 20,
-    order: Order = "asc",
+    order: FromQuery[Order] = "asc",
 ) -> CursorPageOf[StoredMessage]:
     found = await owned(store, caller, completion_id)
     return message_page(stored_messages(found), after, limit, order)
@@ -164,7 +164,7 @@ async def update_completion(
     caller: Injected[Caller],
     store: Injected[Store],
     completion_id: FromPath[str],
-    data: UpdateCompletion | None = None,
+    data: JSONBody[UpdateCompletion | None] = None,
 ) -> StoredCompletion:
     await owned(store, caller, completion_id)
     change = data or UpdateCompletion()
@@ -201,7 +201,7 @@ async def add_feedback(
     caller: Injected[Caller],
     store: Injected[Store],
     completion_id: FromPath[str],
-    data: FeedbackIn | None = None,
+    data: JSONBody[FeedbackIn | None] = None,
 ) -> Feedback:
     await owned(store, caller, completion_id)
     feedback = (data or FeedbackIn()).feedback(caller, completion_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from gateway import apidoc
 from gateway.access import Injected
@@ -106,7 +106,7 @@ async def delete_file(
 async def build_dataset(
     caller: Injected[Caller],
     finetuning: Injected[FineTuning],
-    data: BuildDataset | None = None,
+    data: JSONBody[BuildDataset | None] = None,
 ) -> DatasetSnapshot:
     built = await finetuning.build_from_traffic(caller, data or BuildDataset())
     return DatasetSnapshot.of(built)
@@ -142,7 +142,7 @@ async def get_dataset(
     responses=apidoc.tenant(404, 413, 422, 429, 503),
 )
 async def create_job(
-    caller: Injected[Caller], finetuning: Injected[FineTuning], data: CreateJob
+    caller: Injected[Caller], finetuning: Injected[FineTuning], data: JSONBody[CreateJob]
 ) -> Job:
     return Job.of(await finetuning.create_job(caller, data))
 
@@ -151,7 +151,7 @@ async def create_job(
 async def list_jobs(
     caller: Injected[Caller],
     store: Injected[Store],
-    after: str | None = None,
+    after: FromQuery[str | None] = None,
     limit: PageLimit = 20,
 ) -> PageOf[Job]:
     jobs, more = await store.list_jobs(caller.tenant_id, after, limit)
@@ -175,7 +175,7 @@ async def job_events(
     finetuning: Injected[FineTuning],
     store: Injected[Store],
     job_id: FromPath[str],
-    after: str | None = None,
+    after: FromQuery[str | None] = None,
     limit: PageLimit = 20,
 ) -> PageOf[Event]:
     job = await finetuning.job(caller, job_id)
