@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -22,8 +21,9 @@ import time
 from evals.eval_run import EvalJob
 from evals.gateway_client import GatewayClient, make_client
 from evals.loop_run import LoopRunner
-from store import Store, open_store
+from store import Store, worker_process
 from store.settings import Settings
+from store.worker_process import run_worker
 
 log = logging.getLogger("loopgate.evals.worker")
 POLL_S = 1.0
@@ -100,29 +100,15 @@ class EvalsWorker:
 
 
 async def serve(settings: Settings) -> int:
-    store = open_store(settings.store_url)
-    await store.open()
     async with make_client(settings) as client:
-        worker = EvalsWorker(settings, store, GatewayClient(client))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        try:
-            await worker.run()
-        finally:
-            await store.close()
+        gateway = GatewayClient(client)
+        await run_worker(settings, lambda store: EvalsWorker(settings, store, gateway))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     del argv
-    settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return asyncio.run(serve(settings))
+    return worker_process.main(serve)
 
 
 if __name__ == "__main__":

@@ -184,10 +184,13 @@ class Gateway:
         if self.capture is not None:
             await self.capture.start()
         await self.canaries.load()
-        self.registry.base = await asyncio.to_thread(self._base_info)
         if self.settings.engine_mode == "embedded":
-            await self._start_embedded()
+            # Prepared (or verified) once, in a child: this process never imports torch.
+            model = await asyncio.to_thread(prepare_in_child, self.settings)
+            self.registry.base = await asyncio.to_thread(self._base_info, model)
+            await self._start_embedded(model)
         else:
+            self.registry.base = await asyncio.to_thread(self._base_info, None)
             self.pool.backends[:] = [
                 self._backend(url.rstrip("/"), self.settings.engine_api_key, f"replica-{i}")
                 for i, url in enumerate(self.settings.engine_urls)
@@ -203,13 +206,12 @@ class Gateway:
         if self.evals_worker is not None:
             self.evals_worker.start()
 
-    def _base_info(self) -> BaseModelInfo:
-        """The served base's identity and module shapes, when its files are on this host."""
+    def _base_info(self, model: str | None) -> BaseModelInfo:
+        """The served base's identity and module shapes, when its files are on this host
+        (`model`: the embedded engine's prepared folder; None: look for a prepared one)."""
         s = self.settings
         try:
-            # Preparing (embedded mode) runs in a child: this process never imports torch.
-            embedded = s.engine_mode == "embedded"
-            folder = Path(prepare_in_child(s) if embedded else resolve_model(s, prepare=False))
+            folder: Path | None = Path(model or resolve_model(s, prepare=False))
         except ModelError:  # external replicas serve a base whose files are not here
             folder = None
         if folder is not None and folder.is_dir():
@@ -253,8 +255,7 @@ class Gateway:
         finally:
             self._reconciling.discard(backend)
 
-    async def _start_embedded(self) -> None:
-        model = await asyncio.to_thread(prepare_in_child, self.settings)
+    async def _start_embedded(self, model: str) -> None:
         launch = build_launch(self.settings, model)
         backend = self._backend(launch.url, launch.api_key, "embedded")
         self.pool.backends[:] = [backend]

@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 
 from replicas.base_model import resolve_model
 from replicas.supervisor import served_dtype
-from store import Store, open_store
+from store import Store, worker_process
 from store.settings import Settings
+from store.worker_process import run_worker
 from training.dataset_builds import DatasetBuilder, build_env
 from training.job_runner import JobRunner, WorkerEnv
 
@@ -132,28 +132,13 @@ async def serve(settings: Settings) -> int:
                 "another worker already serves %s on this host; exiting", settings.training_device
             )
             return 0
-        store = open_store(settings.store_url)
-        await store.open()
-        worker = Worker(settings, store)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        try:
-            await worker.run()
-        finally:
-            await store.close()
+        await run_worker(settings, lambda store: Worker(settings, store))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     del argv
-    settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return asyncio.run(serve(settings))
+    return worker_process.main(serve)
 
 
 if __name__ == "__main__":
