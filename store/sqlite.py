@@ -24,6 +24,7 @@ from store.records import (
 )
 from store.schema import MIGRATIONS
 from store.sqlite_builds import BuildsMixin
+from store.sqlite_busy import when_fresh
 from store.sqlite_capture import CaptureMixin, SQLiteMixin
 from store.sqlite_erasure import ErasureMixin
 from store.sqlite_evals import EvalsMixin
@@ -186,13 +187,13 @@ class SQLiteStore(
     async def _write(self, sql: str, args: Sequence[object] = ()) -> aiosqlite.Cursor:
         """A single-statement write, never inside someone else's open transaction."""
         async with self._tx_lock:
-            return await self.db.execute(sql, args)
+            return await when_fresh(lambda: self.db.execute(sql, args), BUSY_TIMEOUT_MS / 1000)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
         """One write transaction at a time on the shared connection (BEGIN IMMEDIATE)."""
         async with self._tx_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            await when_fresh(lambda: self.db.execute("BEGIN IMMEDIATE"), BUSY_TIMEOUT_MS / 1000)
             try:
                 yield
             except BaseException:

@@ -15,6 +15,7 @@ import aiosqlite
 
 from store import rows as rowmap
 from store.records import CaptureFinal, Completion, CompletionQuery, Feedback
+from store.sqlite_busy import when_fresh
 
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
@@ -64,7 +65,10 @@ class CaptureMixin(SQLiteMixin):
         async with self.tx_lock:
             # aiosqlite's _execute runs a callable on its connection thread: the whole batch
             # costs one thread round trip instead of four.
-            await self.db._execute(_write_batch, self.db._conn, rows, updates)  # type: ignore[no-untyped-call]
+            # A refused BEGIN (a stale read snapshot, sqlite_busy) changed nothing: try again.
+            await when_fresh(
+                lambda: self.db._execute(_write_batch, self.db._conn, rows, updates)  # type: ignore[no-untyped-call]
+            )
 
     async def mark_incomplete(self, before: float) -> int:
         cur = await self._write(

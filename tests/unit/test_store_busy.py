@@ -78,3 +78,60 @@ def test_the_api_document_tells_clients_every_write_may_be_told_to_retry(env: En
     assert "503" not in feedback["get"]["responses"]  # a read never waits for the write lock
     writes = [op for path in spec["paths"].values() for m, op in path.items() if m != "get"]
     assert writes and all("503" in op["responses"] for op in writes)
+
+
+async def test_a_write_waits_out_its_own_connections_stale_read_snapshot(tmp_path: Path) -> None:
+    """The kill -9 test's flake: a read still open on the gateway's connection while another
+    process (the evals worker) commits makes SQLite refuse the next BEGIN IMMEDIATE at once
+    (SQLITE_BUSY_SNAPSHOT: the busy timeout does not apply). The write waits for the read to end
+    and goes through, for capture batches and transactions alike."""
+    path = tmp_path / "loopgate.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        for i in range(3):
+            await store.create_tenant(f"ten_{i}", f"t{i}")
+        db = store.db  # type: ignore[attr-defined]
+        reading = await db.execute("SELECT id FROM tenants")
+        assert await reading.fetchone() is not None  # the read stays open: more rows to come
+        other = sqlite3.connect(path, isolation_level=None)  # another process commits meanwhile
+        other.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_x', 'x', 0)")
+        other.close()
+
+        async def finish_the_read() -> None:
+            await asyncio.sleep(0.3)
+            await reading.fetchall()
+            await reading.close()
+
+        ended = asyncio.create_task(finish_the_read())
+        await store.create_tenant("ten_9", "t9")  # refused at once before the fix
+        await ended
+        assert (await store.get_tenant("t9")) is not None and await store.get_tenant("x")
+    finally:
+        await store.close()
+
+
+async def test_a_capture_batch_waits_out_a_stale_read_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "loopgate.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        for i in range(3):
+            await store.create_tenant(f"ten_{i}", f"t{i}")
+        db = store.db  # type: ignore[attr-defined]
+        reading = await db.execute("SELECT id FROM tenants")
+        assert await reading.fetchone() is not None
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_x', 'x', 0)")
+        other.close()
+
+        async def finish_the_read() -> None:
+            await asyncio.sleep(0.3)
+            await reading.fetchall()
+            await reading.close()
+
+        ended = asyncio.create_task(finish_the_read())
+        await store.capture_batch([], [])
+        await ended
+    finally:
+        await store.close()
