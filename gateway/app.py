@@ -11,7 +11,7 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from gateway import api, apidoc, completions_api, finetuning_api, metrics
+from gateway import api, apidoc, completions_api, console, finetuning_api, metrics
 from gateway.access import (
     admin_guard,
     provide_actor,
@@ -133,17 +133,21 @@ def create_app(
         finally:
             await gateway.stop()
 
+    routes = [tenant_routes(gateway), admin_routes(gateway), public_routes(settings)]
+    if settings.console_enabled:
+        routes += [console.console_router(), console.static_router()]
     return Litestar(
-        route_handlers=[tenant_routes(gateway), admin_routes(gateway), public_routes(settings)],
+        route_handlers=routes,
         dependencies=services(gateway),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         before_send=[add_request_id],
         middleware=[request_context],
-        state=State({"gateway": gateway}),  # for tests and tools that look inside
+        state=State({"gateway": gateway, "console_sessions": console.sessions_for(settings)}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=apidoc.openapi_config() if settings.openapi_enabled else None,
         plugins=[apidoc.RefusedFields()],
+        template_config=console.template_config() if settings.console_enabled else None,
         logging_config=None,  # the entry point configures logging (gateway.logs), not Litestar
         debug=False,
     )

@@ -242,7 +242,7 @@ class Evaluations:
 
 # Secrets the evals worker has no use for: it never serves nor talks to the engine itself. The
 # admin key it keeps: it asks the gateway's admin API for answers and loop steps.
-EVALS_WORKER_OMITS = ("engine_api_key", "cache_salt_secret", "metrics_key")
+EVALS_WORKER_OMITS = ("engine_api_key", "cache_salt_secret", "metrics_key", "console_secret")
 
 
 def evals_worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:

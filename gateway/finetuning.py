@@ -549,7 +549,13 @@ def _hyperparameters(req: CreateJob) -> Hyperparameters:
 
 # Secrets of the serving side the worker has no use for (it trains; it never serves or
 # administers). The store's URL it does need: it claims jobs and writes results there.
-WORKER_OMITS = ("admin_key", "engine_api_key", "cache_salt_secret", "metrics_key")
+WORKER_OMITS = (
+    "admin_key",
+    "engine_api_key",
+    "cache_salt_secret",
+    "metrics_key",
+    "console_secret",
+)
 
 
 def worker_process_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:

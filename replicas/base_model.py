@@ -282,7 +282,13 @@ def _convert(gguf: Path, out: Path, bar: tqdm) -> None:
 
 
 # Secrets the preparing child has no use for (it reads and writes model files only).
-PREPARE_OMITS = ("admin_key", "engine_api_key", "cache_salt_secret", "metrics_key")
+PREPARE_OMITS = (
+    "admin_key",
+    "engine_api_key",
+    "cache_salt_secret",
+    "metrics_key",
+    "console_secret",
+)
 
 
 def prepare_in_child(settings: Settings, *, prepare: bool = True) -> str:

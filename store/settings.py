@@ -67,6 +67,31 @@ class Settings:
             "kept in <data_dir>/cache_salt_secret; gateways sharing a store should share it."
         },
     )
+    console_enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Serve the operators' web console at /console (signed in with the admin "
+            "key, or read-only with a tenant key)."
+        },
+    )
+    console_secret: str = field(
+        default="",
+        metadata={
+            "help": "Key that signs console session cookies. Empty: a random one kept in "
+            "<data_dir>/console_secret; gateways sharing a store must share it."
+        },
+    )
+    console_session_ttl_s: float = field(
+        default=8 * 3600.0,
+        metadata={"help": "How long a console sign-in lasts (seconds) before it asks again."},
+    )
+    console_cookie_secure: bool = field(
+        default=False,
+        metadata={
+            "help": "Mark the console's cookies Secure (browsers then send them over HTTPS "
+            "only): turn on when the gateway is reached through TLS."
+        },
+    )
     admin_key: str = field(
         default="",
         metadata={
