@@ -111,6 +111,37 @@ async def test_a_write_waits_out_its_own_connections_stale_read_snapshot(tmp_pat
         await store.close()
 
 
+async def test_a_capture_batch_waits_while_another_process_writes_during_a_read(
+    tmp_path: Path,
+) -> None:
+    """With a read open on the connection, another process's write lock is refused at once
+    (SQLITE_BUSY, no busy timeout, which could deadlock): the batch waits for both to end."""
+    path = tmp_path / "loopgate.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        for i in range(3):
+            await store.create_tenant(f"ten_{i}", f"t{i}")
+        db = store.db  # type: ignore[attr-defined]
+        reading = await db.execute("SELECT id FROM tenants")
+        assert await reading.fetchone() is not None
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+
+        async def let_go() -> None:
+            await asyncio.sleep(0.3)
+            other.execute("COMMIT")
+            other.close()
+            await reading.fetchall()
+            await reading.close()
+
+        ended = asyncio.create_task(let_go())
+        await store.capture_batch([], [])  # refused at once before the fix
+        await ended
+    finally:
+        await store.close()
+
+
 async def test_a_capture_batch_waits_out_a_stale_read_snapshot(tmp_path: Path) -> None:
     path = tmp_path / "loopgate.db"
     store = open_store(f"sqlite:///{path}")
