@@ -185,4 +185,5 @@ def _result(run_id: str, a: Answer) -> EvalResult:
         a.result.passed,
         a.latency_ms,
         a.result.answer,
+        "; ".join(g.reason for g in a.result.grades),
     )

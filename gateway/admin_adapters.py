@@ -67,6 +67,63 @@ async def gated_reason(
     return f"{data.reason or 'gate passed'} (eval {run.id})"
 
 
+async def promote_alias(
+    evaluations: Evaluations,
+    registry: Registry,
+    swapper: Swapper,
+    directory: Directory,
+    found: Tenant,
+    alias: str,
+    data: Promote,
+    actor: str,
+) -> SwapReport:
+    """Swap an alias onto a version through the gate (or forced, with a reason): the admin API
+    and the console promote through here."""
+    reason = await gated_reason(evaluations, registry, found, alias, data)
+    report = await swapper.promote(
+        found,
+        alias,
+        data.version,
+        actor=actor,
+        reason=reason,
+        require_change=data.require_change,
+        forced=data.force,
+    )
+    directory.invalidate()
+    return report
+
+
+async def rollback_alias(
+    swapper: Swapper,
+    directory: Directory,
+    found: Tenant,
+    alias: str,
+    actor: str,
+    reason: str | None,
+) -> SwapReport:
+    """Swap an alias back to what it served before its last promote or rollback."""
+    report = await swapper.rollback(found, alias, actor=actor, reason=reason)
+    directory.invalidate()
+    return report
+
+
+async def retire_version(
+    store: Store,
+    registry: Registry,
+    adapters: AdapterPool,
+    settings: Settings,
+    found: Tenant,
+    version: str,
+) -> AdapterVersion:
+    """Retire a version no alias serves: unloaded from every replica once its requests drain."""
+    record = await registry.get(found, version)
+    if await store.aliases_to(record.id):
+        raise Conflict("an alias still serves this version; promote another or roll back first")
+    await store.set_adapter_status(record.id, next_status(record.status, Transition.RETIRE))
+    await adapters.retire(record.id, settings.swap_drain_timeout_s)
+    return await registry.get(found, version)
+
+
 class AdapterController(Controller):
     path = "/admin/tenants/{tenant:str}"
 
@@ -140,12 +197,7 @@ class AdapterController(Controller):
         settings: Injected[Settings],
     ) -> AdapterVersion:
         found = await admin.tenant(tenant)
-        record = await registry.get(found, version)
-        if await store.aliases_to(record.id):
-            raise Conflict("an alias still serves this version; promote another or roll back first")
-        await store.set_adapter_status(record.id, next_status(record.status, Transition.RETIRE))
-        await adapters.retire(record.id, settings.swap_drain_timeout_s)
-        return await registry.get(found, version)
+        return await retire_version(store, registry, adapters, settings, found, version)
 
     @delete(
         "/adapters/{version:str}",
@@ -183,18 +235,9 @@ class AdapterController(Controller):
         actor: Injected[str],
     ) -> SwapReport:
         found = await admin.tenant(tenant)
-        reason = await gated_reason(evaluations, registry, found, alias, data)
-        report = await swapper.promote(
-            found,
-            alias,
-            data.version,
-            actor=actor,
-            reason=reason,
-            require_change=data.require_change,
-            forced=data.force,
+        return await promote_alias(
+            evaluations, registry, swapper, directory, found, alias, data, actor
         )
-        directory.invalidate()
-        return report
 
     @post(
         "/aliases/{alias:str}/rollback",
@@ -216,9 +259,7 @@ class AdapterController(Controller):
     ) -> SwapReport:
         found = await admin.tenant(tenant)
         reason = (data or Rollback()).reason
-        report = await swapper.rollback(found, alias, actor=actor, reason=reason)
-        directory.invalidate()
-        return report
+        return await rollback_alias(swapper, directory, found, alias, actor, reason)
 
     @get("/aliases/{alias:str}/history", summary="An alias's swaps", responses=E(404))
     async def history(
@@ -234,7 +275,12 @@ class AdapterController(Controller):
 
 @get("/admin/backends", summary="Engine replicas and the adapters they hold", responses=E())
 async def backends(pool: Injected[BackendPool], adapters: Injected[AdapterPool]) -> Replicas:
-    """Each replica: readiness, requests in flight, and the adapters it holds."""
+    """Each replica: readiness, circuit, requests in flight, and the adapters it holds."""
+    return replicas_of(pool, adapters)
+
+
+def replicas_of(pool: BackendPool, adapters: AdapterPool) -> Replicas:
+    """The replicas as `GET /admin/backends` and the console's overview show them."""
     data = [
         replica(
             b,

@@ -59,6 +59,36 @@ class KeyInfo(msgspec.Struct):
         return msgspec.convert(k, cls, from_attributes=True)
 
 
+async def create_tenant(admin: Admin, directory: Directory, name: str) -> Tenant:
+    """A new tenant (the admin API's and the console's)."""
+    tenant = await admin.create_tenant(name)
+    directory.invalidate()
+    return tenant
+
+
+async def set_tenant_policy(
+    admin: Admin, store: Store, directory: Directory, tenant: str, data: TenantPolicy
+) -> Tenant:
+    """Change a tenant's capture policy; a field left out (None) keeps its value."""
+    found = await admin.tenant(tenant)
+    retention = None if data.keep_forever else (data.retention_days or found.retention_days)
+    await store.set_tenant_policy(
+        found.id,
+        store_default=found.store_default if data.store_default is None else data.store_default,
+        redact_pii=found.redact_pii if data.redact_pii is None else data.redact_pii,
+        retention_days=retention,
+    )
+    directory.invalidate()
+    return await admin.tenant(found.id)
+
+
+async def revoke_key(store: Store, directory: Directory, key_id: str) -> KeyInfo:
+    """Revoke a key now (the directory forgets its cached callers)."""
+    key = await store.revoke_key(key_id)
+    directory.invalidate()
+    return KeyInfo.of(key)
+
+
 T = "/tenants/{tenant:str}"
 E = apidoc.admin
 
@@ -80,9 +110,7 @@ class AdminController(Controller):
         admin: Injected[Admin],
         directory: Injected[Directory],
     ) -> Tenant:
-        tenant = await admin.create_tenant(data.name)
-        directory.invalidate()
-        return tenant
+        return await create_tenant(admin, directory, data.name)
 
     @get("/tenants", summary="List tenants", responses=E())
     async def list_tenants(self, store: Injected[Store]) -> ListOf[Tenant]:
@@ -108,16 +136,7 @@ class AdminController(Controller):
         directory: Injected[Directory],
     ) -> Tenant:
         """Capture policy: default `store`, PII redaction, retention in days."""
-        found = await admin.tenant(tenant)
-        retention = None if data.keep_forever else (data.retention_days or found.retention_days)
-        await store.set_tenant_policy(
-            found.id,
-            store_default=found.store_default if data.store_default is None else data.store_default,
-            redact_pii=found.redact_pii if data.redact_pii is None else data.redact_pii,
-            retention_days=retention,
-        )
-        directory.invalidate()
-        return await admin.tenant(found.id)
+        return await set_tenant_policy(admin, store, directory, tenant, data)
 
     @post(
         T + "/erase",
@@ -187,9 +206,7 @@ class AdminController(Controller):
         store: Injected[Store],
         directory: Injected[Directory],
     ) -> KeyInfo:
-        key = await store.revoke_key(key_id)
-        directory.invalidate()
-        return KeyInfo.of(key)
+        return await revoke_key(store, directory, key_id)
 
     @get(T + "/aliases", summary="List a tenant's aliases", responses=E(404))
     async def list_aliases(

@@ -263,6 +263,9 @@ def _banner(settings: Settings, demo_key: str | None) -> str:
         f"loopgate is ready at {base}",
         f"admin key: {settings.data_dir / 'admin_key'}",
     ]
+    if settings.console_enabled:
+        console = f"http://{settings.host}:{settings.port}/console"
+        lines.append(f"console: {console} (sign in with the admin key)")
     if demo_key:
         model = settings.default_alias or "<alias>"
         lines += [

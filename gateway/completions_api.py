@@ -54,28 +54,49 @@ class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
     user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
     def feedback(self, caller: Caller, completion_id: str) -> Feedback:
-        """The record: free text redacted when the tenant asks for it; its author named."""
+        """An API client's record: the end user it names, else its key, is the author."""
+        return self.record(
+            completion_id,
+            caller.tenant_id,
+            redact_pii=caller.redact_pii,
+            author=f"user:{self.user}" if self.user else f"key:{caller.key_id}",
+            key_id=caller.key_id,  # a correction's author is the key that sent it
+            end_user=self.user or None,
+        )
+
+    def record(
+        self,
+        completion_id: str,
+        tenant_id: str,
+        *,
+        redact_pii: bool,
+        author: str,
+        key_id: str | None,
+        end_user: str | None,
+    ) -> Feedback:
+        """The record (also of a console reviewer's decision): free text redacted when the
+        tenant asks for it; its author named."""
         if self.rating is None and self.score is None and not self._has_text():
             raise InvalidRequest(
                 "feedback needs at least one of rating, score, correction, comment"
             )
 
         def clean(text: str | None) -> str | None:
-            return redact(text).text if text is not None and caller.redact_pii else text
+            return redact(text).text if text is not None and redact_pii else text
 
         return Feedback(
             id="fb_" + secrets.token_hex(12),
             completion_id=completion_id,
-            tenant_id=caller.tenant_id,
+            tenant_id=tenant_id,
             rating=self.rating,
             score=self.score,
             correction=clean(self.correction),
             comment=clean(self.comment),
             tags=tuple(self.tags),
-            author=f"user:{self.user}" if self.user else f"key:{caller.key_id}",
+            author=author,
             created_at=time.time(),
-            key_id=caller.key_id,  # a correction's author is the key that sent it
-            end_user=self.user or None,
+            key_id=key_id,
+            end_user=end_user,
         )
 
     def _has_text(self) -> bool:

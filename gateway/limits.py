@@ -312,6 +312,15 @@ def budget_window(period: str, now: float) -> tuple[int, float]:
     return month, float(calendar.timegm((year, mon + 1, 1, 0, 0, 0, 0, 0, 0)))
 
 
+async def standing(store: Store, limits: LimitSet, tenant_name: str) -> list[tuple[Counter, int]]:
+    """Each counter of a tenant's (or one key's) limits in its current window, with what it has
+    used so far (the console shows them); concurrency is per process and not listed."""
+    caller = Caller(limits.tenant_id, tenant_name, limits.key_id)
+    counters = _counters(caller, [limits], 0, time.time())
+    used = await store.counter_usage([c.charge for c in counters])
+    return list(zip(counters, used, strict=True))
+
+
 _WHAT = {"requests": "requests per minute", "tokens": "tokens per minute", "budget": "token budget"}
 
 

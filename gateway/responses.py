@@ -440,6 +440,7 @@ class HeldAdapter(msgspec.Struct):
 class Replica(msgspec.Struct):
     name: str
     ready: bool
+    circuit: str  # its circuit breaker: closed, open or half_open (replicas.breaker)
     inflight: int
     adapters: list[HeldAdapter]
 
@@ -504,4 +505,4 @@ def model_card(alias: Alias, owner: str, base: str, target: ModelTarget, max_len
 
 
 def replica(b: Backend, held: list[HeldAdapter]) -> Replica:
-    return Replica(b.name, b.ready, b.inflight, held)
+    return Replica(b.name, b.ready, b.breaker.state.value, b.inflight, held)

@@ -12,6 +12,7 @@ from typing import Protocol
 from store.postgres import PostgresStore
 from store.records import (
     QUOTA_FIELDS,
+    ActiveWork,
     AdapterStatus,
     AdapterVersion,
     Alias,
@@ -45,9 +46,11 @@ from store.records import (
     LimitSet,
     LoopRecord,
     Reservation,
+    ReviewCandidate,
     TargetKind,
     Tenant,
     TenantQuotas,
+    TrafficBucket,
     Usage,
 )
 from store.schema import MIGRATIONS
@@ -58,6 +61,7 @@ __all__ = [
     "MIGRATIONS",
     "MIGRATIONS_PG",
     "QUOTA_FIELDS",
+    "ActiveWork",
     "AdapterStatus",
     "AdapterVersion",
     "Alias",
@@ -92,11 +96,13 @@ __all__ = [
     "LoopRecord",
     "PostgresStore",
     "Reservation",
+    "ReviewCandidate",
     "SQLiteStore",
     "Store",
     "TargetKind",
     "Tenant",
     "TenantQuotas",
+    "TrafficBucket",
     "Usage",
     "open_store",
 ]
@@ -243,6 +249,7 @@ class Store(Protocol):
     async def add_eval_sources(self, run_id: str, sources: Sequence[CaseSource]) -> None: ...
     async def add_loop_run(self, run: LoopRecord) -> None: ...
     async def get_loop_run(self, tenant_id: str, run_id: str) -> LoopRecord | None: ...
+    async def list_loop_runs(self, tenant_id: str, limit: int) -> list[LoopRecord]: ...
     async def claim_loop_run(self, worker: str) -> LoopRecord | None: ...
     async def save_loop_run(
         self, run_id: str, worker: str, status: str, state: str, finished_at: float | None
@@ -257,6 +264,11 @@ class Store(Protocol):
     ) -> list[EvalRun]: ...
     async def add_eval_results(self, results: Sequence[EvalResult]) -> None: ...
     async def list_eval_results(self, run_id: str) -> list[EvalResult]: ...
+    # Every system's result for one page of a run's cases (by suite, case id): of one suite, or
+    # only where the candidate scored below live.
+    async def eval_case_page(
+        self, run_id: str, *, suite: str | None, losses: bool, limit: int, offset: int
+    ) -> list[EvalResult]: ...
     async def set_gate_policy(self, tenant_id: str, policy: str) -> None: ...
     async def get_gate_policy(self, tenant_id: str) -> str | None: ...
     async def add_canary(self, canary: Canary) -> None: ...
@@ -283,6 +295,16 @@ class Store(Protocol):
     async def set_quotas(self, quotas: TenantQuotas) -> None: ...
     async def get_quotas(self, tenant_id: str) -> TenantQuotas | None: ...
     async def tenant_usage(self, tenant_id: str, at: float | None = None) -> Usage: ...
+    # -- the console's overview: bounded reads (one window of traffic, grouped in SQL) ---------
+    # Captured requests per tenant (None: every tenant) and bucket of `bucket_s` seconds in
+    # [since, until), with the errors ('error' or 'incomplete'); buckets with none are left out.
+    async def traffic(
+        self, tenant_id: str | None, since: float, until: float, bucket_s: float
+    ) -> list[TrafficBucket]: ...
+    # Jobs, eval runs and loop runs not yet ended (None: every tenant), newest first, `limit` each.
+    async def active_work(self, tenant_id: str | None, limit: int) -> ActiveWork: ...
+    # -- the human review queue (store.review_sql): the next completion to review and why --------
+    async def next_to_review(self, tenant_id: str, threshold: float) -> ReviewCandidate | None: ...
 
 
 def open_store(url: str) -> Store:

@@ -71,10 +71,13 @@ MARK_ADAPTERS = (
     "AND completion_id IN ({erased})) RETURNING id"
 )
 BLANK_CASES = (
-    "UPDATE eval_results SET answer = ? WHERE (run_id, suite, case_id) IN "
+    "UPDATE eval_results SET answer = ?, reasons = '' WHERE (run_id, suite, case_id) IN "
     "(SELECT run_id, suite, case_id FROM eval_case_sources WHERE completion_id IN ({erased}))"
 )
-BLANK_LEGACY = f"UPDATE eval_results SET answer = ? WHERE suite = ? AND run_id IN ({_LEGACY_RUNS})"
+BLANK_LEGACY = (
+    f"UPDATE eval_results SET answer = ?, reasons = '' WHERE suite = ? "
+    f"AND run_id IN ({_LEGACY_RUNS})"
+)
 MARK_RUN = "UPDATE eval_runs SET erased_at = ? WHERE id = ?"
 DELETE_FEEDBACK = "DELETE FROM feedback WHERE completion_id IN ({erased})"
 DELETE_COMPLETIONS = "DELETE FROM completions WHERE id IN ({erased})"
@@ -147,7 +150,7 @@ _ERASED_CASES_OF_RUN = (
     "(SELECT completion_id FROM dataset_sources WHERE erased)"
 )
 BLANK_LATE_ANSWERS = (
-    f"UPDATE eval_results SET answer = ? WHERE run_id = ? AND (suite, case_id) IN "
+    f"UPDATE eval_results SET answer = ?, reasons = '' WHERE run_id = ? AND (suite, case_id) IN "
     f"({_ERASED_CASES_OF_RUN})"
 )
 MARK_LATE_RUN = (

@@ -39,6 +39,7 @@ INSERT_LOOP = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 GET_LOOP = "SELECT * FROM loop_runs WHERE tenant_id = ? AND id = ?"
+LIST_LOOPS = "SELECT * FROM loop_runs WHERE tenant_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
 CLAIM_LOOP = (
     "UPDATE loop_runs SET worker = ?, heartbeat_at = ?, attempts = attempts + 1 "
     "WHERE id = (SELECT id FROM loop_runs WHERE status = 'running' AND worker IS NULL "
@@ -68,10 +69,36 @@ RUNS_OF = (
     "ORDER BY created_at DESC, id DESC"
 )
 INSERT_RESULT = (
-    "INSERT INTO eval_results (run_id, suite, case_id, system, score, passed, latency_ms, answer) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO eval_results (run_id, suite, case_id, system, score, passed, latency_ms, answer, "
+    "reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 LIST_RESULTS = "SELECT * FROM eval_results WHERE run_id = ? ORDER BY suite, case_id, system"
+# One page of a run's cases (every system's answer to each), the tenant suite's first, optionally
+# of one suite, or only where the candidate scored below live: args run_id, [suite], limit,
+# offset, run_id.
+_CASE_ORDER = "CASE {t}.suite WHEN 'tenant' THEN 0 ELSE 1 END, {t}.suite, {t}.case_id"
+_PAGE_OF_CASES = (
+    "SELECT r.* FROM eval_results r JOIN (SELECT c.suite, c.case_id FROM eval_results c "
+    "LEFT JOIN eval_results l ON l.run_id = c.run_id AND l.suite = c.suite "
+    "AND l.case_id = c.case_id AND l.system = 'live' "
+    "WHERE c.run_id = ? AND c.system = 'candidate'{where} "
+    f"ORDER BY {_CASE_ORDER.format(t='c')} LIMIT ? OFFSET ?) p "
+    "ON r.suite = p.suite AND r.case_id = p.case_id WHERE r.run_id = ? "
+    f"ORDER BY {_CASE_ORDER.format(t='r')}, r.system"
+)
+
+
+def page_of_cases(suite: str | None, losses: bool) -> str:
+    where = (" AND c.suite = ?" if suite is not None else "") + (
+        " AND c.score < l.score" if losses else ""
+    )
+    return _PAGE_OF_CASES.format(where=where)
+
+
+def page_args(run_id: str, suite: str | None, limit: int, offset: int) -> tuple[object, ...]:
+    return (run_id, *([suite] if suite is not None else []), limit, offset, run_id)
+
+
 SET_POLICY = (
     "INSERT INTO gate_policies (tenant_id, policy, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (tenant_id) DO UPDATE SET policy = excluded.policy, "
@@ -130,7 +157,17 @@ def run(row: Row) -> EvalRun:
 
 
 def result_params(r: EvalResult) -> tuple[object, ...]:
-    return (r.run_id, r.suite, r.case_id, r.system, r.score, r.passed, r.latency_ms, r.answer)
+    return (
+        r.run_id,
+        r.suite,
+        r.case_id,
+        r.system,
+        r.score,
+        r.passed,
+        r.latency_ms,
+        r.answer,
+        r.reasons,
+    )
 
 
 def result(row: Row) -> EvalResult:

@@ -15,6 +15,8 @@ from store.postgres_builds import BuildsMixinPG
 from store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
 from store.postgres_evals import EvalsMixinPG
 from store.postgres_limits import LimitsMixinPG
+from store.postgres_overview import OverviewMixinPG
+from store.postgres_review import ReviewMixinPG
 from store.postgres_training import TrainingMixinPG
 from store.records import (
     AdapterStatus,
@@ -84,7 +86,15 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(TrainingMixinPG, BuildsMixinPG, EvalsMixinPG, LimitsMixinPG, ErasureMixinPG):
+class PostgresStore(
+    TrainingMixinPG,
+    BuildsMixinPG,
+    EvalsMixinPG,
+    LimitsMixinPG,
+    ErasureMixinPG,
+    OverviewMixinPG,
+    ReviewMixinPG,
+):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 
     def __init__(self, url: str):

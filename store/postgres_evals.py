@@ -87,6 +87,9 @@ class EvalsMixinPG(QuotasMixinPG):
         row = await self.pool.fetchrow(N(q.GET_LOOP), tenant_id, run_id)
         return q.loop(row) if row else None
 
+    async def list_loop_runs(self, tenant_id: str, limit: int) -> list[LoopRecord]:
+        return [q.loop(r) for r in await self.pool.fetch(N(q.LIST_LOOPS), tenant_id, limit)]
+
     async def claim_loop_run(self, worker: str) -> LoopRecord | None:
         sql = N(q.CLAIM_LOOP.format(lock="FOR UPDATE SKIP LOCKED"))
         row = await self.pool.fetchrow(sql, worker, time.time())
@@ -128,6 +131,12 @@ class EvalsMixinPG(QuotasMixinPG):
 
     async def list_eval_results(self, run_id: str) -> list[EvalResult]:
         return [q.result(r) for r in await self.pool.fetch(N(q.LIST_RESULTS), run_id)]
+
+    async def eval_case_page(
+        self, run_id: str, *, suite: str | None, losses: bool, limit: int, offset: int
+    ) -> list[EvalResult]:
+        sql, args = q.page_of_cases(suite, losses), q.page_args(run_id, suite, limit, offset)
+        return [q.result(r) for r in await self.pool.fetch(N(sql), *args)]
 
     async def set_gate_policy(self, tenant_id: str, policy: str) -> None:
         await self.pool.execute(N(q.SET_POLICY), tenant_id, policy, time.time())

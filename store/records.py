@@ -399,6 +399,7 @@ class EvalResult(msgspec.Struct, frozen=True):
     passed: bool
     latency_ms: float | None
     answer: str
+    reasons: str = ""  # the grader's, one per check, '; '-joined
 
 
 CanaryStatus = Literal["active", "promoted", "rolled_back", "stopped"]
@@ -534,3 +535,34 @@ class Usage(msgspec.Struct, frozen=True):
             if extra > 0 and getattr(self, name) + extra > getattr(limits, name):
                 return name
         return None
+
+
+# -- the console's overview ---------------------------------------------------------------------
+
+
+class TrafficBucket(msgspec.Struct, frozen=True):
+    """One tenant's captured requests in one time bucket of a window, and how many failed."""
+
+    tenant_id: str
+    bucket: int  # the bucket's index from the window's start (0 is the oldest)
+    requests: int
+    errors: int  # captured with status 'error' or 'incomplete'
+
+
+class ActiveWork(msgspec.Struct, frozen=True):
+    """Work not yet ended, newest first: fine-tuning jobs (queued, training, registering), eval
+    runs (queued, running) and loop runs (running)."""
+
+    jobs: list[FineTuningJob]
+    evals: list[EvalRun]
+    loops: list[LoopRecord]
+
+
+class ReviewCandidate(msgspec.Struct, frozen=True):
+    """A captured completion waiting for a person's review, why it waits, and how many do."""
+
+    completion: Completion
+    negative: int  # feedback rating it down or scoring it below the threshold
+    positive: int  # feedback rating it up or scoring it at or above the threshold
+    low_score: float | None  # the lowest grader score of an eval case taken from it, if low
+    waiting: int  # the tenant's completions waiting for review, this one included

@@ -441,4 +441,6 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX loop_runs_queue ON loop_runs(status, created_at)
     """,
+    # Each answer's grader reasons (one per check, '; '-joined), shown beside the answer.
+    "ALTER TABLE eval_results ADD COLUMN reasons TEXT NOT NULL DEFAULT ''",
 )

@@ -29,6 +29,8 @@ from store.sqlite_capture import CaptureMixin, SQLiteMixin
 from store.sqlite_erasure import ErasureMixin
 from store.sqlite_evals import EvalsMixin
 from store.sqlite_limits import LimitsMixin
+from store.sqlite_overview import OverviewMixin
+from store.sqlite_review import ReviewMixin
 from store.sqlite_training import TrainingMixin
 
 BUSY_TIMEOUT_MS = 30_000
@@ -140,6 +142,8 @@ class SQLiteStore(
     EvalsMixin,
     LimitsMixin,
     ErasureMixin,
+    OverviewMixin,
+    ReviewMixin,
 ):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 

@@ -75,6 +75,10 @@ class EvalsMixin(QuotasMixin):
             row = await cur.fetchone()
         return q.loop(row) if row else None
 
+    async def list_loop_runs(self, tenant_id: str, limit: int) -> list[LoopRecord]:
+        async with self.db.execute(q.LIST_LOOPS, (tenant_id, limit)) as cur:
+            return [q.loop(r) for r in await cur.fetchall()]
+
     async def claim_loop_run(self, worker: str) -> LoopRecord | None:
         sql = q.CLAIM_LOOP.format(lock="")
         async with self.transaction(), self.db.execute(sql, (worker, time.time())) as cur:
@@ -122,6 +126,13 @@ class EvalsMixin(QuotasMixin):
 
     async def list_eval_results(self, run_id: str) -> list[EvalResult]:
         async with self.db.execute(q.LIST_RESULTS, (run_id,)) as cur:
+            return [q.result(r) for r in await cur.fetchall()]
+
+    async def eval_case_page(
+        self, run_id: str, *, suite: str | None, losses: bool, limit: int, offset: int
+    ) -> list[EvalResult]:
+        sql, args = q.page_of_cases(suite, losses), q.page_args(run_id, suite, limit, offset)
+        async with self.db.execute(sql, args) as cur:
             return [q.result(r) for r in await cur.fetchall()]
 
     async def set_gate_policy(self, tenant_id: str, policy: str) -> None:

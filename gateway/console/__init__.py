@@ -18,6 +18,7 @@ from gateway.cache_salt import secret_file
 from gateway.console import adapters, evals, overview, review, signin, tenants, training
 from gateway.console.pages import STATIC, TEMPLATES, error_page, signed_in_user
 from gateway.console.session import COOKIE, SECRET_FILE, Sessions, require_admin
+from store.errors import EXCEPTION_HANDLERS
 from store.settings import Settings
 
 
@@ -51,7 +52,8 @@ def console_router() -> Router:
         ],
         guards=[console_guard],
         dependencies={"console_user": Provide(signed_in_user, sync_to_thread=False)},
-        exception_handlers={Exception: error_page},
+        # every class the app maps to a JSON error (LoopgateError, ...) is a page here instead
+        exception_handlers={cls: error_page for cls in EXCEPTION_HANDLERS},
         include_in_schema=False,
     )
 

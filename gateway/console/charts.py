@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from html import escape
+from typing import NamedTuple
 
 from markupsafe import Markup
 
@@ -72,6 +73,80 @@ def bar_chart(
             f'<text x="{x:.1f}" y="{height - pad_b + 14}">{escape(label[:14])}</text>'
         )
     return _svg(width, height, parts)
+
+
+class Estimate(NamedTuple):
+    """A value with its confidence interval, one mark of an interval chart."""
+
+    label: str
+    value: float
+    low: float
+    high: float
+
+
+def interval_chart(
+    groups: Sequence[tuple[str, Sequence[Estimate]]],
+    *,
+    width: int = 640,
+    height: int = 220,
+    y_label: str = "",
+    reference: float | None = None,
+) -> Markup:
+    """Per group (e.g. a suite) a dot per estimate with its interval as a whisker; a line at 0
+    and, when given, a dashed line at `reference` (e.g. the least improvement a gate asks for)."""
+    marks = [e for _, estimates in groups for e in estimates]
+    if not marks:
+        return Markup('<p class="muted">no data yet</p>')
+    pad_l, pad_b, pad_t = 48, 36, 24
+    values = [v for e in marks for v in (e.low, e.high, e.value)] + [0.0, reference or 0.0]
+    y0, y1 = min(values), max(values)
+    y0, y1 = (y0, y1) if y1 > y0 else (y0 - 1, y1 + 1)
+
+    def sy(y: float) -> float:
+        return height - pad_b - (y - y0) / (y1 - y0) * (height - pad_b - pad_t)
+
+    step = (width - pad_l - 12) / len(groups)
+    parts = [_frame(width, height, pad_l, pad_b, pad_t, y0, y1, sy, y_label, "")]
+    parts.append(_hline(pad_l, width - 8, sy(0.0), "#98a2b3", ""))
+    if reference is not None:
+        parts.append(_hline(pad_l, width - 8, sy(reference), COLORS[2], ' stroke-dasharray="4 3"'))
+    labels = list(dict.fromkeys(e.label for e in marks))
+    for i, (group, estimates) in enumerate(groups):
+        left = pad_l + i * step
+        for j, e in enumerate(estimates):
+            x = left + step * (j + 1) / (len(estimates) + 1)
+            parts.append(_whisker(x, e, sy, COLORS[labels.index(e.label) % len(COLORS)]))
+        parts.append(
+            f'<text x="{left + step / 2:.1f}" y="{height - pad_b + 14}" text-anchor="middle">'
+            f"{escape(group[:24])}</text>"
+        )
+    parts += _legend(labels, pad_l + 8, pad_t - 8)
+    return _svg(width, height, parts)
+
+
+def _legend(labels: Sequence[str], x: int, y: int) -> list[str]:
+    return [
+        f'<text x="{x + 130 * k}" y="{y}" style="fill:{COLORS[k % len(COLORS)]}">'
+        f"{escape(label)}</text>"
+        for k, label in enumerate(labels)
+    ]
+
+
+def _hline(x0: float, x1: float, y: float, color: str, extra: str) -> str:
+    return f'<line x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="{color}"{extra}/>'
+
+
+def _whisker(x: float, e: Estimate, scale: Callable[[float], float], color: str) -> str:
+    low, high, mid = scale(e.low), scale(e.high), scale(e.value)
+    return (
+        f'<g class="estimate"><title>{escape(e.label)}: {e.value:+.3f} '
+        f"[{e.low:+.3f}, {e.high:+.3f}]</title>"
+        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{low:.1f}" y2="{high:.1f}" stroke="{color}" '
+        f'stroke-width="2"/><line x1="{x - 5:.1f}" x2="{x + 5:.1f}" y1="{low:.1f}" '
+        f'y2="{low:.1f}" stroke="{color}"/><line x1="{x - 5:.1f}" x2="{x + 5:.1f}" '
+        f'y1="{high:.1f}" y2="{high:.1f}" stroke="{color}"/>'
+        f'<circle cx="{x:.1f}" cy="{mid:.1f}" r="4" fill="{color}"/></g>'
+    )
 
 
 def _frame(

@@ -15,6 +15,7 @@ import pytest
 from store import (
     MIGRATIONS,
     MIGRATIONS_PG,
+    ActiveWork,
     AdapterVersion,
     AliasEvent,
     AliasTarget,
@@ -37,6 +38,7 @@ from store import (
     PostgresStore,
     SQLiteStore,
     Store,
+    TrafficBucket,
     open_store,
     postgres,
     postgres_erasure,
@@ -1328,3 +1330,121 @@ async def test_a_loop_run_is_claimed_once_saved_by_its_worker_and_requeued(
     )
     assert await store.claim_loop_run("w3") is None  # an ended run is nobody's
     assert await store.requeue_stale_loop_runs(clock.now + 10, 1) == []
+
+
+async def test_the_review_queue_picks_disagreement_then_negative_then_low_grades(
+    store: Store,
+) -> None:
+    await seed_completions(store)  # t1: c-b, c-a, c-C (T0+1), c-d (T0+3), c-e, c-f; t2: c-z
+    down = {"rating": "down", "score": None}
+    for fid, cid, kw in [
+        ("f1", "c-a", down),
+        ("f2", "c-b", {"rating": "up", "score": None}),
+        ("f3", "c-b", down),
+        ("f4", "c-d", {"rating": None, "score": 0.9}),  # positive: alone, it waits for no one
+        ("f5", "c-C", {"rating": None, "score": 0.8}),
+        ("f6", "c-e", down),  # not stored: nothing to show a reviewer
+        ("f7", "c-f", down),  # a legacy completion
+        ("f8", "c-z", down),
+    ]:
+        tenant = "t2" if cid == "c-z" else "t1"
+        await store.add_feedback(feedback(fid, cid, tenant, created_at=T0 + 10, **kw))
+    run = EvalRun("ev-1", "t1", "support", "av-new", "av-old", "running", "admin", T0)
+    await store.add_eval_run(run, sources=[CaseSource("tenant", "case-1", "c-d")])
+    await store.add_eval_results(
+        [
+            EvalResult("ev-1", "tenant", "case-1", "live", 0.2, False, None, "meh"),
+            EvalResult("ev-1", "tenant", "case-1", "candidate", 0.9, True, None, "fine"),
+        ]
+    )
+    seen = []
+    while (pick := await store.next_to_review("t1", 0.5)) is not None:
+        c = pick.completion
+        seen.append((c.id, pick.negative, pick.positive, pick.low_score, pick.waiting))
+        assert c.tenant_id == "t1" and c.request is not None
+        review = feedback(f"r-{c.id}", c.id, created_at=T0 + 20, author="reviewer:ada")
+        await store.add_feedback(review)  # reviewed: it leaves the queue
+    # Disagreement first (feedback both ways; a positive rating beside a low grade), oldest
+    # first, then negative feedback alone.
+    assert seen == [
+        ("c-b", 1, 1, None, 3),
+        ("c-d", 0, 1, 0.2, 2),
+        ("c-a", 1, 0, None, 1),
+    ]
+    other = await store.next_to_review("t2", 0.5)
+    assert other is not None and (other.completion.id, other.waiting) == ("c-z", 1)
+    await store.add_feedback(feedback("f9", "c-z", "t2", created_at=T0 + 30, author="key:k9"))
+    assert await store.next_to_review("t2", 0.5) is not None  # only a reviewer's ends the wait
+
+
+# -- the console's overview: traffic per tenant and bucket, work not yet ended ------------------
+
+
+async def test_traffic_is_counted_per_tenant_and_bucket_inside_the_window(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    since = T0 + 1000
+    await store.capture_batch(
+        [
+            completion("w-0", created_at=since),  # the window's start is inside it
+            completion("w-1", created_at=since + 299.5, status="error"),
+            completion("w-2", created_at=since + 300, status="incomplete"),
+            completion("w-3", created_at=since + 3599, status="complete"),
+            completion("w-before", created_at=since - 0.5),
+            completion("w-after", created_at=since + 3600),  # the end is outside
+            completion("w-theirs", "t2", created_at=since + 10, status="error"),
+        ],
+        [],
+    )
+    hour = (since, since + 3600, 300.0)
+    acme = [
+        TrafficBucket("t1", 0, 2, 1),
+        TrafficBucket("t1", 1, 1, 1),
+        TrafficBucket("t1", 11, 1, 0),
+    ]
+    assert await store.traffic("t1", *hour) == acme
+    assert await store.traffic(None, *hour) == [*acme, TrafficBucket("t2", 0, 1, 1)]
+    assert await store.traffic("t9", *hour) == []
+    assert await store.traffic("t1", since + 300, since + 600, 60.0) == [
+        TrafficBucket("t1", 0, 1, 1)
+    ]
+
+
+async def test_active_work_is_what_has_not_ended_newest_first_and_bounded(store: Store) -> None:
+    await store.create_tenant("t1", "acme")
+    await store.create_tenant("t2", "globex")
+    for j in (
+        job("j-queued", created_at=T0 + 1),
+        job("j-training", created_at=T0 + 2, status="running", stage="training"),
+        job("j-registering", created_at=T0 + 3, status="running", stage="registering"),
+        job("j-done", created_at=T0 + 4, status="succeeded", stage="done"),
+        job("j-theirs", "t2", created_at=T0 + 5),
+    ):
+        assert await store.create_job(j) is None
+    for i, (run_id, status) in enumerate(
+        (("ev-q", "queued"), ("ev-r", "running"), ("ev-d", "done"), ("ev-f", "failed"))
+    ):
+        await store.add_eval_run(EvalRun(run_id, "t1", "support", "v1", None, status, "a", T0 + i))
+    await store.add_eval_run(EvalRun("ev-t", "t2", "x", "v9", None, "queued", "a", T0 + 9))
+    for loop_id, tenant, status, at in (
+        ("loop-a", "t1", "running", T0 + 1),
+        ("loop-b", "t1", "promoted", T0 + 2),
+        ("loop-c", "t2", "running", T0 + 3),
+    ):
+        await store.add_loop_run(LoopRecord(loop_id, tenant, "support", status, "{}", "{}", at))
+
+    def ids(work: ActiveWork) -> tuple[list[str], list[str], list[str]]:
+        return [j.id for j in work.jobs], [r.id for r in work.evals], [r.id for r in work.loops]
+
+    assert ids(await store.active_work("t1", 10)) == (
+        ["j-registering", "j-training", "j-queued"],
+        ["ev-r", "ev-q"],
+        ["loop-a"],
+    )
+    assert ids(await store.active_work(None, 10)) == (
+        ["j-theirs", "j-registering", "j-training", "j-queued"],
+        ["ev-t", "ev-r", "ev-q"],
+        ["loop-c", "loop-a"],
+    )
+    assert ids(await store.active_work(None, 1)) == (["j-theirs"], ["ev-t"], ["loop-c"])
+    assert ids(await store.active_work("t9", 10)) == ([], [], [])
