@@ -41,7 +41,9 @@ PAGES = (
 
 
 async def fill(base: str, key: str, count: int, concurrency: int = 32) -> float:
-    """`count` chat completions through the gateway; returns the seconds it took."""
+    """`count` chat completions through the gateway, then a thumbs-down on every 20th stored
+    one (the mock engine names every answer alike, so ids come from the stored list); returns
+    the seconds it took."""
     auth = {"Authorization": f"Bearer {key}"}
     gate = asyncio.Semaphore(concurrency)
     started = time.monotonic()
@@ -51,21 +53,31 @@ async def fill(base: str, key: str, count: int, concurrency: int = 32) -> float:
         async def one(i: int) -> None:
             async with gate:
                 body = {"model": "smollm2", "messages": [{"role": "user", "content": f"q {i}"}]}
-                resp = await c.post("/v1/chat/completions", json=body)
-                resp.raise_for_status()
-                if i % 20 == 0:
-                    cid = resp.json()["id"]
-                    fb = {"rating": "negative", "comment": f"wrong answer {i}"}
-                    (
-                        await c.post(f"/v1/chat/completions/{cid}/feedback", json=fb)
-                    ).raise_for_status()
+                (await c.post("/v1/chat/completions", json=body)).raise_for_status()
 
         await asyncio.gather(*(one(i) for i in range(count)))
+        stored: list[str] = []
+        after: str | None = None
+        while len(stored) < count // 20:
+            params = {"limit": "100", **({"after": after} if after else {})}
+            page = (await c.get("/v1/chat/completions", params=params)).raise_for_status().json()
+            stored += [row["id"] for row in page["data"]]
+            if not page["has_more"]:
+                break
+            after = page["data"][-1]["id"]
+
+        async def thumbs_down(cid: str) -> None:
+            async with gate:
+                fb = {"rating": "down", "comment": "wrong answer"}
+                path = f"/v1/chat/completions/{cid}/feedback"
+                (await c.post(path, json=fb)).raise_for_status()
+
+        await asyncio.gather(*(thumbs_down(cid) for cid in stored[: count // 20]))
     return time.monotonic() - started
 
 
 def signed_in(base: str) -> httpx.Client:
-    client = httpx.Client(base_url=base, timeout=30)
+    client = httpx.Client(base_url=base, timeout=30, follow_redirects=True)
     form = client.get("/console/login")
     token = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert token, "no sign-in form"
@@ -117,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                 c.post("/admin/tenants", json={"name": "acme"}).raise_for_status()
                 key = c.post("/admin/tenants/acme/keys", json={"name": "k"}).json()["key"]
             took = asyncio.run(fill(base, key, args.completions))
-            with signed_in(base) as client:
+            client = signed_in(base)
+            try:
                 timings = time_pages(client, args.rounds)
+            finally:
+                client.close()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

@@ -5,8 +5,13 @@ completions with negative feedback, with a low grade on an eval case taken from 
 the two disagree, until someone reviews them. A decision is feedback, the same record the
 feedback API writes (`FeedbackIn.record`): approve rates the answer up, reject rates it down,
 correct sends the reviewer's answer as a correction, which a dataset built later trains on
-instead of the model's (training.dataset). Its provenance: the author `reviewer:<name>`, the
-tags `review` and `review:<decision>`, and the example's `feedback_ids` in the snapshot. It has
+instead of the model's (training.dataset). The builder lets the latest reviewer's decision
+override users' feedback (an approved answer a user rated down is trained on, a rejected one a
+user rated up is not). A completion takes one decision: a second is a Conflict (409), decided by
+the store in one statement (`Store.add_review`), so two reviewers at once never both write.
+API clients cannot author `reviewer:` feedback (theirs is `user:…` or `key:…`, set by
+`FeedbackIn.feedback`). Its provenance: the author `reviewer:<name>`, the tags `review` and
+`review:<decision>`, and the example's `feedback_ids` in the snapshot. It has
 no API key and names no end user, so the builder counts a correction as the completion's
 (its key and end user), as it does feedback sent before keys were recorded: a trusted person's
 corrections are not capped by the per-author poisoning guard as if one end user wrote them all.
@@ -117,7 +122,8 @@ async def decide(
         key_id=None,
         end_user=None,
     )
-    await store.add_feedback(record)
+    if not await store.add_review(record):  # one statement: of two racing reviewers, one wins
+        raise Conflict(f"completion '{completion_id}' has already been reviewed")
     return record
 
 
@@ -130,13 +136,10 @@ def decision_of(value: str) -> Decision:
 
 
 async def reviewable(store: Store, tenant_id: str, completion_id: str) -> Completion:
-    """The tenant's stored chat completion, not yet reviewed (another tenant's: not found)."""
+    """The tenant's stored chat completion (another tenant's: not found)."""
     found = await store.get_completion(tenant_id, completion_id)
     if found is None or not found.stored or found.kind != "chat":
         raise NotFound(f"No chat completion found with id '{completion_id}'", param="completion_id")
-    feedback = await store.list_feedback(tenant_id, completion_id)
-    if any(f.author.startswith(REVIEWER_PREFIX) for f in feedback):
-        raise Conflict(f"completion '{completion_id}' has already been reviewed")
     return found
 
 

@@ -45,6 +45,7 @@ from store.records import (
     JobStatus,
     LimitSet,
     LoopRecord,
+    OwnedKind,
     Reservation,
     ReviewCandidate,
     TargetKind,
@@ -94,6 +95,7 @@ __all__ = [
     "JobStatus",
     "LimitSet",
     "LoopRecord",
+    "OwnedKind",
     "PostgresStore",
     "Reservation",
     "ReviewCandidate",
@@ -303,8 +305,13 @@ class Store(Protocol):
     ) -> list[TrafficBucket]: ...
     # Jobs, eval runs and loop runs not yet ended (None: every tenant), newest first, `limit` each.
     async def active_work(self, tenant_id: str | None, limit: int) -> ActiveWork: ...
+    # The tenant id of the eval run, dataset or loop run with this id (None: no such one).
+    async def owner_of(self, kind: OwnedKind, object_id: str) -> str | None: ...
     # -- the human review queue (store.review_sql): the next completion to review and why --------
     async def next_to_review(self, tenant_id: str, threshold: float) -> ReviewCandidate | None: ...
+    # A reviewer's decision (author `reviewer:<name>`) as feedback; False, and nothing written,
+    # when the completion already has one (a unique index: of two racing reviewers, one wins).
+    async def add_review(self, feedback: Feedback) -> bool: ...
 
 
 def open_store(url: str) -> Store:

@@ -40,6 +40,14 @@ ACTIVE_LOOPS = (
 )
 OF_TENANT = "AND tenant_id = ?"
 
+# Whose object an id names (the console follows a link that carries only the id): one
+# primary-key lookup; the kinds are fixed here, never taken from a request.
+OWNER_OF = {
+    "eval_run": "SELECT tenant_id FROM eval_runs WHERE id = ?",
+    "dataset": "SELECT tenant_id FROM datasets WHERE id = ?",
+    "loop_run": "SELECT tenant_id FROM loop_runs WHERE id = ?",
+}
+
 
 def traffic_sql(bucket: str, tenant_id: str | None) -> str:
     return TRAFFIC.format(bucket=bucket, tenants=ONE_TENANT if tenant_id else EVERY_TENANT)

@@ -8,7 +8,7 @@ import asyncpg
 
 from store import overview_sql as q
 from store.evals_sql import loop, run
-from store.records import ActiveWork, TrafficBucket
+from store.records import ActiveWork, OwnedKind, TrafficBucket
 from store.training_sql import job
 from store.training_sql import numbered as N
 
@@ -36,3 +36,7 @@ class OverviewMixinPG:
         evals = await self.pool.fetch(N(q.active_sql(q.ACTIVE_EVALS, tenant_id)), *args)
         loops = await self.pool.fetch(N(q.active_sql(q.ACTIVE_LOOPS, tenant_id)), *args)
         return ActiveWork([job(r) for r in jobs], [run(r) for r in evals], [loop(r) for r in loops])
+
+    async def owner_of(self, kind: OwnedKind, object_id: str) -> str | None:
+        owner = await self.pool.fetchval(N(q.OWNER_OF[kind]), object_id)
+        return None if owner is None else str(owner)

@@ -558,6 +558,11 @@ class ActiveWork(msgspec.Struct, frozen=True):
     loops: list[LoopRecord]
 
 
+# The objects the console links to by id alone (`Store.owner_of` says whose each is; a
+# fine-tuning job is found by its id already: `Store.get_job`).
+OwnedKind = Literal["eval_run", "dataset", "loop_run"]
+
+
 class ReviewCandidate(msgspec.Struct, frozen=True):
     """A captured completion waiting for a person's review, why it waits, and how many do."""
 

@@ -5,14 +5,18 @@ A tenant's stored chat completion waits for review when its feedback holds a neg
 threshold, until a reviewer's feedback (author `reviewer:<name>`) is on it. Disagreement (a
 positive signal beside a negative one) goes first, then negative feedback, then low grades;
 oldest first within each. `waiting` counts the whole queue in the same statement.
+
+A completion takes one reviewer's decision: the unique index `feedback_one_review` (store.schema)
+makes the second of two racing decisions insert nothing (`ADD_REVIEW`), on both backends.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from store import rows as rowmap
-from store.records import ReviewCandidate
+from store.records import Feedback, ReviewCandidate
 
 REVIEWER_PREFIX = "reviewer:"  # feedback an API client sends is authored user:… or key:…
 
@@ -69,3 +73,20 @@ def candidate(row: Row) -> ReviewCandidate:
         low_score=row["low_score"],
         waiting=int(row["waiting"]),
     )
+
+
+ADD_REVIEW = """
+INSERT INTO feedback (id, completion_id, tenant_id, rating, score, correction, comment, tags,
+    author, created_at, key_id, end_user)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+
+
+def review_params(f: Feedback) -> tuple[object, ...]:
+    """The row of a reviewer's decision (only those fall under the one-per-completion index)."""
+    if not f.author.startswith(REVIEWER_PREFIX):
+        raise ValueError(f"a review is authored {REVIEWER_PREFIX}<name>, not {f.author!r}")
+    tags = json.dumps(list(f.tags))
+    row = (f.id, f.completion_id, f.tenant_id, f.rating, f.score, f.correction, f.comment, tags)
+    return (*row, f.author, f.created_at, f.key_id, f.end_user)

@@ -443,4 +443,13 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Each answer's grader reasons (one per check, '; '-joined), shown beside the answer.
     "ALTER TABLE eval_results ADD COLUMN reasons TEXT NOT NULL DEFAULT ''",
+    # The console's review queue reads a tenant's feedback grouped by completion (from the index
+    # alone); a completion takes one reviewer's decision (gateway.review: the second is a 409);
+    # the console lists a tenant's loop runs newest first.
+    """
+    CREATE INDEX feedback_tenant ON feedback(tenant_id, completion_id, rating, score, author);
+    CREATE UNIQUE INDEX feedback_one_review ON feedback(completion_id)
+        WHERE author LIKE 'reviewer:%';
+    CREATE INDEX loop_runs_tenant ON loop_runs(tenant_id, created_at, id)
+    """,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from store import overview_sql as q
 from store.evals_sql import loop, run
-from store.records import ActiveWork, TrafficBucket
+from store.records import ActiveWork, OwnedKind, TrafficBucket
 from store.sqlite_capture import SQLiteMixin
 from store.training_sql import job
 
@@ -26,3 +26,8 @@ class OverviewMixin(SQLiteMixin):
         async with self.db.execute(q.active_sql(q.ACTIVE_LOOPS, tenant_id), args) as cur:
             loops = [loop(r) for r in await cur.fetchall()]
         return ActiveWork(jobs, evals, loops)
+
+    async def owner_of(self, kind: OwnedKind, object_id: str) -> str | None:
+        async with self.db.execute(q.OWNER_OF[kind], (object_id,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from store import review_sql as q
-from store.records import ReviewCandidate
+from store.records import Feedback, ReviewCandidate
 from store.sqlite_capture import SQLiteMixin
 
 
@@ -12,3 +12,7 @@ class ReviewMixin(SQLiteMixin):
         async with self.db.execute(q.NEXT_TO_REVIEW, q.next_params(tenant_id, threshold)) as cur:
             row = await cur.fetchone()
         return q.candidate(row) if row else None
+
+    async def add_review(self, feedback: Feedback) -> bool:
+        cur = await self._write(q.ADD_REVIEW, q.review_params(feedback))
+        return cur.rowcount == 1

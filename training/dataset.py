@@ -8,6 +8,10 @@ The recipe, in order (each stage's removals are counted in `DatasetStats.counts`
    no negative signal keeps the model's answer; any 'down' or low score without a correction
    excludes it; no feedback excludes it unless `include_unrated`. A corrected completion that
    was also rated negative becomes a preference pair (chosen = correction, rejected = answer).
+   A reviewer's decision (feedback authored `reviewer:<name>`, which only the console's review
+   queue writes) overrides all that: the latest one decides. Approve keeps the model's answer
+   whatever users said, reject excludes it (counted as negative) whatever users said, correct
+   trains on the reviewer's correction (a pair when a user also rated it negative).
    Uncorrected answers cut by `length` or not `complete` are dropped. An example's author is
    whoever wrote its answer: for a correction, the API key that sent the feedback and the end
    user that key named (a key fixing its own completion without naming one speaks for that
@@ -39,7 +43,7 @@ import hashlib
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +52,7 @@ from datasketch import MinHash, MinHashLSH
 
 from store.privacy import redact
 from store.records import Completion, Feedback
+from store.review_sql import REVIEWER_PREFIX
 from training.chat import Conversation, answer_of, prompt_of
 from training.dataset_config import DatasetConfig
 from training.poisoning import Flag, Review, guard
@@ -278,24 +283,21 @@ def _judge(
     counts: StageCounts,
 ) -> _Candidate | None:
     """Apply the feedback rules of the module docstring (step 1)."""
-    corrections = [f for f in feedback if f.correction is not None and f.correction.strip()]
-    negative = any(_is_negative(f, config) for f in feedback)
-    positive = any(f.rating == "up" or _score_at_least(f, config) for f in feedback)
-    correction = max(corrections, key=lambda f: (f.created_at, f.id)) if corrections else None
-    if correction is None:
-        if negative:
-            counts.negative += 1
-            return None
-        if not positive and not config.include_unrated:
-            counts.unrated += 1
-            return None
-        if completion.status != "complete" or completion.finish_reason == "length":
-            counts.incomplete += 1
-            return None
+    review = _latest_review(feedback)
+    users = [f for f in feedback if not _is_review(f)]
+    if review is not None:
+        correction = review if _corrects(review) else None
+        keep = correction is not None or _approved(completion, review, config, counts)
+    else:
+        correction = _latest(f for f in users if _corrects(f))
+        keep = correction is not None or _kept_by_users(completion, users, config, counts)
+    if not keep:
+        return None
     key, end_user = _answer_author(completion, correction)
     if end_user is not None and end_user in opted_out:
         counts.opted_out += 1  # the correction is the opted-out end user's own writing
         return None
+    negative = any(_is_negative(f, config) for f in users)
     answer = correction.correction if correction is not None else completion.response
     return _Candidate(
         messages=[*prompt, {"role": "assistant", "content": answer or ""}],
@@ -311,6 +313,61 @@ def _judge(
         alias=completion.alias,
         adapter_version=completion.adapter_version,
     )
+
+
+def _kept_by_users(
+    completion: Completion, users: Sequence[Feedback], config: DatasetConfig, counts: StageCounts
+) -> bool:
+    """Whether users' feedback (no correction among it) keeps the model's answer."""
+    if any(_is_negative(f, config) for f in users):
+        counts.negative += 1
+        return False
+    positive = any(f.rating == "up" or _score_at_least(f, config) for f in users)
+    if not positive and not config.include_unrated:
+        counts.unrated += 1
+        return False
+    return _complete(completion, counts)
+
+
+def _approved(
+    completion: Completion, review: Feedback, config: DatasetConfig, counts: StageCounts
+) -> bool:
+    """Whether a reviewer's decision other than a correction keeps the model's answer."""
+    if _is_negative(review, config):
+        counts.negative += 1  # rejected in review, whatever users said
+        return False
+    return _complete(completion, counts)
+
+
+def _complete(completion: Completion, counts: StageCounts) -> bool:
+    """An uncorrected answer is trained on only when it was not cut short."""
+    if completion.status != "complete" or completion.finish_reason == "length":
+        counts.incomplete += 1
+        return False
+    return True
+
+
+def _is_review(f: Feedback) -> bool:
+    return f.author.startswith(REVIEWER_PREFIX)
+
+
+def _latest_review(feedback: Sequence[Feedback]) -> Feedback | None:
+    """The latest reviewer's decision: a correction, or a rating or score that approves or
+    rejects (a reviewer's comment alone decides nothing)."""
+    decisions = (
+        f
+        for f in feedback
+        if _is_review(f) and (_corrects(f) or f.rating is not None or f.score is not None)
+    )
+    return _latest(decisions)
+
+
+def _latest(feedback: Iterable[Feedback]) -> Feedback | None:
+    return max(feedback, key=lambda f: (f.created_at, f.id), default=None)
+
+
+def _corrects(f: Feedback) -> bool:
+    return f.correction is not None and bool(f.correction.strip())
 
 
 def _answer_author(completion: Completion, correction: Feedback | None) -> tuple[str, str | None]:

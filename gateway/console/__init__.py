@@ -11,12 +11,19 @@ from litestar import Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.base import DefineMiddleware
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway.cache_salt import secret_file
 from gateway.console import adapters, evals, overview, review, signin, tenants, training
-from gateway.console.pages import STATIC, TEMPLATES, error_page, signed_in_user
+from gateway.console.pages import (
+    STATIC,
+    TEMPLATES,
+    error_page,
+    security_headers,
+    signed_in_user,
+)
 from gateway.console.session import COOKIE, SECRET_FILE, Sessions, require_admin
 from store.errors import EXCEPTION_HANDLERS
 from store.settings import Settings
@@ -54,13 +61,17 @@ def console_router() -> Router:
         dependencies={"console_user": Provide(signed_in_user, sync_to_thread=False)},
         # every class the app maps to a JSON error (LoopgateError, ...) is a page here instead
         exception_handlers={cls: error_page for cls in EXCEPTION_HANDLERS},
+        middleware=[security_headers],
         include_in_schema=False,
     )
 
 
 def static_router() -> Router:
     return create_static_files_router(
-        path="/console/static", directories=[STATIC], include_in_schema=False
+        path="/console/static",
+        directories=[STATIC],
+        middleware=[DefineMiddleware(security_headers, no_store=False)],
+        include_in_schema=False,
     )
 
 

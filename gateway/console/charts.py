@@ -24,7 +24,7 @@ def line_chart(
     points = [p for _, pts in series for p in pts]
     if not points:
         return Markup('<p class="muted">no data yet</p>')
-    pad_l, pad_b, pad_t, pad_r = 48, 28, 12, 12
+    pad_l, pad_b, pad_t, pad_r = 48, 28, 28, 12
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(0.0, *(p[1] for p in points)), max(p[1] for p in points)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
@@ -44,7 +44,8 @@ def line_chart(
             f"<title>{escape(label)}</title></polyline>"
         )
         parts.append(
-            f'<text x="{pad_l + 8 + 110 * i}" y="{pad_t + 10}" style="fill:{color}">'
+            f'<text x="{width - pad_r - 110 * (len(series) - i)}" y="{pad_t - 12}" '
+            f'style="fill:{color}">'
             f"{escape(label)}</text>"
         )
     return _svg(width, height, parts)
@@ -56,7 +57,7 @@ def bar_chart(
     """One bar per (label, value)."""
     if not bars:
         return Markup('<p class="muted">no data yet</p>')
-    pad_l, pad_b, pad_t = 48, 36, 12
+    pad_l, pad_b, pad_t = 48, 36, 28
     top = max(v for _, v in bars) or 1.0
 
     def sy(y: float) -> float:
@@ -120,7 +121,7 @@ def interval_chart(
             f'<text x="{left + step / 2:.1f}" y="{height - pad_b + 14}" text-anchor="middle">'
             f"{escape(group[:24])}</text>"
         )
-    parts += _legend(labels, pad_l + 8, pad_t - 8)
+    parts += _legend(labels, width - 130 * len(labels) - 8, pad_t - 8)
     return _svg(width, height, parts)
 
 
@@ -168,7 +169,7 @@ def _frame(
         f'text-anchor="end">{t:.3g}</text>'
         for t in ticks
     ]
-    lines.append(f'<text x="4" y="{pad_t + 2}">{escape(y_label)}</text>')
+    lines.append(f'<text x="4" y="{max(pad_t - 12, 10)}">{escape(y_label)}</text>')
     lines.append(
         f'<text x="{width - 8}" y="{height - 4}" text-anchor="end">{escape(x_label)}</text>'
     )

@@ -33,7 +33,7 @@ from evals.suite import (
 )
 from gateway.access import Injected
 from gateway.console.charts import Estimate, interval_chart
-from gateway.console.pages import NO_STORE, render
+from gateway.console.pages import NO_STORE, owner_tenant, render
 from gateway.console.session import ConsoleUser
 from gateway.responses import REPORT_FILES
 from gateway.tenancy import Admin
@@ -246,14 +246,17 @@ async def tenant_for(user: ConsoleUser, admin: Admin, name: str | None) -> Tenan
 
 async def find_run(
     user: ConsoleUser, admin: Admin, store: Store, tenant: str | None, run_id: str
-) -> EvalRun:
-    found = await tenant_for(user, admin, tenant)
-    if found is None:
-        raise InvalidRequest("name the run's tenant: ?tenant=<name>", param="tenant")
-    run = await store.get_eval_run(found.id, run_id)
-    if run is None:
+) -> tuple[Tenant, EvalRun]:
+    """A run and its tenant: `?tenant=` when given, else the run's own (a link may carry just
+    the id); another tenant's run is not found for a tenant session."""
+    if tenant:
+        found = await tenant_for(user, admin, tenant)
+    else:
+        found = await owner_tenant(user, store, "eval_run", run_id)
+    run = None if found is None else await store.get_eval_run(found.id, run_id)
+    if found is None or run is None:
         raise NotFound(f"no eval run '{run_id}' for this tenant", param="run_id")
-    return run
+    return found, run
 
 
 @dataclass(frozen=True)
@@ -335,9 +338,8 @@ async def eval_run(
     page: PageParam = "1",
 ) -> Template:
     only, number = parse_filter(only, page)
-    run = await find_run(console_user, admin, store, tenant, run_id)
-    name = tenant or str(console_user.tenant_name)
-    context = await run_context(store, run, name, only, number)
+    owner, run = await find_run(console_user, admin, store, tenant, run_id)
+    context = await run_context(store, run, owner.name, only, number)
     return render(console_user, "eval_run.html", ACTIVE, context)
 
 
@@ -350,8 +352,8 @@ async def eval_status(
     tenant: TenantParam = None,
 ) -> Template:
     """The fragment a queued or running run's page reloads its status from."""
-    run = await find_run(console_user, admin, store, tenant, run_id)
-    context = {"run": run, "tenant_name": tenant or console_user.tenant_name}
+    owner, run = await find_run(console_user, admin, store, tenant, run_id)
+    context = {"run": run, "tenant_name": owner.name}
     return Template("console/eval_status.html", context=context, headers=NO_STORE)
 
 
@@ -365,7 +367,7 @@ async def eval_report(
     tenant: TenantParam = None,
 ) -> File:
     """The report files the evals worker wrote (as the admin API serves them)."""
-    run = await find_run(console_user, admin, store, tenant, run_id)
+    _, run = await find_run(console_user, admin, store, tenant, run_id)
     if name not in REPORT_FILES or run.report_dir is None:
         raise NotFound(f"no report file '{name}' for {run_id}", param="name")
     return File(

@@ -1,5 +1,6 @@
 """What every console page shares: the signed-in person as a dependency, rendering a page with
-the navigation, reading a posted form (CSRF checked), and errors as HTML pages."""
+the navigation, reading a posted form (CSRF checked), errors as HTML pages, and the security
+headers on every console response (`security_headers`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 from litestar import Request, Response
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.console.session import COOKIE, ConsoleUser, Sessions, SignInRequired, check_csrf
+from store import OwnedKind, Store, Tenant
 from store.errors import LoopgateError
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -50,6 +53,38 @@ def render(
 
 
 NO_STORE = {"cache-control": "no-store", "x-frame-options": "DENY"}
+# Every script and style is loopgate's own file (no inline script, no event-handler attribute:
+# tests/unit/test_console_security.py checks the templates); inline `style=` stays allowed for
+# the SVG charts' label colours and a few layout tweaks; `data:` images are harmless.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+    "base-uri 'none'"
+)
+SECURITY = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+
+
+def security_headers(app: ASGIApp, no_store: bool = True) -> ASGIApp:
+    """Middleware: the security headers (and, for pages, `no-store`) on every response of a
+    router, error pages and redirects included (Litestar renders those inside its middleware)."""
+
+    async def with_headers(scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableScopeHeaders.from_message(message)
+                for name, value in SECURITY.items():
+                    headers[name] = value
+                if no_store:
+                    headers["cache-control"] = "no-store"
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    return with_headers
 
 
 async def read_form(request: AnyRequest, user: ConsoleUser) -> dict[str, str]:
@@ -58,6 +93,15 @@ async def read_form(request: AnyRequest, user: ConsoleUser) -> dict[str, str]:
     fields = {key: str(value) for key, value in form.items() if isinstance(value, str)}
     check_csrf(user, fields.pop("csrf", None) or request.headers.get("x-csrf-token"))
     return fields
+
+
+async def owner_tenant(
+    user: ConsoleUser, store: Store, kind: OwnedKind, object_id: str
+) -> Tenant | None:
+    """Whose object a link naming only its id is about: for an admin its owner (one primary-key
+    lookup), for a tenant session its own tenant (another's object is then not found)."""
+    tenant_id = await store.owner_of(kind, object_id) if user.is_admin else user.tenant_id
+    return await store.get_tenant(tenant_id) if tenant_id else None
 
 
 def back_to(path: str) -> Redirect:

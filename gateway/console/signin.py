@@ -1,4 +1,5 @@
-"""Signing in and out of the console: the admin key, or a tenant key for a read-only view."""
+"""Signing in and out of the console: the admin key, or a tenant key for a read-only view;
+repeated wrong keys from one address are throttled (`throttle`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from litestar.response import Redirect, Template
 from gateway.access import Injected
 from gateway.console.pages import NO_STORE, AnyRequest, back_to, read_form, signed_in_user
 from gateway.console.session import COOKIE, LOGIN_COOKIE, ConsoleUser, Sessions
+from gateway.console.throttle import throttle_of
 from gateway.runtime import Gateway
 from gateway.tenancy import Directory
 from store.errors import AuthenticationFailed, LoopgateError, PermissionDenied
@@ -33,7 +35,13 @@ def login_form(request: AnyRequest, next_: NextParam = None) -> Template:
     return _login_page(request, _safe_next(next_), None, 200)
 
 
-def _login_page(request: AnyRequest, target: str, error: str | None, status: int) -> Template:
+def _login_page(
+    request: AnyRequest,
+    target: str,
+    error: str | None,
+    status: int,
+    headers: dict[str, str] | None = None,
+) -> Template:
     sessions: Sessions = request.app.state["console_sessions"]
     settings: Settings = request.app.state["gateway"].settings
     token = sessions.login_token()
@@ -41,7 +49,7 @@ def _login_page(request: AnyRequest, target: str, error: str | None, status: int
         template_name="console/login.html",
         context={"login_csrf": token, "next": target, "error": error, "user": None, "nav": []},
         status_code=status,
-        headers=NO_STORE,
+        headers={**NO_STORE, **(headers or {})},
     )
     page.set_cookie(
         LOGIN_COOKIE,
@@ -62,6 +70,10 @@ async def login(
     form = await request.form()
     fields = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     target = _safe_next(fields.get("next"))
+    throttle, address = throttle_of(request.app.state), client_address(request)
+    if (wait_s := throttle.retry_after(address)) is not None:
+        error = f"too many wrong keys from your address: try again in {wait_s} seconds"
+        return _login_page(request, target, error, 429, {"retry-after": str(wait_s)})
     sent, expected = fields.get("csrf", ""), request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not expected or not hmac.compare_digest(sent, expected):
         return _login_page(request, target, "the form expired: try again", 403)
@@ -76,6 +88,7 @@ async def login(
         try:
             caller = await directory.authenticate(f"Bearer {key}")
         except LoopgateError:
+            throttle.failed(address)
             return _login_page(request, target, "that key is not valid here", 401)
         _, cookie = sessions.issue("tenant", name, caller.tenant_id, caller.tenant_name)
     done = back_to(target)
@@ -90,6 +103,11 @@ async def login(
     )
     done.delete_cookie(LOGIN_COOKIE, path="/console/login")
     return done
+
+
+def client_address(request: AnyRequest) -> str:
+    """The connecting address (a proxy's, behind one: see `throttle`)."""
+    return request.client.host if request.client else ""
 
 
 @post("/logout", status_code=303)

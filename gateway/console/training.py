@@ -8,6 +8,7 @@ Reads go through the store and the services the API's handlers use (`FineTuning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import msgspec
 from litestar import get, post
@@ -25,11 +26,11 @@ from gateway.console.job_stream import (
     resume_from,
     when,
 )
-from gateway.console.pages import NO_STORE, AnyRequest, back_to, read_form, render
+from gateway.console.pages import NO_STORE, AnyRequest, back_to, owner_tenant, read_form, render
 from gateway.console.session import ConsoleUser, visible_tenant
 from gateway.finetuning import FineTuning
 from gateway.loop import LoopRun, training_summary, view
-from store import Dataset, FineTuningJob, LoopRecord, Store, Tenant
+from store import Dataset, FineTuningJob, LoopRecord, OwnedKind, Store, Tenant
 from store.errors import NotFound
 from training.build_records import DatasetReport
 
@@ -71,32 +72,33 @@ async def page_tenant(user: ConsoleUser, store: Store, requested: str | None) ->
     return found
 
 
-async def owners(user: ConsoleUser, store: Store, requested: str | None) -> list[Tenant]:
-    """The tenants an object named by id may belong to, for this person."""
-    if user.is_admin and not requested:
-        return await store.list_tenants()
-    found = await page_tenant(user, store, requested)
-    return [found] if found else []
+async def owner_of(
+    user: ConsoleUser, store: Store, requested: str | None, kind: OwnedKind, object_id: str
+) -> Tenant | None:
+    """The tenant an object named by id belongs to: `?tenant=` when given, else its own."""
+    if requested:
+        return await page_tenant(user, store, requested)
+    return await owner_tenant(user, store, kind, object_id)
 
 
 async def find_dataset(
     user: ConsoleUser, store: Store, dataset_id: str, tenant: str | None
 ) -> tuple[Tenant, Dataset]:
-    for owner in await owners(user, store, tenant):
-        found = await store.get_dataset(owner.id, dataset_id)
-        if found is not None:
-            return owner, found
-    raise NotFound(f"No such dataset: {dataset_id}", param="dataset_id")
+    owner = await owner_of(user, store, tenant, "dataset", dataset_id)
+    found = None if owner is None else await store.get_dataset(owner.id, dataset_id)
+    if owner is None or found is None:
+        raise NotFound(f"No such dataset: {dataset_id}", param="dataset_id")
+    return owner, found
 
 
 async def find_loop(
     user: ConsoleUser, store: Store, run_id: str, tenant: str | None
 ) -> tuple[Tenant, LoopRecord]:
-    for owner in await owners(user, store, tenant):
-        found = await store.get_loop_run(owner.id, run_id)
-        if found is not None:
-            return owner, found
-    raise NotFound(f"no loop run '{run_id}' for this tenant", param="run_id")
+    owner = await owner_of(user, store, tenant, "loop_run", run_id)
+    found = None if owner is None else await store.get_loop_run(owner.id, run_id)
+    if owner is None or found is None:
+        raise NotFound(f"no loop run '{run_id}' for this tenant", param="run_id")
+    return owner, found
 
 
 async def find_job(user: ConsoleUser, store: Store, job_id: str) -> tuple[Tenant, FineTuningJob]:
@@ -169,7 +171,7 @@ def error_of(job: FineTuningJob) -> str:
 
 def step_links(run: LoopRun, tenant: Tenant, message: str) -> list[tuple[str, str]]:
     """Links to what a loop step's message names: its dataset, job, eval run, version."""
-    q = f"?tenant={tenant.name}"
+    q = f"?tenant={quote(tenant.name)}"
     named = (
         (run.dataset_id, f"/console/datasets/{run.dataset_id}{q}"),
         (run.job_id, f"/console/jobs/{run.job_id}"),

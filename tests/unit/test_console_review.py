@@ -3,16 +3,31 @@ reject) recorded as feedback with the reviewer as author, read back through the 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from store import CaseSource, EvalResult, EvalRun, Store
+from gateway import review
+from store import (
+    CaseSource,
+    EvalResult,
+    EvalRun,
+    Feedback,
+    Store,
+    evals_sql,
+    open_store,
+    review_sql,
+)
+from store.errors import Conflict
 from tests.unit.conftest import ADMIN, Env
 from tests.unit.console_client import sign_in
+from tests.unit.test_store_contract import T0, completion
+from tests.unit.test_store_contract import feedback as feedback_row
 
 PAGE = "/console/review"
 ADMIN_KEY = "admin-secret"
@@ -127,10 +142,15 @@ def test_three_reviews_become_feedback_by_the_reviewer_and_a_dataset_takes_the_c
         assert {k: review[k] for k in ("rating", "correction")} == expected[decision]
     again = decide(env, csrf, decided["approve"], "reject")
     assert again.status_code == 409
-    # A dataset built now trains on the correction (the rejected and disliked ones stay out).
+    # A dataset built now trains on the correction and the approved answer, though its user
+    # rated it down (the rejected one and the one not yet reviewed stay out). Another user's
+    # liked answer keeps u-1's two examples within the author cap (half of four).
+    rate(env, chat(env, "Which is the longest river in Africa?", user="u-3"), "up", user="u-3")
     built = env.client.post("/v1/datasets", json={"max_author_share": 0.5}, headers=env.auth())
     assert built.status_code == 201, built.text
     snapshot = built.json()
+    stats = snapshot["report"]["stats"]
+    assert stats["counts"]["negative"] == 2 and stats["counts"]["kept"] == 4
     assert snapshot["report"]["stats"]["corrected"] == 1
     assert snapshot["preference_pairs"] == 1  # chosen: the correction; rejected: the answer
     lines = dataset_lines(env, snapshot["id"])
@@ -204,3 +224,84 @@ def test_disagreement_comes_first_and_low_eval_grades_are_shown(env: Env) -> Non
     decide(env, csrf, older, "reject")
     shown, waiting, html = queue(env)
     assert (shown, waiting) == (graded, 1) and "graded 0.20" in html
+
+
+# -- one decision per completion, however many reviewers at once; the queue's indexes ----------
+
+
+def test_two_reviewers_at_once_record_one_decision_and_the_other_gets_a_conflict(
+    env: Env,
+) -> None:
+    ids = disliked(env, [f"Raced question number {i}, about lakes?" for i in range(5)])
+    store: Store = env.client.app.state.gateway.store
+
+    async def race() -> list[list[Feedback | BaseException]]:
+        tenant = await store.get_tenant("acme")
+        assert tenant is not None
+        return [
+            await asyncio.gather(
+                review.decide(store, tenant, cid, "approve", None, "ada"),
+                review.decide(store, tenant, cid, "correct", "Lakes hold fresh water.", "grace"),
+                return_exceptions=True,
+            )
+            for cid in ids
+        ]
+
+    for cid, outcome in zip(ids, env.client.blocking_portal.call(race), strict=True):
+        won = [r for r in outcome if isinstance(r, Feedback)]
+        lost = [r for r in outcome if isinstance(r, Conflict)]
+        assert len(won) == 1 and len(lost) == 1, outcome
+        reviews = [f for f in feedback_of(env, cid) if str(f["author"]).startswith("reviewer:")]
+        assert [f["id"] for f in reviews] == [won[0].id]
+    sign_in(env.client, ADMIN_KEY)
+    assert queue(env)[:2] == (None, 0)
+
+
+async def test_the_store_takes_one_review_per_completion_from_racing_connections(
+    url: str,
+) -> None:
+    stores = [open_store(url) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        await stores[0].create_tenant("t1", "acme")
+        ids = [f"c-{i}" for i in range(4)]
+        await stores[0].capture_batch([completion(c, created_at=T0) for c in ids], [])
+        for cid in ids:
+            rows = [
+                feedback_row(f"r-{cid}-{n}", cid, created_at=T0 + n, author=f"reviewer:r{n}")
+                for n in range(2)
+            ]
+            added = await asyncio.gather(
+                *(s.add_review(f) for s, f in zip(stores, rows, strict=True))
+            )
+            assert sorted(added) == [False, True]
+            kept = await stores[1].list_feedback("t1", cid)
+            assert [f.id for f in kept] == [f.id for f, ok in zip(rows, added, strict=True) if ok]
+        user = feedback_row("f-user", "c-0", created_at=T0 + 5, author="user:u-1")
+        with pytest.raises(ValueError, match="reviewer:"):
+            await stores[0].add_review(user)  # a user's feedback is no review
+        await stores[0].add_feedback(user)  # and never collides with one
+        assert len(await stores[0].list_feedback("t1", "c-0")) == 2
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_the_queue_and_the_loop_list_read_through_their_indexes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    s = open_store(url)
+    await s.open()
+    await s.close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+
+        def plan(sql: str, params: tuple[object, ...]) -> str:
+            rows = db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            return "\n".join(str(r[3]) for r in rows)
+
+        queue_plan = plan(review_sql.NEXT_TO_REVIEW, review_sql.next_params("t1", 0.5))
+        loops_plan = plan(evals_sql.LIST_LOOPS, ("t1", 20))
+    assert "SEARCH feedback USING COVERING INDEX feedback_tenant (tenant_id=?)" in queue_plan
+    assert "SCAN feedback" not in queue_plan
+    assert "SEARCH loop_runs USING INDEX loop_runs_tenant (tenant_id=?)" in loops_plan
+    assert "TEMP B-TREE" not in loops_plan  # newest first, straight from the index

@@ -1,6 +1,7 @@
 // The console's own small script: parts of a page marked data-refresh="<seconds>" reload
 // themselves from data-src (a fragment URL) without a page load; forms marked
-// data-confirm="<text>" ask first. Pages with more (server-sent updates, keys) add their own file.
+// data-confirm="<text>" ask first; links marked data-back go back in the history. Pages with
+// more (server-sent updates, keys) add their own file.
 (function () {
   "use strict";
   function refresh(el) {
@@ -14,6 +15,11 @@
     document.querySelectorAll("[data-refresh][data-src]").forEach(function (el) {
       var seconds = Math.max(1, parseFloat(el.getAttribute("data-refresh")) || 5);
       setInterval(function () { if (!document.hidden) { refresh(el); } }, seconds * 1000);
+    });
+    document.querySelectorAll("a[data-back]").forEach(function (link) {
+      link.addEventListener("click", function (ev) {
+        if (window.history.length > 1) { ev.preventDefault(); window.history.back(); }
+      });
     });
     document.querySelectorAll("form[data-confirm]").forEach(function (form) {
       form.addEventListener("submit", function (ev) {
