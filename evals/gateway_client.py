@@ -14,6 +14,7 @@ import logging
 import httpx
 import msgspec
 
+from evals.batch_lines import BatchLine, LineReply
 from evals.loop_record import Created, LoopDataset, LoopJob
 from evals.spec import AnswerReply, AnswerRequest
 from store.settings import Settings
@@ -87,6 +88,10 @@ class GatewayClient:
     async def answer(self, tenant_id: str, run_id: str, req: AnswerRequest) -> AnswerReply:
         raw = await self._post(f"/admin/tenants/{tenant_id}/evals/{run_id}/answers", req)
         return msgspec.json.decode(raw, type=AnswerReply)
+
+    async def batch_line(self, tenant_id: str, batch_id: str, line: BatchLine) -> LineReply:
+        raw = await self._post(f"/admin/tenants/{tenant_id}/batches/{batch_id}/lines", line)
+        return msgspec.json.decode(raw, type=LineReply)
 
     async def loop_dataset(self, tenant_id: str, loop_id: str) -> LoopDataset:
         raw = await self._post(f"/admin/tenants/{tenant_id}/loops/{loop_id}/dataset", {})

@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 
+from evals.batch_runner import BatchRunner
 from evals.eval_run import EvalJob
 from evals.gateway_client import GatewayClient, make_client
 from evals.loop_run import LoopRunner
@@ -27,6 +28,7 @@ from store.worker_process import run_worker
 
 log = logging.getLogger("loopgate.evals.worker")
 POLL_S = 1.0
+MAX_BATCHES = 2  # batches one worker runs at once (each with settings.batch_concurrency lines)
 
 
 class EvalsWorker:
@@ -48,6 +50,8 @@ class EvalsWorker:
         self.evals = EvalJob(store, gateway, settings.data_dir / "evals", self.id, beat)
         self.loops = LoopRunner(store, gateway, self.id, beat, loop_poll_s)
         self.loop_tasks: set[asyncio.Task[None]] = set()
+        self.batches = BatchRunner(store, gateway, self.id, settings, retry_wait_s=poll_s)
+        self.batch_tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.parent = os.getppid()
 
@@ -66,9 +70,10 @@ class EvalsWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.poll_s)
         finally:
-            for task in list(self.loop_tasks):
+            tasks = [*self.loop_tasks, *self.batch_tasks]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self.loop_tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def step(self) -> bool:
         """One pass: requeue the silent workers' runs, start a loop, do an eval; True if busy."""
@@ -78,11 +83,25 @@ class EvalsWorker:
             task = asyncio.create_task(self.loops.run(record), name=f"loop-{record.id}")
             self.loop_tasks.add(task)
             task.add_done_callback(self.loop_tasks.discard)
+        batch = await self._start_batch()
         run = await self.store.claim_eval_run(self.id)
         if run is not None:
             log.info("running eval %s for tenant %s", run.id, run.tenant_id)
             await self.evals.run(run)
-        return record is not None or run is not None
+        return record is not None or run is not None or batch
+
+    async def _start_batch(self) -> bool:
+        """Claim a batch and run it in a task of its own (evals.batch_runner)."""
+        if len(self.batch_tasks) >= MAX_BATCHES:
+            return False
+        batch = await self.store.claim_batch(self.id)
+        if batch is None:
+            return False
+        log.info("running batch %s for tenant %s", batch.id, batch.tenant_id)
+        task = asyncio.create_task(self.batches.run(batch), name=f"batch-{batch.id}")
+        self.batch_tasks.add(task)
+        task.add_done_callback(self.batch_tasks.discard)
+        return True
 
     async def _requeue_stale(self) -> None:
         before = time.time() - self.settings.job_stale_after_s
@@ -91,6 +110,8 @@ class EvalsWorker:
             log.warning("eval %s lost its worker; now %s", run_id, status)
         for run_id, status in await self.store.requeue_stale_loop_runs(before, limit):
             log.warning("loop %s lost its worker; now %s", run_id, status)
+        for batch_id, status in await self.store.requeue_stale_batches(before, limit):
+            log.warning("batch %s lost its worker; now %s", batch_id, status)
 
     def _orphaned(self) -> bool:
         """Started by a gateway (not by a user) whose process has died."""

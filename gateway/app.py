@@ -11,7 +11,7 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from gateway import api, apidoc, completions_api, console, finetuning_api, metrics
+from gateway import api, apidoc, completions_api, console, finetuning_api, metrics, responses_api
 from gateway.access import (
     admin_guard,
     provide_actor,
@@ -22,9 +22,13 @@ from gateway.access import (
 from gateway.admin_adapters import AdapterController, backends
 from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
+from gateway.admin_checkpoints import CheckpointController
 from gateway.admin_evals import EvalController, LoopController
 from gateway.admin_limits import LimitsController, LimitSets
 from gateway.admin_training import TrainingController
+from gateway.batches import Batches
+from gateway.batches_api import ROUTES as BATCH_ROUTES
+from gateway.batches_api import BatchLineController
 from gateway.request_id import add_request_id, request_context
 from gateway.runtime import Gateway
 from store.errors import EXCEPTION_HANDLERS
@@ -60,6 +64,7 @@ def services(gateway: Gateway) -> dict[str, Provide]:
         "lifecycle": g.lifecycle,
         "cards": api.Cards(g.settings, g.swapper),
         "limit_sets": LimitSets(g.admin, g.store, g.limits),
+        "batches": Batches(g.settings, g.store, g.quotas, g.files, g.serving),
     }
     provided = {
         name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
@@ -80,7 +85,9 @@ def tenant_routes(gateway: Gateway) -> Router:
             api.list_models,
             api.retrieve_model,
             *completions_api.ROUTES,
+            *responses_api.ROUTES,
             *finetuning_api.routes(gateway.settings),
+            *BATCH_ROUTES,
         ],
         guards=[tenant_guard(gateway.directory)],
         security=apidoc.TENANT_KEY,
@@ -99,6 +106,8 @@ def admin_routes(gateway: Gateway) -> Router:
             LoopController,
             LimitsController,
             TrainingController,
+            CheckpointController,
+            BatchLineController,
             backends,
         ],
         guards=[admin_guard(gateway.check_admin)],

@@ -26,6 +26,7 @@ import msgspec
 from store import CaptureFinal, Completion, Store
 from store.errors import EngineNotReady
 from store.privacy import redact
+from store.records import ToolCall, ToolFunction
 
 log = logging.getLogger("loopgate.capture")
 
@@ -125,8 +126,23 @@ class _Usage(msgspec.Struct):
     completion_tokens: int = 0
 
 
+class _FunctionPart(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCallPart(msgspec.Struct):
+    """A tool call, whole (a body) or one streamed fragment of it (the first carries its id
+    and name; the arguments come in pieces)."""
+
+    index: int = 0
+    id: str | None = None
+    function: _FunctionPart | None = None
+
+
 class _Delta(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[_ToolCallPart] | None = None
 
 
 class _StreamChoice(msgspec.Struct):
@@ -143,6 +159,7 @@ class _Chunk(msgspec.Struct):
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[_ToolCallPart] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -158,6 +175,28 @@ class _Body(msgspec.Struct):
 
 _chunk = msgspec.json.Decoder(_Chunk)
 _body = msgspec.json.Decoder(_Body)
+_tool_calls = msgspec.json.Encoder()
+
+
+@dataclass
+class _Call:
+    """One tool call being assembled from its fragments."""
+
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+    def add(self, part: _ToolCallPart) -> None:
+        self.id = self.id or part.id or ""
+        if part.function is not None:
+            self.name = self.name or part.function.name or ""
+            if part.function.arguments:
+                self.arguments.append(part.function.arguments)
+
+    def record(self, redact_pii: bool) -> ToolCall:
+        arguments = "".join(self.arguments)
+        arguments = redact(arguments).text if redact_pii else arguments
+        return ToolCall(id=self.id, function=ToolFunction(self.name, arguments))
 
 
 @dataclass
@@ -174,14 +213,17 @@ class Exchange:
     error: str | None = None
     redact: bool = True
     backend: str | None = None  # the replica that served it, when a retry moved it
+    calls: dict[int, _Call] = field(default_factory=dict)  # tool calls by index
 
     def final(self, status: str) -> CaptureFinal:
         now = time.monotonic()
         ttft = (self.first_token - self.started) * 1000 if self.first_token else None
         text: str | None = None
+        calls: str | None = None
         if self.stored:
             text = "".join(self.parts)
             text = redact(text).text if self.redact else text
+            calls = self._tool_calls()
         return CaptureFinal(
             id=self.id,
             response=text,
@@ -194,7 +236,21 @@ class Exchange:
             error=self.error,
             completed_at=time.time(),
             backend=self.backend,
+            tool_calls=calls,
         )
+
+    def _tool_calls(self) -> str | None:
+        """The answer's tool calls as JSON of OpenAI's list, in index order (None: there were
+        none)."""
+        if not self.calls:
+            return None
+        calls = [self.calls[i].record(self.redact) for i in sorted(self.calls)]
+        return _tool_calls.encode(calls).decode()
+
+    def _add_calls(self, parts: list[_ToolCallPart], *, streamed: bool) -> None:
+        """A stream's fragments name their call's index; a body's whole calls are in order."""
+        for n, part in enumerate(parts):
+            self.calls.setdefault(part.index if streamed else n, _Call()).add(part)
 
     def read_body(self, content: bytes) -> None:
         try:
@@ -205,6 +261,8 @@ class Exchange:
             text = choice.message.content if choice.message else choice.text
             self.parts.append(text or "")
             self.finish_reason = choice.finish_reason
+            if choice.message is not None and choice.message.tool_calls:
+                self._add_calls(choice.message.tool_calls, streamed=False)
         self.usage = body.usage
         self.first_token = time.monotonic()
 
@@ -225,6 +283,9 @@ class Exchange:
                 if text:
                     self.first_token = self.first_token or time.monotonic()
                     self.parts.append(text)
+                if choice.delta is not None and choice.delta.tool_calls:
+                    self.first_token = self.first_token or time.monotonic()
+                    self._add_calls(choice.delta.tool_calls, streamed=True)
                 if choice.finish_reason:
                     self.finish_reason = choice.finish_reason
 

@@ -25,6 +25,7 @@ from gateway.tenancy import Admin
 from store import AliasTarget, Completion, Feedback, open_store
 from store.errors import LoopgateError
 from store.private_files import owner_only
+from store.records import tool_calls_of
 from store.settings import ConfigError, Settings, describe
 
 if TYPE_CHECKING:
@@ -368,9 +369,15 @@ def export_line(c: Completion, feedback: list[Feedback]) -> bytes:
     request = json.loads(c.request or "{}")
     messages = list(request.get("messages") or [{"role": "user", "content": request.get("prompt")}])
     corrected = next((f.correction for f in reversed(feedback) if f.correction), None)
-    messages.append({"role": "assistant", "content": corrected or c.response})
+    answer: dict[str, object] = {"role": "assistant", "content": corrected or c.response}
+    calls = tool_calls_of(c.tool_calls)
+    if calls and not corrected:  # the model's answer called tools (a correction is text)
+        answer["tool_calls"] = msgspec.to_builtins(calls)
+        answer["content"] = c.response or None
+    messages.append(answer)
     record = {
         "messages": messages,
+        **({"tools": request["tools"]} if request.get("tools") else {}),
         "completion_id": c.id,
         "alias": c.alias,
         "adapter_version": c.adapter_version,

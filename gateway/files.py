@@ -28,6 +28,7 @@ from training.jsonl import JsonlError, count_chat_jsonl_file
 MAX_LINES = 100_000
 MAX_LINE_BYTES = 1024 * 1024
 PURPOSE = "fine-tune"
+BATCH_PURPOSE = "batch"  # a Batch API input: its lines are checked when a batch is created
 
 
 class Files:
@@ -74,12 +75,14 @@ class Files:
         self, caller: Caller, received: uploads.Received, quotas: QuotaSet
     ) -> FileObject:
         purpose = received.fields.get("purpose", "")
-        if purpose != PURPOSE:
+        if purpose not in (PURPOSE, BATCH_PURPOSE):
             raise InvalidRequest(
-                f"purpose {purpose!r} is not supported; loopgate accepts '{PURPOSE}'",
+                f"purpose {purpose!r} is not supported; loopgate accepts '{PURPOSE}' and "
+                f"'{BATCH_PURPOSE}'",
                 param="purpose",
             )
-        lines = await asyncio.to_thread(_count_lines, received.path)
+        count = _count_lines if purpose == PURPOSE else _count_batch_lines
+        lines = await asyncio.to_thread(count, received.path)
         file_id = "file-" + secrets.token_hex(12)
         path = received.path.with_name(f"{file_id}.jsonl")
         f = FileObject(
@@ -121,3 +124,18 @@ def _count_lines(path: Path) -> int:
         return count_chat_jsonl_file(path, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES)
     except JsonlError as exc:
         raise InvalidRequest(str(exc), param="file", code="invalid_file") from None
+
+
+def _count_batch_lines(path: Path) -> int:
+    """The non-blank lines of a batch input, within the same bounds as training files."""
+    count = 0
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise InvalidRequest(
+                    f"line {number} is longer than {MAX_LINE_BYTES} bytes", param="file"
+                )
+            count += bool(raw.strip())
+            if count > MAX_LINES:
+                raise InvalidRequest(f"the file has more than {MAX_LINES} lines", param="file")
+    return count

@@ -47,6 +47,7 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import validate_folder
+from gateway.checkpoints import JobCheckpoints
 from gateway.dataset_policy import BuildDataset, DatasetOverride, DatasetReport, tenant_config
 from gateway.quotas import Quotas, bounded, check_examples, refusal
 from gateway.tenancy import Caller
@@ -61,7 +62,6 @@ from store import (
     FineTuningJob,
     JobChanges,
     Store,
-    Tenant,
     Usage,
 )
 from store.errors import (
@@ -76,8 +76,11 @@ from store.errors import (
 from store.settings import Settings, to_env
 from training.build_records import BuildError, ReviewStop
 from training.dataset_config import DatasetConfig
+from training.job_data import KINDS, MAX_LINE_BYTES, MAX_LINES, fine_tuned_name
+from training.jsonl import JsonlError, Kind, count_chat_jsonl_file
 from training.parity_check import PARITY_PROMPTS, compare
 from training.poisoning import Flag, Review
+from training.trainer_config import Method as TrainMethod
 from training.trainer_config import TrainConfig, from_hyperparameters
 
 log = logging.getLogger("loopgate.finetuning")
@@ -112,9 +115,20 @@ class Supervised(msgspec.Struct):
     hyperparameters: Hyperparameters = msgspec.field(default_factory=Hyperparameters)
 
 
+class DpoHyperparameters(Hyperparameters, forbid_unknown_fields=True):
+    """OpenAI's DPO hyperparameters: the supervised ones and `beta` (the pull to the base)."""
+
+    beta: AutoFloat = "auto"
+
+
+class Dpo(msgspec.Struct):
+    hyperparameters: DpoHyperparameters = msgspec.field(default_factory=DpoHyperparameters)
+
+
 class Method(msgspec.Struct):
     type: str
     supervised: Supervised | None = None
+    dpo: Dpo | None = None
 
 
 class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,15 +138,18 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
     method: Method | None = None
     suffix: SUFFIX | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
-    validation_file: str | None = None
+    validation_file: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     integrations: list[object] | None = None
     metadata: dict[str, str] | None = None
 
 
-def train_config(h: Hyperparameters) -> TrainConfig:
+def train_config(h: Hyperparameters, method: TrainMethod = "supervised") -> TrainConfig:
     try:
         config = from_hyperparameters(h.n_epochs, h.learning_rate_multiplier, h.batch_size)
+        beta = h.beta if isinstance(h, DpoHyperparameters) else "auto"
         extras: dict[str, Any] = {
+            "method": method,
+            "beta": None if beta == "auto" else beta,
             "rank": h.lora_rank,
             "alpha": h.lora_alpha,
             "dropout": h.lora_dropout,
@@ -144,10 +161,6 @@ def train_config(h: Hyperparameters) -> TrainConfig:
         return replace(config, **{k: v for k, v in extras.items() if v is not None})
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="hyperparameters") from None
-
-
-def fine_tuned_name(job_model: str, tenant: Tenant, suffix: str | None, job_id: str) -> str:
-    return f"ft:{job_model}:{tenant.name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
 class TrafficBuild(msgspec.Struct, frozen=True):
@@ -193,6 +206,7 @@ class FineTuning:
         self.client = client
         self.root = settings.training_path
         self.id = f"gateway:{os.getpid()}:{secrets.token_hex(3)}"
+        self.checkpoints = JobCheckpoints(store, registry, swapper)
 
     # -- datasets: built by a training worker (training.dataset_builds); enqueued and awaited here
 
@@ -304,15 +318,10 @@ class FineTuning:
                 param="model",
                 code="model_not_found",
             )
-        if req.validation_file is not None:
-            raise InvalidRequest(
-                "validation_file is not supported: the eval split comes from the training data "
-                "(held out deterministically)",
-                param="validation_file",
-            )
-        hyper = _hyperparameters(req)
+        method, hyper = _method(req)
+        await self._check_files(caller, req, method)
         quotas = await self.quotas.of(caller.tenant_id)
-        config = bounded(train_config(hyper), _chosen(hyper), quotas)
+        config = bounded(train_config(hyper, method), _chosen(hyper), quotas)
         if config.rank > self.settings.engine_max_lora_rank:
             raise InvalidRequest(
                 f"lora_rank {config.rank} is above what the engine serves "
@@ -322,6 +331,13 @@ class FineTuning:
         await self.quotas.check(caller.tenant_id, A_JOB)  # before a file becomes a dataset
         dataset = await self._job_dataset(caller, req.training_file)
         check_examples(dataset, quotas)
+        if method == "dpo" and dataset.preference_count == 0:
+            raise InvalidRequest(
+                f"dataset {dataset.id} holds no preference pairs for DPO: upload a file of "
+                '{"input", "preferred_output", "non_preferred_output"} lines, or snapshot traffic '
+                "where corrected answers were also rated down",
+                param="training_file",
+            )
         job_id = "ftjob-" + secrets.token_hex(12)
         job = FineTuningJob(
             id=job_id,
@@ -331,7 +347,7 @@ class FineTuning:
             base_model=self.settings.base_model_name,
             base_adapter=alias.target.adapter_version,
             training_file=req.training_file,
-            validation_file=None,
+            validation_file=req.validation_file,
             dataset_id=dataset.id,
             hyperparameters=msgspec.json.encode(config).decode(),
             suffix=req.suffix,
@@ -351,6 +367,30 @@ class FineTuning:
         )
         return job
 
+    async def _check_files(self, caller: Caller, req: CreateJob, method: TrainMethod) -> None:
+        """An uploaded training file and the validation file must hold `method`'s shape (chat
+        lines for supervised, preference lines for DPO): a 400 naming the bad lines."""
+        refs = [("training_file", req.training_file), ("validation_file", req.validation_file)]
+        for param, ref in refs:
+            if ref is None or (param == "training_file" and ref.startswith("ds-")):
+                continue
+            f = await self.store.get_file(caller.tenant_id, ref)
+            if f is None:
+                raise InvalidRequest(f"invalid {param}: {ref}", param=param)
+            if f.purpose != "fine-tune":  # a batch input or output: not training data
+                raise InvalidRequest(
+                    f"{param} {ref} has purpose {f.purpose!r}; fine-tuning takes 'fine-tune' files",
+                    param=param,
+                )
+            try:
+                await asyncio.to_thread(_check_shape, Path(f.path), KINDS[method])
+            except JsonlError as exc:
+                raise InvalidRequest(
+                    f"{param} {ref} does not fit method '{method}': {exc}", param=param
+                ) from None
+            except OSError:  # the bytes are gone: the dataset build reports it, cleanly
+                continue
+
     async def _job_dataset(self, caller: Caller, ref: str) -> Dataset:
         if ref.startswith("ds-"):
             dataset = await self.dataset(caller, ref)
@@ -367,7 +407,10 @@ class FineTuning:
         return await self.build_from_file(caller, f)
 
     async def job(self, caller: Caller, job_id: str) -> FineTuningJob:
-        found = await self.store.get_job(job_id, caller.tenant_id)
+        return await self.job_of(caller.tenant_id, job_id)
+
+    async def job_of(self, tenant_id: str, job_id: str) -> FineTuningJob:
+        found = await self.store.get_job(job_id, tenant_id)
         if found is None:
             raise NotFound(
                 f"No fine-tuning job found with id '{job_id}'", param="fine_tuning_job_id"
@@ -456,7 +499,7 @@ class FineTuning:
                 f"{self.settings.parity_min_agreement:.0%}); the adapter was not registered",
             )
             return
-        name = fine_tuned_name(job.model, tenant, job.suffix, job.id)
+        name = fine_tuned_name(job.model, tenant.name, job.suffix, job.id)
         version = await self.registry.import_folder(
             tenant,
             out,
@@ -474,7 +517,7 @@ class FineTuning:
             output_dir=None,
         )
         await self._finish(job, changes, f"registered {version.id} as candidate; model {name}")
-        await asyncio.to_thread(shutil.rmtree, out.parent, True)
+        await asyncio.to_thread(shutil.rmtree, out, True)  # the job's checkpoints stay beside it
 
     async def _engine_outputs(self, job: FineTuningJob, out: Path) -> list[str]:
         backend = next(b for b in self.pool.backends if b.ready)
@@ -536,15 +579,28 @@ def _chosen(h: Hyperparameters) -> set[str]:
     return {name for name, value in given.items() if value not in ("auto", None)}
 
 
-def _hyperparameters(req: CreateJob) -> Hyperparameters:
-    if req.method is not None:
-        if req.method.type != "supervised":
-            raise InvalidRequest(
-                f"method {req.method.type!r} is not supported; use 'supervised'", param="method"
-            )
-        if req.method.supervised is not None:
-            return req.method.supervised.hyperparameters
+def _method(req: CreateJob) -> tuple[TrainMethod, Hyperparameters]:
+    """The job's method and its hyperparameters (the method's own, else the top-level ones)."""
+    method = req.method
+    if method is None or method.type == "supervised":
+        given = method.supervised if method is not None else None
+        return "supervised", given.hyperparameters if given else _top_level(req)
+    if method.type == "dpo":
+        dpo = method.dpo.hyperparameters if method.dpo else None
+        return "dpo", dpo or msgspec.convert(
+            msgspec.to_builtins(_top_level(req)), DpoHyperparameters
+        )
+    raise InvalidRequest(
+        f"method {method.type!r} is not supported; use 'supervised' or 'dpo'", param="method"
+    )
+
+
+def _top_level(req: CreateJob) -> Hyperparameters:
     return req.hyperparameters or Hyperparameters()
+
+
+def _check_shape(path: Path, kind: Kind) -> None:
+    count_chat_jsonl_file(path, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES, kind=kind)
 
 
 # Secrets of the serving side the worker has no use for (it trains; it never serves or

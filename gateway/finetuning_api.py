@@ -6,10 +6,12 @@ from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import File as FileResponse
 
 from gateway import apidoc
 from gateway.access import Injected
 from gateway.bodies import Json
+from gateway.checkpoints import Checkpoint
 from gateway.completions_api import PageLimit
 from gateway.dataset_policy import BuildDataset
 from gateway.files import Files
@@ -29,7 +31,7 @@ UPLOAD = {
             "required": ["file", "purpose"],
             "properties": {
                 "file": {"type": "string", "format": "binary"},
-                "purpose": {"enum": ["fine-tune"]},
+                "purpose": {"enum": ["fine-tune", "batch"]},
             },
         }
     )
@@ -80,6 +82,20 @@ async def get_file(
     caller: Injected[Caller], files: Injected[Files], file_id: FromPath[str]
 ) -> File:
     return File.of(await files.file(caller, file_id))
+
+
+@get(
+    "/v1/files/{file_id:str}/content",
+    summary="Retrieve a file's content",
+    media_type="application/octet-stream",
+    responses=apidoc.tenant(404),
+)
+async def file_content(
+    caller: Injected[Caller], files: Injected[Files], file_id: FromPath[str]
+) -> FileResponse:
+    """The file's bytes as uploaded (or as written: a batch's output), streamed from disk."""
+    found = await files.file(caller, file_id)
+    return FileResponse(found.path, filename=found.filename, content_disposition_type="inline")
 
 
 @delete(
@@ -183,6 +199,23 @@ async def job_events(
     return PageOf(data=[Event.of(e) for e in events], has_more=more)
 
 
+@get(
+    JOBS + "/{job_id:str}/checkpoints",
+    summary="A fine-tuning job's per-epoch checkpoints (newest first)",
+    responses=apidoc.tenant(404),
+)
+async def job_checkpoints(
+    caller: Injected[Caller],
+    finetuning: Injected[FineTuning],
+    job_id: FromPath[str],
+    after: FromQuery[str | None] = None,
+    limit: PageLimit = 10,
+) -> PageOf[Checkpoint]:
+    job = await finetuning.job(caller, job_id)
+    found, more = await finetuning.checkpoints.page(job, after, limit)
+    return PageOf(data=[Checkpoint.of(c) for c in found], has_more=more)
+
+
 @post(
     JOBS + "/{job_id:str}/cancel",
     status_code=200,
@@ -198,6 +231,7 @@ async def cancel_job(
 ROUTES = [
     list_files,
     get_file,
+    file_content,
     delete_file,
     build_dataset,
     list_datasets,
@@ -206,5 +240,6 @@ ROUTES = [
     list_jobs,
     get_job,
     job_events,
+    job_checkpoints,
     cancel_job,
 ]

@@ -48,6 +48,8 @@ class QuotaSet(msgspec.Struct, frozen=True):
     max_file_bytes: int
     max_datasets: int
     max_eval_runs_per_day: int
+    max_active_batches: int
+    max_batch_lines: int
 
     def limits(self) -> Usage:
         """The quotas as caps on the store's usage counts."""
@@ -67,6 +69,8 @@ class QuotasBody(msgspec.Struct, forbid_unknown_fields=True):
     max_file_bytes: Quota = None
     max_datasets: Quota = None
     max_eval_runs_per_day: Quota = None
+    max_active_batches: Quota = None
+    max_batch_lines: Quota = None
 
 
 class Standing(msgspec.Struct, frozen=True):
@@ -97,6 +101,7 @@ QUOTA_OF = {
     "queued_jobs": "max_queued_jobs",
     "jobs_last_day": "max_jobs_per_day",
     "eval_runs_last_day": "max_eval_runs_per_day",
+    "active_batches": "max_active_batches",
 }
 _COUNTED = {
     "files": ("files", "delete files it no longer needs"),
@@ -105,6 +110,7 @@ _COUNTED = {
     "queued_jobs": ("queued fine-tuning jobs", "wait for one to start, or cancel one"),
     "jobs_last_day": ("fine-tuning jobs created in 24 hours", "try again later"),
     "eval_runs_last_day": ("eval runs started in 24 hours", "try again later"),
+    "active_batches": ("batches not yet ended", "wait for one to end, or cancel one"),
 }
 # The bounded hyperparameters: the API's name, TrainConfig's field, the bound.
 _BOUNDS = (

@@ -16,6 +16,7 @@ from gateway.erasure import ErasureReport
 from gateway.protocol import ChatMessage
 from replicas.pool import Backend
 from store import Alias, Completion, Dataset, EvalRun, FileObject, FineTuningJob, JobEvent
+from store.records import ToolCall, tool_calls_of
 
 T = TypeVar("T")
 AnyJSON = object  # decoded JSON, forwarded as it is (a field named `object` shadows the builtin)
@@ -96,9 +97,10 @@ class Usage(msgspec.Struct):
     total_tokens: int
 
 
-class AssistantMessage(msgspec.Struct):
+class AssistantMessage(msgspec.Struct, omit_defaults=True):
     role: Literal["assistant"]
     content: str | None
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET  # only when it called tools
 
 
 class Choice(msgspec.Struct):
@@ -135,7 +137,9 @@ class StoredCompletion(msgspec.Struct, kw_only=True):
             usage = Usage(
                 c.prompt_tokens, c.completion_tokens, c.prompt_tokens + c.completion_tokens
             )
-        message = AssistantMessage("assistant", c.response)
+        calls = tool_calls_of(c.tool_calls)
+        content = c.response if c.response or not calls else None  # a bare call has no text
+        message = AssistantMessage("assistant", content, calls or msgspec.UNSET)
         info = CaptureInfo(
             c.status, c.adapter_version, c.latency_ms, c.ttft_ms, c.end_user, c.do_not_train
         )
@@ -263,6 +267,8 @@ class TrainingConfig(msgspec.Struct):
     alpha: int | float | None = None  # int | float: a number is sent back as it was written
     target_modules: AnyJSON = None
     anchor_weight: int | float | None = None
+    method: Literal["supervised", "dpo"] = "supervised"
+    beta: float = 0.1
 
 
 class Hyperparameters(msgspec.Struct):
@@ -292,9 +298,28 @@ class Supervised(msgspec.Struct):
     hyperparameters: Hyperparameters
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: float
+
+
+class Dpo(msgspec.Struct):
+    hyperparameters: DpoHyperparameters
+
+
 class Method(msgspec.Struct):
-    supervised: Supervised
-    type: Literal["supervised"] = "supervised"
+    """OpenAI's `method`: the type and that type's hyperparameters (the other one null)."""
+
+    type: Literal["supervised", "dpo"]
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+    @classmethod
+    def of(cls, config_json: str, hyper: Hyperparameters) -> Method:
+        c = msgspec.json.decode(config_json, type=TrainingConfig)
+        if c.method == "supervised":
+            return cls("supervised", supervised=Supervised(hyper))
+        fields = msgspec.structs.asdict(hyper)
+        return cls("dpo", dpo=Dpo(DpoHyperparameters(**fields, beta=c.beta)))
 
 
 class JobProgress(msgspec.Struct):
@@ -353,7 +378,7 @@ class Job(msgspec.Struct, kw_only=True):
             validation_file=j.validation_file,
             training_file=j.training_file,
             hyperparameters=hyper,
-            method=Method(Supervised(hyper)),
+            method=Method.of(j.hyperparameters, hyper),
             trained_tokens=j.trained_tokens,
             error=_json(j.error),
             seed=j.seed,

@@ -120,17 +120,21 @@ class Serving:
         return await self.adapters.lease(version, exclude)
 
     async def complete(
-        self, caller: Caller, body: bytes, kind: Kind, request_id: str
+        self, caller: Caller, body: bytes, kind: Kind, request_id: str, priority: int | None = None
     ) -> Response[bytes] | Stream:
+        """Serve one request; `priority` (vLLM's, lower first; live requests send none, which
+        is 0) is set only by the gateway itself, for batch lines (gateway.batches)."""
         if self.telemetry is None:
-            return await self._complete(caller, body, kind, request_id)
+            return await self._complete(caller, body, kind, request_id, priority)
         with self.telemetry.request(kind, caller.tenant_name, request_id):
-            return await self._complete(caller, body, kind, request_id)
+            return await self._complete(caller, body, kind, request_id, priority)
 
     async def _complete(
-        self, caller: Caller, body: bytes, kind: Kind, request_id: str
+        self, caller: Caller, body: bytes, kind: Kind, request_id: str, priority: int | None
     ) -> Response[bytes] | Stream:
         req = decode_chat(body) if kind == "chat" else decode_completion(body)
+        if priority is not None:  # after decoding, which refuses a client's own priority
+            req = msgspec.structs.replace(req, priority=priority)
         self._check_prompt_size(req)
         alias = await self.directory.resolve(caller, req.model)
         note_alias(alias.name)

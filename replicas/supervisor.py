@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 
+from replicas.chat_template import template_for
 from replicas.child_env import child_env
 from store.numerics import choose_cpu_dtype, describe_cpu
 from store.private_files import private_dir
@@ -154,7 +155,10 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
         str(settings.engine_max_model_len),
         "--dtype",
         dtype,
+        "--scheduling-policy",
+        settings.engine_scheduling_policy,
         "--disable-uvicorn-access-log",
+        *chat_args(settings, model),
         *settings.engine_extra_args,
     ]
     env = child_env(
@@ -171,6 +175,18 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
     log_path = settings.data_dir / "logs" / "engine.log"
     state_path = settings.data_dir / "run" / "engine.json"
     return EngineLaunch(argv, env, url, api_key, log_path, state_path, dtype, sock)
+
+
+def chat_args(settings: Settings, model: str) -> list[str]:
+    """The chat template the engine renders with (`replicas.chat_template`: the trainer uses the
+    same) and the tool-call parser behind `tool_choice: "auto"`."""
+    args: list[str] = []
+    template = template_for(settings, Path(model))
+    if template is not None:
+        args += ["--chat-template", str(template)]
+    if settings.engine_tool_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", settings.engine_tool_parser]
+    return args
 
 
 def _die_with_parent() -> None:

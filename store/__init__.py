@@ -11,6 +11,7 @@ from typing import Protocol
 
 from store.postgres import PostgresStore
 from store.records import (
+    ACTIVE_BATCH,
     QUOTA_FIELDS,
     ActiveWork,
     AdapterStatus,
@@ -19,6 +20,9 @@ from store.records import (
     AliasEvent,
     AliasTarget,
     ApiKey,
+    BatchRecord,
+    BatchResult,
+    BatchStatus,
     BudgetPeriod,
     BuildStatus,
     Canary,
@@ -40,6 +44,7 @@ from store.records import (
     FileObject,
     FineTuningJob,
     JobChanges,
+    JobCheckpoint,
     JobEvent,
     JobStage,
     JobStatus,
@@ -47,7 +52,9 @@ from store.records import (
     LoopRecord,
     OwnedKind,
     Reservation,
+    ResponseStatus,
     ReviewCandidate,
+    StoredResponse,
     TargetKind,
     Tenant,
     TenantQuotas,
@@ -59,6 +66,7 @@ from store.schema_postgres import MIGRATIONS_PG
 from store.sqlite import SQLiteStore
 
 __all__ = [
+    "ACTIVE_BATCH",
     "MIGRATIONS",
     "MIGRATIONS_PG",
     "QUOTA_FIELDS",
@@ -69,6 +77,9 @@ __all__ = [
     "AliasEvent",
     "AliasTarget",
     "ApiKey",
+    "BatchRecord",
+    "BatchResult",
+    "BatchStatus",
     "BudgetPeriod",
     "BuildStatus",
     "Canary",
@@ -90,6 +101,7 @@ __all__ = [
     "FileObject",
     "FineTuningJob",
     "JobChanges",
+    "JobCheckpoint",
     "JobEvent",
     "JobStage",
     "JobStatus",
@@ -98,9 +110,11 @@ __all__ = [
     "OwnedKind",
     "PostgresStore",
     "Reservation",
+    "ResponseStatus",
     "ReviewCandidate",
     "SQLiteStore",
     "Store",
+    "StoredResponse",
     "TargetKind",
     "Tenant",
     "TenantQuotas",
@@ -207,6 +221,16 @@ class Store(Protocol):
     async def list_job_events(
         self, job_id: str, after: int | None, limit: int
     ) -> tuple[list[JobEvent], bool]: ...
+    # -- per-epoch checkpoints of a job (store.checkpoints_sql) -------------------------------
+    async def add_job_checkpoint(self, checkpoint: JobCheckpoint) -> None: ...
+    async def list_job_checkpoints(
+        self, tenant_id: str, job_id: str, after: str | None, limit: int
+    ) -> tuple[list[JobCheckpoint], bool]: ...
+    async def get_job_checkpoint(
+        self, tenant_id: str, checkpoint_id: str
+    ) -> JobCheckpoint | None: ...
+    async def clear_job_checkpoints(self, job_id: str) -> int: ...
+    async def set_checkpoint_version(self, checkpoint_id: str, adapter_version: str) -> bool: ...
     # -- dataset builds: queued by the gateway, claimed by one training worker each ------------
     async def add_dataset_build(self, build: DatasetBuild) -> None: ...
     async def get_dataset_build(self, tenant_id: str, build_id: str) -> DatasetBuild | None: ...
@@ -312,6 +336,45 @@ class Store(Protocol):
     # A reviewer's decision (author `reviewer:<name>`) as feedback; False, and nothing written,
     # when the completion already has one (a unique index: of two racing reviewers, one wins).
     async def add_review(self, feedback: Feedback) -> bool: ...
+    # -- the Batch API (store.batches_sql): queued by the gateway, run by one evals worker at a
+    # time; a line's result is written once and counted with it (False: already there) --------
+    async def add_batch(self, batch: BatchRecord, limits: Usage | None = None) -> str | None: ...
+    async def get_batch(self, tenant_id: str, batch_id: str) -> BatchRecord | None: ...
+    async def list_batches(
+        self, tenant_id: str, after: str | None, limit: int
+    ) -> tuple[list[BatchRecord], bool]: ...
+    # validating/in_progress -> cancelling; the batch as it is now (None: no such batch).
+    async def cancel_batch(self, tenant_id: str, batch_id: str) -> BatchRecord | None: ...
+    async def claim_batch(self, worker: str) -> BatchRecord | None: ...
+    # The batch's status now (a cancel shows here); None: it is no longer this worker's.
+    async def heartbeat_batch(self, batch_id: str, worker: str) -> BatchStatus | None: ...
+    async def batch_finalizing(self, batch_id: str, worker: str) -> bool: ...
+    async def finish_batch(
+        self,
+        batch_id: str,
+        worker: str,
+        status: BatchStatus,
+        *,
+        output_file_id: str | None = None,
+        error_file_id: str | None = None,
+        error: str | None = None,
+    ) -> bool: ...
+    async def release_batch(self, batch_id: str, worker: str) -> bool: ...
+    async def requeue_stale_batches(
+        self, before: float, max_requeues: int
+    ) -> list[tuple[str, str]]: ...
+    async def add_batch_result(self, result: BatchResult) -> bool: ...
+    async def batch_result_lines(self, batch_id: str) -> set[int]: ...
+    async def batch_results(self, batch_id: str) -> list[BatchResult]: ...
+    # -- Responses API (store.responses_sql): a response is linked to its captured completion ---
+    async def add_response(self, response: StoredResponse) -> None: ...
+    async def get_response(self, tenant_id: str, response_id: str) -> StoredResponse | None: ...
+    # The response and those it continues (previous_response_id), oldest first, at most `limit`.
+    async def response_chain(
+        self, tenant_id: str, response_id: str, limit: int
+    ) -> list[StoredResponse]: ...
+    # Deletes the response and its captured completion (feedback with it); False: none such.
+    async def delete_response(self, tenant_id: str, response_id: str) -> bool: ...
 
 
 def open_store(url: str) -> Store:

@@ -11,11 +11,14 @@ import asyncpg
 
 from store import rows as rowmap
 from store.errors import Conflict, NotFound
+from store.postgres_batches import BatchesMixinPG
 from store.postgres_builds import BuildsMixinPG
+from store.postgres_checkpoints import CheckpointsMixinPG
 from store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
 from store.postgres_evals import EvalsMixinPG
 from store.postgres_limits import LimitsMixinPG
 from store.postgres_overview import OverviewMixinPG
+from store.postgres_responses import ResponsesMixinPG
 from store.postgres_review import ReviewMixinPG
 from store.postgres_training import TrainingMixinPG
 from store.records import (
@@ -54,13 +57,13 @@ _UPSERT_ALIAS = (
 _CREATION_ORDER = "ORDER BY created_at, tenant_id, name"
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
-    "stored, request, status, end_user, metadata, request_id, created_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    "stored, request, status, end_user, metadata, request_id, created_at, tool_calls) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 )
 _FINAL = (
     "UPDATE completions SET response = $1, finish_reason = $2, prompt_tokens = $3, "
     "completion_tokens = $4, latency_ms = $5, ttft_ms = $6, status = $7, error = $8, "
-    "completed_at = $9, backend = COALESCE($10, backend) WHERE id = $11"
+    "completed_at = $9, backend = COALESCE($10, backend), tool_calls = $11 WHERE id = $12"
 )
 
 
@@ -94,6 +97,9 @@ class PostgresStore(
     ErasureMixinPG,
     OverviewMixinPG,
     ReviewMixinPG,
+    CheckpointsMixinPG,
+    ResponsesMixinPG,
+    BatchesMixinPG,
 ):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 

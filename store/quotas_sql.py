@@ -39,7 +39,9 @@ USAGE = (
     "(SELECT COUNT(*) FROM fine_tuning_jobs WHERE tenant_id = ? AND created_at > ?) "
     "AS jobs_last_day, "
     "(SELECT COUNT(*) FROM eval_runs WHERE tenant_id = ? AND created_at > ?) "
-    "AS eval_runs_last_day"
+    "AS eval_runs_last_day, "
+    "(SELECT COUNT(*) FROM batches WHERE tenant_id = ? "
+    "AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling')) AS active_batches"
 )
 # PostgreSQL: one admission per tenant at a time. NO KEY: rows that merely reference the tenant
 # (captured traffic, feedback) are inserted meanwhile without waiting.
@@ -49,6 +51,7 @@ LOCK_TENANT = "SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE"
 # What one new row adds to its tenant's usage.
 A_DATASET = Usage(datasets=1)
 AN_EVAL_RUN = Usage(eval_runs_last_day=1)
+A_BATCH = Usage(active_batches=1)
 
 
 def a_file(f: FileObject) -> Usage:
@@ -62,7 +65,17 @@ def a_job(job: FineTuningJob) -> Usage:
 def usage_params(tenant_id: str, at: float) -> tuple[object, ...]:
     """Arguments of USAGE for a row added at `at` (the day window ends there)."""
     since = at - DAY_S
-    return (tenant_id, tenant_id, tenant_id, tenant_id, tenant_id, since, tenant_id, since)
+    return (
+        tenant_id,
+        tenant_id,
+        tenant_id,
+        tenant_id,
+        tenant_id,
+        since,
+        tenant_id,
+        since,
+        tenant_id,
+    )
 
 
 def usage(row: Row) -> Usage:

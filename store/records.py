@@ -94,6 +94,27 @@ class Alias(msgspec.Struct, frozen=True):
 CaptureStatus = Literal["in_progress", "complete", "incomplete", "error"]
 
 
+class ToolFunction(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str  # JSON text, as the model wrote it (PII-redacted when the tenant asks)
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call of an assistant answer, in OpenAI's shape."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
+_tool_calls = msgspec.json.Decoder(list[ToolCall])
+
+
+def tool_calls_of(text: str | None) -> list[ToolCall]:
+    """A completion's `tool_calls` column (JSON of OpenAI's list) decoded; [] when it has none."""
+    return _tool_calls.decode(text) if text else []
+
+
 class Completion(msgspec.Struct, frozen=True):
     """One captured exchange: what was asked, what answered (which exact version), how it went."""
 
@@ -120,6 +141,7 @@ class Completion(msgspec.Struct, frozen=True):
     request_id: str | None
     created_at: float
     completed_at: float | None
+    tool_calls: str | None = None  # JSON of the answer's tool calls (OpenAI's list), if any
 
 
 class Feedback(msgspec.Struct, frozen=True):
@@ -151,6 +173,31 @@ class CaptureFinal(msgspec.Struct, frozen=True):
     error: str | None
     completed_at: float
     backend: str | None = None  # set when a retry moved the request to another replica
+    tool_calls: str | None = None  # JSON of the answer's tool calls (OpenAI's list), if any
+
+
+ResponseStatus = Literal["completed", "incomplete", "failed"]
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    """One Responses-API response: the chat completion it was served as (`completion_id`, whose
+    captured row names the adapter version), the response it continues, and -- when stored --
+    its settings, input items and output items as JSON (typed by gateway.responses_translate)."""
+
+    id: str
+    tenant_id: str
+    completion_id: str | None  # None when capture is off (or the row was gone when stored)
+    previous_response_id: str | None
+    model: str  # the alias the caller named
+    stored: bool
+    status: ResponseStatus
+    request: str | None  # JSON: instructions, metadata, sampling, text, tools (None: unstored)
+    input_items: str | None
+    output: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    end_user: str | None
+    created_at: float
 
 
 class CompletionQuery(msgspec.Struct, frozen=True):
@@ -332,6 +379,23 @@ class JobEvent(msgspec.Struct, frozen=True):
     at: float
 
 
+class JobCheckpoint(msgspec.Struct, frozen=True):
+    """An adapter a job saved at the end of an epoch while training (registrable as a candidate
+    version by an admin); `adapter_version` once it was registered."""
+
+    id: str  # ftckpt_<hex>
+    job_id: str
+    tenant_id: str
+    step: int
+    epoch: float
+    train_loss: float | None
+    valid_loss: float | None
+    path: str
+    fine_tuned_model_checkpoint: str  # its model name once registered: `<ft name>:ckpt-step-N`
+    created_at: float
+    adapter_version: str | None = None
+
+
 # -- evals, the promotion gate, canaries ----------------------------------------------------------
 
 EvalStatus = Literal["queued", "running", "done", "failed"]
@@ -489,6 +553,8 @@ QUOTA_FIELDS = (
     "max_file_bytes",
     "max_datasets",
     "max_eval_runs_per_day",
+    "max_active_batches",
+    "max_batch_lines",
 )
 
 
@@ -507,6 +573,8 @@ class TenantQuotas(msgspec.Struct, frozen=True):
     max_file_bytes: int | None = None
     max_datasets: int | None = None
     max_eval_runs_per_day: int | None = None
+    max_active_batches: int | None = None
+    max_batch_lines: int | None = None
     updated_at: float = 0.0
 
     @property
@@ -525,6 +593,7 @@ class Usage(msgspec.Struct, frozen=True):
     queued_jobs: int = 0
     jobs_last_day: int = 0
     eval_runs_last_day: int = 0
+    active_batches: int = 0  # batches not yet ended (validating ... finalizing, cancelling)
 
     def over(self, limits: Usage, adding: Usage) -> str | None:
         """The first count that `adding` would take past its limit (None: everything fits).
@@ -535,6 +604,72 @@ class Usage(msgspec.Struct, frozen=True):
             if extra > 0 and getattr(self, name) + extra > getattr(limits, name):
                 return name
         return None
+
+
+# -- the Batch API (gateway.batches, evals.batch_runner) -----------------------------------------
+
+BatchStatus = Literal[
+    "validating",  # accepted, waiting for an evals worker
+    "in_progress",
+    "finalizing",  # every line answered: the output and error files are being written
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",  # no new line is sent; the partial output is written next
+    "cancelled",
+]
+ACTIVE_BATCH = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+class BatchRecord(msgspec.Struct, frozen=True):
+    """A tenant's batch of requests from an uploaded JSONL file (OpenAI's Batch object)."""
+
+    id: str
+    tenant_id: str
+    key_id: str  # the creating key: its limits apply to the batch's lines
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    metadata: dict[str, str]
+    model: str | None
+    total: int
+    created_at: float
+    expires_at: float
+    completed: int = 0
+    failed: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    error: str | None = None  # why the whole batch failed
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+    worker: str | None = None
+    heartbeat_at: float | None = None
+    attempts: int = 0
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    """The outcome of one input line (1-based `line`): the gateway's answer (status, request id
+    and JSON body), or no answer and an error code (e.g. `batch_expired`)."""
+
+    batch_id: str
+    line: int
+    custom_id: str
+    status_code: int | None
+    request_id: str | None
+    body: str | None
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 # -- the console's overview ---------------------------------------------------------------------

@@ -112,6 +112,7 @@ def completion(row: Row) -> Completion:
         request_id=row["request_id"],
         created_at=row["created_at"],
         completed_at=row["completed_at"],
+        tool_calls=row["tool_calls"],
     )
 
 
@@ -171,6 +172,7 @@ def completion_params(c: Completion) -> tuple[object, ...]:
         json.dumps(c.metadata),
         c.request_id,
         c.created_at,
+        c.tool_calls,
     )
 
 
@@ -187,5 +189,6 @@ def final_params(f: CaptureFinal) -> tuple[object, ...]:
         f.error,
         f.completed_at,
         f.backend,
+        f.tool_calls,
         f.id,
     )

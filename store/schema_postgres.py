@@ -397,4 +397,99 @@ MIGRATIONS_PG: tuple[str, ...] = (
         WHERE author LIKE 'reviewer:%';
     CREATE INDEX loop_runs_tenant ON loop_runs(tenant_id, created_at, id);
     """,
+    # The Responses API (issue #23): a stored response, the captured exchange it came from
+    # (deleting that row deletes the response) and the response it continues; a response sent
+    # with store=false keeps its row without content, so continuing from it is refused.
+    """
+    CREATE TABLE responses (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        completion_id TEXT REFERENCES completions(id) ON DELETE CASCADE,
+        previous_response_id TEXT,
+        model TEXT NOT NULL,
+        stored BOOLEAN NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('completed', 'incomplete', 'failed')),
+        request TEXT,
+        input_items TEXT,
+        output TEXT,
+        input_tokens BIGINT,
+        output_tokens BIGINT,
+        end_user TEXT,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX responses_tenant ON responses(tenant_id, created_at);
+    CREATE INDEX responses_completion ON responses(completion_id);
+    """,
+    # The Batch API (issue #23): a tenant's batch (queued for an evals worker, claimed with a
+    # heartbeat like eval runs), one result per answered input line (so a resumed batch sends
+    # no line twice), and the batch quotas.
+    """
+    CREATE TABLE batches (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        status TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        model TEXT,
+        total INTEGER NOT NULL,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        in_progress_at DOUBLE PRECISION,
+        finalizing_at DOUBLE PRECISION,
+        completed_at DOUBLE PRECISION,
+        failed_at DOUBLE PRECISION,
+        expired_at DOUBLE PRECISION,
+        cancelling_at DOUBLE PRECISION,
+        cancelled_at DOUBLE PRECISION,
+        worker TEXT,
+        heartbeat_at DOUBLE PRECISION,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX batches_tenant ON batches(tenant_id, created_at, id);
+    CREATE INDEX batches_status ON batches(status, created_at);
+    CREATE TABLE batch_results (
+        batch_id TEXT COLLATE "C" NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
+        line BIGINT NOT NULL,
+        custom_id TEXT NOT NULL,
+        status_code INTEGER,
+        request_id TEXT,
+        body TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (batch_id, line)
+    );
+    ALTER TABLE tenant_quotas ADD COLUMN max_active_batches BIGINT;
+    ALTER TABLE tenant_quotas ADD COLUMN max_batch_lines BIGINT;
+    """,
+    # A fine-tuning job's per-epoch adapters (issue #23): saved by the worker while it trains,
+    # listed at /v1/fine_tuning/jobs/{id}/checkpoints, each registrable as a candidate version.
+    """
+    CREATE TABLE job_checkpoints (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id) ON DELETE CASCADE,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        step BIGINT NOT NULL,
+        epoch DOUBLE PRECISION NOT NULL,
+        train_loss DOUBLE PRECISION,
+        valid_loss DOUBLE PRECISION,
+        path TEXT NOT NULL,
+        fine_tuned_model_checkpoint TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        adapter_version TEXT,
+        UNIQUE (job_id, step)
+    );
+    CREATE INDEX job_checkpoints_tenant ON job_checkpoints(tenant_id, job_id, step);
+    """,
+    # The tool calls of a captured answer (issue #23), JSON of OpenAI's list, so stored
+    # completions, exports and datasets keep tool use.
+    "ALTER TABLE completions ADD COLUMN tool_calls TEXT",
 )

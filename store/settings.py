@@ -13,6 +13,7 @@ from store.numerics import DtypeSetting
 EngineMode = Literal["embedded", "external"]
 EngineDevice = Literal["auto", "cpu", "cuda"]
 EngineWeights = Literal["full", "nf4"]
+EngineScheduling = Literal["priority", "fcfs"]
 UpstreamTransport = Literal["aiohttp", "httpx"]
 LogFormat = Literal["text", "json"]
 
@@ -157,6 +158,32 @@ class Settings:
     )
     engine_cpu_kvcache_gb: int = field(
         default=2, metadata={"help": "VLLM_CPU_KVCACHE_SPACE (GiB) for the CPU engine."}
+    )
+    engine_scheduling_policy: EngineScheduling = field(
+        default="priority",
+        metadata={
+            "help": "vLLM --scheduling-policy. 'priority': batch lines are sent with a lower "
+            "priority than live requests, so live traffic goes first; 'fcfs': first come, first "
+            "served (batch lines are sent without a priority). With external engines, set it "
+            "to what they run: vLLM refuses a priority it does not schedule by."
+        },
+    )
+    engine_tool_parser: str = field(
+        default="hermes",
+        metadata={
+            "help": "vLLM --tool-call-parser for `tools` with tool_choice 'auto' (the model's "
+            "tool-call format: 'hermes' for the bundled model's <tool_call> template; e.g. "
+            "'llama3_json', 'mistral' for those models). Empty: no automatic tool choice "
+            "('required' and named tool choices still work, by guided decoding)."
+        },
+    )
+    engine_chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "The engine's chat template: 'auto' (the bundled model gets loopgate's "
+            "tool-aware ChatML template, renders plain chats exactly as its own; other models "
+            "keep theirs), 'model' (always the model's own) or a path to a Jinja file."
+        },
     )
     engine_extra_args: tuple[str, ...] = field(
         default=(), metadata={"help": "Extra vLLM CLI arguments, space-separated."}
@@ -409,6 +436,24 @@ class Settings:
         default=48,
         metadata={"help": "Eval runs a tenant may start in any 24 hours (429 past it)."},
     )
+    tenant_max_active_batches: int = field(
+        default=4,
+        metadata={
+            "help": "Batches a tenant may have not yet ended (validating, in progress, "
+            "finalizing or cancelling) at once (429 past it)."
+        },
+    )
+    tenant_max_batch_lines: int = field(
+        default=10_000,
+        metadata={"help": "Most request lines in one batch's input file (400 past it)."},
+    )
+    batch_concurrency: int = field(
+        default=8,
+        metadata={
+            "help": "Lines of one batch an evals worker has in flight at once (each waits "
+            "behind live traffic on the engine: see engine_scheduling_policy)."
+        },
+    )
     parity_min_agreement: float = field(
         default=0.8,
         metadata={
@@ -495,6 +540,7 @@ class Settings:
             "engine_mode": EngineMode,
             "engine_device": EngineDevice,
             "engine_weights": EngineWeights,
+            "engine_scheduling_policy": EngineScheduling,
             "training_device": EngineDevice,
             "engine_dtype": DtypeSetting,
             "training_dtype": DtypeSetting,
@@ -530,6 +576,8 @@ class Settings:
                 raise ConfigError(f"LOOPGATE_{f.name.upper()} must be at least 1")
         if self.tenant_max_seq_length < 16:
             raise ConfigError("LOOPGATE_TENANT_MAX_SEQ_LENGTH must be at least 16")
+        if self.batch_concurrency < 1:
+            raise ConfigError("LOOPGATE_BATCH_CONCURRENCY must be at least 1")
         if self.job_max_requeues < 0:
             raise ConfigError("LOOPGATE_JOB_MAX_REQUEUES must not be negative")
 

@@ -23,13 +23,16 @@ from store.records import (
     Tenant,
 )
 from store.schema import MIGRATIONS
+from store.sqlite_batches import BatchesMixin
 from store.sqlite_builds import BuildsMixin
 from store.sqlite_busy import when_fresh
 from store.sqlite_capture import CaptureMixin, SQLiteMixin
+from store.sqlite_checkpoints import CheckpointsMixin
 from store.sqlite_erasure import ErasureMixin
 from store.sqlite_evals import EvalsMixin
 from store.sqlite_limits import LimitsMixin
 from store.sqlite_overview import OverviewMixin
+from store.sqlite_responses import ResponsesMixin
 from store.sqlite_review import ReviewMixin
 from store.sqlite_training import TrainingMixin
 
@@ -144,6 +147,9 @@ class SQLiteStore(
     ErasureMixin,
     OverviewMixin,
     ReviewMixin,
+    CheckpointsMixin,
+    ResponsesMixin,
+    BatchesMixin,
 ):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 

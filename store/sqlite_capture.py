@@ -19,13 +19,13 @@ from store.sqlite_busy import when_fresh
 
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
-    "stored, request, status, end_user, metadata, request_id, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "stored, request, status, end_user, metadata, request_id, created_at, tool_calls) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _FINAL = (
     "UPDATE completions SET response = ?, finish_reason = ?, prompt_tokens = ?, "
     "completion_tokens = ?, latency_ms = ?, ttft_ms = ?, status = ?, error = ?, "
-    "completed_at = ?, backend = COALESCE(?, backend) WHERE id = ?"
+    "completed_at = ?, backend = COALESCE(?, backend), tool_calls = ? WHERE id = ?"
 )
 
 

@@ -3,7 +3,7 @@
 The recipe, in order (each stage's removals are counted in `DatasetStats.counts`):
 
 1. Selection (traffic only): do-not-train completions, opted-out end users, unsupported
-   exchanges (legacy completions, tool use, non-text content), then feedback: the latest
+   exchanges (legacy completions, non-text content), then feedback: the latest
    correction replaces the answer; otherwise an 'up' rating or a score >= `positive_score` with
    no negative signal keeps the model's answer; any 'down' or low score without a correction
    excludes it; no feedback excludes it unless `include_unrated`. A corrected completion that
@@ -33,6 +33,11 @@ The recipe, in order (each stage's removals are counted in `DatasetStats.counts`
 6. Split by a seeded hash of the prompt, so an example always lands on the same side and one
    prompt (hence its duplicates, all removed in step 4) never sits on both sides.
 
+Tool use is kept: the request's tool and assistant-with-`tool_calls` turns, the answer's tool
+calls (a kept tool call is an example whose target is the call) and the tools the request
+offered, which go with the example (`Example.tools`, a line's "tools"). A correction is text,
+so a corrected tool call trains on the correction.
+
 Everything here is pure and deterministic: the same rows and config give the same snapshot,
 whatever their order.
 """
@@ -45,15 +50,25 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import msgspec
 from datasketch import MinHash, MinHashLSH
 
 from store.privacy import redact
-from store.records import Completion, Feedback
+from store.records import Completion, Feedback, tool_calls_of
 from store.review_sql import REVIEWER_PREFIX
-from training.chat import Conversation, answer_of, prompt_of
+from training.chat import (
+    ChatMessage,
+    Conversation,
+    Role,
+    ToolCall,
+    ToolSpec,
+    answer_of,
+    prompt_of,
+    text_of,
+    tools_of,
+    with_tools,
+)
 from training.dataset_config import DatasetConfig
 from training.poisoning import Flag, Review, guard
 from training.snapshot import (
@@ -103,6 +118,7 @@ class _Candidate:
     end_user: str | None = None  # the end user that key named, if any
     created_at: float | None = None
     rejected: str | None = None  # the model's answer when this is also a preference pair
+    tools: list[ToolSpec] | None = None  # the tools the request offered
     corrected: bool = False
     feedback_ids: tuple[str, ...] = ()
     alias: str | None = None
@@ -158,12 +174,15 @@ def from_conversations(
     source_id: str,
     config: DatasetConfig,
     count_tokens: CountTokens | None = None,
+    rejected: Sequence[str | None] = (),
 ) -> Snapshot:
     """Build a snapshot from an uploaded file's conversations (see `training.jsonl`).
 
     The same PII, quality, length, dedup and split stages apply, but not the per-author cap nor
     the trigger-phrase flag: the uploader is the single author of the whole file, so there is
     no crowd to be over-represented in. Provenance ids are `<source_id>:<n>`, n from 1 in order.
+    `rejected[n - 1]` (a DPO file's non-preferred answer) makes conversation n also a preference
+    pair, as a corrected answer does for traffic.
     """
     counts = StageCounts(input=len(conversations))
     candidates: list[_Candidate] = []
@@ -171,16 +190,16 @@ def from_conversations(
         if not _is_trainable(conversation):
             counts.unsupported += 1
             continue
-        messages: Conversation = [
-            {"role": m["role"], "content": m["content"]} for m in conversation
-        ]
+        messages: Conversation = [m.copy() for m in conversation]
         candidates.append(
             _Candidate(
                 messages=messages,
+                tools=tools_of(conversation),
                 source="file",
                 source_id=f"{source_id}:{n}",
                 author=author,
                 key=author,
+                rejected=rejected[n - 1] if n <= len(rejected) else None,
             )
         )
     return _build(candidates, counts, config, count_tokens, per_author=False)
@@ -203,20 +222,22 @@ class _Part(msgspec.Struct):
 class _RequestMessage(msgspec.Struct):
     role: str
     content: str | list[_Part] | None = None
-    tool_calls: list[object] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class _StoredRequest(msgspec.Struct):
     messages: list[_RequestMessage]
-    tools: list[object] | None = None
+    tools: list[ToolSpec] | None = None
 
 
 _request_decoder = msgspec.json.Decoder(_StoredRequest)
-_ROLE_MAP: dict[str, Literal["system", "user", "assistant"]] = {
+_ROLE_MAP: dict[str, Role] = {
     "system": "system",
     "developer": "system",
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
@@ -247,23 +268,41 @@ def _select(
 
 
 def _prompt_of_request(completion: Completion) -> Conversation | None:
-    """The request's messages as text-only chat, or None when they cannot be trained on."""
+    """The request's messages as text chat (tool turns kept, with the tools it offered), or
+    None when they cannot be trained on."""
     if completion.kind != "chat" or completion.request is None:
         return None
     try:
         request = _request_decoder.decode(completion.request)
     except msgspec.DecodeError:
         return None
-    if request.tools:
-        return None
     prompt: Conversation = []
     for message in request.messages:
-        role = _ROLE_MAP.get(message.role)
-        text = _text_of(message.content)
-        if role is None or text is None or message.tool_calls:
+        turn = _turn(message)
+        if turn is None:
             return None
-        prompt.append({"role": role, "content": text})
-    return prompt if any(m["role"] == "user" for m in prompt) else None
+        prompt.append(turn)
+    if not any(m["role"] == "user" for m in prompt):
+        return None
+    return with_tools(prompt, request.tools)
+
+
+def _turn(message: _RequestMessage) -> ChatMessage | None:
+    """One request message as chat, or None when it cannot be trained on."""
+    role = _ROLE_MAP.get(message.role)
+    text = _text_of(message.content)
+    if text is None and message.tool_calls and role == "assistant":
+        text = ""  # a bare tool call
+    if role is None or text is None or (role == "tool") != (message.tool_call_id is not None):
+        return None
+    turn: ChatMessage = {"role": role, "content": text}
+    if message.tool_calls:
+        if role != "assistant":
+            return None
+        turn["tool_calls"] = message.tool_calls
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
 
 
 def _text_of(content: str | list[_Part] | None) -> str | None:
@@ -298,9 +337,9 @@ def _judge(
         counts.opted_out += 1  # the correction is the opted-out end user's own writing
         return None
     negative = any(_is_negative(f, config) for f in users)
-    answer = correction.correction if correction is not None else completion.response
     return _Candidate(
-        messages=[*prompt, {"role": "assistant", "content": answer or ""}],
+        messages=[*prompt, _answer(completion, correction)],
+        tools=tools_of(prompt),
         source="traffic",
         source_id=completion.id,
         author=end_user if end_user is not None else key,
@@ -313,6 +352,25 @@ def _judge(
         alias=completion.alias,
         adapter_version=completion.adapter_version,
     )
+
+
+def _answer(completion: Completion, correction: Feedback | None) -> ChatMessage:
+    """The assistant turn trained on: the correction (text), else the model's answer with the
+    tool calls it made."""
+    if correction is not None:
+        return {"role": "assistant", "content": correction.correction or ""}
+    answer: ChatMessage = {"role": "assistant", "content": completion.response or ""}
+    calls = tool_calls_of(completion.tool_calls)
+    if calls:
+        answer["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
+            for c in calls
+        ]
+    return answer
 
 
 def _kept_by_users(
@@ -418,7 +476,7 @@ def _build(
     pii_redacted = sum(c.pii_redacted for c in candidates)
     candidates = _filter_quality(candidates, config, counts, count_tokens)
     for c in candidates:
-        c.hash = _sha256(_canonical(c.messages))
+        c.hash = _sha256(_canonical(_hashed(c)))
         c.prompt_key = _sha256(_canonical(_normalized(prompt_of(c.messages))))
         c.words = _WORD_RE.findall(_flatten(c.messages).casefold())
     candidates, clusters = _deduplicate(candidates, config, counts)
@@ -446,6 +504,11 @@ def _redact_all(candidates: list[_Candidate]) -> Counter[str]:
             m["content"] = result.text
             spans.update({str(kind): n for kind, n in result.counts.items()})
             c.pii_redacted = c.pii_redacted or result.total > 0
+            for call in m.get("tool_calls") or []:
+                result = redact(call["function"]["arguments"])
+                call["function"] = {**call["function"], "arguments": result.text}
+                spans.update({str(kind): n for kind, n in result.counts.items()})
+                c.pii_redacted = c.pii_redacted or result.total > 0
         if c.rejected is not None:
             result = redact(c.rejected)
             c.rejected = result.text
@@ -461,11 +524,12 @@ def _filter_quality(
 ) -> list[_Candidate]:
     kept: list[_Candidate] = []
     for c in candidates:
-        answer = answer_of(c.messages).strip()
+        answer = text_of(c.messages[-1]).strip()
         if len(answer) < config.min_answer_chars or not any(ch.isalnum() for ch in answer):
             counts.low_quality += 1
             continue
-        c.tokens = count_tokens(c.messages) if count_tokens else _whitespace_words(c.messages)
+        counted = with_tools(c.messages, c.tools)
+        c.tokens = count_tokens(counted) if count_tokens else _whitespace_words(c.messages)
         if c.tokens > config.max_tokens:
             counts.too_long += 1
             continue
@@ -474,7 +538,7 @@ def _filter_quality(
 
 
 def _whitespace_words(conversation: Conversation) -> int:
-    return sum(len(m["content"].split()) for m in conversation)
+    return sum(len(text_of(m).split()) for m in conversation)
 
 
 # -------------------------------------------------------------------------------- 4. dedup
@@ -602,13 +666,13 @@ def _snapshot(
     )
     content = {
         "config": config,
-        "train": [c.messages for c in train],
-        "eval": [c.messages for c in eval_],
+        "train": [_hashed(c) for c in train],
+        "eval": [_hashed(c) for c in eval_],
         "preferences": [[p.prompt, p.chosen, p.rejected] for p in preferences],
     }
     return Snapshot(
-        train=[Example(c.messages, c.provenance()) for c in train],
-        eval=[Example(c.messages, c.provenance()) for c in eval_],
+        train=[Example(c.messages, c.provenance(), c.tools) for c in train],
+        eval=[Example(c.messages, c.provenance(), c.tools) for c in eval_],
         preferences=preferences,
         stats=stats,
         flags=guards[0],
@@ -659,6 +723,12 @@ def _sources(kept: list[_Candidate]) -> list[SourceCount]:
 # ------------------------------------------------------------------------------------ text bits
 
 
+def _hashed(c: _Candidate) -> object:
+    """What an example's hash covers: its messages, and the tools offered when there are any
+    (so an example without tools hashes as it always did)."""
+    return {"messages": c.messages, "tools": c.tools} if c.tools else c.messages
+
+
 def _canonical(value: object) -> bytes:
     return msgspec.json.encode(value, order="sorted")
 
@@ -672,8 +742,8 @@ def _fold(text: str) -> str:
 
 
 def _normalized(conversation: Conversation) -> list[tuple[str, str]]:
-    return [(m["role"], _fold(m["content"])) for m in conversation]
+    return [(m["role"], _fold(text_of(m))) for m in conversation]
 
 
 def _flatten(conversation: Conversation) -> str:
-    return "\n".join(m["content"] for m in conversation)
+    return "\n".join(text_of(m) for m in conversation)

@@ -28,14 +28,15 @@ from typing import Any
 import msgspec
 
 from replicas.base_model import ModelError, resolve_model
+from replicas.chat_template import template_text
 from store import Dataset, DatasetBuild, Store, Usage
 from store.errors import InvalidRequest, LoopgateError, Unprocessable
 from store.settings import Settings
 from training.build_records import BuildError, DatasetOverride, DatasetReport, ReviewStop
-from training.chat import Conversation
+from training.chat import Conversation, tools_of
 from training.dataset import completion_ids, from_conversations, from_traffic
 from training.dataset_config import DatasetConfig
-from training.jsonl import JsonlError, validate_chat_jsonl
+from training.jsonl import JsonlError, TrainingLine, validate_training_jsonl
 from training.snapshot import CountTokens, Snapshot, write_snapshot
 from training.snapshot_erasure import flagged_completion_ids
 
@@ -178,14 +179,15 @@ class DatasetBuilder:
         if f is None:
             raise InvalidRequest(f"invalid training_file: {build.file_id}", param="training_file")
         data = await asyncio.to_thread(Path(f.path).read_bytes)
-        conversations = await asyncio.to_thread(_validate, data)
+        lines = await asyncio.to_thread(_validate, data)
         return await asyncio.to_thread(
             lambda: from_conversations(
-                conversations,
+                [line.conversation for line in lines],
                 author=f.created_by,
                 source_id=f.id,
                 config=config,
                 count_tokens=counter,
+                rejected=[line.rejected for line in lines],
             )
         )
 
@@ -197,7 +199,11 @@ class DatasetBuilder:
         try:
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(self.env.base_dir)
+            tokenizer = AutoTokenizer.from_pretrained(self.env.base_dir)
+            template = template_text(None, self.env.base_dir)  # the one training renders with
+            if template is not None:
+                tokenizer.chat_template = template
+            return tokenizer
         except (OSError, ValueError):
             log.warning("the base model's tokenizer is not available here; counting words")
             return None
@@ -209,7 +215,8 @@ class DatasetBuilder:
             return None
 
         def count(conversation: Conversation) -> int:
-            encoded = tokenizer.apply_chat_template(list(conversation), tokenize=True)
+            tools = tools_of(conversation)
+            encoded = tokenizer.apply_chat_template(list(conversation), tools=tools, tokenize=True)
             ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
             return len(ids)
 
@@ -266,9 +273,9 @@ def _record(build: DatasetBuild, snapshot: Snapshot, ds_id: str, folder: Path) -
     )
 
 
-def _validate(data: bytes) -> list[Conversation]:
+def _validate(data: bytes) -> list[TrainingLine]:
     try:
-        return validate_chat_jsonl(data, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES)
+        return validate_training_jsonl(data, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES)
     except JsonlError as exc:
         raise InvalidRequest(str(exc), param="file", code="invalid_file") from None
 

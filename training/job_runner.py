@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import shutil
 import threading
 import time
@@ -22,14 +23,26 @@ from typing import Literal
 import msgspec
 import torch
 
-from store import FineTuningJob, JobChanges, Store
+from store import Dataset, FineTuningJob, JobChanges, JobCheckpoint, Store
 from store.numerics import DtypeSetting
-from training.dataset import read_split
+from training.dpo import train_dpo
+from training.job_data import (
+    PreferenceData,
+    SupervisedData,
+    checkpoint_name,
+    fine_tuned_name,
+    preference_data,
+    supervised_data,
+)
+from training.jsonl import JsonlError
 from training.parity import PARITY_PROMPTS, peft_reference
 from training.trainer import (
+    Checkpoints,
     Progress,
+    SavedCheckpoint,
     TrainingCancelled,
     TrainingError,
+    TrainResult,
     compute_dtype,
     describe_hardware,
     preflight,
@@ -60,6 +73,11 @@ class WorkerEnv:
 
 def job_dir(jobs_dir: Path, job_id: str) -> Path:
     return jobs_dir / job_id
+
+
+def checkpoints_dir(jobs_dir: Path, job_id: str) -> Path:
+    """The job's per-epoch adapters (`step-<N>`), kept after the job's adapter is registered."""
+    return job_dir(jobs_dir, job_id) / "checkpoints"
 
 
 def train_config(job: FineTuningJob, env: WorkerEnv) -> TrainConfig:
@@ -140,43 +158,33 @@ class JobRunner:
         if dataset is None:
             await self._fail(job, "invalid_training_file", "the job's dataset no longer exists")
             return
-        folder = Path(dataset.path)
-        train_rows = await asyncio.to_thread(read_split, folder, "train")
-        eval_rows = await asyncio.to_thread(read_split, folder, "eval")
         config = train_config(job, env)
+        data = await self._data(job, dataset, config)
+        if data is None:
+            return
         out = job_dir(env.jobs_dir, job.id) / "adapter"
         await asyncio.to_thread(shutil.rmtree, out, True)  # an earlier, interrupted attempt
+        await self._clear_checkpoints(job)
         device = resolve_device(config.device)
         dtype = str(compute_dtype(device, config.compute_dtype)).removeprefix("torch.")
         hardware = describe_hardware(device)
         await self._event(
             job,
-            f"training started (attempt {job.attempts}): {len(train_rows)} train / "
-            f"{len(eval_rows)} eval examples, device {device}, compute {dtype} on {hardware}",
+            f"training started (attempt {job.attempts}, {config.method}): {len(data.train)} "
+            f"train / {len(data.eval)} eval examples"
+            f"{' (the validation file)' if job.validation_file else ''}, device {device}, "
+            f"compute {dtype} on {hardware}",
             {
-                "train_examples": len(train_rows),
-                "eval_examples": len(eval_rows),
+                "train_examples": len(data.train),
+                "eval_examples": len(data.eval),
+                "method": config.method,
                 "device": device,
                 "compute_dtype": dtype,
                 "hardware": hardware,
             },
         )
-        loop = asyncio.get_running_loop()
-
-        def on_progress(p: Progress) -> None:
-            asyncio.run_coroutine_threadsafe(self._progress(job, p), loop)
-
         try:
-            result = await asyncio.to_thread(
-                train,
-                env.base_dir,
-                train_rows,
-                eval_rows,
-                out,
-                config,
-                on_progress=on_progress,
-                should_stop=stop.event.is_set,
-            )
+            result = await self._train(job, data, out, config, stop)
         except TrainingCancelled:
             await self._stopped(job, stop.reason or "cancel")
             return
@@ -184,6 +192,101 @@ class JobRunner:
             await self._fail(job, "training_failed", str(exc))
             return
         await self._finish_training(job, out, result_json(result), result.train_tokens)
+
+    async def _data(
+        self, job: FineTuningJob, dataset: Dataset, config: TrainConfig
+    ) -> SupervisedData | PreferenceData | None:
+        """The job's train and eval rows (None: the job failed, the reason recorded)."""
+        validation: bytes | None = None
+        if job.validation_file is not None:
+            f = await self.store.get_file(job.tenant_id, job.validation_file)
+            if f is None:
+                await self._fail(job, "invalid_validation_file", "the validation_file was deleted")
+                return None
+            validation = await asyncio.to_thread(Path(f.path).read_bytes)
+        read = preference_data if config.method == "dpo" else supervised_data
+        try:
+            return await asyncio.to_thread(read, Path(dataset.path), validation)
+        except JsonlError as exc:
+            await self._fail(job, "invalid_validation_file", f"the validation_file: {exc}")
+            return None
+
+    async def _train(
+        self,
+        job: FineTuningJob,
+        data: SupervisedData | PreferenceData,
+        out: Path,
+        config: TrainConfig,
+        stop: _Stop,
+    ) -> TrainResult:
+        """Run the trainer for the job's method in a thread; progress and each epoch's adapter
+        are recorded in the store as they come."""
+        loop = asyncio.get_running_loop()
+        name = await self._fine_tuned_name(job)
+
+        def on_progress(p: Progress) -> None:
+            asyncio.run_coroutine_threadsafe(self._progress(job, p), loop)
+
+        def on_saved(saved: SavedCheckpoint) -> None:
+            recorded = asyncio.run_coroutine_threadsafe(self._checkpoint(job, saved, name), loop)
+            recorded.result(timeout=60)  # listed before the next epoch starts
+
+        kept = Checkpoints(checkpoints_dir(self.env.jobs_dir, job.id), on_saved)
+        base, stopped = self.env.base_dir, stop.event.is_set
+        if isinstance(data, PreferenceData):
+            return await asyncio.to_thread(
+                lambda: train_dpo(
+                    base,
+                    data.train,
+                    data.eval,
+                    out,
+                    config,
+                    on_progress=on_progress,
+                    should_stop=stopped,
+                    checkpoints=kept,
+                )
+            )
+        return await asyncio.to_thread(
+            lambda: train(
+                base,
+                data.train,
+                data.eval,
+                out,
+                config,
+                on_progress=on_progress,
+                should_stop=stopped,
+                checkpoints=kept,
+            )
+        )
+
+    async def _fine_tuned_name(self, job: FineTuningJob) -> str:
+        tenant = await self.store.get_tenant(job.tenant_id)
+        return fine_tuned_name(
+            job.model, tenant.name if tenant else job.tenant_id, job.suffix, job.id
+        )
+
+    async def _clear_checkpoints(self, job: FineTuningJob) -> None:
+        """An earlier, interrupted attempt's checkpoints: rows and folders."""
+        await self.store.clear_job_checkpoints(job.id)
+        folder = checkpoints_dir(self.env.jobs_dir, job.id)
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def _checkpoint(self, job: FineTuningJob, saved: SavedCheckpoint, name: str) -> None:
+        checkpoint = JobCheckpoint(
+            id="ftckpt_" + secrets.token_hex(12),
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            step=saved.step,
+            epoch=saved.epoch,
+            train_loss=saved.train_loss,
+            valid_loss=saved.valid_loss,
+            path=saved.path,
+            fine_tuned_model_checkpoint=checkpoint_name(name, saved.step),
+            created_at=time.time(),
+        )
+        await self.store.add_job_checkpoint(checkpoint)
+        valid = "" if saved.valid_loss is None else f", valid loss {saved.valid_loss:.4f}"
+        await self._event(job, f"checkpoint {checkpoint.id} saved at step {saved.step}{valid}")
 
     async def _progress(self, job: FineTuningJob, p: Progress) -> None:
         parts = [f"step {p.step}/{p.total_steps}", f"epoch {p.epoch:.2f}"]
@@ -198,7 +301,8 @@ class JobRunner:
             parts.append(f"train loss {p.loss:.4f}")
             data["train_loss"] = round(p.loss, 5)
         if p.eval_loss is not None:
-            parts.append(f"eval loss {p.eval_loss:.4f}")
+            parts.append(f"valid loss {p.eval_loss:.4f}")
+            data["valid_loss"] = round(p.eval_loss, 5)  # OpenAI's name for it
             data["eval_loss"] = round(p.eval_loss, 5)
         parts.append(f"{p.tokens_per_s:.0f} tok/s")
         await self.store.add_job_event(job.id, "info", ", ".join(parts), data)

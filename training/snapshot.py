@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from training.chat import ChatMessage, Conversation
+from training.chat import ChatMessage, Conversation, ToolSpec, with_tools
 from training.dataset_config import DatasetConfig
 from training.poisoning import Flag, Review
 
@@ -42,6 +42,7 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True):
 class Example(msgspec.Struct, frozen=True):
     messages: list[ChatMessage]
     provenance: Provenance
+    tools: list[ToolSpec] | None = None  # the tools its request offered
 
 
 class PreferencePair(msgspec.Struct, frozen=True):
@@ -126,11 +127,21 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     config: DatasetConfig
 
 
-class _ChatLine(msgspec.Struct):
+class _ChatLine(msgspec.Struct, omit_defaults=True):
     messages: list[ChatMessage]
+    tools: list[ToolSpec] | None = None  # OpenAI's top-level "tools" of a chat line
 
 
 class _PreferenceLine(msgspec.Struct):
+    prompt: list[ChatMessage]
+    chosen: list[ChatMessage]
+    rejected: list[ChatMessage]
+
+
+class Preference(msgspec.Struct, frozen=True):
+    """A DPO training row as TRL takes it (conversational): the prompt, and one assistant
+    message on each side."""
+
     prompt: list[ChatMessage]
     chosen: list[ChatMessage]
     rejected: list[ChatMessage]
@@ -153,11 +164,14 @@ class _Report(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 _chat_line_decoder = msgspec.json.Decoder(_ChatLine)
+_preference_decoder = msgspec.json.Decoder(Preference)
+_provenance_decoder = msgspec.json.Decoder(_ProvenanceLine)
 
 
 def write_snapshot(snapshot: Snapshot, folder: Path) -> None:
-    """Write train/eval.jsonl ({"messages"}), preferences.jsonl ({"prompt","chosen","rejected"}),
-    provenance.jsonl (one line per data line: file, line, split, provenance) and stats.json."""
+    """Write train/eval.jsonl ({"messages"}, and "tools" when offered), preferences.jsonl
+    ({"prompt","chosen","rejected"}), provenance.jsonl (one line per data line: file, line,
+    split, provenance) and stats.json."""
     folder.mkdir(parents=True, exist_ok=True)
     provenance: list[_ProvenanceLine] = []
     sides: tuple[tuple[Split, list[Example]], ...] = (
@@ -166,7 +180,7 @@ def write_snapshot(snapshot: Snapshot, folder: Path) -> None:
     )
     for split, examples in sides:
         name = f"{split}.jsonl"
-        _write_lines(folder / name, [_ChatLine(e.messages) for e in examples])
+        _write_lines(folder / name, [_ChatLine(e.messages, e.tools) for e in examples])
         provenance += [
             _ProvenanceLine(name, n, split, e.provenance) for n, e in enumerate(examples, start=1)
         ]
@@ -191,14 +205,34 @@ def _write_lines(path: Path, items: Sequence[msgspec.Struct]) -> None:
 
 
 def read_split(folder: Path, split: Split) -> list[Conversation]:
-    """The conversations of a written snapshot's train or eval file."""
+    """The conversations of a written snapshot's train or eval file (a line with "tools" as a
+    `ToolConversation`)."""
     path = folder / f"{split}.jsonl"
     conversations: list[Conversation] = []
     for n, line in enumerate(path.read_bytes().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            conversations.append(_chat_line_decoder.decode(line).messages)
+            chat = _chat_line_decoder.decode(line)
+            conversations.append(with_tools(chat.messages, chat.tools))
         except msgspec.DecodeError as exc:
             raise ValueError(f"{path}, line {n}: not a chat example ({exc})") from None
     return conversations
+
+
+def read_preferences(folder: Path) -> dict[Split, list[Preference]]:
+    """A written snapshot's preference pairs by split (each pair's split is in provenance.jsonl);
+    empty lists for a snapshot without pairs."""
+    pairs: dict[Split, list[Preference]] = {"train": [], "eval": []}
+    path = folder / "preferences.jsonl"
+    if not path.exists():
+        return pairs
+    splits = {
+        line.line: line.split
+        for raw in (folder / "provenance.jsonl").read_bytes().splitlines()
+        if raw.strip() and (line := _provenance_decoder.decode(raw)).file == path.name
+    }
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if raw.strip():
+            pairs[splits.get(n, "train")].append(_preference_decoder.decode(raw))
+    return pairs

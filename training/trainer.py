@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import msgspec
 import torch
@@ -38,9 +38,10 @@ from adapters.validation import (
     validate_folder,
 )
 from replicas.base_model import nf4_config
+from replicas.chat_template import template_text
 from store.errors import Unprocessable
 from store.numerics import DtypeSetting, choose_cpu_dtype, describe_cpu
-from training.chat import ChatMessage, Conversation, answer_of, prompt_of
+from training.chat import ChatMessage, Conversation, prompt_of, text_of, tools_of
 from training.trainer_config import ALL_LINEAR, Device, TrainConfig
 
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
@@ -95,6 +96,7 @@ class PromptCompletion(TypedDict):
 
     prompt: list[ChatMessage]
     completion: list[ChatMessage]
+    tools: NotRequired[str | None]  # JSON of the tools offered (the chat template lists them)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -144,16 +146,21 @@ def hash_base_weights(base_dir: Path) -> str:
 
 
 def to_prompt_completion(conversations: Sequence[Conversation]) -> list[PromptCompletion]:
-    """Split each conversation at its final assistant turn (which must exist and be non-empty)."""
+    """Split each conversation at its final assistant turn (which must exist and hold text or
+    tool calls); a conversation's tools go in its row's `tools` (JSON, as TRL reads it)."""
     rows: list[PromptCompletion] = []
     for index, conversation in enumerate(conversations):
-        if not answer_of(conversation).strip():
+        answer = conversation[-1] if conversation else None
+        if answer is None or answer["role"] != "assistant" or not text_of(answer).strip():
             raise TrainingError(
                 f"conversation {index} does not end with a non-empty assistant turn; "
                 "every training example needs the answer to learn"
             )
-        answer: ChatMessage = {"role": "assistant", "content": answer_of(conversation)}
         rows.append({"prompt": prompt_of(conversation), "completion": [answer]})
+    tools = [tools_of(conversation) for conversation in conversations]
+    if any(tools):  # every row gets the column (a dataset takes its columns from the first row)
+        for row, offered in zip(rows, tools, strict=True):
+            row["tools"] = json.dumps(offered) if offered else None
     return rows
 
 
@@ -242,12 +249,30 @@ def checkpointing(config: TrainConfig, device: TorchDevice) -> bool:
     return device == "cuda"
 
 
-def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_eval: bool) -> Any:
+def sft_config(
+    config: TrainConfig,
+    device: TorchDevice,
+    checkpoints: Path,
+    has_eval: bool,
+    *,
+    save: bool = False,
+) -> Any:
     """TRL's SFTConfig: eval + checkpoint each epoch (best kept), progress via our callback."""
     from trl.trainer.sft_config import SFTConfig
 
-    per_epoch = "epoch" if has_eval else "no"
     return SFTConfig(
+        **training_arguments(config, device, checkpoints, has_eval, save=save),
+        max_length=config.max_seq_length,
+    )
+
+
+def training_arguments(
+    config: TrainConfig, device: TorchDevice, checkpoints: Path, has_eval: bool, *, save: bool
+) -> dict[str, Any]:
+    """The TrainingArguments SFT and DPO share: eval each epoch when there is an eval set (best
+    kept, early stopping), a checkpoint each epoch when there is an eval set or `save`."""
+    per_epoch = "epoch" if has_eval else "no"
+    return dict(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
@@ -260,7 +285,7 @@ def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_
         logging_strategy="steps",
         logging_steps=config.logging_steps,
         eval_strategy=per_epoch,
-        save_strategy=per_epoch,
+        save_strategy="epoch" if has_eval or save else "no",
         save_only_model=True,
         save_total_limit=2,  # the best and the latest
         load_best_model_at_end=has_eval,
@@ -268,7 +293,6 @@ def sft_config(config: TrainConfig, device: TorchDevice, checkpoints: Path, has_
         greater_is_better=False,
         seed=config.seed,
         data_seed=config.seed,
-        max_length=config.max_seq_length,
         bf16=compute_dtype(device, config.compute_dtype) == torch.bfloat16,
         fp16=False,
         use_cpu=device == "cpu",
@@ -309,6 +333,70 @@ def _reporter_class() -> type[Any]:
             self.watcher.logged(state, kw.get("logs") or {})
 
     return Reporter
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """An adapter saved at the end of an epoch, with the losses logged up to it."""
+
+    step: int
+    epoch: float
+    train_loss: float | None
+    valid_loss: float | None  # the eval loss at this step (None: no eval set)
+    path: str
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where the per-epoch adapters go (`<folder>/step-<N>`), and who hears of each."""
+
+    folder: Path
+    on_saved: Callable[[SavedCheckpoint], None] | None = None
+
+
+def _checkpointer_class() -> type[Any]:
+    """The TrainerCallback that keeps each epoch's adapter, built on first use (light import)."""
+    from transformers import TrainerCallback
+
+    class Checkpointer(TrainerCallback):
+        """On each of the Trainer's (per-epoch) saves, the LoRA weights as the engine loads them;
+        the Trainer's own checkpoint folders (optimizer state, rotation) stay its business."""
+
+        def __init__(self, sink: Checkpoints, base_dir: Path, watcher: _Watcher) -> None:
+            self.sink, self.base_dir, self.watcher = sink, base_dir, watcher
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.watcher.cancelled:
+                return
+            saved = save_checkpoint(kw["model"], state, self.sink.folder, self.base_dir)
+            if self.sink.on_saved is not None:
+                self.sink.on_saved(saved)
+
+    return Checkpointer
+
+
+def save_checkpoint(model: Any, state: Any, folder: Path, base_dir: Path) -> SavedCheckpoint:
+    """Save the adapter at `state`'s step into `folder/step-<N>` (staged, then renamed)."""
+    step = int(state.global_step)
+    dest = folder / f"step-{step}"
+    staged = save_adapter(model, folder / f".step-{step}", base_dir)
+    shutil.rmtree(dest, ignore_errors=True)
+    staged.rename(dest)
+    return SavedCheckpoint(
+        step=step,
+        epoch=float(state.epoch or 0.0),
+        train_loss=_last_logged(state.log_history, "loss", None),
+        valid_loss=_last_logged(state.log_history, "eval_loss", step),
+        path=str(dest),
+    )
+
+
+def _last_logged(history: list[dict[str, float]], key: str, step: int | None) -> float | None:
+    """The latest `key` in the Trainer's log history (at exactly `step` when one is given)."""
+    for entry in reversed(history):
+        if key in entry and (step is None or int(entry.get("step", -1)) == step):
+            return float(entry[key])
+    return None
 
 
 @dataclass
@@ -414,6 +502,30 @@ def _anchored_trainer_class(weight: float) -> type[Any]:
 # ------------------------------------------------------------------------------------ training
 
 
+def chat_tokenizer(base_dir: Path) -> Any:
+    """The base's tokenizer, which must have a chat template: the one the engine serves the base
+    with (`replicas.chat_template`: loopgate's tool-calling ChatML for the bundled model), else
+    the base's own."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    template = template_text(None, base_dir)
+    if template is not None:
+        tokenizer.chat_template = template
+    if not tokenizer.chat_template:
+        raise TrainingError(f"the tokenizer in {base_dir} has no chat template; add one to train")
+    return tokenizer
+
+
+def with_early_stopping(callbacks: Sequence[Any], has_eval: bool, config: TrainConfig) -> list[Any]:
+    """`callbacks`, plus early stopping on the eval loss when there is an eval set."""
+    from transformers import EarlyStoppingCallback
+
+    if has_eval and config.early_stopping_patience > 0:
+        return [*callbacks, EarlyStoppingCallback(config.early_stopping_patience)]
+    return list(callbacks)
+
+
 def build_trainer(
     base_dir: Path,
     train: Sequence[Conversation],
@@ -422,25 +534,22 @@ def build_trainer(
     checkpoints: Path,
     *,
     callbacks: Sequence[Any] = (),
+    save: bool = False,
 ) -> Any:
     """An SFTTrainer ready to `.train()`: base loaded, LoRA attached, datasets tokenized."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
+    from transformers import PrinterCallback
     from trl.trainer.sft_trainer import SFTTrainer
 
     device = resolve_device(config.device)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if not tokenizer.chat_template:
-        raise TrainingError(f"the tokenizer in {base_dir} has no chat template; add one to train")
-    all_callbacks = list(callbacks)
-    if eval and config.early_stopping_patience > 0:
-        all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+    tokenizer = chat_tokenizer(base_dir)
+    all_callbacks = with_early_stopping(callbacks, bool(eval), config)
     anchored = config.anchor_weight > 0
     trainer_class = _anchored_trainer_class(config.anchor_weight) if anchored else SFTTrainer
     with quiet_progress_bars():
         trainer = trainer_class(
             model=load_base(base_dir, config, device),
-            args=sft_config(config, device, checkpoints, has_eval=bool(eval)),
+            args=sft_config(config, device, checkpoints, has_eval=bool(eval), save=save),
             train_dataset=Dataset.from_list(list(to_prompt_completion(train))),
             eval_dataset=Dataset.from_list(list(to_prompt_completion(eval))) if eval else None,
             processing_class=tokenizer,
@@ -460,29 +569,55 @@ def train(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
     """Train one LoRA adapter on `train` (early stopping on `eval`) and save it to `out_dir`.
 
     Synchronous. `out_dir` appears only when training succeeds (it is staged next to it and
     renamed into place); on cancellation (`should_stop()` true) TrainingCancelled is raised
-    and nothing is left behind.
+    and nothing is left behind. With `checkpoints`, each epoch's adapter is kept there too.
     """
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
-    _check_destination(out_dir, train)
+    _check_destination(Path(out_dir), train)
+
+    def build(work: Path, callbacks: list[Any]) -> Any:
+        return build_trainer(
+            Path(base_dir), train, eval, config, work, callbacks=callbacks, save=bool(checkpoints)
+        )
+
+    return run_trainer(
+        build, Path(base_dir), Path(out_dir), config, Hooks(on_progress, should_stop, checkpoints)
+    )
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How a run reports (progress, saved checkpoints) and is told to stop."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    checkpoints: Checkpoints | None = None
+
+
+def run_trainer(
+    build: Callable[[Path, list[Any]], Any],
+    base_dir: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    hooks: Hooks,
+) -> TrainResult:
+    """Run the Trainer `build(checkpoint_dir, callbacks)` makes (SFT here, DPO in training.dpo)
+    and save its adapter to `out_dir`, staged and renamed into place."""
     base_hash = hash_base_weights(base_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    watcher = _Watcher(on_progress, should_stop)
+    watcher = _Watcher(hooks.on_progress, hooks.should_stop)
+    callbacks = [_reporter_class()(watcher)]
+    if hooks.checkpoints is not None:
+        hooks.checkpoints.folder.mkdir(parents=True, exist_ok=True)
+        callbacks.append(_checkpointer_class()(hooks.checkpoints, base_dir, watcher))
     try:
         with torch_threads(config.torch_threads):
-            trainer = build_trainer(
-                base_dir,
-                train,
-                eval,
-                config,
-                work / "checkpoints",
-                callbacks=[_reporter_class()(watcher)],
-            )
+            trainer = build(work / "checkpoints", callbacks)
             started = time.monotonic()
             output = trainer.train()
             seconds = time.monotonic() - started
@@ -501,7 +636,7 @@ def train(
     return _result(trainer.state, watcher, out_dir, seconds, base_hash, config)
 
 
-def _check_destination(out_dir: Path, train: Sequence[Conversation]) -> None:
+def _check_destination(out_dir: Path, train: Sequence[object]) -> None:
     if not train:
         raise TrainingError("the training set is empty; there is nothing to learn from")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):

@@ -9,6 +9,9 @@ from store.numerics import DtypeSetting
 
 Quantization = Literal["nf4", "none"]
 Device = Literal["auto", "cpu", "cuda"]
+Method = Literal["supervised", "dpo"]
+METHODS: tuple[str, ...] = ("supervised", "dpo")
+MAX_BETA = 10.0
 ALL_LINEAR: Literal["all-linear"] = "all-linear"
 QUANTIZATIONS: tuple[str, ...] = ("nf4", "none")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -89,6 +92,21 @@ class TrainConfig:
         },
     )
 
+    method: Method = field(
+        default="supervised",
+        metadata={
+            "help": "'supervised': SFT on the final answers; 'dpo': DPO on preference pairs "
+            "(chosen over rejected answers), the base with the adapter off as the reference."
+        },
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "DPO's beta, in (0, 10]: the weight of the pull toward the reference (higher "
+            "stays closer to the base). Used by method 'dpo' only."
+        },
+    )
+
     def __post_init__(self) -> None:
         self._check_lora()
         self._check_schedule()
@@ -133,6 +151,10 @@ class TrainConfig:
             raise ValueError(f"anchor_weight must be in [0, 100]; got {self.anchor_weight}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 or None; got {self.max_steps}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        if not 0.0 < self.beta <= MAX_BETA:
+            raise ValueError(f"beta must be in (0, {MAX_BETA:g}]; got {self.beta}")
 
     def _check_runtime(self) -> None:
         if self.quantization not in QUANTIZATIONS:

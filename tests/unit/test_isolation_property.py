@@ -64,10 +64,13 @@ UNKNOWN = {
     "file": "file-" + "0" * 24,
     "dataset": "ds-" + "0" * 16,
     "job": "ftjob-" + "0" * 24,
+    "response": "resp_" + "0" * 48,
+    "batch": "batch_" + "0" * 24,
 }
 NO_MODEL = (404, "not_found_error", "model_not_found")
 WORKER = "worker:isolation-test"
 HI = [{"role": "user", "content": "hi"}]
+CHAT = "/v1/chat/completions"
 
 
 def variants(name: str) -> list[str]:
@@ -128,12 +131,18 @@ class Owned:
     gone_files: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
     jobs: dict[str, str] = field(default_factory=dict)  # id -> status
+    responses: dict[str, str] = field(default_factory=dict)  # id -> its captured completion
+    gone_responses: list[str] = field(default_factory=list)
+    batch_files: list[str] = field(default_factory=list)  # purpose "batch" (no training file)
+    batches: list[str] = field(default_factory=list)
 
     def objects(self) -> list[tuple[str, str]]:
         """(kind, id) of everything it has or had."""
         found = [("completion", c) for c in self.completions + self.gone_completions]
+        found += [("response", r) for r in [*self.responses, *self.gone_responses]]
         found += [("file", f) for f in self.files + self.gone_files]
         found += [("dataset", d) for d in self.datasets]
+        found += [("file", f) for f in self.batch_files] + [("batch", b) for b in self.batches]
         return found + [("job", j) for j in self.jobs]
 
 
@@ -246,6 +255,22 @@ class Isolation(RuleBasedStateMachine):
         if kind == "chat":
             t.completions.append(first["id"])  # stored by default; the engine's id is the stored id
 
+    def respond(self, t: Owned, name: str) -> None:
+        """A Responses-API request naming `name`: served (as a chat completion) iff `t` has
+        that exact alias; the response and its captured completion are then `t`'s."""
+        body = {"model": name, "input": "hi", "max_output_tokens": 4}
+        resp = self.call(t.name, "POST", "/v1/responses", json=body)
+        if name not in t.aliases:
+            assert error_shape(resp)[:3] == NO_MODEL, resp.text
+            assert self.sent == [], f"the refused name {name!r} reached the engine"
+            return
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-loopgate-adapter-version"] == (t.aliases[name] or "base")
+        got = resp.json()
+        assert got["model"] == name and len(self.sent) == 1
+        t.responses[got["id"]] = got["loopgate"]["completion_id"]
+        t.completions.append(got["loopgate"]["completion_id"])
+
     def model_card(self, t: Owned, name: str) -> None:
         resp = self.call(t.name, "GET", f"/v1/models/{path_part(name)}")
         if name not in t.aliases:
@@ -270,6 +295,7 @@ class Isolation(RuleBasedStateMachine):
         self.model_card(t, name)
         if every_route:
             self.complete(t, name, "completion", stream)
+            self.respond(t, name)
             self.fine_tune_from(t, name)
             url = f"/v1/chat/completions?limit=100&model={path_part(name)}"
             found = self.call(t.name, "GET", url).json()["data"]
@@ -314,12 +340,32 @@ class Isolation(RuleBasedStateMachine):
             ):
                 self.like_unknown(t, kind, method, url, id=oid, **kw)
             self.same_page(t, "/v1/chat/completions?after={id}", oid, kind)
+        elif kind == "response":
+            for method, url in (
+                ("GET", "/v1/responses/{id}"),
+                ("GET", "/v1/responses/{id}/input_items"),
+                ("DELETE", "/v1/responses/{id}"),
+            ):
+                self.like_unknown(t, kind, method, url, id=oid)
+            if t.aliases:  # continuing it: refused like an unknown response, before any engine
+                body = {"model": next(iter(t.aliases)), "input": "hi", "previous_response_id": oid}
+                self.like_unknown(t, kind, "POST", "/v1/responses", id=oid, json=body)
+                assert self.sent == []
         elif kind == "file":
             self.like_unknown(t, kind, "GET", "/v1/files/{id}", id=oid)
+            self.like_unknown(t, kind, "GET", "/v1/files/{id}/content", id=oid)
             self.like_unknown(t, kind, "DELETE", "/v1/files/{id}", id=oid)
+            # A batch of it: refused like an unknown input file.
+            body = {"input_file_id": oid, "endpoint": CHAT, "completion_window": "24h"}
+            self.like_unknown(t, kind, "POST", "/v1/batches", id=oid, json=body)
+        elif kind == "batch":
+            self.like_unknown(t, kind, "GET", "/v1/batches/{id}", id=oid)
+            self.like_unknown(t, kind, "POST", "/v1/batches/{id}/cancel", id=oid)
+            self.same_page(t, "/v1/batches?after={id}", oid, kind)
         elif kind == "job":
             self.like_unknown(t, kind, "GET", "/v1/fine_tuning/jobs/{id}", id=oid)
             self.like_unknown(t, kind, "GET", "/v1/fine_tuning/jobs/{id}/events", id=oid)
+            self.like_unknown(t, kind, "GET", "/v1/fine_tuning/jobs/{id}/checkpoints", id=oid)
             self.like_unknown(t, kind, "POST", "/v1/fine_tuning/jobs/{id}/cancel", id=oid)
             self.same_page(t, "/v1/fine_tuning/jobs?after={id}", oid, kind)
         else:
@@ -496,6 +542,40 @@ class Isolation(RuleBasedStateMachine):
             assert self.call(t.name, "DELETE", url).status_code == 200
             t.completions.remove(cid)
             t.gone_completions.append(cid)
+            for rid in [r for r, c in t.responses.items() if c == cid]:
+                del t.responses[rid]  # a response goes with the completion it was captured as
+                t.gone_responses.append(rid)
+
+    @rule(data=st.data())
+    def create_response(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        self.respond(t, data.draw(st.sampled_from([*t.aliases, *ALIAS_POOL])))
+
+    @precondition(lambda self: bool(self.having(lambda t: t.responses)))
+    @rule(data=st.data(), action=st.sampled_from(["get", "continue", "delete"]))
+    def use_own_response(self, data: st.DataObject, action: str) -> None:
+        t = self.pick(data, self.having(lambda t: t.responses))
+        rid = data.draw(st.sampled_from(list(t.responses)))
+        if action == "get":
+            assert self.call(t.name, "GET", f"/v1/responses/{rid}").json()["id"] == rid
+            items = self.call(t.name, "GET", f"/v1/responses/{rid}/input_items").json()
+            assert len(items["data"]) == 1
+        elif action == "continue" and t.aliases:
+            self.respond_after(t, rid, data.draw(st.sampled_from(list(t.aliases))))
+        elif action == "delete":
+            assert self.call(t.name, "DELETE", f"/v1/responses/{rid}").json()["deleted"] is True
+            cid = t.responses.pop(rid)
+            t.gone_responses.append(rid)
+            t.completions.remove(cid)  # its captured completion is deleted with it
+            t.gone_completions.append(cid)
+
+    def respond_after(self, t: Owned, rid: str, alias: str) -> None:
+        body = {"model": alias, "input": "more", "previous_response_id": rid}
+        resp = self.call(t.name, "POST", "/v1/responses", json=body)
+        assert resp.status_code == 200, resp.text
+        got = resp.json()
+        t.responses[got["id"]] = got["loopgate"]["completion_id"]
+        t.completions.append(got["loopgate"]["completion_id"])
 
     # --- rules: files, datasets, jobs, fine-tuned models ---------------------------------------
 
@@ -513,6 +593,22 @@ class Isolation(RuleBasedStateMachine):
         )
         assert resp.status_code == 200, resp.text
         t.files.append(resp.json()["id"])
+
+    @precondition(lambda self: bool(self.having(lambda t: len(t.batches) < 3)))
+    @rule(data=st.data())
+    def create_batch(self, data: st.DataObject) -> None:
+        """A batch (queued: no worker runs here) from the tenant's own input file."""
+        t = self.pick(data, self.having(lambda t: len(t.batches) < 3))
+        request = {"model": DEFAULT_ALIAS, "messages": HI}
+        line = {"custom_id": "a", "method": "POST", "url": CHAT, "body": request}
+        upload = {"file": ("batch.jsonl", json.dumps(line).encode() + b"\n", "application/jsonl")}
+        resp = self.call(t.name, "POST", "/v1/files", files=upload, data={"purpose": "batch"})
+        assert resp.status_code == 200, resp.text
+        t.batch_files.append(resp.json()["id"])
+        body = {"input_file_id": t.batch_files[-1], "endpoint": CHAT, "completion_window": "24h"}
+        resp = self.call(t.name, "POST", "/v1/batches", json=body)
+        assert resp.status_code == 200, resp.text
+        t.batches.append(resp.json()["id"])
 
     @precondition(lambda self: bool(self.having(lambda t: t.files)))
     @rule(data=st.data())
@@ -652,7 +748,9 @@ class Isolation(RuleBasedStateMachine):
             assert {c["id"] for c in stored["data"]} == set(t.completions)
             assert not stored["has_more"]
             files = self.call(t.name, "GET", "/v1/files").json()["data"]
-            assert {f["id"] for f in files} == set(t.files)
+            assert {f["id"] for f in files} == {*t.files, *t.batch_files}
+            batches = self.call(t.name, "GET", "/v1/batches?limit=100").json()["data"]
+            assert {b["id"] for b in batches} == set(t.batches)
             datasets = self.call(t.name, "GET", "/v1/datasets").json()["data"]
             assert {d["id"] for d in datasets} == set(t.datasets)
             jobs = self.call(t.name, "GET", "/v1/fine_tuning/jobs?limit=100").json()["data"]

@@ -74,11 +74,11 @@ ANSWER = {"role": "assistant", "content": "a"}
         (user_then("hi"), "message 2: expected an object, got a string"),
         (user_then({"content": "a"}), 'message 2: "role" must be a string, got null'),
         (user_then({"role": "robot", "content": "a"}), 'unknown role "robot"'),
-        (user_then({"role": "tool", "content": "42"}), 'role "tool" is not supported'),
+        (user_then({"role": "tool", "content": "42"}), 'needs its "tool_call_id"'),
         (user_then({"role": "function", "content": "42"}), 'role "function" is not supported'),
         (
             user_then({"role": "assistant", "content": None, "tool_calls": []}),
-            '"tool_calls" is not supported',
+            '"tool_calls" is empty',
         ),
         (
             user_then({"role": "assistant", "content": 3}),
@@ -91,7 +91,10 @@ ANSWER = {"role": "assistant", "content": "a"}
         ({"messages": [{"role": "user", "content": "q"}]}, "last message must be the assistant"),
         ({"messages": [{"role": "system", "content": "s"}, ANSWER]}, "no user message"),
         (user_then({"role": "assistant", "content": "  "}), "final assistant message is empty"),
-        ({**user_then(ANSWER), "tools": [{"type": "function"}]}, '"tools" is not supported'),
+        (
+            {**user_then(ANSWER), "tools": [{"type": "function"}]},
+            '"tools" must be a list of function',
+        ),
     ],
 )
 def test_each_kind_of_bad_line_is_reported_with_its_number(bad: object, message: str) -> None:

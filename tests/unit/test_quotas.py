@@ -175,6 +175,8 @@ def test_the_admin_quota_routes(env: Env) -> None:
         "max_file_bytes": 1024**3,
         "max_datasets": 100,
         "max_eval_runs_per_day": 48,
+        "max_active_batches": 4,
+        "max_batch_lines": 10_000,
     }
     upload(env, GOOD)
     usage = env.client.get("/admin/tenants/acme/quotas", headers=ADMIN).json()["usage"]

@@ -204,6 +204,7 @@ def finished(c: Completion, f: CaptureFinal) -> Completion:
         status=f.status,
         error=f.error,
         completed_at=f.completed_at,
+        tool_calls=f.tool_calls,
     )
 
 
@@ -622,12 +623,14 @@ async def test_capture_batch_inserts_then_finals(store: Store) -> None:
         final("c-b", completed_at=T0 + 11, status="error", error="engine said no", response=None),
     ]
     late = completion("c-g", created_at=T0 + 6)
-    await store.capture_batch([late], [*finals, final("c-g", completed_at=T0 + 12)])
+    calls = '[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]'
+    called = final("c-g", completed_at=T0 + 12, tool_calls=calls, finish_reason="tool_calls")
+    await store.capture_batch([late], [*finals, called])
     assert await store.get_completion("t1", "c-a") == finished(by_id["c-a"], finals[0])
     assert await store.get_completion("t1", "c-b") == finished(by_id["c-b"], finals[1])
-    assert await store.get_completion("t1", "c-g") == finished(
-        late, final("c-g", completed_at=T0 + 12)
-    )
+    got = await store.get_completion("t1", "c-g")
+    assert got == finished(late, called) and got is not None and got.tool_calls == calls
+    assert (await store.get_completion("t1", "c-a")).tool_calls is None  # type: ignore[union-attr]
     await store.capture_batch([], [final("ghost", completed_at=T0)])  # an unknown id: no-op
     await store.capture_batch([], [])
 

@@ -153,3 +153,26 @@ async def test_the_gateway_reaches_the_engine_over_its_private_socket(
             assert (await client.get(launch.url + "/health")).status_code == 200
     finally:
         await sup.stop()
+
+
+def test_the_engine_renders_chats_as_the_trainer_does_and_parses_tool_calls(
+    tmp_path: Path,
+) -> None:
+    from replicas.chat_template import BUNDLED_TEMPLATE
+
+    def flags(**kw: object) -> list[str]:
+        settings = Settings(data_dir=tmp_path, engine_device="cpu", **kw)  # type: ignore[arg-type]
+        return build_launch(settings, "/models/smollm2", port=free_port()).argv
+
+    default = flags()
+    assert default[default.index("--chat-template") + 1] == str(BUNDLED_TEMPLATE)
+    assert BUNDLED_TEMPLATE.is_file()
+    assert default[default.index("--tool-call-parser") + 1] == "hermes"
+    assert "--enable-auto-tool-choice" in default
+    own = flags(engine_chat_template="model", engine_tool_parser="")
+    assert "--chat-template" not in own and "--enable-auto-tool-choice" not in own
+    other = flags(base_model=str(tmp_path / "another-model"), engine_tool_parser="llama3_json")
+    assert "--chat-template" not in other  # another base keeps its own template
+    assert other[other.index("--tool-call-parser") + 1] == "llama3_json"
+    chosen = flags(engine_chat_template=str(tmp_path / "mine.jinja"))
+    assert chosen[chosen.index("--chat-template") + 1] == str(tmp_path / "mine.jinja")

@@ -224,6 +224,11 @@ def test_the_gateway_image_installs_only_the_base_and_serves(tmp_path: Path) -> 
             assert resp.status_code == 200, resp.text
             assert resp.json()["choices"][0]["message"]["content"] == "tok " * 4
             assert engine.stats()["requests"] == 1  # answered by the engine, through the gateway
+            # The console's templates and assets are in the installed package, not only here.
+            login = httpx.get(url + "/console/login", timeout=30)
+            assert login.status_code == 200 and "Sign in" in login.text, login.text[:2000]
+            for asset in ("console.css", "console.js", "review.js", "training.js"):
+                assert httpx.get(f"{url}/console/static/{asset}", timeout=30).status_code == 200
             log = (tmp_path / "gateway.log").read_text()
             assert children(proc.pid) == [], f"the image's gateway started workers:\n{log}"
         finally:
