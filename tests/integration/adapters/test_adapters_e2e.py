@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import statistics
 import threading
 import time
@@ -311,3 +312,52 @@ def test_replica_loss_is_reconciled_and_routing_prefers_holders(
         assert greedy(fleet, "canary")
     after = {b["name"]: sum(a["served"] for a in b["adapters"]) for b in backends(fleet)}  # type: ignore[attr-defined]
     assert after["replica-1"] > served["replica-1"]  # the restored replica takes traffic again
+
+
+def test_tools_and_json_schemas_work_through_an_adapter_alias(
+    fleet: Stack, versions: dict[str, str]
+) -> None:
+    """Guided decoding and tool calls on an adapter's requests, as on the base model's."""
+    client = fleet.client()
+    schema = {
+        "type": "object",
+        "properties": {"greeting": {"type": "string", "maxLength": 40}},
+        "required": ["greeting"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model="support",
+        messages=[{"role": "user", "content": "Greet me as JSON."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "g", "schema": schema, "strict": True},
+        },
+        temperature=0,
+        max_tokens=40,
+    )
+    assert set(json.loads(answer.choices[0].message.content or "")) == {"greeting"}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "open_ticket",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"priority": {"enum": ["low", "high"]}},
+                "required": ["priority"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    called = client.chat.completions.create(
+        model="support",
+        messages=[{"role": "user", "content": "My router is on fire."}],
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_tokens=40,
+    )
+    (call,) = called.choices[0].message.tool_calls or []
+    assert call.function.name == "open_ticket"
+    assert json.loads(call.function.arguments)["priority"] in ("low", "high")
+    assert called.model == "support"
