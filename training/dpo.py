@@ -50,6 +50,8 @@ def dpo_config(
         **training_arguments(config, device, checkpoints, has_eval, save=save),
         beta=config.beta,
         max_length=config.max_seq_length,
+        loss_type=["sigmoid", "sft"] if config.dpo_sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, config.dpo_sft_weight] if config.dpo_sft_weight > 0 else None,
     )
 
 

@@ -106,6 +106,15 @@ class TrainConfig:
             "stays closer to the base). Used by method 'dpo' only."
         },
     )
+    dpo_sft_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "DPO only: the weight of a supervised term on the preferred answer added to "
+            "DPO's loss (TRL loss_type ['sigmoid', 'sft'], as in RPO). DPO alone widens the "
+            "margin between the two answers but can leave a preferred answer the base never "
+            "writes still unlikely; the term makes the model write it. 0: plain DPO."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_lora()
@@ -153,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be at least 1 or None; got {self.max_steps}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        if not 0.0 <= self.dpo_sft_weight <= 10.0:
+            raise ValueError(f"dpo_sft_weight must be in [0, 10]; got {self.dpo_sft_weight}")
         if not 0.0 < self.beta <= MAX_BETA:
             raise ValueError(f"beta must be in (0, {MAX_BETA:g}]; got {self.beta}")
 
