@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 
@@ -23,30 +22,10 @@ from store import BatchRecord, BatchResult, Usage, open_store
 from tests.support.evals_worker import evals_worker as running_evals_worker
 from tests.unit.conftest import ADMIN, Env, make_settings
 from tests.unit.fake_engine import chat_body
+from tests.unit.sdk_client import sdk
 
 MODEL = "smollm2"  # every tenant's default alias, on the base model
 CHAT = "/v1/chat/completions"
-
-
-def sdk(env: Env, key: str | None = None) -> openai.OpenAI:
-    """The official client, its HTTP handed to the test app (the SDK uses httpx2)."""
-
-    def forward(request: httpx2.Request) -> httpx2.Response:
-        resp = env.client.request(
-            request.method,
-            str(request.url.copy_with(scheme="http", host="testserver.local")),
-            content=request.read(),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-        )
-        return httpx2.Response(resp.status_code, headers=resp.headers.items(), content=resp.content)
-
-    client = httpx2.Client(transport=httpx2.MockTransport(forward))
-    return openai.OpenAI(
-        base_url="http://testserver.local/v1",
-        api_key=key or env.acme_key,
-        http_client=client,
-        max_retries=0,
-    )
 
 
 def line(custom_id: str, text: str, model: str = MODEL, url: str = CHAT) -> dict[str, Any]:

@@ -7,39 +7,19 @@ import json
 import time
 from pathlib import Path
 
-import httpx2
 import openai
 import pytest
 
 from store import JobCheckpoint, open_store
 from tests.unit.adapter_files import write_adapter
 from tests.unit.conftest import ADMIN, Env
+from tests.unit.sdk_client import sdk
 from tests.unit.test_store_contract import job as contract_job
 from training.job_data import preference_data, supervised_data
 from training.job_runner import WorkerEnv, train_config
 from training.trainer import training_arguments
 
 MODEL = "smollm2"
-
-
-def sdk(env: Env, key: str | None = None) -> openai.OpenAI:
-    """The official client, its HTTP handed to the test app."""
-
-    def forward(request: httpx2.Request) -> httpx2.Response:
-        resp = env.client.request(
-            request.method,
-            str(request.url.copy_with(scheme="http", host="testserver.local")),
-            content=request.read(),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-        )
-        return httpx2.Response(resp.status_code, headers=resp.headers.items(), content=resp.content)
-
-    return openai.OpenAI(
-        base_url="http://testserver.local/v1",
-        api_key=key or env.acme_key,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(forward)),
-        max_retries=0,
-    )
 
 
 def jsonl(lines: list[dict[str, object]]) -> bytes:

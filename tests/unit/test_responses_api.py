@@ -10,38 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 
 from store import ApiKey, Completion, StoredResponse, open_store
 from tests.unit.conftest import Env
 from tests.unit.fake_engine import ENGINE_MODEL, ChunkStream, chat_body
+from tests.unit.sdk_client import sdk
 from tests.unit.test_adapters_api import promote, upload
 from tests.unit.test_review_in_datasets import build
 
 MODEL = "smollm2"  # every tenant's default alias, on the base model
-
-
-def sdk(env: Env, key: str | None = None) -> openai.OpenAI:
-    """The official client, its HTTP handed to the test app (the SDK uses httpx2)."""
-
-    def forward(request: httpx2.Request) -> httpx2.Response:
-        resp = env.client.request(
-            request.method,
-            str(request.url.copy_with(scheme="http", host="testserver.local")),
-            content=request.read(),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-        )
-        return httpx2.Response(resp.status_code, headers=resp.headers.items(), content=resp.content)
-
-    client = httpx2.Client(transport=httpx2.MockTransport(forward))
-    return openai.OpenAI(
-        base_url="http://testserver.local/v1",
-        api_key=key or env.acme_key,
-        http_client=client,
-        max_retries=0,
-    )
 
 
 def sent(env: Env) -> dict[str, Any]:

@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import aiosqlite
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from store import open_store
+from store import Store, open_store
 from store.errors import EXCEPTION_HANDLERS
 from tests.unit.conftest import Env
 
@@ -80,6 +81,16 @@ def test_the_api_document_tells_clients_every_write_may_be_told_to_retry(env: En
     assert writes and all("503" in op["responses"] for op in writes)
 
 
+async def a_read_left_open(store: Store) -> aiosqlite.Cursor:
+    """Three tenants, and a read of them stepped once: it holds a read snapshot on the store's
+    shared connection until it is finished (more rows to come)."""
+    for i in range(3):
+        await store.create_tenant(f"ten_{i}", f"t{i}")
+    reading: aiosqlite.Cursor = await store.db.execute("SELECT id FROM tenants")  # type: ignore[attr-defined]
+    assert await reading.fetchone() is not None
+    return reading
+
+
 async def test_a_write_waits_out_its_own_connections_stale_read_snapshot(tmp_path: Path) -> None:
     """The kill -9 test's flake: a read still open on the gateway's connection while another
     process (the evals worker) commits makes SQLite refuse the next BEGIN IMMEDIATE at once
@@ -89,11 +100,7 @@ async def test_a_write_waits_out_its_own_connections_stale_read_snapshot(tmp_pat
     store = open_store(f"sqlite:///{path}")
     await store.open()
     try:
-        for i in range(3):
-            await store.create_tenant(f"ten_{i}", f"t{i}")
-        db = store.db  # type: ignore[attr-defined]
-        reading = await db.execute("SELECT id FROM tenants")
-        assert await reading.fetchone() is not None  # the read stays open: more rows to come
+        reading = await a_read_left_open(store)
         other = sqlite3.connect(path, isolation_level=None)  # another process commits meanwhile
         other.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_x', 'x', 0)")
         other.close()
@@ -120,11 +127,7 @@ async def test_a_capture_batch_waits_while_another_process_writes_during_a_read(
     store = open_store(f"sqlite:///{path}")
     await store.open()
     try:
-        for i in range(3):
-            await store.create_tenant(f"ten_{i}", f"t{i}")
-        db = store.db  # type: ignore[attr-defined]
-        reading = await db.execute("SELECT id FROM tenants")
-        assert await reading.fetchone() is not None
+        reading = await a_read_left_open(store)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # holds the write lock
 
@@ -147,11 +150,7 @@ async def test_a_capture_batch_waits_out_a_stale_read_snapshot(tmp_path: Path) -
     store = open_store(f"sqlite:///{path}")
     await store.open()
     try:
-        for i in range(3):
-            await store.create_tenant(f"ten_{i}", f"t{i}")
-        db = store.db  # type: ignore[attr-defined]
-        reading = await db.execute("SELECT id FROM tenants")
-        assert await reading.fetchone() is not None
+        reading = await a_read_left_open(store)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_x', 'x', 0)")
         other.close()
