@@ -26,6 +26,8 @@ from evals.batch_lines import BatchLine, LineReply
 from gateway.files import Files
 from gateway.protocol import Metadata, decode_chat, decode_completion
 from gateway.quotas import Quotas, QuotaSet, refusal
+from gateway.responses_api import Responder
+from gateway.responses_translate import decode_request
 from gateway.serving import Kind, Serving
 from gateway.tenancy import Caller
 from store import BatchRecord, Store, Tenant
@@ -42,9 +44,13 @@ from store.settings import Settings
 # Live requests run at vLLM's default priority 0; a lower priority is a higher value.
 BATCH_PRIORITY = 10
 WINDOW_S = {"24h": 86_400.0}
-ENDPOINTS: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+ENDPOINTS: dict[str, Kind | Literal["response"]] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/responses": "response",  # served by gateway.responses_api's Responder (the chat path)
+}
 MAX_LINE_BYTES = 1024 * 1024
-Endpoint = Literal["/v1/chat/completions", "/v1/completions"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/responses"]
 CustomId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 
 
@@ -94,8 +100,8 @@ def check_input(path: Path, endpoint: str, max_lines: int) -> Checked:
     return Checked(len(seen), models.pop() if len(models) == 1 else None)
 
 
-def _decoders() -> dict[Kind, Callable[[bytes], object]]:
-    return {"chat": decode_chat, "completion": decode_completion}
+def _decoders() -> dict[Kind | Literal["response"], Callable[[bytes], object]]:
+    return {"chat": decode_chat, "completion": decode_completion, "response": decode_request}
 
 
 def _check_line(
@@ -244,9 +250,14 @@ class Batches:
         try:
             if tenant.disabled:
                 raise PermissionDenied("the tenant is disabled")
-            response = await self.serving.complete(
-                caller, body, ENDPOINTS[batch.endpoint], request_id, priority=self.priority
-            )
+            kind = ENDPOINTS[batch.endpoint]
+            if kind == "response":
+                responder = Responder(self.serving, self.store)
+                response = await responder.create(caller, body, request_id, self.priority)
+            else:
+                response = await self.serving.complete(
+                    caller, body, kind, request_id, priority=self.priority
+                )
         except LoopgateError as exc:
             return error_reply(exc, request_id)
         content = response.content if isinstance(response.content, bytes) else b""

@@ -68,13 +68,16 @@ class Responder:
         self.serving = serving
         self.store = store
 
-    async def create(self, caller: Caller, body: bytes, rid: str) -> Response[bytes] | Stream:
+    async def create(
+        self, caller: Caller, body: bytes, rid: str, priority: int | None = None
+    ) -> Response[bytes] | Stream:
+        """A response through the chat path; `priority` only for batch lines (gateway.batches)."""
         req = decode_request(body)
         state = self._start(caller, req)
         history = await self.history(caller, req.previous_response_id)
         messages = chat_messages(req.instructions, [*history, *state.input])
         chat = encode(chat_request(req, messages)).encode()
-        served = await self.serving.complete(caller, chat, "chat", rid)
+        served = await self.serving.complete(caller, chat, "chat", rid, priority)
         headers = {k: v for k, v in served.headers.items() if k.startswith(_PASSED_HEADERS)}
         if isinstance(served, Stream):
             chunks = cast(AsyncIterator[bytes], served.iterator)

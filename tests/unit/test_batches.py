@@ -142,6 +142,47 @@ def test_batch_lines_go_to_the_engine_at_a_lower_priority_than_live_traffic(
     assert len(tagged) == 1
 
 
+def test_a_batch_of_responses_requests_answers_each_as_a_stored_response(
+    env: Env, evals_worker: EvalsWorker
+) -> None:
+    env.engine.custom = echo
+    client = sdk(env)
+    lines = [
+        {
+            "custom_id": cid,
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": MODEL, "input": text, "instructions": "Shout.", "store": True},
+        }
+        for cid, text in (("x", "first"), ("y", "second"))
+    ]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/responses",
+        completion_window="24h",
+    )
+    done = settled(client, batch.id, "completed")
+    assert done.request_counts is not None and done.request_counts.completed == 2
+    output = {
+        o["custom_id"]: o["response"]["body"] for o in read_lines(client, done.output_file_id)
+    }
+    texts = {cid: body["output"][0]["content"][0]["text"] for cid, body in output.items()}
+    assert texts == {"x": "FIRST", "y": "SECOND"}
+    assert all(body["object"] == "response" for body in output.values())
+    # Each is a stored response of the tenant, continued like any other.
+    assert client.responses.retrieve(output["x"]["id"]).output_text == "FIRST"
+    batched = [b for b in env.engine.bodies() if b["messages"][-1]["content"] == "first"]
+    assert batched[0]["priority"] == 10  # behind live traffic, as chat lines
+    assert batched[0]["messages"][0] == {"role": "system", "content": "Shout."}
+    bad = [{**lines[0], "body": {"model": MODEL, "input": "x", "background": True}}]
+    with pytest.raises(openai.BadRequestError, match="line 1"):
+        client.batches.create(
+            input_file_id=upload(client, jsonl(bad)),
+            endpoint="/v1/responses",
+            completion_window="24h",
+        )
+
+
 @pytest.mark.parametrize("overrides", [{"engine_scheduling_policy": "fcfs"}])
 def test_an_engine_scheduling_first_come_first_served_gets_no_priority(
     env: Env, evals_worker: EvalsWorker
