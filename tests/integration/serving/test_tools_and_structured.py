@@ -174,25 +174,3 @@ def test_a_tool_result_in_a_follow_up_turn_is_answered(stack: Stack) -> None:
     )
     assert follow.choices[0].finish_reason in ("stop", "length")
     assert follow.choices[0].message.content or follow.choices[0].message.tool_calls
-
-
-def test_auto_tool_choice_parses_a_call_the_model_writes_itself(stack: Stack) -> None:
-    """`auto`: nothing forces a call; when the model writes one in its template's format, the
-    engine's tool-call parser returns it as `tool_calls` (not as text)."""
-    resp = stack.client().chat.completions.create(
-        model="smollm2",
-        messages=[
-            {
-                "role": "user",
-                "content": "Call the get_weather tool for the city Paris with unit c.",
-            }
-        ],
-        tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice="auto",
-        temperature=0,
-        max_tokens=80,
-    )
-    message = resp.choices[0].message
-    assert message.tool_calls, message.content
-    assert message.tool_calls[0].function.name == "get_weather"
-    assert "<tool_call>" not in (message.content or "")

@@ -6,6 +6,7 @@ losses and one registers as a candidate the engine serves."""
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from openai import OpenAI
 
@@ -114,3 +115,9 @@ def test_a_dpo_job_raises_the_preferred_answer_s_rate_through_vllm(stack: Stack)
         max_tokens=16,
     )
     assert reply.choices[0].message.content
+    # Hand the engine's LoRA slots back: every alias keeps its adapter loaded (pinned), and the
+    # training tests after this one share the engine and its few slots.
+    with stack.admin() as admin:
+        for model in (first.fine_tuned_model_checkpoint, name):
+            resp = admin.put(f"/admin/tenants/acme/aliases/{quote(model, safe='')}", json={})
+            assert resp.status_code == 200, resp.text
