@@ -76,8 +76,8 @@ from store.errors import (
 from store.settings import Settings, to_env
 from training.build_records import BuildError, ReviewStop
 from training.dataset_config import DatasetConfig
-from training.job_data import KINDS, MAX_LINE_BYTES, MAX_LINES, fine_tuned_name
-from training.jsonl import JsonlError, Kind, count_chat_jsonl_file
+from training.job_data import KINDS, MAX_LINE_BYTES, fine_tuned_name
+from training.jsonl import JsonlError, Kind, check_file_kind
 from training.parity_check import PARITY_PROMPTS, compare
 from training.poisoning import Flag, Review
 from training.trainer_config import Method as TrainMethod
@@ -600,7 +600,8 @@ def _top_level(req: CreateJob) -> Hyperparameters:
 
 
 def _check_shape(path: Path, kind: Kind) -> None:
-    count_chat_jsonl_file(path, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES, kind=kind)
+    """The upload checked every line; here only the first example's shape is read."""
+    check_file_kind(path, kind, max_line_bytes=MAX_LINE_BYTES)
 
 
 # Secrets of the serving side the worker has no use for (it trains; it never serves or

@@ -131,10 +131,7 @@ def _check(
             line, line_kind = _parse_line(raw, size, max_line_bytes)
             kind = kind or line_kind
             if line_kind != kind:
-                raise _LineProblem(
-                    f"expected {KIND_NAMES[kind]}, got {KIND_NAMES[line_kind]}; every line of a "
-                    "file has the same shape"
-                )
+                raise _LineProblem(_other_shape(kind, line_kind))
             keep(line)
         except _LineProblem as problem:
             errors.append(LineError(number, str(problem)))
@@ -143,6 +140,30 @@ def _check(
     if errors:
         raise JsonlError(errors[:MAX_REPORTED_ERRORS], max(0, len(errors) - MAX_REPORTED_ERRORS))
     return examples
+
+
+def check_file_kind(path: Path, kind: Kind, *, max_line_bytes: int) -> None:
+    """Whether a file already checked whole (`count_chat_jsonl_file`, at upload: every line has
+    its first example's shape) is of `kind`: only its first example is read; JsonlError if not."""
+    with path.open("rb") as fh:
+        for number, (raw, size) in enumerate(_file_lines(fh, max_line_bytes), start=1):
+            if not raw.strip():
+                continue
+            try:
+                _, line_kind = _parse_line(raw, size, max_line_bytes)
+                if line_kind != kind:
+                    raise _LineProblem(_other_shape(kind, line_kind))
+            except _LineProblem as problem:
+                raise JsonlError([LineError(number, str(problem))], 0) from None
+            return
+    raise JsonlError([LineError(1, "the file is empty: expected one JSON object per line")], 0)
+
+
+def _other_shape(kind: Kind, line_kind: Kind) -> str:
+    return (
+        f"expected {KIND_NAMES[kind]}, got {KIND_NAMES[line_kind]}; every line of a file has "
+        "the same shape"
+    )
 
 
 def _file_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
