@@ -547,4 +547,12 @@ MIGRATIONS: tuple[str, ...] = (
     # The tool calls of a captured answer (issue #23), JSON of OpenAI's list, so stored
     # completions, exports and datasets keep tool use.
     "ALTER TABLE completions ADD COLUMN tool_calls TEXT",
+    # PLACEHOLDER H1 (workers, issue #25): replace this no-op with your migration (keep the slot).
+    "SELECT 1",
+    # PLACEHOLDER H3 (judges, issue #26): replace this no-op with your migration (keep the slot).
+    "SELECT 1",
+    # PLACEHOLDER H4 (shadow + canary counts, issue #26): replace this no-op (keep the slot).
+    "SELECT 1",
+    # PLACEHOLDER H5 (rollouts, issue #26): replace this no-op with your migration (keep the slot).
+    "SELECT 1",
 )
