@@ -32,6 +32,7 @@ ENGINE_PREFIX = "lg-"
 
 
 class LoadState(enum.Enum):
+    PROBING = "probing"  # loaded by a swap; takes no lease until its probe answers (`admit`)
     READY = "ready"
     DRAINING = "draining"
     GONE = "gone"
@@ -155,11 +156,25 @@ class AdapterPool:
     # --- load / unload -------------------------------------------------------------------
 
     async def load(self, backend: Backend, version: AdapterVersion, *, pinned: bool) -> Placement:
-        """Load `version` on `backend` under a new engine name (no-op when already ready)."""
+        """Load `version` on `backend` under a new engine name (no-op when already loaded)."""
+        return await self._load(backend, version, pinned, LoadState.READY)
+
+    async def stage(self, backend: Backend, version: AdapterVersion) -> Placement:
+        """Load `version` pinned but leased by no one until `admit` (a swap probes it first)."""
+        return await self._load(backend, version, True, LoadState.PROBING)
+
+    def admit(self, placement: Placement) -> None:
+        """The staged placement's probe answered: it takes leases from now on."""
+        if placement.state is LoadState.PROBING:
+            placement.state = LoadState.READY
+
+    async def _load(
+        self, backend: Backend, version: AdapterVersion, pinned: bool, state: LoadState
+    ) -> Placement:
         lock = self._locks.setdefault((id(backend), version.id), asyncio.Lock())
         async with lock:
             existing = self.on(backend).get(version.id)
-            if existing is not None and existing.state is LoadState.READY:
+            if existing is not None and existing.state in (LoadState.READY, LoadState.PROBING):
                 existing.pinned = existing.pinned or pinned
                 return existing
             if len(self._live(backend)) >= self.capacity:
@@ -171,7 +186,7 @@ class AdapterPool:
             await self._call(
                 backend, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": version.path}
             )
-            placement = Placement(version.id, name, backend, pinned)
+            placement = Placement(version.id, name, backend, pinned, state)
             self.on(backend)[version.id] = placement
             self.loads += 1
             log.info("loaded %s on %s as %s", version.id, backend.name, name)

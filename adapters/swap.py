@@ -1,4 +1,9 @@
-"""The live-swap protocol: load everywhere → probe → flip the alias → drain → unload the old.
+"""The live-swap protocol: load and probe on each replica → flip → drain and unload the old.
+
+Each replica loads the new version and answers a one-token probe at its own pace (the probe runs
+ahead of live traffic under vLLM's priority scheduling); the alias flips as soon as one replica
+is ready, and the others take leases as their own probes answer. The old version's drain and
+unload run in the background while requests on it are still streaming.
 
 The flip is the only moment a request's version is decided differently: `Swapper.current`
 answers, without awaiting, which target an alias has right now in this process, and routing
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 import httpx
@@ -30,6 +36,10 @@ from store.errors import Conflict, EngineNotReady, NotFound, Unprocessable, Upst
 log = logging.getLogger("loopgate.swap")
 
 PROBE_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+PROBE_TOKENS = 1  # one engine step proves the adapter serves; every more token is one more step
+CHANGE_PROBE_TOKENS = 8  # `require_change` compares this much greedy text with the base's
+# Probes go ahead of live traffic (vLLM's default 0; lower runs first) under priority scheduling.
+PROBE_PRIORITY = -10
 
 
 class SwapReport(msgspec.Struct):
@@ -46,6 +56,75 @@ class SwapReport(msgspec.Struct):
     at: float
     replicas: list[str] = []  # where the new version was loaded and probed
     left_out: list[str] = []  # replicas that missed the swap, with why (reconciliation follows)
+    flipped_after_s: float = 0.0  # from the call's start until routing served the new version
+
+
+@dataclass
+class Ready:
+    """The version staged, probed and taking leases on one replica."""
+
+    placement: Placement
+    output: str
+    load_s: float
+    probe_s: float
+
+
+REPLICA_FAULTS = (UpstreamUnavailable, EngineNotReady, Unprocessable)
+
+
+class Rollout:
+    """The per-replica load-and-probe tasks of one swap, read as they finish: the alias flips
+    at the first replica ready; the others join (or are left out, with why) afterwards."""
+
+    def __init__(self, tasks: dict[asyncio.Task[Ready], Backend]):
+        self.pending = tasks
+        self.ready: list[Ready] = []
+        self.left_out: list[str] = []
+        self._faults: list[Exception] = []
+
+    async def first_ready(self) -> Ready:
+        """The first replica ready; when none gets there, the first replica's fault."""
+        while self.pending:
+            done, _ = await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                self._take(task)
+            if self.ready:
+                return self.ready[0]
+        raise self._faults[0]
+
+    async def settle(self) -> None:
+        """Wait for the replicas still loading or probing (each bounded by the admin timeout)."""
+        if self.pending:
+            await asyncio.wait(self.pending)
+        for task in list(self.pending):
+            self._take(task)
+
+    async def abandon(self) -> None:
+        """The swap failed: wait for the replicas still at work, their outcomes unread."""
+        if self.pending:
+            await asyncio.wait(self.pending)
+        for task in self.pending:
+            if not task.cancelled():
+                task.exception()  # read: asyncio would log it as never retrieved
+        self.pending.clear()
+
+    def _take(self, task: asyncio.Task[Ready]) -> None:
+        backend = self.pending.pop(task)
+        exc = task.exception()
+        if exc is None:
+            self.ready.append(task.result())
+        elif isinstance(exc, REPLICA_FAULTS):
+            self._faults.append(exc)
+            self.left_out.append(f"{backend.name}: {exc}")
+            log.warning("swap goes ahead without %s: %s", backend.name, exc)
+        else:
+            raise exc  # not a replica's fault (a bug, or the swap was cancelled)
+
+
+def probe_priority(scheduling_policy: str) -> int | None:
+    """The probe's vLLM priority: ahead of live traffic, when the engine schedules by priority
+    (vLLM documents refusing a priority otherwise)."""
+    return PROBE_PRIORITY if scheduling_policy == "priority" else None
 
 
 def erasure_reason(version: AdapterVersion, *, forced: bool, reason: str | None) -> str | None:
@@ -74,6 +153,7 @@ class Swapper:
     base_engine_name: str
     drain_timeout_s: float = 300.0
     store_fresh_after_s: float = 6.0  # the alias cache's TTL and a margin (see `current`)
+    probe_priority: int | None = None  # vLLM's priority for probes; None: the engine is fcfs
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _current: dict[tuple[str, str], tuple[AliasTarget, float]] = field(default_factory=dict)
     _background: set[asyncio.Task[bool]] = field(default_factory=set)
@@ -155,7 +235,7 @@ class Swapper:
             started = time.monotonic()
             await self._flip(tenant.id, alias, old, AliasTarget(), actor, reason, "rollback")
             flipped = time.monotonic()
-            drained = await self.retire_if_unused(old.adapter_version)
+            drained = await self._retire_after_flip(old.adapter_version)
             return SwapReport(
                 alias,
                 "rollback",
@@ -183,118 +263,127 @@ class Swapper:
         forced: bool = False,
     ) -> SwapReport:
         t0 = time.monotonic()
-        placements, left_out = await self._load_everywhere(version)
-        t1 = time.monotonic()
+        rollout = Rollout(self._start_rollout(version))
         try:
-            output, placements, probe_left_out = await self._probe(placements, require_change)
+            first = await rollout.first_ready()
+            if require_change:
+                await self._differs_from_base(first)
         except BaseException:
+            await rollout.abandon()  # every load has answered: nothing lands after the retire
             if not await self.store.aliases_to(version.id):
                 await self.adapters.retire(version.id)
             raise
-        left_out += probe_left_out
-        t2 = time.monotonic()
+        t1 = time.monotonic()
         target = AliasTarget("adapter", version.id)
         await self._flip(tenant.id, alias, old, target, actor, reason, action, forced)
         await self.store.set_adapter_status(
             version.id, next_status(version.status, Transition.PROMOTE)
         )
+        t2 = time.monotonic()
+        await rollout.settle()  # the other replicas join once their own probes answer
         t3 = time.monotonic()
-        drained = await self.retire_if_unused(old.adapter_version)
+        drained = await self._retire_after_flip(old.adapter_version)
         t4 = time.monotonic()
         log.info(
-            "%s %s/%s: %s -> %s (load %.2fs probe %.2fs drain %.2fs)",
+            "%s %s/%s: %s -> %s (load %.2fs probe %.2fs drain %.2fs; flipped at %.2fs, "
+            "every replica at %.2fs, old version %s)",
             action,
             tenant.name,
             alias,
             old.adapter_version or "base",
             version.id,
-            t1 - t0,
-            t2 - t1,
+            first.load_s,
+            first.probe_s,
             t4 - t3,
+            t2 - t0,
+            t3 - t0,
+            "unloaded" if drained else "draining in the background",
         )
         return SwapReport(
             alias,
             action,
             old.adapter_version,
             version.id,
-            t1 - t0,
+            first.load_s,
+            first.probe_s,
             t2 - t1,
-            t3 - t2,
             t4 - t3,
             drained,
-            output,
+            first.output,
             time.time(),
-            replicas=[p.backend.name for p in placements],
-            left_out=left_out,
+            replicas=[r.placement.backend.name for r in rollout.ready],
+            left_out=rollout.left_out,
+            flipped_after_s=t2 - t0,
         )
 
-    async def _load_everywhere(self, version: AdapterVersion) -> tuple[list[Placement], list[str]]:
-        """Load on every ready replica. One that fails or is stuck is left out (reconciliation
-        loads the version there once the alias serves it); only when none loads, the swap fails.
-        """
+    def _start_rollout(self, version: AdapterVersion) -> dict[asyncio.Task[Ready], Backend]:
+        """Load and probe on every ready replica at once, each at its own pace."""
         backends = [b for b in self.adapters.pool.backends if b.ready]
         if not backends:
             raise EngineNotReady("no replica is ready to load the adapter")
-        results = await asyncio.gather(
-            *(self.adapters.load(b, version, pinned=True) for b in backends),
-            return_exceptions=True,
-        )
-        placements: list[Placement] = []
-        left_out: list[str] = []
-        errors: list[Exception] = []
-        for backend, result in zip(backends, results, strict=True):
-            if isinstance(result, Placement):
-                placements.append(result)
-            elif isinstance(result, UpstreamUnavailable | EngineNotReady):
-                errors.append(result)
-                left_out.append(f"{backend.name}: {result}")
-            else:
-                raise result  # not a replica's fault (a bug, or the swap was cancelled)
-        if not placements:
-            raise errors[0]
-        for note in left_out:
-            log.warning("swap of %s goes ahead without %s", version.id, note)
-        return placements, left_out
+        return {asyncio.create_task(self._ready_on(b, version)): b for b in backends}
 
-    async def _probe(
-        self, placements: list[Placement], require_change: bool
-    ) -> tuple[str, list[Placement], list[str]]:
-        """One short greedy request per replica (and, with `require_change`, an answer unlike
-        the base's). Replicas whose probe fails are left out and their placement unloaded, as
-        long as one replica probed well; when none did, the swap fails."""
-        results = await asyncio.gather(
-            *(self._complete(p.backend, p.engine_name) for p in placements),
-            return_exceptions=True,
-        )
-        good: list[tuple[Placement, str]] = []
-        failed: list[tuple[Placement, Unprocessable]] = []
-        for p, result in zip(placements, results, strict=True):
-            if isinstance(result, str):
-                good.append((p, result))
-            elif isinstance(result, Unprocessable):
-                failed.append((p, result))
-            else:
-                raise result
-        if not good:
-            raise failed[0][1]
-        first, output = good[0]
-        if require_change:
-            base = await self._complete(first.backend, self.base_engine_name)
-            if base == output:
-                raise Unprocessable(
-                    "probe: the adapter answers exactly like the base model; refusing to promote",
-                    param="require_change",
-                )
-        for p, exc in failed:
-            log.warning("swap goes ahead without %s: %s", p.backend.name, exc)
-            p.state = LoadState.DRAINING  # no lease reaches it from now on
-            task = asyncio.create_task(self.adapters.unload(p, self.drain_timeout_s))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return output, [p for p, _ in good], [f"{p.backend.name}: {exc}" for p, exc in failed]
+    async def _ready_on(self, backend: Backend, version: AdapterVersion) -> Ready:
+        """Stage the version on one replica, probe it there, and let it take leases. A failed
+        probe drains the placement in the background (a stuck replica must not hold the swap)."""
+        t0 = time.monotonic()
+        placement = await self.adapters.stage(backend, version)
+        t1 = time.monotonic()
+        try:
+            output = await self._complete(backend, placement.engine_name, PROBE_TOKENS)
+        except Unprocessable:
+            placement.state = LoadState.DRAINING  # no lease reaches it from now on
+            self._in_background(self.adapters.unload(placement, self.drain_timeout_s))
+            raise
+        self.adapters.admit(placement)
+        return Ready(placement, output, t1 - t0, time.monotonic() - t1)
 
-    async def _complete(self, backend: Backend, model: str) -> str:
-        body = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": 4, "temperature": 0}
+    async def _differs_from_base(self, first: Ready) -> None:
+        """`require_change`: a longer greedy answer from the adapter, unlike the base's."""
+        backend, name = first.placement.backend, first.placement.engine_name
+        tuned = await self._complete(backend, name, CHANGE_PROBE_TOKENS)
+        base = await self._complete(backend, self.base_engine_name, CHANGE_PROBE_TOKENS)
+        if base == tuned:
+            raise Unprocessable(
+                "probe: the adapter answers exactly like the base model; refusing to promote",
+                param="require_change",
+            )
+
+    async def _retire_after_flip(self, version_id: str | None) -> bool:
+        """Retire the version the alias left. Idle placements are unloaded before the call
+        answers; ones still streaming drain in the background (the flip is what clients see).
+        True: nothing of it is left loaded."""
+        if not await self._mark_replaced(version_id):
+            return True
+        assert version_id is not None
+        placements = self.adapters.placements_of(version_id)
+        if all(p.inflight == 0 for p in placements):
+            return await self.adapters.retire(version_id, self.drain_timeout_s)
+        for p in placements:
+            if p.state is LoadState.READY:
+                p.state = LoadState.DRAINING  # from the answer on, as the unload would
+        self._in_background(self.adapters.retire(version_id, self.drain_timeout_s))
+        return False
+
+    def _in_background(self, work: Coroutine[object, object, bool]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[bool]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("background unload failed", exc_info=exc)
+
+    async def _complete(self, backend: Backend, model: str, max_tokens: int) -> str:
+        body: dict[str, object] = {
+            "model": model,
+            "messages": PROBE_MESSAGES,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+        if self.probe_priority is not None:
+            body["priority"] = self.probe_priority
         url = backend.url + "/v1/chat/completions"
         timeout_s = self.adapters.admin_timeout_s
         try:
@@ -339,19 +428,28 @@ class Swapper:
         self._current[(tenant_id, alias)] = (new, time.monotonic())  # routing sees it now
 
     async def retire_if_unused(self, version_id: str | None) -> bool:
-        if version_id is None:
+        """Retire a version no alias serves any more, waiting for its drain."""
+        if not await self._mark_replaced(version_id):
             return True
+        assert version_id is not None
+        return await self.adapters.retire(version_id, self.drain_timeout_s)
+
+    async def _mark_replaced(self, version_id: str | None) -> bool:
+        """A live version no alias serves any more becomes replaced. False: nothing to retire
+        (no version, or another alias still serves it)."""
+        if version_id is None:
+            return False
         if any(
             self.current(a).adapter_version == version_id
             for a in await self.store.aliases_to(version_id)
         ):
-            return True  # still served by another alias
+            return False  # still served by another alias
         old = await self.store.get_adapter(version_id)
         if old is not None and old.status == "live":
             await self.store.set_adapter_status(
                 version_id, next_status(old.status, Transition.REPLACE)
             )
-        return await self.adapters.retire(version_id, self.drain_timeout_s)
+        return True
 
     async def pinned_versions(self) -> list[AdapterVersion]:
         """Versions some alias serves now: what every replica should hold."""

@@ -175,16 +175,23 @@ class MockProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(host: str, port: int, config: Config, lifetime_s: float) -> None:
-    """Serve until SIGTERM/SIGINT or `lifetime_s` seconds, whichever comes first."""
+async def serve(
+    host: str, port: int, config: Config, lifetime_s: float, uds: str | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT or `lifetime_s` seconds, whichever comes first (also on the
+    Unix socket `uds` when given, as the embedded engine is reached)."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: MockProtocol(config), host, port, backlog=2048)
+    if uds is not None:
+        unix = await loop.create_unix_server(lambda: MockProtocol(config), uds, backlog=2048)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), lifetime_s)
     server.close()
+    if uds is not None:
+        unix.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,9 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunks", type=int, default=64, help="content chunks per stream")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="gap between chunks")
     p.add_argument("--lifetime-s", type=float, default=3600.0, help="exit after this long")
+    p.add_argument("--uds", default=None, help="also serve on this Unix socket path")
     args = p.parse_args(argv)
     config = Config(chunks=max(1, args.chunks), chunk_delay_s=args.chunk_delay_ms / 1000.0)
-    uvloop.run(serve(args.host, args.port, config, args.lifetime_s))
+    uvloop.run(serve(args.host, args.port, config, args.lifetime_s, args.uds))
 
 
 if __name__ == "__main__":

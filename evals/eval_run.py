@@ -20,10 +20,12 @@ from pathlib import Path
 
 import msgspec
 
-from evals.checks import Check
+from evals.calibration import judge_summary
+from evals.checks import Check, JudgeCheck
 from evals.gateway_client import GatewayClient
-from evals.graders import check_schemas
-from evals.policy import PolicyIn
+from evals.graders import Judge, check_schemas
+from evals.judging import JudgeClient
+from evals.policy import GatePolicy, PolicyIn
 from evals.report import EvalReport, write_report
 from evals.runner import Answer, Generate, answer_all, compare
 from evals.spec import AnswerReply, AnswerRequest, RunSpec, System
@@ -36,7 +38,7 @@ from evals.suite import (
     load_guard_suite,
     parse_jsonl,
 )
-from store import CaseSource, EvalResult, EvalRun, Store, erasure_sql
+from store import CaseSource, EvalResult, EvalRun, ShadowSummary, Store, erasure_sql
 from training.chat import Conversation
 from training.dataset import read_split
 from training.snapshot_erasure import split_sources
@@ -61,6 +63,7 @@ class EvalJob:
         self.reports_root = reports_root
         self.worker_id = worker_id
         self.heartbeat_s = heartbeat_s
+        self.judges = JudgeClient(gateway.client, backoff_s=gateway.retry_wait_s)
 
     async def run(self, run: EvalRun) -> None:
         async with self._heartbeat(run.id):
@@ -100,7 +103,8 @@ class EvalJob:
         systems: dict[str, Generate] = {
             n: self._generate(run, n, spec.policy.max_tokens) for n in names
         }
-        answers = await answer_all(suites, systems)
+        answers = await answer_all(suites, systems, judge=await self._judge(run, suites))
+        judged = judge_summary(answers, suites[0])  # before live copies base's (next)
         if run.live is None:  # the alias served the base: live and base are the same answers
             answers += [
                 Answer(a.suite, a.case_id, "live", a.result, a.latency_ms)
@@ -110,9 +114,22 @@ class EvalJob:
         await self.store.add_eval_results([_result(run.id, a) for a in answers])
         title = f"{run.candidate} for alias '{run.alias}' (live: {run.live or 'base'})"
         gate = spec.policy.gate()
+        candidate_judged = judged.systems.get("candidate") if judged else None
+        shadow = await self._shadow_evidence(run, gate)
         report = await asyncio.to_thread(
-            compare, answers, suites, TENANT_SUITE, GUARD_SUITE, gate, title
+            compare,
+            answers,
+            suites,
+            TENANT_SUITE,
+            GUARD_SUITE,
+            gate,
+            title,
+            candidate_judged,
+            shadow,
         )
+        summary = _summary(report)
+        if judged is not None:
+            summary["judge"] = msgspec.to_builtins(judged)
         folder = self.reports_root / run.tenant_id / run.id
         await asyncio.to_thread(write_report, report, folder)
         await self.store.finish_eval_run(
@@ -120,10 +137,22 @@ class EvalJob:
             "done",
             promote=report.decision.promote,
             decision=json.dumps(asdict(report.decision)),
-            summary=json.dumps(_summary(report)),
+            summary=json.dumps(summary),
             report_dir=str(folder),
         )
         log.info("eval %s: promote=%s", run.id, report.decision.promote)
+
+    async def _judge(self, run: EvalRun, suites: list[Suite]) -> Judge | None:
+        """The tenant's judge when a case has a judge check (none configured: the run fails,
+        saying how to configure one)."""
+        if not any(isinstance(c, JudgeCheck) for s in suites for k in s.cases for c in k.checks):
+            return None
+        if not await self.judges.configured(run.tenant_id):
+            raise SuiteError(
+                "the suite has judge checks but this tenant has no judge: set one with "
+                f"PUT /admin/tenants/{run.tenant_id}/judge (an alias, or an external endpoint)"
+            )
+        return self.judges.for_run(run.tenant_id, run.id)
 
     def _generate(self, run: EvalRun, system: System, max_tokens: int) -> Generate:
         async def generate(messages: Conversation) -> AnswerReply:
@@ -131,6 +160,12 @@ class EvalJob:
             return await self.gateway.answer(run.tenant_id, run.id, req)
 
         return generate
+
+    async def _shadow_evidence(self, run: EvalRun, gate: GatePolicy) -> ShadowSummary | None:
+        """The candidate's shadow pairs on this alias so far, when the policy asks for them."""
+        if gate.min_shadow_pairs is None and gate.max_shadow_loss_rate is None:
+            return None
+        return await self.store.shadow_summary(run.tenant_id, run.alias, run.candidate)
 
     async def _tenant_suite(self, run: EvalRun, spec: RunSpec) -> Suite:
         checks = _checks(spec.policy)

@@ -6,7 +6,13 @@ A candidate is promoted only when every check passes:
 2. tenant_improvement: the mean improvement is >= `min_improvement` (absolute score);
 3. guard_regression: the guard suite mean drops by at most `max_guard_regression` against its
    reference (base or live);
-4. latency: candidate p50 <= live p50 * (1 + `max_latency_increase`), when a limit is set.
+4. latency: candidate p50 <= live p50 * (1 + `max_latency_increase`), when a limit is set;
+5. judge (when `min_judge_score` is set, or when a judge check could not be graded): the
+   candidate's mean LLM-judge score on the tenant suite is >= `min_judge_score`, and every
+   judge grade was had (an errored one leaves the score unknown, so the gate refuses);
+6. shadow (when `min_shadow_pairs` or `max_shadow_loss_rate` is set): online evidence from
+   shadow evaluation (gateway.shadow): at least that many graded pairs of the candidate's and
+   the live answer to the same live request, and at most that share of them lost.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from evals.policy import GatePolicy
 __all__ = ["GateCheck", "GateDecision", "GatePolicy", "decide"]
 
 if TYPE_CHECKING:  # the statistics (scipy) run in the evals worker; a policy is light
+    from evals.judging import JudgeScores
     from evals.stats import Comparison, Interval, LatencySummary
+    from store import ShadowSummary
 
 # Scores are means of floats: a delta meant to equal a limit must not fail by rounding.
 _EPSILON = 1e-9
@@ -111,20 +119,66 @@ def check_latency(
     return GateCheck("latency", False, detail)
 
 
+def check_judge(min_score: float | None, judge: JudgeScores | None) -> GateCheck:
+    """The candidate's judge score against the minimum (and no judge grade missing)."""
+    if judge is not None and judge.errors:
+        detail = (
+            f"judge: {judge.errors} of {judge.graded + judge.errors} judge grades of the "
+            f"candidate failed ({judge.first_error}), so its judge score is not known"
+        )
+        return GateCheck("judge", False, detail)
+    if min_score is None:
+        return GateCheck("judge", True, "judge: no minimum judge score set")
+    if judge is None or judge.mean is None:
+        detail = f"judge: a minimum judge score of {min_score:.3f} is set but no judge check ran"
+        return GateCheck("judge", False, detail)
+    scores = f"candidate judge score {judge.mean:.3f} over {judge.graded} grades"
+    if judge.mean >= min_score - _EPSILON:
+        return GateCheck("judge", True, f"judge: {scores} meets the required {min_score:.3f}")
+    return GateCheck("judge", False, f"judge: {scores} is below the required {min_score:.3f}")
+
+
+def check_shadow(policy: GatePolicy, shadow: ShadowSummary | None) -> GateCheck:
+    """Enough graded shadow pairs, and few enough of them lost by the candidate."""
+    n = shadow.graded if shadow is not None else 0
+    least, most = policy.min_shadow_pairs, policy.max_shadow_loss_rate
+    if n == 0 or (least is not None and n < least):
+        detail = (
+            f"shadow: {n} graded pairs, {least or 1} required: mirror live traffic to the "
+            "candidate (PUT .../aliases/{alias}/shadow) and let the evals worker grade it"
+        )
+        return GateCheck("shadow", False, detail)
+    assert shadow is not None
+    rate = shadow.losses / n
+    counts = f"{shadow.wins} wins, {shadow.losses} losses, {shadow.ties} ties over {n} pairs"
+    if most is not None and rate > most + _EPSILON:
+        detail = f"shadow: {counts}: loss rate {rate:.2f} exceeds the allowed {most:.2f}"
+        return GateCheck("shadow", False, detail)
+    limit = f" within the allowed {most:.2f}" if most is not None else ""
+    return GateCheck("shadow", True, f"shadow: {counts}: loss rate {rate:.2f}{limit}")
+
+
 def decide(
     policy: GatePolicy,
     tenant: Comparison,
     guard: Comparison,
     candidate_latency: LatencySummary | None = None,
     live_latency: LatencySummary | None = None,
+    judge: JudgeScores | None = None,
+    shadow: ShadowSummary | None = None,
 ) -> GateDecision:
-    """Whether to promote the candidate, with one check per rule of the policy."""
+    """Whether to promote the candidate, with one check per rule of the policy (the judge's
+    only when a minimum is set or a judge grade failed)."""
     checks = [
         check_tenant_ci(tenant, policy.confidence),
         check_tenant_improvement(tenant, policy.min_improvement),
         check_guard(guard, policy.max_guard_regression),
         check_latency(policy.max_latency_increase, candidate_latency, live_latency),
     ]
+    if policy.min_judge_score is not None or (judge is not None and judge.errors):
+        checks.append(check_judge(policy.min_judge_score, judge))
+    if policy.min_shadow_pairs is not None or policy.max_shadow_loss_rate is not None:
+        checks.append(check_shadow(policy, shadow))
     promote = all(check.passed for check in checks)
     reasons = [c.detail for c in checks if promote or not c.passed]
     return GateDecision(promote, reasons, checks)

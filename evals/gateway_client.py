@@ -106,6 +106,11 @@ class GatewayClient:
         raw = await self._post(f"/admin/tenants/{tenant_id}/evals", body, actor)
         return msgspec.json.decode(raw, type=Created).id
 
+    async def loop_rollout(self, tenant_id: str, loop_id: str) -> str:
+        """The rollout the loop ends in (the gateway starts it, or finds the one it started)."""
+        path = f"/admin/tenants/{tenant_id}/loops/{loop_id}/rollout"
+        return msgspec.json.decode(await self._post(path, {}), type=Created).id
+
     async def promote(
         self, tenant_id: str, alias: str, version: str, actor: str, reason: str
     ) -> None:

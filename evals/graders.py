@@ -17,7 +17,9 @@ Decisions:
 - `rouge_l` is the ROUGE-L F-measure (no stemming) over Unicode word tokens after NFKC and
   case folding, so non-Latin text is scored too (rouge-score's own tokenizer drops it).
 - `judge` asks an injected async callable and reads `Score: N` (N out of `scale`) from its
-  last such line; an unreadable or out-of-range reply scores 0 with the reply in the reason.
+  last such line; an unreadable or out-of-range reply scores 0 with the reply in the reason. A
+  judge that fails (`JudgeError`: timeout, refusals, retries spent; evals.judging) grades the
+  check as an error: score 0, `error` set, the reason saying why; the run goes on.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ __all__ = [
     "Grade",
     "GraderError",
     "JsonCheck",
+    "Judge",
     "JudgeCheck",
+    "JudgeError",
     "LengthCheck",
     "NormalizedCheck",
     "RegexCheck",
@@ -71,11 +75,16 @@ class GraderError(Exception):
     """A check cannot be graded as configured (e.g. a judge check without a judge)."""
 
 
+class JudgeError(Exception):
+    """The judge could not give a verdict (unreachable, refused, timed out, retries spent)."""
+
+
 class Grade(msgspec.Struct, frozen=True):
-    """One check's verdict on one answer."""
+    """One check's verdict on one answer; `error`: no verdict could be had (scored 0)."""
 
     score: float
     reason: str
+    error: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
@@ -246,7 +255,10 @@ async def grade_judge(
             "this case has a 'judge' check but no judge model is configured: "
             "configure an LLM judge for evals or remove the check from the suite"
         )
-    reply = await judge(judge_prompt(check, question, answer, reference))
+    try:
+        reply = await judge(judge_prompt(check, question, answer, reference))
+    except JudgeError as exc:
+        return Grade(0.0, f"judge error: {exc}", error=True)
     return parse_judge_score(check, reply)
 
 

@@ -15,7 +15,18 @@ import msgspec
 from training.build_records import DatasetOverride
 from training.poisoning import Flag, Review
 
-LoopStatus = Literal["running", "promoted", "refused", "failed", "needs_review"]
+# A loop that ends in a rollout (the default) is `rolling_out` until the rollout ends; then it
+# shows the rollout's end: `promoted`, `rolled_back` or `aborted` (gateway.loop.view).
+LoopStatus = Literal[
+    "running",
+    "promoted",
+    "refused",
+    "failed",
+    "needs_review",
+    "rolling_out",
+    "rolled_back",
+    "aborted",
+]
 
 
 class Step(msgspec.Struct):
@@ -41,11 +52,14 @@ class LoopRun(msgspec.Struct):
     review: Review | None = None  # the poisoning guards' verdict on the dataset
     flags: list[Flag] = msgspec.field(default_factory=list)  # the acting ones, on a review stop
     override: DatasetOverride | None = None  # an admin's, with its reason
+    rollout_id: str | None = None  # the rollout the loop ended in (gateway.rollout)
+    rollout_stage: str | None = None  # where it stands now, as shown
 
 
 class LoopRequestView(msgspec.Struct):
     alias: str
     promote: bool = True
+    end: Literal["rollout", "promote"] = "rollout"
 
 
 class LoopSpecView(msgspec.Struct):

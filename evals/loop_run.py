@@ -1,5 +1,5 @@
 """One claimed adaptation loop, advanced step by step in the evals worker:
-dataset → QLoRA job → eval → gate → promote.
+dataset → QLoRA job → eval → gate → a rollout (default) or a direct promotion (`end: promote`).
 
 Each step that the gateway performs (the dataset with the poisoning guards and quotas, the job,
 the eval run, the live promotion) is asked of it over its admin API; the worker waits on the
@@ -105,6 +105,9 @@ class LoopRunner:
         if not spec.request.promote:
             await self._end(run, "refused", "the gate passed; promotion was not requested")
             return
+        if spec.request.end == "rollout":
+            await self._rollout(run)
+            return
         # 4. Promotion, live, with the usual swap protocol (zero failed requests).
         t3 = time.monotonic()
         assert run.candidate is not None
@@ -114,6 +117,18 @@ class LoopRunner:
         )
         run.seconds["promote"] = round(time.monotonic() - t3, 1)
         await self._end(run, "promoted", f"promoted {run.candidate} onto '{run.alias}'")
+
+    async def _rollout(self, run: LoopRun) -> None:
+        """4. A rollout of the candidate (gateway.rollout): shadow, canary steps and promotion
+        on live evidence, by the gateway's controller; the loop's part ends when it starts."""
+        t3 = time.monotonic()
+        run.rollout_id = await self.gateway.loop_rollout(run.tenant_id, run.id)
+        run.seconds["rollout_start"] = round(time.monotonic() - t3, 1)
+        message = (
+            f"rollout {run.rollout_id} of {run.candidate} onto '{run.alias}' started: "
+            "offline gate → shadow → canary → full"
+        )
+        await self._end(run, "rolling_out", message)
 
     async def _dataset(self, run: LoopRun) -> bool:
         """1. The dataset: a snapshot of the tenant's traffic and feedback, unless the poisoning

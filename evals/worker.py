@@ -21,7 +21,9 @@ import time
 from evals.batch_runner import BatchRunner
 from evals.eval_run import EvalJob
 from evals.gateway_client import GatewayClient, make_client
+from evals.graders import Judge
 from evals.loop_run import LoopRunner
+from evals.shadow_grading import ShadowGrader
 from store import Store, worker_process
 from store.settings import Settings
 from store.worker_process import run_worker
@@ -52,6 +54,7 @@ class EvalsWorker:
         self.loop_tasks: set[asyncio.Task[None]] = set()
         self.batches = BatchRunner(store, gateway, self.id, settings, retry_wait_s=poll_s)
         self.batch_tasks: set[asyncio.Task[None]] = set()
+        self.shadow_pairs = ShadowGrader(store, judge_for=self._tenant_judge)
         self.stopping = asyncio.Event()
         self.parent = os.getppid()
 
@@ -88,7 +91,21 @@ class EvalsWorker:
         if run is not None:
             log.info("running eval %s for tenant %s", run.id, run.tenant_id)
             await self.evals.run(run)
-        return record is not None or run is not None or batch
+        graded = await self._grade_shadow_pairs()
+        return record is not None or run is not None or batch or graded
+
+    async def _grade_shadow_pairs(self) -> bool:
+        """Grade a batch of shadow pairs (evals.shadow_grading); True if there were some."""
+        try:
+            return await self.shadow_pairs.grade_pending() > 0
+        except Exception:  # the store hiccuped: the next pass tries again
+            log.exception("grading shadow pairs failed")
+            return False
+
+    async def _tenant_judge(self, tenant_id: str) -> Judge | None:
+        """The shadow grader's judge hook: the tenant's LLM judge, when it has one."""
+        judges = self.evals.judges
+        return judges.for_run(tenant_id, None) if await judges.configured(tenant_id) else None
 
     async def _start_batch(self) -> bool:
         """Claim a batch and run it in a task of its own (evals.batch_runner)."""

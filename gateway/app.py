@@ -24,13 +24,18 @@ from gateway.admin_api import AdminController
 from gateway.admin_canary import CanaryController
 from gateway.admin_checkpoints import CheckpointController
 from gateway.admin_evals import EvalController, LoopController
+from gateway.admin_judges import JudgeController
 from gateway.admin_limits import LimitsController, LimitSets
+from gateway.admin_rollouts import LoopRolloutController, RolloutController
+from gateway.admin_shadow import ShadowController
 from gateway.admin_training import TrainingController
 from gateway.batches import Batches
 from gateway.batches_api import ROUTES as BATCH_ROUTES
 from gateway.batches_api import BatchLineController
+from gateway.judges import judges_for
 from gateway.request_id import add_request_id, request_context
 from gateway.runtime import Gateway
+from gateway.workers import WorkerRole
 from store.errors import EXCEPTION_HANDLERS
 from store.settings import Settings
 
@@ -53,6 +58,8 @@ def services(gateway: Gateway) -> dict[str, Provide]:
         "registry": g.registry,
         "swapper": g.swapper,
         "canaries": g.canaries,
+        "rollouts": g.rollouts,
+        "shadows": g.shadows,
         "evaluations": g.evaluations,
         "loops": g.loops,
         "finetuning": g.finetuning,
@@ -65,6 +72,7 @@ def services(gateway: Gateway) -> dict[str, Provide]:
         "cards": api.Cards(g.settings, g.swapper),
         "limit_sets": LimitSets(g.admin, g.store, g.limits),
         "batches": Batches(g.settings, g.store, g.quotas, g.files, g.serving),
+        "judges": judges_for(g.settings, g.store, g.serving),
     }
     provided = {
         name: Provide(_constant(value), use_cache=True, sync_to_thread=False)
@@ -102,8 +110,12 @@ def admin_routes(gateway: Gateway) -> Router:
             AdminController,
             AdapterController,
             CanaryController,
+            ShadowController,
             EvalController,
             LoopController,
+            RolloutController,
+            LoopRolloutController,
+            JudgeController,
             LimitsController,
             TrainingController,
             CheckpointController,
@@ -130,9 +142,12 @@ def public_routes(settings: Settings) -> Router:
 
 
 def create_app(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    role: WorkerRole | None = None,
 ) -> Litestar:
-    gateway = Gateway(settings, transport)
+    gateway = Gateway(settings, transport, role)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

@@ -3,6 +3,11 @@ signals against the normal target, and the monitor that rolls it back when they 
 
 Routing never awaits: the active canaries live in memory (loaded from the store at start,
 changed by the admin API, re-synced with the store by the monitor for other gateways' changes).
+Each arm's requests, errors and latency histogram are counted here and flushed to the store
+every `flush_interval_s` (and on shutdown) as deltas that every gateway adds to the same rows;
+the monitor's verdict and the report read those sums, so they cover every gateway's traffic.
+The feedback read for an arm is of the completions this gateway sampled.
+
 A user lands in the canary when `bucket(tenant, alias, user) < percent * 100` (of 10,000
 buckets), so the same user always sees the same arm. Every decision is a canary row in the
 store (status + reason + ended_at) and a log line; promotion goes through the Swapper, which
@@ -15,7 +20,6 @@ import asyncio
 import hashlib
 import logging
 import secrets
-import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,7 +29,17 @@ import msgspec
 
 from adapters.registry import Registry
 from adapters.swap import Swapper, SwapReport
-from store import Alias, Canary, CanaryStatus, Feedback, Store, Tenant
+from store import (
+    Alias,
+    ArmCounts,
+    Canary,
+    CanaryArm,
+    CanaryDelta,
+    CanaryStatus,
+    Feedback,
+    Store,
+    Tenant,
+)
 from store.errors import (
     Conflict,
     EngineError,
@@ -34,11 +48,12 @@ from store.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from store.latency import bucket_of, quantile_ms
 
 log = logging.getLogger("loopgate.canary")
 
 BUCKETS = 10_000
-LATENCY_SAMPLES = 2_000  # per arm: the p50 is over the most recent ones
+FLUSH_INTERVAL_S = 1.0  # how often this gateway adds its counts to the store
 FEEDBACK_SAMPLES = 500  # per arm: the most recent stored completions whose feedback is read
 MIN_LIVE_SAMPLES = 5  # the latency ratio needs a live p50 worth comparing against
 
@@ -62,7 +77,8 @@ class CanarySpec(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ArmSignals(msgspec.Struct):
-    """One arm's live signals since the canary started (this gateway's traffic)."""
+    """One arm's live signals since the canary started (every gateway's requests, errors and
+    latency as of their last flush; the feedback of this gateway's sampled completions)."""
 
     requests: int
     errors: int
@@ -72,6 +88,7 @@ class ArmSignals(msgspec.Struct):
     feedback_sample: int  # stored completions whose feedback was last read
     negative_feedback: int
     negative_feedback_rate: float | None
+    p95_latency_ms: float | None = None
 
 
 class ActiveCanary(msgspec.Struct):
@@ -115,18 +132,20 @@ def is_negative(feedback: Feedback) -> bool:
 
 @dataclass
 class ArmStats:
-    """Counters of one arm; only touched from the event loop (no awaits in between)."""
+    """This gateway's counters of one arm: the deltas not yet flushed to the store, and the
+    sample of stored completions whose feedback is read. Only touched from the event loop."""
 
     requests: int = 0
     errors: int = 0
-    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    latency: dict[int, int] = field(default_factory=dict)  # store.latency bucket -> answers
     completions: deque[str] = field(default_factory=lambda: deque(maxlen=FEEDBACK_SAMPLES))
     negative_ids: set[str] = field(default_factory=set)
     feedback_sample: int = 0
 
     def served(self, latency_s: float, completion_id: str | None) -> None:
         self.requests += 1
-        self.latencies_s.append(latency_s)
+        bucket = bucket_of(latency_s * 1000)
+        self.latency[bucket] = self.latency.get(bucket, 0) + 1
         if completion_id is not None:
             self.completions.append(completion_id)
 
@@ -134,19 +153,30 @@ class ArmStats:
         self.requests += 1
         self.errors += 1
 
-    def signals(self) -> ArmSignals:
-        p50 = statistics.median(self.latencies_s) * 1000 if self.latencies_s else None
+    def take(self) -> ArmCounts | None:
+        """The counts since the last take (None: nothing new), reset to zero."""
+        if not self.requests:
+            return None
+        counts = ArmCounts(self.requests, self.errors, self.latency)
+        self.requests, self.errors, self.latency = 0, 0, {}
+        return counts
+
+    def signals(self, total: ArmCounts) -> ArmSignals:
+        """The arm's signals from every gateway's `total` and this gateway's feedback sample."""
+        answered = sum(total.latency.values())
+        p50, p95 = quantile_ms(total.latency, 0.5), quantile_ms(total.latency, 0.95)
         sample = self.feedback_sample
         negatives = len(self.negative_ids)
         return ArmSignals(
-            requests=self.requests,
-            errors=self.errors,
-            error_rate=self.errors / self.requests if self.requests else 0.0,
+            requests=total.requests,
+            errors=total.errors,
+            error_rate=total.errors / total.requests if total.requests else 0.0,
             p50_latency_ms=p50,
-            latency_samples=len(self.latencies_s),
+            latency_samples=answered,
             feedback_sample=sample,
             negative_feedback=negatives,
             negative_feedback_rate=negatives / sample if sample else None,
+            p95_latency_ms=p95,
         )
 
     async def read_feedback(self, store: Store, tenant_id: str) -> None:
@@ -194,11 +224,29 @@ class Running:
     thresholds: Thresholds
     canary: ArmStats = field(default_factory=ArmStats)
     live: ArmStats = field(default_factory=ArmStats)
+    totals: dict[str, ArmCounts] = field(default_factory=dict)  # every gateway's, last read
+
+    def signals(self) -> tuple[ArmSignals, ArmSignals]:
+        """(canary arm, live arm) from the totals last read from the store."""
+        return (
+            self.canary.signals(self.totals.get("canary", ArmCounts())),
+            self.live.signals(self.totals.get("live", ArmCounts())),
+        )
 
     def report(self) -> ActiveCanary:
-        return ActiveCanary(
-            self.record, self.thresholds, self.canary.signals(), self.live.signals()
+        return ActiveCanary(self.record, self.thresholds, *self.signals())
+
+    def deltas(self) -> list[CanaryDelta]:
+        """This gateway's counts since the last flush, taken (the arms start again at zero)."""
+        arms: tuple[tuple[CanaryArm, ArmStats], ...] = (
+            ("canary", self.canary),
+            ("live", self.live),
         )
+        return [
+            CanaryDelta(self.record.id, arm, counts)
+            for arm, stats in arms
+            if (counts := stats.take()) is not None
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +268,21 @@ def _thresholds_of(record: Canary) -> Thresholds:
 class Canaries:
     """The active canaries: routing decisions, admin operations and the rollback monitor."""
 
-    def __init__(self, store: Store, registry: Registry, swapper: Swapper, interval_s: float):
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        swapper: Swapper,
+        interval_s: float,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+    ):
         self.store = store
         self.registry = registry
         self.swapper = swapper
         self.interval_s = interval_s
+        self.flush_interval_s = flush_interval_s
         self.running: dict[tuple[str, str], Running] = {}
+        self._unflushed: list[CanaryDelta] = []  # of canaries ended here, or a failed flush
         self._ended: set[str] = set()  # ended here: a stale store read must not revive them
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -319,7 +376,8 @@ class Canaries:
             raise NotFound(f"no alias '{alias}' for this tenant", param="alias")
         running = self.running.get((tenant.id, alias))
         if running is not None:
-            await self._read_feedback(running)
+            await self.flush()
+            await self._refresh(running)
         history = await self.store.canaries_of(tenant.id, alias)
         return CanaryReport(running.report() if running else None, history)
 
@@ -329,6 +387,7 @@ class Canaries:
         key = (record.tenant_id, record.alias)
         if self.running.get(key) is running:
             del self.running[key]
+        self._unflushed += running.deltas()
         self._ended.add(record.id)
         if not await self.store.end_canary(record.id, status, reason):
             log.info("canary %s had already been ended elsewhere", record.id)
@@ -364,10 +423,11 @@ class Canaries:
     async def check(self) -> list[Canary]:
         """One pass: sync with the store, read feedback, roll back what crossed a threshold."""
         await self._sync()
+        await self.flush()
         rolled_back = []
         for running in list(self.running.values()):
-            await self._read_feedback(running)
-            reason = verdict(running.thresholds, running.canary.signals(), running.live.signals())
+            await self._refresh(running)
+            reason = verdict(running.thresholds, *running.signals())
             if reason is None:
                 continue
             key = (running.record.tenant_id, running.record.alias)
@@ -378,17 +438,39 @@ class Canaries:
 
     async def run(self) -> None:
         try:
-            while True:
-                await asyncio.sleep(self.interval_s)
-                try:
-                    await self.check()
-                except Exception:  # the next pass tries again
-                    log.exception("canary check failed")
+            await asyncio.gather(self._monitor(), self._flusher())
         finally:
             for task in list(self._tasks):
                 task.cancel()
 
-    async def _read_feedback(self, running: Running) -> None:
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.check()
+            except Exception:  # the next pass tries again
+                log.exception("canary check failed")
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Add this gateway's counts since the last flush to the store's (one transaction).
+        A failed flush is tried again once with the next one, then its counts are dropped."""
+        retry, self._unflushed = self._unflushed, []
+        fresh = [d for running in self.running.values() for d in running.deltas()]
+        try:
+            await self.store.add_canary_counts([*retry, *fresh])
+        except Exception:
+            log.exception("could not flush canary counts; trying again at the next flush")
+            self._unflushed = fresh  # the retried ones are dropped: a store down for long
+            # must not grow this list without bound
+
+    async def _refresh(self, running: Running) -> None:
+        """Every gateway's counts from the store, and the feedback of this one's sample."""
+        running.totals = await self.store.canary_counts(running.record.id)
         tenant_id = running.record.tenant_id
         await running.canary.read_feedback(self.store, tenant_id)
         await running.live.read_feedback(self.store, tenant_id)

@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
+from gateway.relay import Outcome, Tap, has_token
 from store import CaptureFinal, Completion, Store
 from store.errors import EngineNotReady
 from store.privacy import redact
@@ -39,7 +40,7 @@ class CaptureWriter:
     def __init__(self, store: Store, max_batch: int = 2048):
         self.store = store
         self.max_batch = max_batch
-        self._inserts: list[Completion] = []
+        self._inserts: list[tuple[Completion, Callable[[], str] | None]] = []
         self._finals: list[CaptureFinal] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -54,9 +55,11 @@ class CaptureWriter:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="capture-writer")
 
-    async def begin(self, record: Completion) -> None:
-        """Commit the write-ahead row (raises 503 if the store cannot take it)."""
-        self._inserts.append(record)
+    async def begin(self, record: Completion, render: Callable[[], str] | None = None) -> None:
+        """Commit the write-ahead row (raises 503 if the store cannot take it). `render` makes
+        the stored request when it must be redacted first: it runs in a worker thread with its
+        batch, so redaction never holds the event loop (and every other stream) up."""
+        self._inserts.append((record, render))
         try:
             await self._committed()
         except Exception as exc:
@@ -92,7 +95,10 @@ class CaptureWriter:
             _resolve(waiters, None)
             return
         try:
-            await self.store.capture_batch(inserts, finals)
+            rows = [record for record, _ in inserts]
+            if any(render is not None for _, render in inserts) or any(f.redact for f in finals):
+                rows, finals = await asyncio.to_thread(_redacted, inserts, finals)
+            await self.store.capture_batch(rows, finals)
         except Exception as exc:
             self.errors += 1
             log.exception("capture batch of %d rows failed", len(inserts) + len(finals))
@@ -110,6 +116,34 @@ class CaptureWriter:
             self._task = None
         while self.depth or self._waiters:
             await self._flush_once()
+
+
+def _redacted(
+    inserts: list[tuple[Completion, Callable[[], str] | None]], finals: list[CaptureFinal]
+) -> tuple[list[Completion], list[CaptureFinal]]:
+    """A batch as it is stored: requests rendered and answers redacted (in a worker thread)."""
+    rows = [
+        record if render is None else msgspec.structs.replace(record, request=render())
+        for record, render in inserts
+    ]
+    return rows, [redact_final(f) if f.redact else f for f in finals]
+
+
+def redact_final(final: CaptureFinal) -> CaptureFinal:
+    """The final state with its answer and tool-call arguments PII-redacted."""
+    calls = final.tool_calls
+    if calls is not None:
+        parsed = msgspec.json.decode(calls, type=list[ToolCall])
+        calls = _tool_calls.encode(
+            [
+                msgspec.structs.replace(
+                    c, function=ToolFunction(c.function.name, redact(c.function.arguments).text)
+                )
+                for c in parsed
+            ]
+        ).decode()
+    text = None if final.response is None else redact(final.response).text
+    return msgspec.structs.replace(final, response=text, tool_calls=calls, redact=False)
 
 
 def _resolve(waiters: list[asyncio.Future[None]], exc: Exception | None) -> None:
@@ -174,6 +208,7 @@ class _Body(msgspec.Struct):
 
 
 _chunk = msgspec.json.Decoder(_Chunk)
+_chunks = msgspec.json.Decoder(list[_Chunk])
 _body = msgspec.json.Decoder(_Body)
 _tool_calls = msgspec.json.Encoder()
 
@@ -193,10 +228,8 @@ class _Call:
             if part.function.arguments:
                 self.arguments.append(part.function.arguments)
 
-    def record(self, redact_pii: bool) -> ToolCall:
-        arguments = "".join(self.arguments)
-        arguments = redact(arguments).text if redact_pii else arguments
-        return ToolCall(id=self.id, function=ToolFunction(self.name, arguments))
+    def record(self) -> ToolCall:
+        return ToolCall(id=self.id, function=ToolFunction(self.name, "".join(self.arguments)))
 
 
 @dataclass
@@ -214,15 +247,15 @@ class Exchange:
     redact: bool = True
     backend: str | None = None  # the replica that served it, when a retry moved it
     calls: dict[int, _Call] = field(default_factory=dict)  # tool calls by index
+    blocks: list[bytes] = field(default_factory=list)  # a stream's events, parsed at its end
 
     def final(self, status: str) -> CaptureFinal:
         now = time.monotonic()
         ttft = (self.first_token - self.started) * 1000 if self.first_token else None
         text: str | None = None
         calls: str | None = None
-        if self.stored:
+        if self.stored:  # redacted by the writer, off the event loop (CaptureFinal.redact)
             text = "".join(self.parts)
-            text = redact(text).text if self.redact else text
             calls = self._tool_calls()
         return CaptureFinal(
             id=self.id,
@@ -237,6 +270,7 @@ class Exchange:
             completed_at=time.time(),
             backend=self.backend,
             tool_calls=calls,
+            redact=self.stored and self.redact,
         )
 
     def _tool_calls(self) -> str | None:
@@ -244,7 +278,7 @@ class Exchange:
         none)."""
         if not self.calls:
             return None
-        calls = [self.calls[i].record(self.redact) for i in sorted(self.calls)]
+        calls = [self.calls[i].record() for i in sorted(self.calls)]
         return _tool_calls.encode(calls).decode()
 
     def _add_calls(self, parts: list[_ToolCallPart], *, streamed: bool) -> None:
@@ -266,14 +300,19 @@ class Exchange:
         self.usage = body.usage
         self.first_token = time.monotonic()
 
+    def read_blocks(self) -> None:
+        """Parse the stream's kept events, all at once (see CaptureTap)."""
+        if self.blocks:
+            events, self.blocks = b"".join(self.blocks), []
+            self.read_events(events)
+
     def read_events(self, events: bytes) -> None:
-        for line in events.split(b"\n"):
-            if not line.startswith(b"data: {"):
-                continue
-            try:
-                chunk = _chunk.decode(line[6:])
-            except msgspec.DecodeError:
-                continue
+        payloads = [line[6:] for line in events.split(b"\n") if line.startswith(b"data: {")]
+        try:
+            chunks = _chunks.decode(b"[" + b",".join(payloads) + b"]")
+        except msgspec.DecodeError:  # one bad event: read them one by one, skipping it
+            chunks = [c for c in map(_one_chunk, payloads) if c is not None]
+        for chunk in chunks:
             if chunk.error is not None:
                 self.error = str(chunk.error.get("message", "stream error"))[:500]
             if chunk.usage is not None:
@@ -290,26 +329,38 @@ class Exchange:
                     self.finish_reason = choice.finish_reason
 
 
-async def captured_stream(
-    relay: AsyncIterator[bytes], exchange: Exchange, writer: CaptureWriter
-) -> AsyncIterator[bytes]:
-    """Pass a relay through, recording it; `[DONE]` goes out only after the row is final."""
-    finished = False
+def _one_chunk(payload: bytes) -> _Chunk | None:
     try:
-        async for events in relay:
-            at = events.find(DONE)
-            if at < 0:
-                exchange.read_events(events)
-                yield events
-                continue
-            head, tail = events[:at], events[at:]
-            exchange.read_events(head)
-            if head:
-                yield head
-            await writer.finish(exchange.final("error" if exchange.error else "complete"))
-            finished = True
-            yield tail
-    finally:
-        if not finished:  # the engine failed, or the client went away: keep what was said
-            with contextlib.suppress(Exception):
-                await writer.finish(exchange.final("incomplete"))
+        return _chunk.decode(payload)
+    except msgspec.DecodeError:
+        return None
+
+
+class CaptureTap(Tap):
+    """Records a relayed stream: keeps its blocks as they pass (no parsing on the way), notes
+    the first token's time, and makes the row final before `[DONE]` goes out."""
+
+    __slots__ = ("exchange", "finished", "writer")
+
+    def __init__(self, exchange: Exchange, writer: CaptureWriter):
+        self.exchange, self.writer, self.finished = exchange, writer, False
+
+    def see(self, events: bytes) -> bytes:
+        exchange = self.exchange
+        if exchange.first_token is None and has_token(events):
+            exchange.first_token = time.monotonic()
+        exchange.blocks.append(events)
+        return events
+
+    async def before_done(self) -> None:
+        self.exchange.read_blocks()
+        self.finished = True
+        await self.writer.finish(
+            self.exchange.final("error" if self.exchange.error else "complete")
+        )
+
+    async def end(self, outcome: Outcome) -> None:
+        if not self.finished:  # the engine failed, or the client went away: keep what was said
+            self.finished = True
+            self.exchange.read_blocks()
+            await self.writer.finish(self.exchange.final("incomplete"))

@@ -10,9 +10,9 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = (
-            Settings.from_env(host=args.host, port=args.port)
+            Settings.from_env(
+                host=args.host, port=args.port, workers=getattr(args, "workers", None)
+            )
             if hasattr(args, "host")
             else Settings.from_env()
         )
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--port", type=int, default=None, help="listen port (LOOPGATE_PORT)")
     up.add_argument("--no-demo", action="store_true", help="do not create the demo tenant")
     up.set_defaults(func=cmd_up)
+    serve.add_argument(
+        "--workers", type=int, default=None, help="gateway processes on the port (LOOPGATE_WORKERS)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     model = sub.add_parser("model", help="the base model").add_subparsers(
@@ -152,9 +157,25 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.workers > 1:
+        from gateway import workers
+
+        return workers.serve(settings, _listen(settings))
     _check_port_free(settings)
-    asyncio.run(_serve(settings, banner=None))
+    on_uvloop(_serve(settings, banner=None))
     return 0
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The one listening socket every worker accepts on (bound here, before any worker)."""
+    _check_port_free(settings)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _check_port_free(settings: Settings) -> None:
@@ -182,18 +203,19 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"loopgate: data in {settings.data_dir}; preparing the base model...", flush=True)
     prepare_in_child(settings)  # in a child: the serving process never imports torch
     demo_key = None if args.no_demo else asyncio.run(_ensure_demo(settings))
-    asyncio.run(_serve(settings, banner=lambda: _banner(settings, demo_key)))
+    on_uvloop(_serve(settings, banner=lambda: _banner(settings, demo_key)))
     return 0
 
 
-def server_config(settings: Settings) -> uvicorn.Config:
-    """The HTTP server `loopgate serve` runs (the gateway app on uvloop + httptools)."""
+def server_config(settings: Settings, app: Any = None) -> uvicorn.Config:
+    """The HTTP server `loopgate serve` runs (the gateway app on uvloop + httptools); `app`:
+    a worker's (gateway.workers), instead of the gateway app alone."""
     import uvicorn
 
     from gateway.app import create_app
 
     return uvicorn.Config(
-        create_app(settings),
+        app if app is not None else create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -204,6 +226,15 @@ def server_config(settings: Settings) -> uvicorn.Config:
         timeout_keep_alive=settings.keepalive_timeout_s,
         timeout_graceful_shutdown=30,
     )
+
+
+def on_uvloop(main: Coroutine[object, object, None]) -> None:
+    """Run the server on uvloop. (uvicorn's `loop="uvloop"` only applies when uvicorn creates
+    the loop itself; a server awaited inside `asyncio.run` ran on asyncio's own loop, whose
+    Python transports cost the relay ~2x the CPU per chunk.)"""
+    import uvloop
+
+    uvloop.run(main)
 
 
 async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:

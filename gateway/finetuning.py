@@ -81,7 +81,13 @@ from training.jsonl import JsonlError, Kind, check_file_kind
 from training.parity_check import PARITY_PROMPTS, compare
 from training.poisoning import Flag, Review
 from training.trainer_config import Method as TrainMethod
-from training.trainer_config import TrainConfig, from_hyperparameters
+from training.trainer_config import (
+    Quantization,
+    TrainConfig,
+    describe_base,
+    for_engine,
+    from_hyperparameters,
+)
 
 log = logging.getLogger("loopgate.finetuning")
 SUFFIX = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")]  # not $: "\n"
@@ -100,7 +106,7 @@ class Hyperparameters(msgspec.Struct, forbid_unknown_fields=True):
     lora_dropout: float | None = None
     anchor_weight: float | None = None  # bounds checked by TrainConfig (one place)
     max_seq_length: int | None = None
-    quantization: Literal["nf4", "none"] | None = None
+    quantization: Quantization | None = None  # "auto" (the default): the base the engine serves
     # Module names to put LoRA on (e.g. ["q_proj", "v_proj"]); default every linear layer.
     lora_target_modules: (
         Annotated[
@@ -322,6 +328,7 @@ class FineTuning:
         await self._check_files(caller, req, method)
         quotas = await self.quotas.of(caller.tenant_id)
         config = bounded(train_config(hyper, method), _chosen(hyper), quotas)
+        config = for_engine(config, self.settings.engine_weights)  # the job records its base
         if config.rank > self.settings.engine_max_lora_rank:
             raise InvalidRequest(
                 f"lora_rank {config.rank} is above what the engine serves "
@@ -484,11 +491,17 @@ class FineTuning:
             ties=result.get("parity_ties"),  # absent in results of jobs trained before it existed
         )
         result["parity"] = msgspec.to_builtins(report)
+        trained = msgspec.json.decode(job.hyperparameters, type=TrainConfig).quantization
         await self.store.add_job_event(
             job.id,
             "info" if report.passed else "error",
-            f"parity: vLLM and peft agree on {report.agreement:.0%} of {len(engine)} prompts",
-            {"agreement": report.agreement},
+            f"parity: vLLM (serving {self.settings.engine_weights} weights) and peft "
+            f"({describe_base(trained)}) agree on {report.agreement:.0%} of {len(engine)} prompts",
+            {
+                "agreement": report.agreement,
+                "quantization": trained,
+                "engine_weights": self.settings.engine_weights,
+            },
         )
         if not report.passed:
             await self.store.update_job(job.id, JobChanges(result=json.dumps(result)))

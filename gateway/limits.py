@@ -6,8 +6,11 @@ What is limited, per tenant (key_id "") and per key, each independently (both mu
   request's counters in one transaction or none (see `store.limits_sql`). Fixed windows
   allow up to twice a per-minute limit across a window boundary; that is the price of one row
   per window.
-- concurrent requests: counted in this process's memory, so with N gateways a tenant may have
-  up to N x max_concurrent in flight (a shared count would leak slots when a gateway dies).
+- concurrent requests: counted in memory, never in the store. One gateway process counts in a
+  dict (`Inflight`); the workers of `loopgate serve --workers N` count in a table they share
+  (`SharedInflight`, gateway.shared_counters), so the limit holds for the whole host. Separate
+  gateways (hosts) count apart: with M of them a tenant may have up to M x max_concurrent in
+  flight (a count in the store would leak slots when a gateway dies).
 - max tokens per request (the completion's `max_tokens`): a request asking for more is a 400
   (retrying cannot help); one that does not say gets the limit as its `max_tokens`.
 
@@ -28,7 +31,6 @@ import calendar
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +45,8 @@ from gateway.protocol import (
     prompt_count,
     sequences_per_prompt,
 )
+from gateway.relay import Outcome, RelayedStream, Tap
+from gateway.shared_counters import SharedCounters
 from gateway.tenancy import Caller
 from store import Charge, LimitSet, Reservation, Store
 from store.errors import InvalidRequest, RateLimited
@@ -92,12 +96,46 @@ class Ticket:
     settled: bool = False
 
 
+class Inflight:
+    """Requests in flight per limit owner, counted in this process."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def take(self, owners: list[str], limits: list[int]) -> int | None:
+        """Count one for every owner unless one is at its limit (the index of the first)."""
+        for i, (owner, limit) in enumerate(zip(owners, limits, strict=True)):
+            if self._counts.get(owner, 0) >= limit:
+                return i
+        for owner in owners:
+            self._counts[owner] = self._counts.get(owner, 0) + 1
+        return None
+
+    def give_back(self, owners: list[str]) -> None:
+        for owner in owners:
+            self._counts[owner] -= 1
+
+
+class SharedInflight(Inflight):
+    """Requests in flight per limit owner, summed over every worker of this host."""
+
+    def __init__(self, counters: SharedCounters) -> None:
+        super().__init__()
+        self.counters = counters
+
+    def take(self, owners: list[str], limits: list[int]) -> int | None:
+        return self.counters.take([self.counters.slot(o) for o in owners], limits)
+
+    def give_back(self, owners: list[str]) -> None:
+        self.counters.give_back(self.counters.slot(o) for o in owners)
+
+
 class Limiter:
-    def __init__(self, store: Store, ttl_s: float):
+    def __init__(self, store: Store, ttl_s: float, inflight: Inflight | None = None):
         self.store = store
         self.ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, list[LimitSet]]] = {}
-        self._inflight: dict[str, int] = {}
+        self._inflight = inflight or Inflight()
         self._next_purge = 0.0
 
     def invalidate(self) -> None:
@@ -145,27 +183,23 @@ class Limiter:
     def _acquire(
         self, caller: Caller, sets: list[LimitSet], counters: list[Counter], now: float
     ) -> list[str]:
-        slots = []
-        for s in sets:
-            if s.max_concurrent is None:
-                continue
-            slot = _owner(caller, s)
-            if self._inflight.get(slot, 0) >= s.max_concurrent:
-                raise LimitExceeded(
-                    f"Too many concurrent requests for {slot} (limit {s.max_concurrent}); "
-                    "retry when one finishes",
-                    retry_after_s=1,
-                    code="rate_limit_exceeded",
-                    rate_headers=rate_headers(counters, None, now),
-                )
-            slots.append(slot)
-        for slot in slots:
-            self._inflight[slot] = self._inflight.get(slot, 0) + 1
+        limited = [
+            (_owner(caller, s), s.max_concurrent) for s in sets if s.max_concurrent is not None
+        ]
+        slots = [owner for owner, _ in limited]
+        full = self._inflight.take(slots, [limit for _, limit in limited])
+        if full is not None:
+            slot, limit = limited[full]
+            raise LimitExceeded(
+                f"Too many concurrent requests for {slot} (limit {limit}); retry when one finishes",
+                retry_after_s=1,
+                code="rate_limit_exceeded",
+                rate_headers=rate_headers(counters, None, now),
+            )
         return slots
 
     def _release(self, slots: list[str]) -> None:
-        for slot in slots:
-            self._inflight[slot] -= 1
+        self._inflight.give_back(slots)
 
     async def _purge(self, now: float) -> None:
         if now >= self._next_purge:
@@ -197,25 +231,36 @@ class Limiter:
     async def meter(
         self, ticket: Ticket, response: Response[bytes] | Stream
     ) -> Response[bytes] | Stream:
-        """Add the rate-limit headers; settle now (a body) or when the stream closes (the
-        caller must start the stream, see `serving.primed`, so that its end always runs)."""
+        """Add the rate-limit headers; settle now (a body) or when the relayed stream ends
+        (a tap on it: gateway.relay)."""
         response.headers.update(ticket.headers)
-        if isinstance(response, Stream):
-            response.iterator = self._metered(response.iterator, ticket)  # type: ignore[arg-type]
+        if isinstance(response, RelayedStream):
+            response.taps.append(_Meter(self, ticket))
             return response
+        if isinstance(response, Stream):
+            raise TypeError("only a relayed stream can be metered (gateway.relay)")
         await self.settle(ticket, usage_of_body(response.content))
         return response
 
-    async def _metered(self, events: AsyncIterator[bytes], ticket: Ticket) -> AsyncIterator[bytes]:
-        used: int | None = None
-        try:
-            async for chunk in events:
-                found, kept = read_usage(chunk, ticket.strip_usage)
-                used = found if found is not None else used
-                if kept:
-                    yield kept
-        finally:
-            await self.settle(ticket, used)
+
+class _Meter(Tap):
+    """Reads a stream's usage (stripping it when only the limits asked for it) and settles the
+    ticket when the stream is over."""
+
+    __slots__ = ("limiter", "ticket", "used")
+
+    def __init__(self, limiter: Limiter, ticket: Ticket):
+        self.limiter, self.ticket = limiter, ticket
+        self.used: int | None = None
+
+    def see(self, events: bytes) -> bytes:
+        found, kept = read_usage(events, self.ticket.strip_usage)
+        if found is not None:
+            self.used = found
+        return kept
+
+    async def end(self, outcome: Outcome) -> None:
+        await self.limiter.settle(self.ticket, self.used)
 
 
 # -- estimates and counters ------------------------------------------------------------------

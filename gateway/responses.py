@@ -17,6 +17,7 @@ from gateway.protocol import ChatMessage
 from replicas.pool import Backend
 from store import Alias, Completion, Dataset, EvalRun, FileObject, FineTuningJob, JobEvent
 from store.records import ToolCall, tool_calls_of
+from training.trainer_config import BASE_LEARNING_RATE
 
 T = TypeVar("T")
 AnyJSON = object  # decoded JSON, forwarded as it is (a field named `object` shadows the builtin)
@@ -262,11 +263,12 @@ class TrainingConfig(msgspec.Struct):
 
     epochs: int | None = None
     batch_size: int | None = None
-    learning_rate: int | float = 2e-4
+    learning_rate: int | float = BASE_LEARNING_RATE
     rank: int | None = None
     alpha: int | float | None = None  # int | float: a number is sent back as it was written
     target_modules: AnyJSON = None
     anchor_weight: int | float | None = None
+    quantization: Literal["auto", "nf4", "none"] = "auto"
     method: Literal["supervised", "dpo"] = "supervised"
     beta: float = 0.1
 
@@ -279,6 +281,7 @@ class Hyperparameters(msgspec.Struct):
     lora_alpha: float | None  # an int stays an int on the wire (encoding keeps the value)
     lora_target_modules: AnyJSON
     anchor_weight: float | None
+    quantization: Literal["auto", "nf4", "none"]  # the base the job trained against
 
     @classmethod
     def of(cls, config_json: str) -> Hyperparameters:
@@ -286,11 +289,12 @@ class Hyperparameters(msgspec.Struct):
         return cls(
             c.epochs,
             c.batch_size,
-            c.learning_rate / 2e-4,
+            c.learning_rate / BASE_LEARNING_RATE,
             c.rank,
             c.alpha,
             c.target_modules,
             c.anchor_weight,
+            c.quantization,
         )
 
 

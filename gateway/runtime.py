@@ -10,11 +10,13 @@ import logging
 import time
 from collections.abc import Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from adapters.placement import AdapterPool
 from adapters.registry import Registry
+from adapters.swap import probe_priority
 from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.cache_salt import CacheSalts
 from gateway.capture import CaptureWriter
@@ -22,14 +24,25 @@ from gateway.erasure import DataErasure
 from gateway.evaluations import EvalsWorkerProcess, Evaluations
 from gateway.files import Files
 from gateway.finetuning import FineTuning, WorkerProcess
-from gateway.limits import Limiter
+from gateway.limits import Limiter, SharedInflight
 from gateway.loop import Loops
 from gateway.metrics import MeteredCanaries, MeteredSwapper, Metrics
 from gateway.quotas import Quotas
+from gateway.rollout import Rollouts
+from gateway.rollout_evidence import StoreCanaryEvidence
 from gateway.serving import CHARS_PER_TOKEN_CEILING, Serving
+from gateway.shadow import SHADOW_PRIORITY, RolloutShadows, Shadows
 from gateway.telemetry import Telemetry, Tracing
 from gateway.tenancy import Admin, Directory, bearer_token
 from gateway.upstream import Upstream
+from gateway.worker_placements import (
+    FollowerPool,
+    PrimaryPool,
+    SharedSwapper,
+    TableFile,
+    bind,
+    primary_client,
+)
 from replicas.base_model import ModelError, prepare_in_child, resolve_model
 from replicas.breaker import CircuitBreaker
 from replicas.pool import Backend, BackendPool, make_client
@@ -37,6 +50,9 @@ from replicas.supervisor import EngineState, EngineSupervisor, build_launch, eng
 from store import Store, open_store
 from store.errors import AuthenticationFailed, PermissionDenied
 from store.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.workers import WorkerRole
 
 log = logging.getLogger("loopgate")
 
@@ -51,8 +67,15 @@ class Lifecycle:
 class Gateway:
     """Store, directory, backend pool, upstream client and (embedded) engine supervisor."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        role: WorkerRole | None = None,
+    ):
         self.settings = settings
+        self.role = role  # one of `loopgate serve --workers N` (gateway.workers); None: alone
+        self.shared = role.attach() if role is not None else None
         self.store: Store = open_store(settings.store_url)
         self.directory = Directory(self.store, settings.auth_cache_ttl_s)
         self.admin = Admin(self.store, settings.default_alias)
@@ -62,12 +85,7 @@ class Gateway:
             self.client, settings.upstream_first_token_timeout_s, settings.upstream_total_timeout_s
         )
         self.pool = BackendPool([])
-        self.adapters = AdapterPool(
-            self.pool,
-            self.client,
-            capacity=settings.engine_max_loras,
-            admin_timeout_s=settings.adapter_admin_timeout_s,
-        )
+        self.adapters = self._adapter_pool()
         self.registry = Registry(
             self.store,
             settings.adapters_path,
@@ -76,7 +94,7 @@ class Gateway:
         )
         self.metrics = Metrics()
         self.tracing = Tracing(settings.otel_exporter_endpoint, settings.otel_service_name)
-        self.swapper = MeteredSwapper(
+        self.swapper = (MeteredSwapper if role is None else SharedSwapper)(
             self.store,
             self.registry,
             self.adapters,
@@ -84,8 +102,11 @@ class Gateway:
             settings.base_model_name,
             drain_timeout_s=settings.swap_drain_timeout_s,
             store_fresh_after_s=settings.auth_cache_ttl_s + 1.0,
+            probe_priority=probe_priority(settings.engine_scheduling_policy),
             metrics=self.metrics,
         )
+        if isinstance(self.swapper, SharedSwapper):
+            bind(self.adapters, self.swapper)
         self.capture = CaptureWriter(self.store) if settings.capture_enabled else None
         self.salts = CacheSalts.for_data_dir(settings.cache_salt_secret, settings.data_dir)
         self.quotas = Quotas(settings, self.store)
@@ -100,7 +121,10 @@ class Gateway:
             self.client,
             self.quotas,
         )
-        self.worker = WorkerProcess(settings) if settings.training_worker else None
+        control_plane = role is None or role.primary  # the other workers only serve
+        self.worker = (
+            WorkerProcess(settings) if settings.training_worker and control_plane else None
+        )
         self.erasure = DataErasure(
             self.store, settings.training_path / "datasets", settings.data_dir / "evals"
         )
@@ -115,8 +139,9 @@ class Gateway:
             self.salts,
             quotas=self.quotas,
         )
-        self.loops = Loops(self.store, self.finetuning)
-        self.evals_worker = EvalsWorkerProcess(settings) if settings.evals_worker else None
+        self.evals_worker = (
+            EvalsWorkerProcess(settings) if settings.evals_worker and control_plane else None
+        )
         self.canaries = MeteredCanaries(
             self.store,
             self.registry,
@@ -124,7 +149,31 @@ class Gateway:
             settings.canary_check_interval_s,
             self.metrics,
         )
-        self.limits = Limiter(self.store, settings.auth_cache_ttl_s)
+        self.shadows = Shadows(
+            self.store,
+            self.registry,
+            self.adapters,
+            self.swapper,
+            self.upstream,
+            self.salts,
+            self.canaries,
+            priority=SHADOW_PRIORITY if settings.engine_scheduling_policy == "priority" else None,
+        )
+        self.rollouts = Rollouts(
+            self.store,
+            self.registry,
+            self.swapper,
+            self.canaries,
+            self.evaluations,
+            self.directory,
+            StoreCanaryEvidence(self.store, self.canaries),
+            shadows=RolloutShadows(self.shadows),
+            tick_s=settings.rollout_tick_s,
+            lease_s=settings.rollout_lease_s,
+        )
+        self.loops = Loops(self.store, self.finetuning, self.rollouts)
+        inflight = SharedInflight(self.shared) if self.shared is not None else None
+        self.limits = Limiter(self.store, settings.auth_cache_ttl_s, inflight)
         self.serving = Serving(
             self.directory,
             self.pool,
@@ -140,6 +189,7 @@ class Gateway:
             ready_wait_s=settings.engine_ready_wait_s,
             salts=self.salts,
             max_prompt_chars=settings.engine_max_model_len * CHARS_PER_TOKEN_CEILING,
+            shadows=self.shadows,
         )
         self.supervisor: EngineSupervisor | None = None
         self.lifecycle = Lifecycle()
@@ -149,6 +199,26 @@ class Gateway:
             hashlib.sha256(settings.admin_key.encode()).digest() if settings.admin_key else None
         )
         self._health_task: asyncio.Task[None] | None = None
+
+    def _adapter_pool(self) -> AdapterPool:
+        """Alone: the AdapterPool. As a worker: the primary's publishes, the others follow."""
+        s, role = self.settings, self.role
+        if role is None or self.shared is None:
+            return AdapterPool(
+                self.pool,
+                self.client,
+                capacity=s.engine_max_loras,
+                admin_timeout_s=s.adapter_admin_timeout_s,
+            )
+        table = TableFile(role.table_path, self.shared)
+        if role.primary:
+            return PrimaryPool(
+                self.pool, self.client, s.engine_max_loras, s.adapter_admin_timeout_s, table
+            )
+        primary = primary_client(role.internal_socket)
+        return FollowerPool(
+            self.pool, self.client, s.engine_max_loras, table, self._backend, primary
+        )
 
     def _telemetry(self) -> Telemetry | None:
         """Per-request telemetry; none at all when both metrics and tracing are off."""
@@ -173,17 +243,48 @@ class Gateway:
     async def start(self) -> None:
         self.tracing.start()
         await self.store.open()
+        if isinstance(self.adapters, FollowerPool):
+            await self._start_follower(self.adapters)
+            return
+        if self.role is None or not self.role.first_start:
+            await self._mark_lost()
+        if self.capture is not None:
+            await self.capture.start()
+        await self.canaries.load()
+        await self._start_engines()
+        if isinstance(self.adapters, PrimaryPool):
+            self._spawn(self.adapters.publish_loop())
+        self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
+        self._spawn(self._retention_loop())
+        self._spawn(self.erasure.run(self.settings.erasure_check_interval_s))
+        self._spawn(self.canaries.run())
+        self._spawn(self.shadows.run())
+        self._spawn(self.rollouts.run())  # advances the rollouts whose lease it holds
+        self._spawn(self.finetuning.registration_loop())
+        if self.worker is not None:
+            self.worker.start()
+        if self.evals_worker is not None:
+            self.evals_worker.start()
+
+    async def _start_follower(self, adapters: FollowerPool) -> None:
+        """A worker that only serves: the primary's replicas and placements, followed."""
+        if self.capture is not None:
+            await self.capture.start()
+        await self.canaries.load()
+        adapters.follow()
+        self._spawn(adapters.follow_loop())
+
+    async def _mark_lost(self) -> None:
         # Rows left in_progress by a process that died never finished: say so. A shared
         # (PostgreSQL) store may hold other live gateways' requests: only rows older than any
         # request can live are theirs to close.
-        shared = not self.settings.store_url.startswith("sqlite:")
+        shared = not self.settings.store_url.startswith("sqlite:") or self.role is not None
         grace = self.settings.upstream_total_timeout_s + 60 if shared else 0.0
         lost = await self.store.mark_incomplete(before=time.time() - grace)
         if lost:
             log.warning("marked %d captured requests from an earlier run as incomplete", lost)
-        if self.capture is not None:
-            await self.capture.start()
-        await self.canaries.load()
+
+    async def _start_engines(self) -> None:
         if self.settings.engine_mode == "embedded":
             # Prepared (or verified) once, in a child: this process never imports torch.
             model = await asyncio.to_thread(prepare_in_child, self.settings)
@@ -196,15 +297,6 @@ class Gateway:
                 for i, url in enumerate(self.settings.engine_urls)
             ]
             await self._check_health()
-        self._health_task = asyncio.create_task(self._health_loop(), name="engine-health")
-        self._spawn(self._retention_loop())
-        self._spawn(self.erasure.run(self.settings.erasure_check_interval_s))
-        self._spawn(self.canaries.run())
-        self._spawn(self.finetuning.registration_loop())
-        if self.worker is not None:
-            self.worker.start()
-        if self.evals_worker is not None:
-            self.evals_worker.start()
 
     def _base_info(self, model: str | None) -> BaseModelInfo:
         """The served base's identity and module shapes, when its files are on this host
@@ -325,9 +417,14 @@ class Gateway:
             await self.evals_worker.stop()
         if self.capture is not None:
             await self.capture.stop()  # flush every queued row before the store closes
+        await self.rollouts.release()  # another gateway takes its rollouts over at once
+        await self.canaries.flush()  # this gateway's last canary counts, for the others
+        await self.shadows.close()  # shadow requests in flight dropped, skips flushed
         if self.supervisor is not None:
             await self.supervisor.stop()
         await self.client.aclose()
+        if isinstance(self.adapters, FollowerPool):
+            await self.adapters.primary.aclose()
         await self.store.close()
         await self.tracing.stop()  # exports the spans of every finished request
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -19,7 +20,7 @@ from adapters.placement import AdapterPool, Lease
 from adapters.swap import Swapper
 from gateway.cache_salt import CacheSalts
 from gateway.canary import Assignment, Canaries, counts_against_canary
-from gateway.capture import CaptureWriter, Exchange, captured_stream
+from gateway.capture import CaptureTap, CaptureWriter, Exchange
 from gateway.limits import Limiter, prompt_chars
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -29,9 +30,11 @@ from gateway.protocol import (
     encode_for_engine,
     prompt_count,
 )
+from gateway.relay import RelayedStream, Tap
+from gateway.shadow import Shadows
 from gateway.telemetry import Telemetry, current_request, note_alias
 from gateway.tenancy import Caller, Directory
-from gateway.upstream import Upstream, rename_model
+from gateway.upstream import Upstream, rename_model, start_relay
 from replicas.pool import Backend, BackendPool
 from store import Alias, Completion
 from store.errors import (
@@ -76,6 +79,7 @@ class Serving:
         ready_wait_s: float = 0.0,
         salts: CacheSalts | None = None,
         max_prompt_chars: int | None = None,
+        shadows: Shadows | None = None,
     ):
         self.directory = directory
         self.pool = pool
@@ -91,6 +95,7 @@ class Serving:
         self.ready_wait_s = ready_wait_s
         self.salts = salts or CacheSalts(secrets.token_urlsafe(32))
         self.max_prompt_chars = max_prompt_chars
+        self.shadows = shadows
 
     async def route(self, alias: Alias) -> Lease:
         """A lease on what the alias serves at this instant (see adapters.swap)."""
@@ -176,10 +181,7 @@ class Serving:
         except BaseException:
             await limits.settle(ticket, 0)  # no answer: the tokens go back, the request counts
             raise
-        response = await limits.meter(ticket, response)
-        if isinstance(response, Stream):
-            response.iterator = await primed(response.iterator)  # type: ignore[arg-type]
-        return response
+        return await limits.meter(ticket, response)
 
     async def _serve(
         self,
@@ -264,6 +266,10 @@ class Serving:
                 response = await self._attempt(
                     req, kind, alias, lease, engine_id, exchange, self.salts.of(caller.tenant_id)
                 )
+                if self.shadows is not None:  # mirrored after the response, if sampled
+                    self.shadows.offer(
+                        caller, req, kind, alias, lease.version_id, exchange, response, request_id
+                    )
                 return response, _stored_id(exchange)
             except UpstreamUnavailable as exc:
                 tried.append(lease.backend)
@@ -292,14 +298,17 @@ class Serving:
                 opened = await self.upstream.open_stream(
                     lease.backend, _PATHS[kind], payload, engine_id, engine_b, public_b
                 )
-                relay = self.upstream.relay(opened, lease.release)
+                taps: list[Tap] = []
                 if exchange is not None and self.capture is not None:
-                    relay = captured_stream(relay, exchange, self.capture)
+                    taps.append(CaptureTap(exchange, self.capture))
                 if obs is not None:
-                    relay = obs.watch(relay)
-                relay = await primed(relay)
-                return Stream(
-                    relay, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers}
+                    taps.append(obs.watch())
+                relay = await start_relay(self.upstream.relay(opened, taps, lease.release))
+                return RelayedStream(
+                    taps,
+                    relay,
+                    media_type="text/event-stream",
+                    headers={**_STREAM_HEADERS, **headers},
                 )
             content = await self.upstream.post(lease.backend, _PATHS[kind], payload, engine_id)
         except BaseException:
@@ -366,13 +375,15 @@ class Serving:
         store = getattr(req, "store", UNSET)
         stored = store if isinstance(store, bool) else caller.store_default
         metadata = getattr(req, "metadata", UNSET)
-        request = None
+        request, render = None, None
         if stored and caller.redact_pii and prompt_chars(req) > REDACT_INLINE_CHARS:
-            # A big body's redaction (linear, ~1 s per MB at worst) runs in a worker thread,
-            # so the event loop keeps relaying every other tenant's streams meanwhile.
+            # A big body's redaction (linear, ~1 s per MB at worst) runs in a worker thread of
+            # its own, so neither the event loop nor other requests' capture batches wait on it.
             request = await asyncio.to_thread(request_record, req, True)
+        elif stored and caller.redact_pii:  # redacted with its batch, off the event loop
+            render = functools.partial(request_record, req, True)
         elif stored:
-            request = request_record(req, caller.redact_pii)
+            request = request_record(req, False)
         record = Completion(
             id=_PREFIX[kind] + engine_id,
             tenant_id=caller.tenant_id,
@@ -393,12 +404,12 @@ class Serving:
             error=None,
             end_user=req.user if isinstance(req.user, str) else None,
             metadata=metadata if isinstance(metadata, dict) and stored else {},
-            do_not_train=False,
+            do_not_train=caller.do_not_train,
             request_id=request_id,
             created_at=time.time(),
             completed_at=None,
         )
-        await self.capture.begin(record)
+        await self.capture.begin(record, render)
         return Exchange(record.id, time.monotonic(), stored, redact=caller.redact_pii)
 
     async def _failed(self, exchange: Exchange | None, exc: BaseException) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from contextvars import ContextVar, Token
 from types import TracebackType
 
@@ -24,12 +23,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from adapters.placement import Lease
 from gateway.metrics import Metrics
+from gateway.relay import Outcome, Tap, has_token
 from store.errors import EngineError, LoopgateError
 
 OPERATION = {"chat": "chat", "completion": "text_completion"}
 ROUTE = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 DONE = b"data: [DONE]"
-_TOKEN_MARKS = (b'"content":"', b'"text":"', b'"content": "', b'"text": "')
 _current: ContextVar[RequestTelemetry | None] = ContextVar("loopgate_request", default=None)
 
 
@@ -219,29 +218,16 @@ class RequestTelemetry:
             _end_span(self.upstream, "2xx", None)
             self.upstream = None
 
-    async def watch(self, relay: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass a stream through, noting its first token, usage and errors; end with it."""
+    def watch(self) -> Tap:
+        """The tap that watches this request's stream: its first token, usage and errors; the
+        request ends with the stream."""
         self.streaming = True
         if self.upstream is not None:
             self.upstream.set_attribute("gen_ai.request.stream", True)
-        status = "cancelled"  # unless it ends: the client went away
-        try:
-            async for events in relay:
-                self._read(events)
-                yield events
-            status = "2xx"
-        except Exception:
-            self.error_type = self.error_type or "stream_error"
-            raise
-        finally:
-            if self.error_type is not None:
-                status = "5xx"
-            elif self.done:  # the client had everything, even if it left right after
-                status = "2xx"
-            self._end(status)
+        return _StreamWatch(self)
 
     def _read(self, events: bytes) -> None:
-        if self.first_token is None and _has_token(events):
+        if self.first_token is None and has_token(events):
             self.first_token = time.perf_counter()
         if b'"usage"' in events:
             for line in events.split(b"\n"):
@@ -326,19 +312,30 @@ def _outcome(exc: BaseException) -> tuple[str, str | None, int | None]:
     return "5xx", "internal_error", 500
 
 
-def _has_token(events: bytes) -> bool:
-    """Whether the events carry generated text (a non-empty content or text string)."""
-    for mark in _TOKEN_MARKS:
-        at = events.find(mark)
-        while at >= 0:
-            end = at + len(mark)
-            if end < len(events) and events[end] != 0x22:  # not the empty string ""
-                return True
-            at = events.find(mark, end)
-    return False
-
-
 def _has_usage(line: bytes) -> bool:
     """Whether an event line carries a usage object (not absent, not null)."""
     at = line.find(b'"usage"')
     return at >= 0 and line[at + 7 : at + 16].lstrip(b": ").startswith(b"{")
+
+
+class _StreamWatch(Tap):
+    """A stream's telemetry (RequestTelemetry.watch)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: RequestTelemetry):
+        self.request = request
+
+    def see(self, events: bytes) -> bytes:
+        self.request._read(events)
+        return events
+
+    async def end(self, outcome: Outcome) -> None:
+        request = self.request
+        if request.error_type is not None:
+            status = "5xx"
+        elif request.done or outcome != "cancelled":  # the client had everything
+            status = "2xx"
+        else:
+            status = "cancelled"
+        request._end(status)

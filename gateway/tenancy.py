@@ -58,6 +58,7 @@ class Caller:
     key_id: str
     store_default: bool = True
     redact_pii: bool = True
+    do_not_train: bool = False  # its captured rows are never trained on (an LLM judge's calls)
 
 
 class IssuedKey(msgspec.Struct):

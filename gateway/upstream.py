@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import anyio
 import httpx
 
+from gateway.relay import Outcome, Tap
 from replicas.pool import Backend
 from store.errors import (
     EngineError,
@@ -61,10 +62,40 @@ class Opened:
 
     backend: Backend
     resp: httpx.Response
-    raw: AsyncIterator[bytes]
+    read: Callable[[], Awaitable[bytes]]
     rewriter: SSEEvents
     first: bytes
     deadline: float
+
+
+def byte_source(resp: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+    """The stream's next bytes, whatever has arrived (b"" at its end).
+
+    Over the aiohttp transport (the default) this reads aiohttp's buffer directly: httpx's
+    layers around it (an async generator and an exception-mapping context per chunk, then
+    httpx's own) cost more than the relay's whole work per chunk. Its errors are aiohttp's;
+    `relay_error` maps both kinds. Any other transport (tests' fake engine, httpx's own) is
+    read through httpx.
+    """
+    aio = getattr(resp.stream, "_aiohttp_response", None)  # httpx-aiohttp 0.2's response stream
+    if isinstance(aio, aiohttp.ClientResponse):
+        return aio.content.readany
+    chunks = resp.aiter_raw()
+
+    async def read() -> bytes:
+        return await anext(chunks, b"")
+
+    return read
+
+
+def relay_error(exc: BaseException, backend: Backend) -> LoopgateError:
+    """A transport failure while reading a stream, from httpx or (read directly) aiohttp."""
+    if isinstance(exc, httpx.TransportError):
+        return _transport_error(exc, backend)
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"the engine did not answer in time ({type(exc).__name__})")
+    log.warning("engine %s transport error: %s", backend.name, exc)
+    return UpstreamUnavailable("the inference engine is unreachable or closed the connection")
 
 
 class Upstream:
@@ -139,13 +170,14 @@ class Upstream:
                     content = await resp.aread()
                     _judge(backend, resp.status_code)
                     raise EngineError(resp.status_code, content)
-                raw = resp.aiter_raw()
+                read = byte_source(resp)
                 rewriter = SSEEvents(engine_model, public_model)
                 first = b""
-                async for chunk in raw:
-                    first = rewriter.feed(chunk)
-                    if first:
+                while not first:
+                    chunk = await read()
+                    if not chunk:
                         break
+                    first = rewriter.feed(chunk)
             if not first:
                 raise httpx.RemoteProtocolError("the engine ended the stream before any event")
         except BaseException as exc:
@@ -153,9 +185,9 @@ class Upstream:
             if resp is not None:
                 with anyio.CancelScope(shield=True):
                     await resp.aclose()
-            if isinstance(exc, httpx.TransportError):
+            if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
                 backend.breaker.failed()
-                raise _transport_error(exc, backend) from None
+                raise relay_error(exc, backend) from None
             if isinstance(exc, TimeoutError):
                 backend.breaker.failed()
                 raise UpstreamTimeout(
@@ -165,42 +197,91 @@ class Upstream:
                 backend.breaker.abandoned()
             raise
         backend.breaker.succeeded()
-        return Opened(backend, resp, raw, rewriter, first, deadline)
+        return Opened(backend, resp, read, rewriter, first, deadline)
 
     async def relay(
-        self, opened: Opened, on_close: Callable[[], None] = lambda: None
+        self, opened: Opened, taps: list[Tap], on_close: Callable[[], None] = lambda: None
     ) -> AsyncIterator[bytes]:
-        """Yield whole SSE events as they arrive, with the engine's model name rewritten.
+        """Whole SSE events as they arrive, the engine's model name rewritten, each block seen
+        by every tap (gateway.relay) in one loop; what has arrived goes out as one write.
 
+        The first item is b"" and not for the client: awaiting it starts the generator (see
+        `start_relay`), so that its `finally` (lease, taps, upstream connection) always runs.
         Closing the generator (client went away) closes the upstream connection, which makes
         vLLM abort the request.
         """
-        backend, rewriter = opened.backend, opened.rewriter
+        yield b""
+        backend, rewriter, read = opened.backend, opened.rewriter, opened.read
+        outcome: Outcome = "cancelled"
         try:
-            yield opened.first
-            async for raw in opened.raw:
-                events = rewriter.feed(raw)
+            events = opened.first
+            while True:
+                if events and rewriter.done:  # this block holds [DONE]: the capture first
+                    at = events.find(DONE)
+                    head = _seen(taps, events[:at]) if at > 0 else b""
+                    if head:
+                        yield head
+                    for tap in taps:
+                        await tap.before_done()
+                    outcome = "done"
+                    yield events[at:]
+                    while await read():  # the chunked body's end: the connection is reused
+                        pass
+                    return
                 if events:
-                    yield events
-                    if time.monotonic() > opened.deadline and not rewriter.done:
-                        yield sse_error_event(
-                            UpstreamTimeout(
-                                f"the stream ran past the {self.total_timeout_s:g}s total timeout"
-                            )
-                        )
+                    events = _seen(taps, events)
+                    if events:
+                        yield events
+                    if time.monotonic() > opened.deadline:
+                        outcome = "ended"
+                        yield _seen(taps, self._overran())
                         return
-            if not rewriter.done:
-                log.warning("engine %s ended a stream without [DONE]", backend.name)
-                yield sse_error_event(UpstreamUnavailable("the engine ended the stream early"))
-        except httpx.TransportError as exc:
-            yield sse_error_event(_transport_error(exc, backend))
+                raw = await read()
+                if not raw:
+                    break
+                events = rewriter.feed(raw)
+            log.warning("engine %s ended a stream without [DONE]", backend.name)
+            outcome = "ended"
+            yield _seen(
+                taps, sse_error_event(UpstreamUnavailable("the engine ended the stream early"))
+            )
+        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
+            outcome = "ended"
+            yield _seen(taps, sse_error_event(relay_error(exc, backend)))
         finally:
             backend.inflight -= 1
             on_close()
-            # The relay may be finishing because its task was cancelled (client disconnect);
-            # the close must still run to the end so the engine sees the request go away.
-            with anyio.CancelScope(shield=True):
-                await opened.resp.aclose()
+            await _close(opened, taps, outcome)
+
+    def _overran(self) -> bytes:
+        return sse_error_event(
+            UpstreamTimeout(f"the stream ran past the {self.total_timeout_s:g}s total timeout")
+        )
+
+
+async def start_relay(relay: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Start a relay (its first item is b"" for this); the client gets the rest."""
+    await anext(relay)
+    return relay
+
+
+async def _close(opened: Opened, taps: list[Tap], outcome: Outcome) -> None:
+    """The relay may be finishing because its task was cancelled (client disconnect); the
+    taps and the close must still run to the end, so the capture row gets its final state and
+    the engine sees the request go away."""
+    with anyio.CancelScope(shield=True):
+        for tap in taps:
+            try:
+                await tap.end(outcome)
+            except Exception:
+                log.exception("a stream tap failed at the end of a stream")
+        await opened.resp.aclose()
+
+
+def _seen(taps: list[Tap], events: bytes) -> bytes:
+    for tap in taps:
+        events = tap.see(events)
+    return events
 
 
 def _judge(backend: Backend, status: int) -> None:

@@ -5,7 +5,7 @@ SQLite (WAL) is the embedded default; other backends implement the same `Store` 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -20,12 +20,15 @@ from store.records import (
     AliasEvent,
     AliasTarget,
     ApiKey,
+    ArmCounts,
     BatchRecord,
     BatchResult,
     BatchStatus,
     BudgetPeriod,
     BuildStatus,
     Canary,
+    CanaryArm,
+    CanaryDelta,
     CanaryStatus,
     CaptureFinal,
     CaptureStatus,
@@ -48,12 +51,21 @@ from store.records import (
     JobEvent,
     JobStage,
     JobStatus,
+    JudgeConfig,
+    JudgeKind,
     LimitSet,
     LoopRecord,
     OwnedKind,
     Reservation,
     ResponseStatus,
     ReviewCandidate,
+    RolloutRecord,
+    RolloutStatus,
+    Shadow,
+    ShadowPair,
+    ShadowStatus,
+    ShadowSummary,
+    ShadowVerdict,
     StoredResponse,
     TargetKind,
     Tenant,
@@ -77,12 +89,15 @@ __all__ = [
     "AliasEvent",
     "AliasTarget",
     "ApiKey",
+    "ArmCounts",
     "BatchRecord",
     "BatchResult",
     "BatchStatus",
     "BudgetPeriod",
     "BuildStatus",
     "Canary",
+    "CanaryArm",
+    "CanaryDelta",
     "CanaryStatus",
     "CaptureFinal",
     "CaptureStatus",
@@ -105,6 +120,8 @@ __all__ = [
     "JobEvent",
     "JobStage",
     "JobStatus",
+    "JudgeConfig",
+    "JudgeKind",
     "LimitSet",
     "LoopRecord",
     "OwnedKind",
@@ -112,7 +129,14 @@ __all__ = [
     "Reservation",
     "ResponseStatus",
     "ReviewCandidate",
+    "RolloutRecord",
+    "RolloutStatus",
     "SQLiteStore",
+    "Shadow",
+    "ShadowPair",
+    "ShadowStatus",
+    "ShadowSummary",
+    "ShadowVerdict",
     "Store",
     "StoredResponse",
     "TargetKind",
@@ -301,6 +325,60 @@ class Store(Protocol):
     async def active_canaries(self) -> list[Canary]: ...
     async def canaries_of(self, tenant_id: str, alias: str) -> list[Canary]: ...
     async def end_canary(self, canary_id: str, status: CanaryStatus, reason: str) -> bool: ...
+    # -- rollouts (gateway.rollout, store.rollouts_sql): at most one running per alias (False:
+    # one already runs); each advanced by the one owner whose lease holds ------------------------
+    async def add_rollout(self, rollout: RolloutRecord) -> bool: ...
+    async def get_rollout(self, tenant_id: str, rollout_id: str) -> RolloutRecord | None: ...
+    async def list_rollouts(
+        self, tenant_id: str, alias: str | None, limit: int
+    ) -> list[RolloutRecord]: ...
+    # The running rollouts this owner now holds for `lease_s` (free, expired or already its own).
+    async def claim_rollouts(self, owner: str, lease_s: float) -> list[RolloutRecord]: ...
+    # The owner's write: its `updated_at`, or None when it no longer holds a running rollout.
+    async def save_rollout(
+        self,
+        rollout_id: str,
+        owner: str,
+        status: str,
+        stage: str,
+        state: str,
+        finished_at: float | None,
+    ) -> float | None: ...
+    # Anyone's end of a running rollout, over the state read at `read_at` (False: it changed).
+    async def end_rollout(
+        self, tenant_id: str, rollout_id: str, status: str, state: str, read_at: float
+    ) -> bool: ...
+    async def release_rollouts(self, owner: str) -> None: ...
+    # A decision on an alias that does not change its target (e.g. rollout-advance).
+    async def add_alias_event(self, event: AliasEvent) -> None: ...
+    # How many of a dataset's examples came from data whose consent was withdrawn since
+    # (do-not-train, or its end user opted out).
+    async def consent_withdrawn(self, dataset_id: str) -> int: ...
+    # -- canary counts (every gateway adds its deltas) and shadow evaluation (store.shadow_sql) -
+    async def add_canary_counts(self, deltas: Sequence[CanaryDelta]) -> None: ...
+    async def canary_counts(self, canary_id: str) -> dict[str, ArmCounts]: ...
+    # Conflict when the alias already has an active shadow (one per alias, across gateways).
+    async def add_shadow(self, shadow: Shadow) -> None: ...
+    async def active_shadows(self) -> list[Shadow]: ...
+    async def shadows_of(self, tenant_id: str, alias: str) -> list[Shadow]: ...
+    async def get_shadow(self, shadow_id: str) -> Shadow | None: ...
+    async def end_shadow(self, shadow_id: str, reason: str) -> bool: ...
+    async def add_shadow_skips(self, skipped: Mapping[str, int]) -> None: ...
+    async def add_shadow_pair(self, pair: ShadowPair) -> None: ...
+    async def ungraded_shadow_pairs(self, limit: int) -> list[ShadowPair]: ...
+    async def shadow_pairs(
+        self, tenant_id: str, alias: str, version: str, limit: int
+    ) -> list[ShadowPair]: ...
+    # Once per pair (False: already graded, e.g. by another evals worker).
+    async def grade_shadow_pair(
+        self,
+        pair_id: str,
+        verdict: ShadowVerdict,
+        live_score: float | None,
+        candidate_score: float | None,
+        reasons: str,
+    ) -> bool: ...
+    async def shadow_summary(self, tenant_id: str, alias: str, version: str) -> ShadowSummary: ...
     # -- limits: key_id "" is the tenant as a whole; counters are shared by every gateway ------
     async def set_limits(self, limits: LimitSet) -> None: ...
     async def get_limits(self, tenant_id: str, key_id: str) -> LimitSet | None: ...
@@ -309,6 +387,10 @@ class Store(Protocol):
     async def settle(self, adjustments: list[Charge]) -> None: ...
     async def counter_usage(self, charges: list[Charge]) -> list[int]: ...
     async def purge_counters(self, before: float) -> int: ...
+    # -- a tenant's LLM judge (gateway.judges): one row per tenant, replaced as a whole ---------
+    async def set_judge(self, judge: JudgeConfig) -> JudgeConfig: ...
+    async def get_judge(self, tenant_id: str) -> JudgeConfig | None: ...
+    async def delete_judge(self, tenant_id: str) -> bool: ...
     # -- erasure's follow-through: snapshot files and eval reports that still hold erased data --
     async def datasets_to_erase(self) -> list[Dataset]: ...
     async def erased_sources(self, dataset_id: str) -> set[str]: ...

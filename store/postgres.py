@@ -16,10 +16,13 @@ from store.postgres_builds import BuildsMixinPG
 from store.postgres_checkpoints import CheckpointsMixinPG
 from store.postgres_erasure import ERASURE_LOCK, ErasureMixinPG
 from store.postgres_evals import EvalsMixinPG
+from store.postgres_judges import JudgesMixinPG
 from store.postgres_limits import LimitsMixinPG
 from store.postgres_overview import OverviewMixinPG
 from store.postgres_responses import ResponsesMixinPG
 from store.postgres_review import ReviewMixinPG
+from store.postgres_rollouts import RolloutsMixinPG
+from store.postgres_shadow import ShadowMixinPG
 from store.postgres_training import TrainingMixinPG
 from store.records import (
     AdapterStatus,
@@ -57,8 +60,8 @@ _UPSERT_ALIAS = (
 _CREATION_ORDER = "ORDER BY created_at, tenant_id, name"
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
-    "stored, request, status, end_user, metadata, request_id, created_at, tool_calls) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    "stored, request, status, end_user, metadata, request_id, created_at, tool_calls, "
+    "do_not_train) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _FINAL = (
     "UPDATE completions SET response = $1, finish_reason = $2, prompt_tokens = $3, "
@@ -97,9 +100,12 @@ class PostgresStore(
     ErasureMixinPG,
     OverviewMixinPG,
     ReviewMixinPG,
+    RolloutsMixinPG,
     CheckpointsMixinPG,
     ResponsesMixinPG,
     BatchesMixinPG,
+    JudgesMixinPG,
+    ShadowMixinPG,
 ):
     """PostgreSQL through an asyncpg connection pool; the same records and errors as SQLite."""
 

@@ -174,6 +174,9 @@ class CaptureFinal(msgspec.Struct, frozen=True):
     completed_at: float
     backend: str | None = None  # set when a retry moved the request to another replica
     tool_calls: str | None = None  # JSON of the answer's tool calls (OpenAI's list), if any
+    # Response and tool-call arguments still to be PII-redacted: the capture writer does it in
+    # a worker thread before the row is written (never stored with this still true).
+    redact: bool = False
 
 
 ResponseStatus = Literal["completed", "incomplete", "failed"]
@@ -446,6 +449,31 @@ class LoopRecord(msgspec.Struct, frozen=True):
     finished_at: float | None = None
 
 
+RolloutStatus = Literal["running", "promoted", "rolled_back", "aborted"]
+
+
+class RolloutRecord(msgspec.Struct, frozen=True):
+    """A promotion controller's run on one alias (gateway.rollout): offline gate → shadow →
+    canary steps → full. `running` until it ends, advanced by the one gateway process holding
+    its lease (`owner` until `lease_until`); `policy` and `state` are JSON typed by
+    gateway.rollout_policy."""
+
+    id: str
+    tenant_id: str
+    alias: str
+    version: str
+    status: str
+    stage: str
+    policy: str
+    state: str
+    actor: str
+    created_at: float
+    updated_at: float
+    owner: str | None = None
+    lease_until: float | None = None
+    finished_at: float | None = None
+
+
 class CaseSource(msgspec.Struct, frozen=True):
     """An eval case that came from a captured completion (a held-out example's lineage)."""
 
@@ -706,3 +734,111 @@ class ReviewCandidate(msgspec.Struct, frozen=True):
     positive: int  # feedback rating it up or scoring it at or above the threshold
     low_score: float | None  # the lowest grader score of an eval case taken from it, if low
     waiting: int  # the tenant's completions waiting for review, this one included
+
+
+# -- canary counts shared by every gateway; shadow evaluation (store.shadow_sql) -----------------
+
+CanaryArm = Literal["canary", "live"]
+
+
+class ArmCounts(msgspec.Struct, frozen=True):
+    """One canary arm's requests, errors and latency histogram (store.latency buckets): one
+    gateway's delta since its last flush, or the sum over every gateway."""
+
+    requests: int = 0
+    errors: int = 0
+    latency: dict[int, int] = msgspec.field(default_factory=dict)  # bucket -> answers
+
+
+class CanaryDelta(msgspec.Struct, frozen=True):
+    canary_id: str
+    arm: CanaryArm
+    counts: ArmCounts
+
+
+ShadowStatus = Literal["active", "stopped"]
+
+
+class Shadow(msgspec.Struct, frozen=True):
+    """A share of an alias's live traffic mirrored to a candidate version (never answered to
+    the client); `checks` is JSON of the evals.checks list its pairs are graded with."""
+
+    id: str  # sh_<hex>
+    tenant_id: str
+    alias: str
+    version: str
+    share: float
+    max_inflight: int
+    per_minute: int
+    checks: str
+    status: ShadowStatus
+    actor: str
+    started_at: float
+    skipped: int = 0  # samples skipped for the budget, by every gateway
+    ended_at: float | None = None
+    reason: str | None = None
+
+
+ShadowVerdict = Literal["win", "loss", "tie", "ungradable"]
+
+
+class ShadowPair(msgspec.Struct, frozen=True):
+    """A live answer and the candidate's answer to the same request; graded later."""
+
+    id: str  # shp_<hex>
+    shadow_id: str
+    tenant_id: str
+    alias: str
+    live_completion_id: str  # the request's ref: its captured completion (deleted with it)
+    request_id: str
+    live_version: str | None
+    candidate_version: str
+    live_answer: str
+    candidate_answer: str | None  # None: the candidate failed (`candidate_error`)
+    candidate_error: str | None
+    candidate_latency_ms: float | None
+    created_at: float
+    verdict: ShadowVerdict | None = None  # None until an evals worker graded it
+    live_score: float | None = None
+    candidate_score: float | None = None
+    reasons: str = ""
+    graded_at: float | None = None
+
+
+class ShadowSummary(msgspec.Struct, frozen=True):
+    """Every pair of one alias's shadow of one candidate version (all its runs), counted."""
+
+    pairs: int
+    graded: int  # wins + losses + ties
+    wins: int
+    losses: int  # candidate errors count as losses
+    ties: int
+    ungradable: int
+    candidate_errors: int
+    skipped_for_budget: int
+    mean_live_score: float | None
+    mean_candidate_score: float | None
+
+    @property
+    def loss_rate(self) -> float | None:
+        return self.losses / self.graded if self.graded else None
+
+
+JudgeKind = Literal["alias", "external"]
+
+
+class JudgeConfig(msgspec.Struct, frozen=True):
+    """A tenant's LLM judge: one of its aliases (`alias`), or an external OpenAI-compatible
+    endpoint (`base_url`, `model`, the API key sealed by gateway.judges; `key_hint` masked)."""
+
+    tenant_id: str
+    kind: JudgeKind
+    alias: str | None
+    base_url: str | None
+    model: str | None
+    api_key_sealed: str | None
+    key_hint: str | None
+    max_tokens: int
+    timeout_s: float
+    created_at: float
+    updated_at: float

@@ -173,6 +173,7 @@ def completion_params(c: Completion) -> tuple[object, ...]:
         c.request_id,
         c.created_at,
         c.tool_calls,
+        bool(c.do_not_train),  # set at once for callers never trained on (an LLM judge)
     )
 
 

@@ -494,10 +494,107 @@ MIGRATIONS_PG: tuple[str, ...] = (
     "ALTER TABLE completions ADD COLUMN tool_calls TEXT",
     # PLACEHOLDER H1 (workers, issue #25): replace this no-op with your migration (keep the slot).
     "SELECT 1",
-    # PLACEHOLDER H3 (judges, issue #26): replace this no-op with your migration (keep the slot).
-    "SELECT 1",
-    # PLACEHOLDER H4 (shadow + canary counts, issue #26): replace this no-op (keep the slot).
-    "SELECT 1",
-    # PLACEHOLDER H5 (rollouts, issue #26): replace this no-op with your migration (keep the slot).
-    "SELECT 1",
+    # Each tenant's LLM judge (issue #26): one of its aliases, served like its traffic under its
+    # own limits, or an external OpenAI-compatible endpoint whose key is stored encrypted
+    # (gateway.judges); `key_hint` is the masked key the API shows.
+    """
+    CREATE TABLE judges (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('alias', 'external')),
+        alias TEXT,
+        base_url TEXT,
+        model TEXT,
+        api_key_sealed TEXT,
+        key_hint TEXT,
+        max_tokens BIGINT NOT NULL,
+        timeout_s DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        CHECK ((kind = 'alias') = (alias IS NOT NULL)),
+        CHECK ((kind = 'external') = (base_url IS NOT NULL AND model IS NOT NULL))
+    )
+    """,
+    # Canary counts shared by every gateway (each flushes its deltas with upsert-increments) and
+    # shadow evaluation: an alias's mirrored traffic to a candidate, its pairs and their grades
+    # (issue #26, gateway.canary, gateway.shadow, evals.shadow_grading).
+    """
+    CREATE TABLE canary_counts (
+        canary_id TEXT COLLATE "C" NOT NULL REFERENCES canaries(id) ON DELETE CASCADE,
+        arm TEXT NOT NULL CHECK (arm IN ('canary', 'live')),
+        requests BIGINT NOT NULL DEFAULT 0,
+        errors BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (canary_id, arm)
+    );
+    CREATE TABLE canary_latency (
+        canary_id TEXT COLLATE "C" NOT NULL REFERENCES canaries(id) ON DELETE CASCADE,
+        arm TEXT NOT NULL CHECK (arm IN ('canary', 'live')),
+        bucket BIGINT NOT NULL,
+        answers BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (canary_id, arm, bucket)
+    );
+    CREATE TABLE shadows (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        version TEXT NOT NULL,
+        share DOUBLE PRECISION NOT NULL,
+        max_inflight BIGINT NOT NULL,
+        per_minute BIGINT NOT NULL,
+        checks TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'stopped')),
+        actor TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        skipped BIGINT NOT NULL DEFAULT 0,
+        ended_at DOUBLE PRECISION,
+        reason TEXT
+    );
+    CREATE UNIQUE INDEX shadows_one_active ON shadows(tenant_id, alias) WHERE status = 'active';
+    CREATE INDEX shadows_alias ON shadows(tenant_id, alias, version);
+    CREATE TABLE shadow_pairs (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        shadow_id TEXT COLLATE "C" NOT NULL REFERENCES shadows(id) ON DELETE CASCADE,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        live_completion_id TEXT COLLATE "C" NOT NULL REFERENCES completions(id) ON DELETE CASCADE,
+        request_id TEXT NOT NULL,
+        live_version TEXT,
+        candidate_version TEXT NOT NULL,
+        live_answer TEXT NOT NULL,
+        candidate_answer TEXT,
+        candidate_error TEXT,
+        candidate_latency_ms DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        verdict TEXT CHECK (verdict IN ('win', 'loss', 'tie', 'ungradable')),
+        live_score DOUBLE PRECISION,
+        candidate_score DOUBLE PRECISION,
+        reasons TEXT NOT NULL DEFAULT '',
+        graded_at DOUBLE PRECISION
+    );
+    CREATE INDEX shadow_pairs_of ON shadow_pairs(tenant_id, alias, candidate_version, created_at);
+    CREATE INDEX shadow_pairs_completion ON shadow_pairs(live_completion_id);
+    CREATE INDEX shadow_pairs_ungraded ON shadow_pairs(created_at) WHERE verdict IS NULL;
+    """,
+    # Rollouts (issue #26, gateway.rollout): the promotion controller's run per alias, its
+    # stage and JSON state, the gateway process whose lease advances it; one running per alias.
+    """
+    CREATE TABLE rollouts (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        state TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        owner TEXT,
+        lease_until DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION
+    );
+    CREATE UNIQUE INDEX rollouts_one_running ON rollouts(tenant_id, alias)
+        WHERE status = 'running';
+    CREATE INDEX rollouts_tenant ON rollouts(tenant_id, created_at, id);
+    """,
 )

@@ -41,6 +41,14 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "Address the gateway listens on."})
     port: int = field(default=8080, metadata={"help": "Port the gateway listens on."})
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "Gateway processes sharing the one port (about one per core). Worker 0 runs "
+            "the control plane (engine, training/evals workers, adapter loads); the others serve "
+            "and forward everything else to it. 1: one process, as before."
+        },
+    )
     keepalive_timeout_s: int = field(
         default=75,
         metadata={
@@ -152,8 +160,8 @@ class Settings:
         default="full",
         metadata={
             "help": "'full': serve the base's weights as they are; 'nf4': serve them rounded to "
-            "the 4-bit NF4 values QLoRA jobs train against (prepared once, cached), so QLoRA "
-            "adapters meet the same base in training and serving."
+            "the 4-bit NF4 values QLoRA jobs train against (prepared once, cached). Jobs left at "
+            "quantization 'auto' follow this: LoRA on the full weights, or QLoRA on NF4."
         },
     )
     engine_cpu_kvcache_gb: int = field(
@@ -233,6 +241,20 @@ class Settings:
         metadata={
             "help": "How often active canaries' signals are checked against their rollback "
             "thresholds."
+        },
+    )
+    rollout_tick_s: float = field(
+        default=2.0,
+        metadata={
+            "help": "How often the promotion controller looks at every running rollout it holds "
+            "and advances, holds or rolls it back on its evidence."
+        },
+    )
+    rollout_lease_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "How long a gateway process holds a rollout after its last tick; past it "
+            "another process takes the rollout over (only one advances a rollout at a time)."
         },
     )
     capture_enabled: bool = field(
@@ -383,7 +405,7 @@ class Settings:
     tenant_max_epochs: int = field(
         default=10,
         metadata={
-            "help": "Largest n_epochs of a tenant's job (a larger one is a 400; 'auto', 3, is "
+            "help": "Largest n_epochs of a tenant's job (a larger one is a 400; 'auto', 1, is "
             "lowered to a smaller bound). 10 keeps common OpenAI recipes valid; early stopping "
             "usually ends a run sooner."
         },
@@ -408,8 +430,8 @@ class Settings:
             "help": "Most training examples in the dataset of a tenant's job (400 past it). "
             "With the other bounds it caps how long one job holds the 2-core CPU host, which is "
             "how long another tenant's next job may wait (claims are round-robin): at ~100 "
-            "tokens/s, 2,000 chats of ~150 tokens train ~50 min per epoch, ~2.5 h at the "
-            "default 3 epochs, ~8 h at the 10-epoch bound."
+            "tokens/s, 2,000 chats of ~150 tokens train ~50 min per epoch (the default is one), "
+            "~8 h at the 10-epoch bound."
         },
     )
     tenant_max_queued_jobs: int = field(
@@ -508,6 +530,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"LOOPGATE_PORT must be 1..65535, got {self.port}")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"LOOPGATE_WORKERS must be 1..256, got {self.workers}")
         self._check_choices()
         if self.engine_mode == "external" and not self.engine_urls:
             raise ConfigError(
@@ -527,6 +551,10 @@ class Settings:
             raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
         if not self.canary_check_interval_s > 0:
             raise ConfigError("LOOPGATE_CANARY_CHECK_INTERVAL_S must be greater than 0")
+        if not 0 < self.rollout_tick_s < self.rollout_lease_s:
+            raise ConfigError(
+                "LOOPGATE_ROLLOUT_TICK_S must be greater than 0 and below LOOPGATE_ROLLOUT_LEASE_S"
+            )
         if not self.erasure_check_interval_s > 0:
             raise ConfigError("LOOPGATE_ERASURE_CHECK_INTERVAL_S must be greater than 0")
         if not 0.0 <= self.parity_min_agreement <= 1.0:

@@ -30,10 +30,13 @@ from store.sqlite_capture import CaptureMixin, SQLiteMixin
 from store.sqlite_checkpoints import CheckpointsMixin
 from store.sqlite_erasure import ErasureMixin
 from store.sqlite_evals import EvalsMixin
+from store.sqlite_judges import JudgesMixin
 from store.sqlite_limits import LimitsMixin
 from store.sqlite_overview import OverviewMixin
 from store.sqlite_responses import ResponsesMixin
 from store.sqlite_review import ReviewMixin
+from store.sqlite_rollouts import RolloutsMixin
+from store.sqlite_shadow import ShadowMixin
 from store.sqlite_training import TrainingMixin
 
 BUSY_TIMEOUT_MS = 30_000
@@ -147,9 +150,12 @@ class SQLiteStore(
     ErasureMixin,
     OverviewMixin,
     ReviewMixin,
+    RolloutsMixin,
     CheckpointsMixin,
     ResponsesMixin,
     BatchesMixin,
+    JudgesMixin,
+    ShadowMixin,
 ):
     """SQLite in WAL mode through one aiosqlite connection (its own thread)."""
 

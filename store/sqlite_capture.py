@@ -19,8 +19,8 @@ from store.sqlite_busy import when_fresh
 
 _INSERT = (
     "INSERT INTO completions (id, tenant_id, key_id, kind, alias, adapter_version, backend, "
-    "stored, request, status, end_user, metadata, request_id, created_at, tool_calls) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "stored, request, status, end_user, metadata, request_id, created_at, tool_calls, "
+    "do_not_train) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _FINAL = (
     "UPDATE completions SET response = ?, finish_reason = ?, prompt_tokens = ?, "

@@ -1,4 +1,4 @@
-"""Runs one claimed fine-tuning job on this worker: dataset → QLoRA → preflight → peft outputs.
+"""Runs one claimed fine-tuning job on this worker: dataset → LoRA → preflight → peft outputs.
 
 The job's state lives in the store. Training runs in a thread (torch releases the GIL); the
 event loop beats the job's heartbeat, which also tells the worker when the job was cancelled.
@@ -49,7 +49,7 @@ from training.trainer import (
     resolve_device,
     train,
 )
-from training.trainer_config import Device, TrainConfig
+from training.trainer_config import Device, TrainConfig, describe_base
 
 log = logging.getLogger("loopgate.worker")
 StopReason = Literal["cancel", "shutdown", "lost"]
@@ -173,8 +173,9 @@ class JobRunner:
             f"training started (attempt {job.attempts}, {config.method}): {len(data.train)} "
             f"train / {len(data.eval)} eval examples"
             f"{' (the validation file)' if job.validation_file else ''}, device {device}, "
-            f"compute {dtype} on {hardware}",
+            f"compute {dtype} on {hardware}; {describe_base(config.quantization)}",
             {
+                "quantization": config.quantization,
                 "train_examples": len(data.train),
                 "eval_examples": len(data.eval),
                 "method": config.method,

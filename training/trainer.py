@@ -1,9 +1,10 @@
-"""QLoRA training of one adapter: TRL's SFTTrainer + peft LoRA on a 4-bit NF4 base (or plain).
+"""LoRA training of one adapter: TRL's SFTTrainer + peft LoRA on the base's weights (or QLoRA).
 
 The recipe, top to bottom in `train`:
 1. resolve the device and the compute dtype (bf16 only where the hardware computes it natively,
    `store.numerics`), pin torch's threads, hash the base weights;
-2. load the base (4-bit NF4 with double quantization unless `quantization="none"`);
+2. load the base: 4-bit NF4 with double quantization for `quantization="nf4"` (QLoRA), else its
+   weights as they are in the compute dtype (the job resolved "auto" to what the engine serves);
 3. turn conversations into TRL's conversational prompt-completion rows, so the chat template
    is the base's own and only the final assistant turn is in the loss;
 4. train with SFTTrainer: linear warmup/decay, eval each epoch, early stopping, best kept;
@@ -212,7 +213,9 @@ def placement(device: TorchDevice) -> str:
 
 
 def load_base(base_dir: Path, config: TrainConfig, device: TorchDevice) -> Any:
-    """The base model for training: 4-bit NF4 + double quantization, or plain weights."""
+    """The base model for training: 4-bit NF4 + double quantization for "nf4", else the folder's
+    weights as they are ("none", or an unresolved "auto": `base_dir` is the folder the engine
+    serves, the NF4-rounded copy when it serves nf4)."""
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(device, config.compute_dtype)

@@ -22,6 +22,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import File, Template
 from markupsafe import Markup
 
+from evals.judging import JudgeSummary
 from evals.spec import RunSpec
 from evals.suite import (
     DEFAULT_TENANT_CHECKS,
@@ -99,6 +100,7 @@ class Decision(msgspec.Struct, frozen=True):
 class Summary:
     suites: list[tuple[str, SuiteSummary]]
     latency: dict[str, Latency]
+    judge: JudgeSummary | None = None  # judge scores and calibration (evals.calibration)
 
 
 def summary_of(run: EvalRun) -> Summary:
@@ -108,10 +110,12 @@ def summary_of(run: EvalRun) -> Summary:
         latency = msgspec.json.decode(
             raw.pop("latency_ms", msgspec.Raw(b"{}")), type=dict[str, Latency]
         )
+        judge = raw.pop("judge", None)
+        judged = msgspec.json.decode(judge, type=JudgeSummary) if judge is not None else None
         suites = [(name, msgspec.json.decode(v, type=SuiteSummary)) for name, v in raw.items()]
     except msgspec.DecodeError:  # a summary this console cannot read: the page shows none
         return Summary([], {})
-    return Summary(suites, latency)
+    return Summary(suites, latency, judged)
 
 
 def decision_of(run: EvalRun) -> Decision | None:

@@ -3,8 +3,10 @@ every form, and who the signed-in person is (`ConsoleUser`).
 
 A session is an HMAC-SHA256-signed cookie naming its role (admin, or one tenant read-only), the
 person's name for the audit trail, a CSRF token and an expiry. Signing out deletes the cookie
-and records the session as ended in this gateway process until it would have expired (a gateway
-of several processes would need that record in the store).
+and records the session as ended in this gateway process until it would have expired. With
+`loopgate serve --workers N` every console request is relayed to the primary worker
+(gateway.workers), so that one record serves all workers; separate gateways would need it in
+the store.
 The key is the setting `console_secret`, or a random one kept in `<data_dir>/console_secret`
 (0600); processes that share a store must share it.
 """

@@ -2,8 +2,10 @@
 address's further attempts are refused (429 with Retry-After) until its oldest failure is older
 than the window; other addresses sign in as before.
 
-In-process on purpose: each gateway process counts the failures it saw (a gateway of several
-processes allows up to `LIMIT` per process and window), and a restart forgets them. It counts by
+In-process on purpose: each gateway counts the failures it saw, and a restart forgets them.
+With `loopgate serve --workers N` every console request is relayed to the primary worker with
+the client's address (gateway.workers), so one count covers the host; separate gateways allow
+up to `LIMIT` each per window. It counts by
 the connecting address: behind a reverse proxy every client shares the proxy's address, so run
 the proxy with its own limit in front. A correct key does not clear an address's failures (one
 valid tenant key must not reset the count of someone guessing the admin key).

@@ -84,6 +84,8 @@ class FakeEngine:
     lora_log: list[tuple[str, str]] = field(default_factory=list)  # (load|unload, name)
     fail_for: tuple[str, ...] = ()  # models whose name ends with one of these answer 500
     delay_for: dict[str, float] = field(default_factory=dict)  # model name suffix -> seconds
+    # Answers an LLM judge's prompts (evals.graders.judge_prompt), given the prompt's text.
+    judge_reply: Callable[[str], str] | None = None
 
     def bodies(self) -> list[dict[str, object]]:
         return [json.loads(r.content) for r in self.requests if r.url.path.endswith("completions")]
@@ -160,7 +162,11 @@ class FakeEngine:
             return httpx.Response(
                 200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"}
             )
-        return httpx.Response(200, json=chat_body(text=self.reply, model=body["model"], cid=cid))
+        text = self.reply
+        prompt = str((body.get("messages") or [{}])[-1].get("content", ""))
+        if self.judge_reply is not None and prompt.startswith("You are grading"):
+            text = self.judge_reply(prompt)
+        return httpx.Response(200, json=chat_body(text=text, model=body["model"], cid=cid))
 
     def lora_admin(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)

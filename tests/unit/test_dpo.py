@@ -52,6 +52,7 @@ CONFIG = TrainConfig(
     max_seq_length=64,
     torch_threads=1,
     gradient_checkpointing=False,
+    quantization="nf4",  # the trainer's default loads the folder's weights; QLoRA stays covered
 )
 
 

@@ -135,6 +135,7 @@ class Owned:
     gone_responses: list[str] = field(default_factory=list)
     batch_files: list[str] = field(default_factory=list)  # purpose "batch" (no training file)
     batches: list[str] = field(default_factory=list)
+    judge: str | None = None  # the alias its LLM judge names (gateway.judges)
 
     def objects(self) -> list[tuple[str, str]]:
         """(kind, id) of everything it has or had."""
@@ -509,6 +510,51 @@ class Isolation(RuleBasedStateMachine):
         assert self.call(t.name, "GET", base, admin=True).status_code == 404
         assert self.call(t.name, "POST", base + "/retire", admin=True).status_code == 404
         assert self.call(t.name, "DELETE", base, admin=True).status_code == 404
+        # a shadow of another tenant's version, or of an alias this tenant lacks: 404 all
+        shadow = f"/admin/tenants/{t.name}/aliases/{path_part(alias)}/shadow"
+        body = {"version": version, "checks": [{"type": "length", "min_chars": 1}]}
+        assert self.call(t.name, "PUT", shadow, admin=True, json=body).status_code == 404
+        # a rollout or a retrain of another tenant's version, a rollout id it never had: 404
+        rollouts = f"/admin/tenants/{t.name}/aliases/{path_part(alias)}/rollouts"
+        for url in (rollouts, rollouts.removesuffix("/rollouts") + "/retrain"):
+            resp = self.call(t.name, "POST", url, admin=True, json={"version": version})
+            assert resp.status_code == 404, resp.text
+        unknown = self.call(t.name, "GET", rollouts + "/ro_0000000000000000", admin=True)
+        assert unknown.status_code == 404
+        for theirs in victim.aliases:
+            if theirs not in t.aliases:
+                mirror = f"/admin/tenants/{t.name}/aliases/{path_part(theirs)}/shadow"
+                for method in ("GET", "DELETE"):
+                    assert self.call(t.name, method, mirror, admin=True).status_code == 404
+
+    @rule(data=st.data())
+    def judges_stay_with_their_tenant(self, data: st.DataObject) -> None:
+        """A judge names only its own tenant's aliases (another's is a 404 like an unknown
+        name); one tenant's judge is never another's; a judge call serves only its tenant."""
+        t, victim = self.pair(data)
+        url = f"/admin/tenants/{t.name}/judge"
+        unknown = self.call(t.name, "PUT", url, admin=True, json={"alias": "never-made-judge"})
+        for name in sorted(set(victim.aliases) - set(t.aliases)):
+            foreign = self.call(t.name, "PUT", url, admin=True, json={"alias": name})
+            assert error_shape(foreign) == error_shape(unknown), foreign.text
+        if t.aliases:
+            own = data.draw(st.sampled_from(sorted(t.aliases)))
+            assert self.call(t.name, "PUT", url, admin=True, json={"alias": own}).is_success
+            t.judge = own
+            ask = {"prompt": "You are grading an answer. Score: ?"}
+            reply = self.call(t.name, "POST", url + "/replies", admin=True, json=ask)
+            if reply.is_success:  # its call is captured as t's (marked do-not-train)
+                stored = self.call(t.name, "GET", "/v1/chat/completions?limit=100").json()
+                t.completions += [
+                    c["id"]
+                    for c in stored["data"]
+                    if "loopgate_judge" in c["metadata"] and c["id"] not in t.completions
+                ]
+        theirs = self.call(victim.name, "GET", f"/admin/tenants/{victim.name}/judge", admin=True)
+        if victim.judge is None:
+            assert theirs.status_code == 404, theirs.text
+        else:
+            assert theirs.json()["alias"] == victim.judge
 
     # --- rules: traffic, feedback --------------------------------------------------------------
 

@@ -83,12 +83,12 @@ def test_a_tenants_own_bounds_refuse_what_it_asks_and_lower_its_defaults(env: En
     file_id = upload(env, GOOD)["id"]
     refused = create(env, file_id, hyperparameters={"n_epochs": 3})
     assert refused.status_code == 400 and "bound is 2" in refused.json()["error"]["message"]
-    auto = create(env, file_id).json()  # "auto" means 3 epochs, batch 4: lowered to the bounds
-    assert (auto["hyperparameters"]["n_epochs"], auto["hyperparameters"]["batch_size"]) == (2, 2)
+    auto = create(env, file_id).json()  # "auto" means 1 epoch, batch 4: batch lowered to 2
+    assert (auto["hyperparameters"]["n_epochs"], auto["hyperparameters"]["batch_size"]) == (1, 2)
     other = upload(env, GOOD, key=env.globex_key)["id"]
     theirs = create(env, other, key=env.globex_key).json()
     assert (theirs["hyperparameters"]["n_epochs"], theirs["hyperparameters"]["batch_size"]) == (
-        3,
+        1,
         4,
     )
 

@@ -4,6 +4,7 @@ one, says which replica it left out and why, and reconciliation catches the othe
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
+from tests.support.polling import until
 from tests.support.polling import until as wait_for
 from tests.unit.adapter_files import pack, write_adapter
 from tests.unit.conftest import ADMIN, make_settings
@@ -26,22 +28,29 @@ CHAT = {"model": "support", "messages": [{"role": "user", "content": "hi"}]}
 @dataclass
 class Fleet:
     """Two fake replicas behind one transport; a host in `stuck` hangs on the given paths
-    (its /health still answers, as a vLLM whose engine loop is stalled does). `hanging` lists
-    the (host, path) of every request that is hanging now."""
+    (its /health still answers, as a vLLM whose engine loop is stalled does) for a minute or
+    until `unstick`. `hanging` lists the (host, path) of every request that is hanging now."""
 
     engines: dict[str, FakeEngine] = field(default_factory=lambda: {h: FakeEngine() for h in HOSTS})
     stuck: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hanging: list[tuple[str, str]] = field(default_factory=list)
+    unstuck: threading.Event = field(default_factory=threading.Event)  # set from the test
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         host, path = request.url.host, request.url.path
         if path in self.stuck.get(host, ()):
             self.hanging.append((host, path))
-            try:
-                await asyncio.sleep(60)  # the stall itself (the behaviour), not a wait for anything
+            try:  # the stall itself (the behaviour), ended early only by `unstick`
+                await until(self.unstuck.is_set, "", timeout_s=60)
+            except AssertionError:
+                pass  # stalled for the whole minute
             finally:
                 self.hanging.remove((host, path))
         return self.engines[host].handle(request)
+
+    def unstick(self) -> None:
+        self.stuck.clear()
+        self.unstuck.set()
 
 
 @dataclass
@@ -170,3 +179,38 @@ async def test_a_reconcile_pass_stuck_on_one_replica_delays_no_health_check(pati
     await wait_for(lambda: not r0.ready, "replica-0 going down went unnoticed", timeout_s=2)
     patient.fleet.engines["r0.test"].healthy = True
     await wait_for(lambda: r0.ready, "replica-0 coming back went unnoticed", timeout_s=2)
+
+
+async def test_the_alias_flips_at_the_first_replica_ready_and_the_other_joins_later(
+    patient: Env,
+) -> None:
+    """replica-1 is slow to answer its probe: the alias serves the new version from replica-0
+    before the promote answers; replica-1 takes no request until its own probe answers."""
+    r0, r1 = (patient.fleet.engines[h] for h in HOSTS)
+    patient.fleet.stuck["r1.test"] = ("/v1/chat/completions",)
+    # The test client blocks its caller's loop until the app answers: promote from a thread.
+    promoting = asyncio.create_task(asyncio.to_thread(asyncio.run, patient.promote()))
+    await wait_for(
+        lambda: ("r1.test", "/v1/chat/completions") in patient.fleet.hanging,
+        "replica-1's probe never started",
+    )
+    deadline = time.monotonic() + 5
+    while (served := await asyncio.wait_for(patient.chat(), 5)).status_code == 404:
+        assert time.monotonic() < deadline, "the alias never flipped"
+        await asyncio.sleep(0.01)
+    assert served.headers["x-loopgate-adapter-version"] == patient.version
+    assert not promoting.done()  # still waiting for replica-1's probe
+    detail = await patient.client.get(
+        f"/admin/tenants/acme/adapters/{patient.version}", headers=ADMIN
+    )
+    states = {p["backend"]: p["state"] for p in detail.json()["placements"]}
+    assert states == {"replica-0": "ready", "replica-1": "probing"}
+    for _ in range(4):  # a request routed to replica-1 would hang here
+        served = await asyncio.wait_for(patient.chat(), 5)
+        assert served.headers["x-loopgate-adapter-version"] == patient.version
+    assert r1.bodies() == []  # nothing but the hanging probe was sent to replica-1
+    patient.fleet.unstick()
+    report = (await promoting).json()
+    assert report["replicas"] == ["replica-0", "replica-1"] and report["left_out"] == []
+    assert 0 < report["flipped_after_s"] < 5
+    assert len(r0.loras) == 1 and len(r1.loras) == 1

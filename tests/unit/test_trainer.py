@@ -265,8 +265,9 @@ def test_refuses_a_non_empty_destination_and_bad_examples(base_dir: Path, tmp_pa
 
 def test_config_defaults_follow_the_recipe() -> None:
     c = TrainConfig()
-    assert (c.rank, c.alpha, c.dropout, c.learning_rate, c.epochs) == (16, 32, 0.05, 2e-4, 3)
-    assert c.target_modules == "all-linear" and c.quantization == "nf4" and c.device == "auto"
+    assert (c.rank, c.alpha, c.dropout, c.learning_rate, c.epochs) == (16, 32, 0.05, 1e-3, 1)
+    assert c.target_modules == "all-linear" and c.quantization == "auto" and c.device == "auto"
+    assert c.anchor_weight == 1.0  # tests/unit/test_trainer_config.py: the rest of the recipe
     assert c.gradient_checkpointing == "auto" and c.early_stopping_patience == 1
     # 'auto' saves GPU memory on CUDA and speed on CPU (1.37x measured here).
     assert checkpointing(c, "cuda") and not checkpointing(c, "cpu")
@@ -300,7 +301,7 @@ def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> N
 def test_openai_hyperparameters_map_onto_the_config() -> None:
     assert from_hyperparameters() == TrainConfig()
     c = from_hyperparameters(n_epochs=5, learning_rate_multiplier=0.5, batch_size=8)
-    assert (c.epochs, c.learning_rate, c.batch_size) == (5, 1e-4, 8)
+    assert (c.epochs, c.learning_rate, c.batch_size) == (5, 5e-4, 8)
     with pytest.raises(ValueError, match="n_epochs"):
         from_hyperparameters(n_epochs="many")
     with pytest.raises(ValueError, match="learning_rate_multiplier"):

@@ -19,6 +19,7 @@ import pytest
 from tests.integration.adapters.conftest import AHOY, Replica
 from tests.integration.conftest import Stack
 from tests.support.lora_factory import TRAIN_PROMPTS, make_bad_adapters
+from tests.support.polling import until_sync
 from tests.unit.adapter_files import pack
 
 pytestmark = pytest.mark.engine
@@ -184,6 +185,7 @@ class Record:
 class LoadRun:
     records: list[Record] = field(default_factory=list)
     swaps: list[tuple[float, float, str]] = field(default_factory=list)  # start, end, new version
+    flipped_after: list[float] = field(default_factory=list)  # each report's flipped_after_s
 
 
 async def stream_client(stack: Stack, run: LoadRun, stop: asyncio.Event) -> None:
@@ -230,6 +232,7 @@ async def swapper(stack: Stack, run: LoadRun, ids: dict[str, str], swaps: int) -
             assert resp.status_code == 200, resp.text
             assert resp.json()["to_version"] == target
             run.swaps.append((start, time.monotonic(), target))
+            run.flipped_after.append(float(resp.json()["flipped_after_s"]))
             await asyncio.sleep(2)
 
 
@@ -255,12 +258,20 @@ def test_hot_swap_under_load_fails_nothing(fleet: Stack, versions: dict[str, str
         assert r.version in styles, r
         assert r.text.startswith(styles[r.version]), r  # served by exactly the version it names
     final = run.swaps[-1][2]
-    held = {a["version"] for b in backends(fleet) for a in b["adapters"]}  # type: ignore[attr-defined]
-    assert held == {final}  # the other version was unloaded everywhere
-    report_swaps(run)
+
+    def held() -> set[str]:
+        return {a["version"] for b in backends(fleet) for a in b["adapters"]}  # type: ignore[attr-defined]
+
+    _, p95 = report_swaps(run)
+    # the other version was unloaded everywhere (its drain runs after the promote answered)
+    until_sync(lambda: held() == {final}, "the replaced version is still loaded", timeout_s=60)
+    # The issue's target is 3 s p95 (reported above, not asserted: timing on a shared 2-core
+    # host is noisy); this bound catches a return to the old 22-37 s p50 / 81 s p95.
+    assert p95 < 15, f"promote-to-first-token p95 {p95:.2f}s"
 
 
-def report_swaps(run: LoadRun) -> None:
+def report_swaps(run: LoadRun) -> tuple[float, float]:
+    """Print the swap figures; return promote-to-first-token p50 and p95 in seconds."""
     latencies = []
     for start, _, version in run.swaps:
         firsts = [
@@ -269,18 +280,27 @@ def report_swaps(run: LoadRun) -> None:
             if r.version == version and r.first_token and r.started >= start
         ]
         latencies.append(min(firsts) - start)
+    # what the engine adds after the flip: the first new-version request's own wait
+    after_flip = [t - f for t, f in zip(latencies, run.flipped_after, strict=True)]
     in_swap = [r for r in run.records if any(s <= r.started < e for s, e, _ in run.swaps)]
     swap_time = sum(e - s for s, e, _ in run.swaps)
     total = run.records[-1].started - run.records[0].started
     rate_swap = len(in_swap) / swap_time
     rate_other = (len(run.records) - len(in_swap)) / max(total - swap_time, 1e-9)
+    failed = sum(1 for r in run.records if r.error)
+    p50 = statistics.median(latencies)
+    p95 = statistics.quantiles(latencies, n=20, method="inclusive")[-1]
     print(
-        f"\nhot swap: {len(run.records)} streams, {len(run.swaps)} swaps, 0 failed; "
-        f"promote-to-first-token p50 {statistics.median(latencies):.2f}s "
-        f"p95 {statistics.quantiles(latencies, n=20)[-1]:.2f}s; swap duration p50 "
-        f"{statistics.median(e - s for s, e, _ in run.swaps):.2f}s; requests/s during swaps "
-        f"{rate_swap:.2f} vs {rate_other:.2f} outside ({rate_swap / rate_other:.2f}x)"
+        f"\nhot swap: {len(run.records)} streams, {len(run.swaps)} swaps, {failed} failed; "
+        f"promote-to-first-token p50 {p50:.2f}s p95 {p95:.2f}s max {max(latencies):.2f}s "
+        f"(each: {' '.join(f'{x:.1f}' for x in latencies)}); promote-to-flip p50 "
+        f"{statistics.median(run.flipped_after):.2f}s max {max(run.flipped_after):.2f}s; "
+        f"flip-to-first-token p50 {statistics.median(after_flip):.2f}s; "
+        f"swap duration p50 {statistics.median(e - s for s, e, _ in run.swaps):.2f}s; "
+        f"requests/s during swaps {rate_swap:.2f} vs {rate_other:.2f} outside "
+        f"({rate_swap / rate_other:.2f}x)"
     )
+    return p50, p95
 
 
 def test_replica_loss_is_reconciled_and_routing_prefers_holders(

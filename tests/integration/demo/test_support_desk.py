@@ -21,6 +21,7 @@ from demo.support_desk import (
     ScenarioResult,
     compliant,
     guard_cases_lost,
+    loop_body,
     support_questions,
     targets_missed,
 )
@@ -83,9 +84,20 @@ def test_targets_missed_names_each_broken_promise() -> None:
     ]
 
 
-def test_the_scenario_trains_qlora_against_the_base_its_stack_serves() -> None:
-    assert STACK_ENV["LOOPGATE_ENGINE_WEIGHTS"] == "nf4"
-    assert ScenarioConfig().quantization == "nf4"
-    assert ScenarioConfig(quantization="none").quantization == "none"
+def test_the_scenario_runs_on_the_products_defaults() -> None:
+    """No recipe: the loop is started without hyperparameters and the stack's settings change
+    nothing that is trained or served (every setting the demo sets is operational)."""
+    body = loop_body(ScenarioConfig())
+    assert body == {"alias": "support", "suffix": "desk", "seed": 1}
+    operational = {
+        "LOOPGATE_JOB_HEARTBEAT_S",
+        "LOOPGATE_ENGINE_CPU_KVCACHE_GB",
+        "LOOPGATE_AUTH_CACHE_TTL_S",
+    }
+    assert set(STACK_ENV) <= operational
+    tried = loop_body(ScenarioConfig(epochs=2, quantization="nf4"))
+    assert tried["hyperparameters"] == {"n_epochs": 2, "quantization": "nf4"}
     with pytest.raises(ValueError, match="quantization"):
         ScenarioConfig(quantization="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epochs"):
+        ScenarioConfig(epochs=0)
