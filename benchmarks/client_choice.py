@@ -121,7 +121,8 @@ class Processes:
         self.taskset = taskset
         self.live: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: Sequence[str], core: int, env: dict[str, str]) -> int:
+    def start(self, name: str, argv: Sequence[str], core: int | str, env: dict[str, str]) -> int:
+        """Start `argv` pinned to `core` (a CPU number or a taskset list such as "0,1")."""
         with open(self.workdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
                 [self.taskset, "-c", str(core), *argv],

@@ -19,6 +19,7 @@ class _Fields(msgspec.Struct):
 
     model: str = "mock"
     stream: bool = False
+    user: str = ""  # "gap-<ms>": this stream's gap between chunks (else the configured one)
 
 
 _DECODE = msgspec.json.Decoder(_Fields)
@@ -142,13 +143,15 @@ class MockProtocol(asyncio.Protocol):
             self._send(_reply(200, body_pre + model + body_post), keep_alive)
             return
         event = _http_chunk(chunk_pre + model + chunk_post)
-        if self.config.chunk_delay_s <= 0:
+        gap_s = _gap_of(fields.user, self.config.chunk_delay_s)
+        if gap_s <= 0:
             payload = _STREAM_HEAD + event * self.config.chunks + _DONE + _LAST_CHUNK
             self._send(payload, keep_alive)
             return
-        self.task = asyncio.get_running_loop().create_task(self._stream_slowly(event, keep_alive))
+        stream = self._stream_slowly(event, keep_alive, gap_s)
+        self.task = asyncio.get_running_loop().create_task(stream)
 
-    async def _stream_slowly(self, event: bytes, keep_alive: bool) -> None:
+    async def _stream_slowly(self, event: bytes, keep_alive: bool, gap_s: float) -> None:
         """One chunk per write, `chunk_delay_s` apart, like an engine emitting tokens."""
         transport = self.transport
         assert transport is not None
@@ -156,7 +159,7 @@ class MockProtocol(asyncio.Protocol):
         try:
             transport.write(_STREAM_HEAD + event)
             for _ in range(self.config.chunks - 1):
-                await asyncio.sleep(self.config.chunk_delay_s)
+                await asyncio.sleep(gap_s)
                 if transport.is_closing():
                     return
                 transport.write(event)
@@ -173,6 +176,17 @@ class MockProtocol(asyncio.Protocol):
         self.transport.write(data)
         if not keep_alive:
             self.transport.close()
+
+
+def _gap_of(user: str, default_s: float) -> float:
+    """A request may ask for its own chunk gap (`"user": "gap-20"`: 20 ms), so one benchmark
+    run can time streams at several gaps through the same proxies."""
+    if user.startswith("gap-"):
+        try:
+            return max(0.0, float(user[4:]) / 1000.0)
+        except ValueError:
+            return default_s
+    return default_s
 
 
 async def serve(

@@ -6,11 +6,14 @@ rounds (the order rotates every round so that drift of the machine is shared out
   bare       a bare Litestar pass-through (httpx + aiohttp transport, like loopgate's client)
   loopgate   `loopgate serve` in external mode: auth, routing, limits, capture on
   nocapture  the same with capture off
+  workers2   `loopgate serve --workers 2` (capture on) on BOTH cores: the load and the mock
+             share the load core with one of its workers (see docs/benchmarks.md)
   litellm    LiteLLM proxy (its own pinned environment, see benchmarks.litellm_env), 1 worker
 Per target: sequential keep-alive latency p50/p99; closed-loop throughput (wrk) at each
 --concurrency; server CPU per request (at the highest concurrency) and per stream; time to
-first chunk and the gaps between chunks of a --chunks stream. The load side (wrk, the probe,
-the mock) shares --load-core. Prints absolute and added-over-direct tables and the ratios
+first chunk and the gaps between chunks of a --chunks stream, at each of --stream-gaps (the mock
+spaces a stream's chunks as its request asks). The load side (wrk, the probe, the mock) shares
+--load-core. Prints absolute and added-over-direct tables and the ratios
 (loopgate vs LiteLLM, loopgate vs bare, capture on vs off); writes JSON and, with --plot, a PNG.
 
 Run: python -m benchmarks.overhead --plot docs/benchmarks.png
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +54,7 @@ from benchmarks.client_choice import (
     write_wrk_script,
 )
 from benchmarks.rawhttp import RawClient, build_request
+from store.numerics import describe_cpu
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "overhead.json"
 CHAT_PATH = "/v1/chat/completions"
@@ -59,6 +63,7 @@ TARGETS = {
     "bare": "bare Litestar pass-through",
     "loopgate": "loopgate (capture on)",
     "nocapture": "loopgate (capture off)",
+    "workers2": "loopgate, 2 workers (capture on)",
     "litellm": f"LiteLLM {litellm_env.LITELLM_VERSION}",
 }
 # The issue's targets for loopgate (capture on), checked against each run.
@@ -68,6 +73,10 @@ GOAL_RPS = 1000.0
 GOAL_RPS_VS_LITELLM = 15.0
 GOAL_ADDED_TTFC_MS = 2.0
 GOAL_CPU_MS_PER_STREAM = 3.0
+GOAL_CAPTURE_RPS = 0.95  # capture on vs off, req/s at the top concurrency
+GOAL_CAPTURE_P99 = 1.1  # capture on vs off, loaded p99
+GOAL_WORKERS_RPS = 1.6  # 2 workers vs 1, req/s
+GOAL_WORKERS_CPU = 1.1  # 2 workers vs 1, CPU per request
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class Options:
     streams: int
     chunks: int
     chunk_delay_ms: float
+    stream_gaps: tuple[float, ...]
     warmup_s: int
     load_core: int
     server_core: int
@@ -147,6 +157,7 @@ def loopgate_env(session: Session, port: int, capture: bool) -> dict[str, str]:
         LOOPGATE_LOG_LEVEL="warning",
         LOOPGATE_UPSTREAM_TRANSPORT="aiohttp",
         LOOPGATE_TRAINING_WORKER="false",
+        LOOPGATE_EVALS_WORKER="false",  # a child whose start-up would count as the proxy's CPU
     )
 
 
@@ -160,8 +171,10 @@ def target_launch(
     if target == "bare":
         argv = [sys.executable, "-m", "benchmarks.bare_passthrough", "--port", str(port)]
         return [*argv, "--upstream", upstream, "--transport", "aiohttp"], child_env(), "/health"
-    if target in ("loopgate", "nocapture"):
-        env = loopgate_env(session, port, capture=target == "loopgate")
+    if target in ("loopgate", "nocapture", "workers2"):
+        env = loopgate_env(session, port, capture=target != "nocapture")
+        if target == "workers2":
+            env["LOOPGATE_WORKERS"] = "2"
         return [sys.executable, "-m", "gateway.cli", "serve"], env, "/ready"
     assert session.litellm is not None
     config = litellm_env.write_config(session.workdir / "litellm.yaml", upstream)
@@ -174,7 +187,9 @@ def start_target(session: Session, target: str, port: int) -> int:
     if session.opts.profile is not None and argv[0] == sys.executable:
         prof = session.opts.profile / f"{target}.prof"
         argv = [sys.executable, "-m", "cProfile", "-o", str(prof), *argv[1:]]
-    pid = session.procs.start(target, argv, session.opts.server_core, env)
+    opts = session.opts
+    cores = f"{opts.load_core},{opts.server_core}" if target == "workers2" else opts.server_core
+    pid = session.procs.start(target, argv, cores, env)
     wait_ready(session.procs, target, port, ready)
     return pid
 
@@ -182,21 +197,25 @@ def start_target(session: Session, target: str, port: int) -> int:
 # --- requests -----------------------------------------------------------------------------
 
 
-def chat_body(stream: bool) -> bytes:
-    body = {
+def chat_body(stream: bool, gap_ms: float | None = None) -> bytes:
+    body: dict[str, object] = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 16,
         "stream": stream,
     }
+    if gap_ms is not None:  # the mock spaces this stream's chunks so (every proxy passes `user`)
+        body["user"] = f"gap-{gap_ms:g}"
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def chat_request(session: Session, target: str, port: int, stream: bool) -> bytes:
+def chat_request(
+    session: Session, target: str, port: int, stream: bool, gap_ms: float | None = None
+) -> bytes:
     headers = {"content-type": "application/json"}
     if session.keys.get(target):
         headers["authorization"] = f"Bearer {session.keys[target]}"
-    return build_request(port, "POST", CHAT_PATH, chat_body(stream), headers)
+    return build_request(port, "POST", CHAT_PATH, chat_body(stream, gap_ms), headers)
 
 
 @dataclass(frozen=True)
@@ -304,19 +323,23 @@ def throughput(
 
 
 def streams(session: Session, target: str, port: int, pid: int) -> dict[str, Any]:
-    raw = chat_request(session, target, port, stream=True)
-    traces = []
-    cpu0 = tree_cpu_seconds(pid)
-    with RawClient(port, timeout_s=30.0) as client:
-        for _ in range(session.opts.streams):
-            traces.append(traced_stream(client, raw))
-    cpu = tree_cpu_seconds(pid) - cpu0
-    return {
-        "ttfc_s": [t.first_s for t in traces],
-        "total_s": [t.total_s for t in traces],
-        "gaps_s": [g for t in traces for g in t.gaps_s],
-        "cpu_ms_per_stream": cpu / len(traces) * 1e3,
-    }
+    """Sequential streams at each chunk gap: first chunk, gaps, the proxy's CPU per stream."""
+    by_gap: dict[str, dict[str, Any]] = {}
+    for gap in session.opts.stream_gaps:
+        raw = chat_request(session, target, port, stream=True, gap_ms=gap)
+        traces = []
+        cpu0 = tree_cpu_seconds(pid)
+        with RawClient(port, timeout_s=30.0) as client:
+            for _ in range(session.opts.streams):
+                traces.append(traced_stream(client, raw))
+        cpu = tree_cpu_seconds(pid) - cpu0
+        by_gap[f"{gap:g}"] = {
+            "ttfc_s": [t.first_s for t in traces],
+            "total_s": [t.total_s for t in traces],
+            "gaps_s": [g for t in traces for g in t.gaps_s],
+            "cpu_ms_per_stream": cpu / len(traces) * 1e3,
+        }
+    return by_gap
 
 
 def measure(session: Session, target: str) -> dict[str, Any]:
@@ -331,12 +354,12 @@ def measure(session: Session, target: str) -> dict[str, Any]:
         run_wrk(session, port, script, max(opts.concurrency), opts.warmup_s)
         lat = latencies(session, target, port, opts.requests)
         tput = {c: throughput(session, port, pid, script, c) for c in opts.concurrency}
-        stream = streams(session, target, port, pid)
+        by_gap = streams(session, target, port, pid)
     finally:
         session.procs.stop(target)
     if opts.profile is not None and (opts.profile / f"{target}.prof").exists():
         print_profile(opts.profile / f"{target}.prof")
-    return {"latency_s": lat, "throughput": tput, **stream}
+    return {"latency_s": lat, "throughput": tput, "streams": by_gap}
 
 
 def print_profile(path: Path, top: int = 30) -> None:
@@ -352,8 +375,6 @@ def print_profile(path: Path, top: int = 30) -> None:
 
 def summarize(rounds: list[dict[str, Any]], concurrency: Sequence[int]) -> dict[str, Any]:
     lat = [x for r in rounds for x in r["latency_s"]]
-    ttfc = [x for r in rounds for x in r["ttfc_s"]]
-    gaps = [x for r in rounds for x in r["gaps_s"]] or [0.0]
     top = max(concurrency)
     return {
         "lat_p50_ms": pct(lat, 50) * 1e3,
@@ -370,25 +391,44 @@ def summarize(rounds: list[dict[str, Any]], concurrency: Sequence[int]) -> dict[
             r["throughput"][top]["server_core_other"] for r in rounds
         ),
         "errors": sum(r["throughput"][c]["errors"] for r in rounds for c in concurrency),
+        "streams": {gap: _stream_summary(rounds, gap) for gap in rounds[0]["streams"]},
+        "samples": {"latency": len(lat), "rounds": len(rounds)},
+    }
+
+
+def _stream_summary(rounds: list[dict[str, Any]], gap: str) -> dict[str, Any]:
+    runs = [r["streams"][gap] for r in rounds]
+    ttfc = [x for s in runs for x in s["ttfc_s"]]
+    gaps = [x for s in runs for x in s["gaps_s"]] or [0.0]
+    return {
         "ttfc_p50_ms": pct(ttfc, 50) * 1e3,
         "ttfc_p99_ms": pct(ttfc, 99) * 1e3,
         "gap_p50_ms": pct(gaps, 50) * 1e3,
         "gap_p99_ms": pct(gaps, 99) * 1e3,
-        "stream_p50_ms": pct([x for r in rounds for x in r["total_s"]], 50) * 1e3,
-        "cpu_ms_per_stream": statistics.median(r["cpu_ms_per_stream"] for r in rounds),
-        "samples": {"latency": len(lat), "streams": len(ttfc), "rounds": len(rounds)},
+        "stream_p50_ms": pct([x for s in runs for x in s["total_s"]], 50) * 1e3,
+        "cpu_ms_per_stream": statistics.median(s["cpu_ms_per_stream"] for s in runs),
+        "cpu_ms_per_stream_spread": [
+            min(s["cpu_ms_per_stream"] for s in runs),
+            max(s["cpu_ms_per_stream"] for s in runs),
+        ],
+        "streams": len(ttfc),
     }
 
 
-def added_over(base: dict[str, Any], s: dict[str, Any]) -> dict[str, float]:
+def added_over(base: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """Cost over direct. CPU is the proxy's own (the mock runs on the other core)."""
     return {
         "lat_p50_ms": s["lat_p50_ms"] - base["lat_p50_ms"],
         "lat_p99_ms": s["lat_p99_ms"] - base["lat_p99_ms"],
-        "ttfc_p50_ms": s["ttfc_p50_ms"] - base["ttfc_p50_ms"],
-        "gap_p99_ms": s["gap_p99_ms"] - base["gap_p99_ms"],
         "cpu_us_per_req": s["cpu_us_per_req"],
-        "cpu_ms_per_stream": s["cpu_ms_per_stream"],
+        "streams": {
+            gap: {
+                "ttfc_p50_ms": st["ttfc_p50_ms"] - base["streams"][gap]["ttfc_p50_ms"],
+                "gap_p99_ms": st["gap_p99_ms"] - base["streams"][gap]["gap_p99_ms"],
+                "cpu_ms_per_stream": st["cpu_ms_per_stream"],
+            }
+            for gap, st in s["streams"].items()
+        },
     }
 
 
@@ -412,51 +452,79 @@ def _better(comparison: str, metric: str, a: float, b: float, higher_is_better: 
 
 
 def ratios(
-    summary: dict[str, dict[str, Any]], added: dict[str, dict[str, float]], top: int
+    summary: dict[str, dict[str, Any]], added: dict[str, dict[str, Any]], top: int
 ) -> list[Ratio]:
-    """loopgate vs LiteLLM, loopgate vs bare, capture on vs off: x > 1 means loopgate wins."""
+    """loopgate vs LiteLLM and bare, capture on vs off, 2 workers vs 1: x > 1, the first wins."""
     rows: list[Ratio] = []
     pairs = [
         ("loopgate vs LiteLLM", "loopgate", "litellm"),
         ("loopgate vs bare", "loopgate", "bare"),
         ("capture on vs off", "loopgate", "nocapture"),
+        ("2 workers vs 1", "workers2", "loopgate"),
     ]
     for comparison, a, b in pairs:
         if a not in summary or b not in summary:
             continue
+        sa, sb = summary[a], summary[b]
+        rows.append(_better(comparison, f"req/s c={top}", sa["rps"][top], sb["rps"][top], True))
         rows.append(
             _better(
-                comparison, f"req/s c={top}", summary[a]["rps"][top], summary[b]["rps"][top], True
+                comparison,
+                f"loaded p99 ms c={top}",
+                sa["loaded_p99_ms"][top],
+                sb["loaded_p99_ms"][top],
+                False,
             )
         )
-        if a in added and b in added:
+        if a not in added or b not in added:
+            continue
+        for metric, label in (("lat_p50_ms", "added p50 ms"), ("cpu_us_per_req", "cpu us/req")):
+            rows.append(_better(comparison, label, added[a][metric], added[b][metric], False))
+        for gap, st in added[a]["streams"].items():
+            other = added[b]["streams"][gap]
             for metric, label in (
-                ("lat_p50_ms", "added p50 ms"),
-                ("ttfc_p50_ms", "added ttfc p50 ms"),
-                ("cpu_us_per_req", "cpu us/req"),
-                ("cpu_ms_per_stream", "cpu ms/stream"),
+                ("ttfc_p50_ms", "added ttfc"),
+                ("cpu_ms_per_stream", "cpu/stream"),
             ):
-                rows.append(_better(comparison, label, added[a][metric], added[b][metric], False))
+                name = f"{label} gap {gap}"
+                rows.append(_better(comparison, name, st[metric], other[metric], False))
     return rows
 
 
 def goals(
-    summary: dict[str, dict[str, Any]], added: dict[str, dict[str, float]], top: int
+    summary: dict[str, dict[str, Any]], added: dict[str, dict[str, Any]], top: int
 ) -> list[dict[str, Any]]:
     """The issue's targets for loopgate with capture on: measured value and pass/miss."""
     if "loopgate" not in added:
         return []
     lg, a = summary["loopgate"], added["loopgate"]
-    rows = [
+    rows: list[tuple[str, float, float, str]] = [
         ("added p50 ms", a["lat_p50_ms"], GOAL_ADDED_P50_MS, "<="),
         ("cpu us/req", a["cpu_us_per_req"], GOAL_CPU_US_PER_REQ, "<="),
         (f"req/s c={top}", lg["rps"][top], GOAL_RPS, ">="),
-        ("added ttfc ms (64-chunk stream)", a["ttfc_p50_ms"], GOAL_ADDED_TTFC_MS, "<="),
-        ("cpu ms per stream", a["cpu_ms_per_stream"], GOAL_CPU_MS_PER_STREAM, "<="),
     ]
+    for gap, st in a["streams"].items():
+        rows.append((f"added ttfc ms, gap {gap} ms", st["ttfc_p50_ms"], GOAL_ADDED_TTFC_MS, "<="))
+        rows.append(
+            (f"cpu ms/stream, gap {gap} ms", st["cpu_ms_per_stream"], GOAL_CPU_MS_PER_STREAM, "<=")
+        )
     if "litellm" in summary:
         vs = lg["rps"][top] / summary["litellm"]["rps"][top]
         rows.append((f"req/s c={top} vs LiteLLM (x)", vs, GOAL_RPS_VS_LITELLM, ">="))
+    if "nocapture" in summary:
+        off = summary["nocapture"]
+        rows.append(
+            ("capture on/off req/s (x)", lg["rps"][top] / off["rps"][top], GOAL_CAPTURE_RPS, ">=")
+        )
+        p99 = lg["loaded_p99_ms"][top] / off["loaded_p99_ms"][top]
+        rows.append(("capture on/off loaded p99 (x)", p99, GOAL_CAPTURE_P99, "<="))
+    if "workers2" in summary:
+        two = summary["workers2"]
+        rows.append(
+            ("2 workers/1 req/s (x)", two["rps"][top] / lg["rps"][top], GOAL_WORKERS_RPS, ">=")
+        )
+        cpu = two["cpu_us_per_req"] / lg["cpu_us_per_req"]
+        rows.append(("2 workers/1 cpu per request (x)", cpu, GOAL_WORKERS_CPU, "<="))
     return [
         {
             "metric": m,
@@ -473,46 +541,53 @@ def goals(
 
 def print_tables(
     summary: dict[str, dict[str, Any]],
-    added: dict[str, dict[str, float]],
+    added: dict[str, dict[str, Any]],
     rows: list[Ratio],
     checks: list[dict[str, Any]],
     concurrency: Sequence[int],
 ) -> None:
     rps_head = "".join(f"{'req/s c=' + str(c):>12}" for c in concurrency)
-    print("\nAbsolute (p50/p99: sequential on one keep-alive connection; req/s: wrk closed loop)")
+    gaps = list(next(iter(summary.values()))["streams"])
+    gap_head = "".join(f"{'ttfc g' + g:>9}{'cpu/str g' + g:>12}" for g in gaps)
+    print("\nAbsolute (p50/p99: sequential on one keep-alive connection; req/s: wrk closed loop;")
+    print("ttfc and cpu/stream: sequential 64-chunk streams at each chunk gap g, in ms)")
     print(
-        f"{'target':<28}{'p50 ms':>8}{'p99 ms':>8}{rps_head}{'cpu us/req':>11}"
-        f"{'ttfc p50':>9}{'gap p99':>8}{'cpu ms/str':>11}{'other':>6}{'errors':>7}"
+        f"{'target':<32}{'p50 ms':>8}{'p99 ms':>8}{rps_head}{'cpu us/req':>11}"
+        f"{gap_head}{'other':>6}{'errors':>7}"
     )
     for name, s in summary.items():
         rps = "".join(f"{s['rps'][c]:>12.0f}" for c in concurrency)
+        per_gap = "".join(
+            f"{s['streams'][g]['ttfc_p50_ms']:>9.3f}{s['streams'][g]['cpu_ms_per_stream']:>12.2f}"
+            for g in gaps
+        )
         print(
-            f"{TARGETS[name]:<28}{s['lat_p50_ms']:>8.3f}{s['lat_p99_ms']:>8.3f}{rps}"
-            f"{s['cpu_us_per_req']:>11.0f}{s['ttfc_p50_ms']:>9.3f}{s['gap_p99_ms']:>8.3f}"
-            f"{s['cpu_ms_per_stream']:>11.2f}{s['server_core_other']:>6.0%}{s['errors']:>7}"
+            f"{TARGETS[name]:<32}{s['lat_p50_ms']:>8.3f}{s['lat_p99_ms']:>8.3f}{rps}"
+            f"{s['cpu_us_per_req']:>11.0f}{per_gap}{s['server_core_other']:>6.0%}{s['errors']:>7}"
         )
     if added:
         print("\nAdded over direct")
-        print(
-            f"{'target':<28}{'+p50 ms':>9}{'+p99 ms':>9}{'+ttfc ms':>9}{'+gap p99':>9}"
-            f"{'cpu us/req':>11}{'cpu ms/stream':>14}"
-        )
+        head = "".join(f"{'+ttfc g' + g:>10}{'+gap99 g' + g:>11}" for g in gaps)
+        print(f"{'target':<32}{'+p50 ms':>9}{'+p99 ms':>9}{'cpu us/req':>11}{head}")
         for name, a in added.items():
+            cols = "".join(
+                f"{a['streams'][g]['ttfc_p50_ms']:>10.3f}{a['streams'][g]['gap_p99_ms']:>11.3f}"
+                for g in gaps
+            )
             print(
-                f"{TARGETS[name]:<28}{a['lat_p50_ms']:>9.3f}{a['lat_p99_ms']:>9.3f}"
-                f"{a['ttfc_p50_ms']:>9.3f}{a['gap_p99_ms']:>9.3f}{a['cpu_us_per_req']:>11.0f}"
-                f"{a['cpu_ms_per_stream']:>14.2f}"
+                f"{TARGETS[name]:<32}{a['lat_p50_ms']:>9.3f}{a['lat_p99_ms']:>9.3f}"
+                f"{a['cpu_us_per_req']:>11.0f}{cols}"
             )
     if rows:
         print("\nRatios (x > 1: the first is better by that factor)")
-        print(f"{'comparison':<22}{'metric':<20}{'first':>11}{'second':>11}{'ratio':>9}")
+        print(f"{'comparison':<22}{'metric':<24}{'first':>11}{'second':>11}{'ratio':>9}")
         for r in rows:
-            print(f"{r.comparison:<22}{r.metric:<20}{r.a:>11.3f}{r.b:>11.3f}{r.value:>8.2f}x")
+            print(f"{r.comparison:<22}{r.metric:<24}{r.a:>11.3f}{r.b:>11.3f}{r.value:>8.2f}x")
     if checks:
         print("\nIssue targets (loopgate, capture on)")
         for c in checks:
             verdict = "met" if c["met"] else "MISSED"
-            print(f"  {c['metric']:<34}{c['measured']:>10.2f}  goal {c['goal']:<10}{verdict}")
+            print(f"  {c['metric']:<36}{c['measured']:>10.2f}  goal {c['goal']:<10}{verdict}")
 
 
 # --- plot ---------------------------------------------------------------------------------
@@ -530,16 +605,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     labels = [TARGETS[n] for n in names]
     conc = [int(c) for c in results["options"]["concurrency"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    metrics = [
-        ("lat_p50_ms", "latency p50"),
-        ("lat_p99_ms", "latency p99"),
-        ("ttfc_p50_ms", "first chunk p50"),
-        ("ttfc_p99_ms", "first chunk p99"),
+    gaps = list(summary[names[0]]["streams"])
+    metrics: list[tuple[Callable[[dict[str, Any]], float], str]] = [
+        (lambda s: float(s["lat_p50_ms"]), "latency p50"),
+        (lambda s: float(s["lat_p99_ms"]), "latency p99"),
     ]
+    for g in gaps:
+        metrics.append((_ttfc_of(g), f"first chunk p50, gap {g} ms"))
     width = 0.8 / len(metrics)
-    for i, (key, title) in enumerate(metrics):
+    for i, (value, title) in enumerate(metrics):
         xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
-        left.bar(xs, [summary[n][key] for n in names], width, label=title)
+        left.bar(xs, [value(summary[n]) for n in names], width, label=title)
     left.set_xticks(range(len(names)), labels, rotation=20, ha="right")
     left.set_ylabel("ms (log)")
     left.set_yscale("log")
@@ -552,17 +628,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.set_xticks(range(len(names)), labels, rotation=20, ha="right")
     right.set_ylabel("requests/s (log)")
     right.set_yscale("log")
-    right.set_title("Closed-loop throughput, one worker on one core")
+    right.set_title("Closed-loop throughput (one core; '2 workers': both)")
     right.legend(fontsize=8)
     env = results["environment"]
     fig.suptitle(
-        f"loopgate overhead benchmark, {results['date']}, {env['cpus_online']}x {env['cpu']}, "
+        f"loopgate overhead benchmark, {results['date']}, {env['cpus_online']}x {env['cpu']} "
+        f"({env.get('cpu_capability', '?')}), "
         f"load average {env['loadavg_before'][0]:.1f} at the start"
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _ttfc_of(gap: str) -> Callable[[dict[str, Any]], float]:
+    return lambda s: float(s["streams"][gap]["ttfc_p50_ms"])
 
 
 def _by_conc(values: dict[Any, float], c: int) -> float:
@@ -588,6 +669,7 @@ def environment(wrk: str, opts: Options) -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpu": model,
+        "cpu_capability": describe_cpu(),
         "cpus_online": os.cpu_count(),
         "load_core": opts.load_core,
         "server_core": opts.server_core,
@@ -615,9 +697,9 @@ def bench_session(opts: Options) -> Iterator[Session]:
             pid = procs.start("mock", mock_argv(port, opts), opts.load_core, child_env())
             wait_ready(procs, "mock", port, "/health")
             session = Session(opts, workdir, procs, wrk, port, pid, litellm=lite)
-            if {"loopgate", "nocapture"} & set(opts.targets):
+            if {"loopgate", "nocapture", "workers2"} & set(opts.targets):
                 key = provision_loopgate(workdir, port)
-                session.keys.update(loopgate=key, nocapture=key)
+                session.keys.update(loopgate=key, nocapture=key, workers2=key)
             session.keys["litellm"] = litellm_env.MASTER_KEY
             yield session
         finally:
@@ -642,9 +724,12 @@ def run(opts: Options) -> dict[str, Any]:
                     f"round {round_no + 1} {target}: "
                     f"p50 {statistics.median(result['latency_s']) * 1e3:.3f} ms, "
                     f"{top['rps']:.0f} req/s, {top['cpu_us_per_req']:.0f} us cpu/req, "
-                    f"ttfc p50 {statistics.median(result['ttfc_s']) * 1e3:.2f} ms, "
-                    f"{result['cpu_ms_per_stream']:.2f} ms cpu/stream, "
-                    f"core other {top['server_core_other']:.0%}"
+                    + "".join(
+                        f"gap {g}: ttfc p50 {statistics.median(st['ttfc_s']) * 1e3:.2f} ms, "
+                        f"{st['cpu_ms_per_stream']:.2f} ms cpu/stream; "
+                        for g, st in result["streams"].items()
+                    )
+                    + f"core other {top['server_core_other']:.0%}"
                     f"  [{time.monotonic() - started:.0f} s]",
                     flush=True,
                 )
@@ -675,8 +760,13 @@ def run(opts: Options) -> dict[str, Any]:
                 {
                     "throughput": r["throughput"],
                     "lat_p50_ms": pct(r["latency_s"], 50) * 1e3,
-                    "ttfc_p50_ms": pct(r["ttfc_s"], 50) * 1e3,
-                    "cpu_ms_per_stream": r["cpu_ms_per_stream"],
+                    "streams": {
+                        g: {
+                            "ttfc_p50_ms": pct(st["ttfc_s"], 50) * 1e3,
+                            "cpu_ms_per_stream": st["cpu_ms_per_stream"],
+                        }
+                        for g, st in r["streams"].items()
+                    },
                 }
                 for r in rounds
             ]
@@ -699,7 +789,12 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated wrk connections")
     p.add_argument("--streams", type=int, default=20, help="streams timed per round")
     p.add_argument("--chunks", type=int, default=64, help="content chunks per stream")
-    p.add_argument("--chunk-delay-ms", type=float, default=1.0, help="mock gap between chunks")
+    p.add_argument(
+        "--chunk-delay-ms", type=float, default=1.0, help="the mock's default gap between chunks"
+    )
+    p.add_argument(
+        "--stream-gaps", default="0,20", help="chunk gaps (ms) the timed streams are run at"
+    )
     p.add_argument("--warmup", type=int, default=2, help="wrk warm-up, seconds")
     p.add_argument("--load-core", type=int, default=0)
     p.add_argument("--server-core", type=int, default=1)
@@ -732,6 +827,7 @@ def parse_args(argv: list[str] | None) -> Options:
         a.streams,
         a.chunks,
         a.chunk_delay_ms,
+        tuple(float(g) for g in a.stream_gaps.split(",") if g.strip()),
         a.warmup,
         a.load_core,
         a.server_core,

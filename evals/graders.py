@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -44,6 +43,7 @@ from evals.checks import (
     RougeLCheck,
     check_schemas,
 )
+from evals.judging import Judge, JudgeError
 
 if TYPE_CHECKING:
     from rouge_score.rouge_scorer import RougeScorer
@@ -67,16 +67,8 @@ __all__ = [
 ]
 
 
-Judge = Callable[[str], Awaitable[str]]
-"""An OpenAI-compatible model behind a coroutine: prompt in, reply text out."""
-
-
 class GraderError(Exception):
     """A check cannot be graded as configured (e.g. a judge check without a judge)."""
-
-
-class JudgeError(Exception):
-    """The judge could not give a verdict (unreachable, refused, timed out, retries spent)."""
 
 
 class Grade(msgspec.Struct, frozen=True):

@@ -12,12 +12,19 @@ crashed run. Light on purpose (msgspec, httpx): the gateway decodes these types 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import httpx
 import msgspec
 
-from evals.graders import Judge, JudgeError
+Judge = Callable[[str], Awaitable[str]]
+"""An OpenAI-compatible model behind a coroutine: prompt in, reply text out."""
+
+
+class JudgeError(Exception):
+    """The judge could not give a verdict (unreachable, refused, timed out, retries spent)."""
+
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
 ATTEMPTS = 4

@@ -31,8 +31,6 @@ from store.records import ToolCall, ToolFunction
 
 log = logging.getLogger("loopgate.capture")
 
-DONE = b"data: [DONE]"
-
 
 class CaptureWriter:
     """Queues inserts and finals; one background task commits them in batches."""

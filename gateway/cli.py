@@ -20,6 +20,7 @@ import msgspec
 from gateway.cache_salt import secret_file
 from gateway.cli_adapters import add_adapter_commands
 from gateway.cli_finetuning import add_finetuning_commands
+from gateway.cli_judges import add_judge_commands
 from gateway.logs import configure_logging
 from gateway.tenancy import Admin
 from store import AliasTarget, Completion, Feedback, open_store
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_adapter_commands(sub)
     add_finetuning_commands(sub)
+    add_judge_commands(sub)
     _add_data_commands(sub)
     return p
 

@@ -18,7 +18,9 @@ from store.settings import Settings
 
 
 def add_adapter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ad = sub.add_parser("adapter", help="adapter versions and live swaps (via the admin API)")
+    ad = sub.add_parser(
+        "adapter", aliases=["adapters"], help="adapter versions and live swaps (via the admin API)"
+    )
     ad.add_argument("--url", default=None, help="gateway URL (default: http://HOST:PORT)")
     acts = ad.add_subparsers(required=True, metavar="ACTION")
     reg = acts.add_parser("register", help="upload a peft adapter folder as a new version")
@@ -60,6 +62,16 @@ def add_adapter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     rb.add_argument("alias")
     rb.add_argument("--reason", default=None)
     rb.set_defaults(func=_http_cmd(_adapter_rollback))
+    rt = acts.add_parser(
+        "retrain",
+        help="retrain an alias on its cleaned data (erased and opted-out data left out); the new "
+        "version goes through a rollout (prints the loop run)",
+    )
+    rt.add_argument("tenant")
+    rt.add_argument("alias")
+    rt.add_argument("--version", default=None, help="the version to replace (default: live)")
+    rt.add_argument("--reason", default=None)
+    rt.set_defaults(func=_http_cmd(_adapter_retrain))
 
 
 def _http_cmd(
@@ -144,3 +156,8 @@ def _adapter_rollback(client: httpx.Client, args: argparse.Namespace) -> httpx.R
     return client.post(
         f"/admin/tenants/{args.tenant}/aliases/{args.alias}/rollback", json={"reason": args.reason}
     )
+
+
+def _adapter_retrain(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    body = {"version": args.version, "reason": args.reason}
+    return client.post(f"/admin/tenants/{args.tenant}/aliases/{args.alias}/retrain", json=body)

@@ -45,7 +45,7 @@ from gateway.worker_placements import (
 )
 from replicas.base_model import ModelError, prepare_in_child, resolve_model
 from replicas.breaker import CircuitBreaker
-from replicas.pool import Backend, BackendPool, make_client
+from replicas.pool import Backend, BackendPool, DirectHTTP, make_clients
 from replicas.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
 from store import Store, open_store
 from store.errors import AuthenticationFailed, PermissionDenied
@@ -80,9 +80,12 @@ class Gateway:
         self.directory = Directory(self.store, settings.auth_cache_ttl_s)
         self.admin = Admin(self.store, settings.default_alias)
         self._transport = transport
-        self.client = self._make_client()
+        self.client, direct = self._make_clients()
         self.upstream = Upstream(
-            self.client, settings.upstream_first_token_timeout_s, settings.upstream_total_timeout_s
+            self.client,
+            settings.upstream_first_token_timeout_s,
+            settings.upstream_total_timeout_s,
+            direct=direct,
         )
         self.pool = BackendPool([])
         self.adapters = self._adapter_pool()
@@ -226,14 +229,14 @@ class Gateway:
             return None
         return Telemetry(self.metrics if self.settings.metrics_enabled else None, self.tracing)
 
-    def _make_client(self) -> httpx.AsyncClient:
+    def _make_clients(self) -> tuple[httpx.AsyncClient, DirectHTTP | None]:
         s = self.settings
         if self._transport is not None:  # tests: a fake network edge
             timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
-            return httpx.AsyncClient(transport=self._transport, timeout=timeout)
+            return httpx.AsyncClient(transport=self._transport, timeout=timeout), None
         # The embedded engine is reached over its Unix socket (replicas.supervisor).
         sock = engine_socket(s) if s.engine_mode == "embedded" else None
-        return make_client(
+        return make_clients(
             s.upstream_connect_timeout_s,
             s.upstream_read_timeout_s,
             s.upstream_transport,

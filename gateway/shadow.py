@@ -27,7 +27,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -44,8 +44,9 @@ from evals.checks import Check
 from evals.policy import PolicyIn
 from gateway.cache_salt import CacheSalts
 from gateway.canary import Canaries
-from gateway.capture import DONE, Exchange
+from gateway.capture import Exchange, redact_final
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, encode_for_engine
+from gateway.relay import RelayedStream, Tap
 from gateway.tenancy import Caller
 from gateway.upstream import Upstream
 from store import Alias, CaptureFinal, Shadow, ShadowPair, ShadowSummary, Store, Tenant
@@ -123,7 +124,10 @@ def _check_budget(share: float, max_inflight: int, per_minute: int) -> None:
 
 
 def answer_of(final: CaptureFinal) -> str:
-    """An answer as graded: its text, or its tool calls (JSON) when it has no text."""
+    """An answer as graded and kept: its text, or its tool calls (JSON) when it has no text;
+    PII-redacted when the tenant's captures are."""
+    if final.redact:
+        final = redact_final(final)
     return final.response or final.tool_calls or ""
 
 
@@ -164,12 +168,16 @@ class Sample:
     complete: bool = False  # the whole answer went out (a stream: up to its [DONE])
 
 
-async def _watched(events: AsyncIterator[bytes], sample: Sample) -> AsyncIterator[bytes]:
-    """A live stream passed through, noting whether it ended with `[DONE]`."""
-    async for chunk in events:
-        if DONE in chunk:
-            sample.complete = True
-        yield chunk
+class _Completed(Tap):
+    """Notes that a live stream reached its `[DONE]` (a tap on the relay: gateway.relay)."""
+
+    __slots__ = ("sample",)
+
+    def __init__(self, sample: Sample):
+        self.sample = sample
+
+    async def before_done(self) -> None:
+        self.sample.complete = True
 
 
 class Shadows:
@@ -223,9 +231,9 @@ class Shadows:
         if response.background is not None or not sampled(exchange.id, mirror.record.share):
             return
         sample = Sample(mirror, caller, req, kind, live_version, exchange, request_id)
-        if isinstance(response, Stream):
-            response.iterator = _watched(response.iterator, sample)  # type: ignore[arg-type]
-        else:
+        if isinstance(response, RelayedStream):
+            response.taps.append(_Completed(sample))
+        elif not isinstance(response, Stream):
             sample.complete = True
         response.background = BackgroundTask(self._after_response, sample)
 

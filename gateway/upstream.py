@@ -18,7 +18,7 @@ import anyio
 import httpx
 
 from gateway.relay import Outcome, Tap
-from replicas.pool import Backend
+from replicas.pool import Backend, DirectHTTP
 from store.errors import (
     EngineError,
     LoopgateError,
@@ -61,31 +61,45 @@ class Opened:
     """A stream the engine has started: its first events are in hand, the rest to come."""
 
     backend: Backend
-    resp: httpx.Response
+    resp: httpx.Response | aiohttp.ClientResponse
     read: Callable[[], Awaitable[bytes]]
     rewriter: SSEEvents
     first: bytes
     deadline: float
 
 
-def byte_source(resp: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+def byte_source(resp: httpx.Response | aiohttp.ClientResponse) -> Callable[[], Awaitable[bytes]]:
     """The stream's next bytes, whatever has arrived (b"" at its end).
 
-    Over the aiohttp transport (the default) this reads aiohttp's buffer directly: httpx's
-    layers around it (an async generator and an exception-mapping context per chunk, then
-    httpx's own) cost more than the relay's whole work per chunk. Its errors are aiohttp's;
-    `relay_error` maps both kinds. Any other transport (tests' fake engine, httpx's own) is
-    read through httpx.
+    On the direct path (DirectHTTP, the default) this is aiohttp's buffer: httpx's layers
+    around it (an async generator and an exception-mapping context per chunk, then httpx's
+    own) cost more than the relay's whole work per chunk. Its errors are aiohttp's;
+    `relay_error` maps both kinds. Any other client (tests' fake engine, httpx's own
+    transport) is read through httpx.
     """
-    aio = getattr(resp.stream, "_aiohttp_response", None)  # httpx-aiohttp 0.2's response stream
-    if isinstance(aio, aiohttp.ClientResponse):
-        return aio.content.readany
+    if isinstance(resp, aiohttp.ClientResponse):
+        return resp.content.readany
     chunks = resp.aiter_raw()
 
     async def read() -> bytes:
         return await anext(chunks, b"")
 
     return read
+
+
+async def _read_all(resp: httpx.Response | aiohttp.ClientResponse) -> bytes:
+    if isinstance(resp, aiohttp.ClientResponse):
+        return await resp.read()
+    return await resp.aread()
+
+
+async def _close_response(resp: httpx.Response | aiohttp.ClientResponse) -> None:
+    """Done with a response: a whole one's connection goes back to the pool; one cut short
+    is closed (vLLM then aborts the request)."""
+    if isinstance(resp, aiohttp.ClientResponse):
+        resp.release()
+    else:
+        await resp.aclose()
 
 
 def relay_error(exc: BaseException, backend: Backend) -> LoopgateError:
@@ -112,8 +126,10 @@ class Upstream:
         client: httpx.AsyncClient,
         first_token_timeout_s: float = 300.0,
         total_timeout_s: float = 1800.0,
+        direct: DirectHTTP | None = None,
     ):
         self.client = client
+        self.direct = direct  # aiohttp on the same session, for the serving path
         self.first_token_timeout_s = first_token_timeout_s
         self.total_timeout_s = total_timeout_s
 
@@ -124,12 +140,12 @@ class Upstream:
         backend.breaker.attempt()
         try:
             async with asyncio.timeout(self.total_timeout_s):
-                resp = await self.client.post(
-                    backend.url + path, content=body, headers=_headers(backend, request_id)
+                status, content = await self._post(
+                    backend.url + path, body, _headers(backend, request_id)
                 )
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
             backend.breaker.failed()
-            raise _transport_error(exc, backend) from None
+            raise relay_error(exc, backend) from None
         except TimeoutError:
             backend.breaker.failed()
             raise UpstreamTimeout(
@@ -140,10 +156,25 @@ class Upstream:
             raise
         finally:
             backend.inflight -= 1
-        _judge(backend, resp.status_code)
-        if resp.status_code >= 400:
-            raise EngineError(resp.status_code, resp.content)
-        return resp.content
+        _judge(backend, status)
+        if status >= 400:
+            raise EngineError(status, content)
+        return content
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.direct is not None:
+            async with await self.direct.send(url, body, headers) as resp:
+                return resp.status, await resp.read()
+        answer = await self.client.post(url, content=body, headers=headers)
+        return answer.status_code, answer.content
+
+    async def _send_stream(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> httpx.Response | aiohttp.ClientResponse:
+        if self.direct is not None:
+            return await self.direct.send(url, body, headers)
+        request = self.client.build_request("POST", url, content=body, headers=headers)
+        return await self.client.send(request, stream=True)
 
     async def open_stream(
         self,
@@ -156,20 +187,22 @@ class Upstream:
     ) -> Opened:
         """Send the request and wait for the stream's first event (within the first-token
         timeout). Nothing has reached the client yet, so any failure here may be retried."""
-        request = self.client.build_request(
-            "POST", backend.url + path, content=body, headers=_headers(backend, request_id)
-        )
         deadline = time.monotonic() + self.total_timeout_s
         backend.inflight += 1
         backend.breaker.attempt()
-        resp: httpx.Response | None = None
+        resp: httpx.Response | aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(self.first_token_timeout_s):
-                resp = await self.client.send(request, stream=True)
-                if resp.status_code >= 400:
-                    content = await resp.aread()
-                    _judge(backend, resp.status_code)
-                    raise EngineError(resp.status_code, content)
+                resp = await self._send_stream(
+                    backend.url + path, body, _headers(backend, request_id)
+                )
+                status = (
+                    resp.status if isinstance(resp, aiohttp.ClientResponse) else resp.status_code
+                )
+                if status >= 400:
+                    content = await _read_all(resp)
+                    _judge(backend, status)
+                    raise EngineError(status, content)
                 read = byte_source(resp)
                 rewriter = SSEEvents(engine_model, public_model)
                 first = b""
@@ -184,7 +217,7 @@ class Upstream:
             backend.inflight -= 1
             if resp is not None:
                 with anyio.CancelScope(shield=True):
-                    await resp.aclose()
+                    await _close_response(resp)
             if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
                 backend.breaker.failed()
                 raise relay_error(exc, backend) from None
@@ -275,7 +308,7 @@ async def _close(opened: Opened, taps: list[Tap], outcome: Outcome) -> None:
                 await tap.end(outcome)
             except Exception:
                 log.exception("a stream tap failed at the end of a stream")
-        await opened.resp.aclose()
+        await _close_response(opened.resp)
 
 
 def _seen(taps: list[Tap], events: bytes) -> bytes:

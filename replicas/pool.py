@@ -9,6 +9,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -78,22 +79,63 @@ class BackendPool:
                     await self._readiness.wait()
 
 
+class DirectHTTP:
+    """aiohttp used directly on the serving path, over the httpx client's own aiohttp session
+    (one connection pool). httpx's layers on top of aiohttp (request building, URL parsing,
+    cookies, response models, an exception-mapping context per chunk) cost about as much CPU
+    per request as the transport under them; everything that is not serving (adapter loads,
+    health checks, tests' fake engine) keeps using the httpx client."""
+
+    def __init__(self, transport: AiohttpTransport, timeout: httpx.Timeout):
+        self.transport = transport
+        # httpx-aiohttp's own mapping of httpx's timeouts: connect -> sock_connect, read ->
+        # sock_read (the longest gap between bytes), pool -> connect (waiting for a connection).
+        self.timeout = aiohttp.ClientTimeout(
+            sock_connect=timeout.connect, sock_read=timeout.read, connect=timeout.pool
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        """The transport's session (made on first use, inside the event loop)."""
+        if not isinstance(self.transport.client, aiohttp.ClientSession):
+            self.transport.client = self.transport.get_client()
+        return self.transport.client
+
+    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST a JSON body; the response with its headers read (the body is the caller's)."""
+        return await self.session().post(
+            url,
+            data=body,
+            headers={"content-type": "application/json", **headers},
+            timeout=self.timeout,
+            allow_redirects=False,
+            auto_decompress=False,
+            compress=False,
+        )
+
+
 def make_client(
     connect_timeout_s: float, read_timeout_s: float, transport: str, uds: str | None = None
 ) -> httpx.AsyncClient:
-    """The client toward the replicas; with `uds`, every request goes over that Unix socket
-    (the embedded engine's), whatever host its URL names."""
+    """The client toward the replicas (see `make_clients`)."""
+    return make_clients(connect_timeout_s, read_timeout_s, transport, uds)[0]
+
+
+def make_clients(
+    connect_timeout_s: float, read_timeout_s: float, transport: str, uds: str | None = None
+) -> tuple[httpx.AsyncClient, DirectHTTP | None]:
+    """The client toward the replicas and, over the aiohttp transport, the direct path on the
+    same session; with `uds`, every request goes over that Unix socket (the embedded engine's),
+    whatever host its URL names."""
     timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     if transport == "aiohttp":
         # Measured faster than httpx's own transport under concurrency (docs/benchmarks.md).
-        return httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False, uds=uds),
-            timeout=timeout,
-            trust_env=False,
-        )
-    return httpx.AsyncClient(
+        aio = AiohttpTransport(limits=limits, trust_env=False, uds=uds)
+        client = httpx.AsyncClient(transport=aio, timeout=timeout, trust_env=False)
+        return client, DirectHTTP(aio, timeout)
+    client = httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, trust_env=False, uds=uds),
         timeout=timeout,
         trust_env=False,
     )
+    return client, None

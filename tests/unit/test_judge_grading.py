@@ -15,9 +15,9 @@ from evals.calibration import Labeled, calibrate
 from evals.checks import JudgeCheck
 from evals.gate import check_judge
 from evals.graders import JudgeError, grade_async
-from evals.judging import JudgeClient, JudgeScores
-from tests.unit.console_client import sign_in
+from evals.judging import JudgeAsk, JudgeClient, JudgeScores
 from tests.unit.conftest import ADMIN, Env
+from tests.unit.console_client import sign_in
 from tests.unit.fake_engine import chat_body
 from tests.unit.test_adapters_api import upload
 
@@ -75,13 +75,7 @@ async def test_a_failing_judge_grades_the_check_as_an_error_never_raises() -> No
     grade = await grade_async(CHECK, "q", "a", None, judges.for_run("ten_1", None))
     assert grade.error and "answered 401" in grade.reason and len(sent) == 1
     with pytest.raises(JudgeError):  # the client itself raises; only the grader absorbs it
-        await scripted(failed(404, "no judge"))[0].ask("ten_1", _ask())
-
-
-def _ask() -> object:
-    from evals.judging import JudgeAsk
-
-    return JudgeAsk("prompt")
+        await scripted(failed(404, "no judge"))[0].ask("ten_1", JudgeAsk("prompt"))
 
 
 def test_the_gate_rule_on_judge_scores() -> None:

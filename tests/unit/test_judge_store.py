@@ -71,7 +71,7 @@ async def test_the_table_refuses_a_judge_that_is_neither_kind(url: str) -> None:
     await store.open()
     try:
         tenant = await store.create_tenant("ten_acme", "acme")
-        with pytest.raises(Exception, match="(?i)check|constraint"):
+        with pytest.raises(Exception, match=r"(?i)check|constraint"):
             await store.set_judge(judge(tenant.id, kind="external"))  # alias set, no base_url
     finally:
         await store.close()

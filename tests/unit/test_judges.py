@@ -205,3 +205,21 @@ def test_an_unreachable_or_slow_external_judge_is_a_gateway_error(
 ) -> None:
     put(env, {"base_url": "http://127.0.0.1:9/v1", "model": "judge-1", "timeout_s": 2})
     assert error_of(ask(env))[:2] == (502, "upstream_error")
+
+
+def test_the_cli_reads_the_key_from_the_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import _parser
+    from gateway.cli_judges import set_body
+
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    args = _parser().parse_args(
+        [
+            *("judge", "set", "acme", "--base-url", "https://j.test/v1", "--model", "m"),
+            *("--api-key-env", "JUDGE_KEY", "--requests-per-minute", "30"),
+        ]
+    )
+    body = set_body(args)
+    assert body["api_key"] == KEY and body["base_url"] == "https://j.test/v1"
+    assert body["limits"] == {"max_concurrent": 4, "requests_per_minute": 30}
+    alias = set_body(_parser().parse_args(["judge", "set", "acme", "--alias", "smollm2"]))
+    assert alias["alias"] == "smollm2" and "api_key" not in alias

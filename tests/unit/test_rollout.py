@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
 from gateway.app import create_app
 from gateway.canary import bucket, in_canary
 from gateway.sequential import fixed_sample_size
-from store import EvalRun
+from store import Dataset, EvalRun
 from store.records import ShadowPair
 from tests.unit.conftest import ADMIN, Env, make_settings
 from tests.unit.test_canary import chat, promote, upload
@@ -269,7 +270,7 @@ def test_canary_errors_roll_back_early_and_no_client_sees_one(env: Env, tmp_path
 
 
 def test_negative_feedback_on_the_canary_rolls_it_back(env: Env, tmp_path: Path) -> None:
-    v1, v2, rollout = to_canary(env, tmp_path)
+    _, v2, rollout = to_canary(env, tmp_path)
     served = traffic(env, 50, n=25)
     for version, completion in served:
         if version == v2:
@@ -322,8 +323,6 @@ def test_a_version_trained_on_erased_data_is_refused_and_a_withdrawal_stops_one(
 
 def lineage_version(env: Env, like: str, user: str) -> str:
     """A version (the files of `like`) trained on a snapshot of `user`'s captured traffic."""
-    from store import Dataset  # noqa: PLC0415 - only this helper builds records by hand
-
     store, tid = gw(env).store, tenant_id(env)
     resp = env.client.post(
         "/v1/chat/completions",
@@ -347,8 +346,6 @@ def lineage_version(env: Env, like: str, user: str) -> str:
     )
     call(env, store.add_dataset, dataset, [completion])
     base = call(env, store.get_adapter, like)
-    import msgspec  # noqa: PLC0415
-
     version = msgspec.structs.replace(
         base, id="av-" + secrets.token_hex(6), content_hash=secrets.token_hex(8),
         dataset_id=dataset.id, status="candidate",
