@@ -392,7 +392,15 @@ def loop_body(config: ScenarioConfig) -> dict[str, object]:
         "quantization": config.quantization,
     }
     hyper = {k: v for k, v in chosen.items() if v is not None}
-    body: dict[str, object] = {"alias": ALIAS, "suffix": "desk", "seed": config.seed}
+    # The loop's default end is a staged rollout (shadow, canary steps, then full), which
+    # advances on live traffic; this scenario sends its traffic before the loop and compares
+    # base and promoted right after it, so it asks for the direct promotion through the gate.
+    body: dict[str, object] = {
+        "alias": ALIAS,
+        "suffix": "desk",
+        "seed": config.seed,
+        "end": "promote",
+    }
     return {**body, "hyperparameters": hyper} if hyper else body
 
 

@@ -7,7 +7,7 @@ A judge is either one of the tenant's aliases or an external OpenAI-compatible e
   the key id `judge-<tenant id>`, whose limit set (the `limits` table, under that key id) is
   the only one that applies to it. Judge calls thus never spend the tenant's limits, nor can
   the tenant's users starve the judge; they run at the batch priority when the engine
-  schedules by priority, skip the alias's canary, and their captured rows are marked
+  schedules by priority, skip the alias's canary and shadow, and their captured rows are marked
   do-not-train (with `loopgate_judge` in their metadata), so no dataset build takes them.
 - An external judge's API key is sealed with Fernet (AES-128-CBC + HMAC-SHA256) under a key
   kept in `<data_dir>/judge_secret_key` (0600, created on first use; gateways sharing a store
@@ -186,10 +186,12 @@ class JudgeLimiter(Limiter):
 
 def judge_serving(serving: Serving, limiter: Limiter) -> Serving:
     """The tenant serving path itself (same pool, adapters, capture, salts), with the judge's
-    limiter and without canaries: a judge call is no sample of an alias's canary arm."""
+    limiter, without canaries nor shadows: a judge call is no sample of an alias's live
+    traffic (no canary arm counts it, no shadow candidate is asked to mirror it)."""
     twin = copy.copy(serving)
     twin.limits = limiter
     twin.canaries = None
+    twin.shadows = None
     return twin
 
 

@@ -88,7 +88,7 @@ def test_the_scenario_runs_on_the_products_defaults() -> None:
     """No recipe: the loop is started without hyperparameters and the stack's settings change
     nothing that is trained or served (every setting the demo sets is operational)."""
     body = loop_body(ScenarioConfig())
-    assert body == {"alias": "support", "suffix": "desk", "seed": 1}
+    assert body == {"alias": "support", "suffix": "desk", "seed": 1, "end": "promote"}
     operational = {
         "LOOPGATE_JOB_HEARTBEAT_S",
         "LOOPGATE_ENGINE_CPU_KVCACHE_GB",

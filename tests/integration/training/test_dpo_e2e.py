@@ -81,7 +81,7 @@ def test_a_dpo_job_raises_the_preferred_answer_s_rate_through_vllm(stack: Stack)
                     "beta": 0.1,
                     "n_epochs": 2,
                     "batch_size": 4,
-                    "learning_rate_multiplier": 5,
+                    "learning_rate_multiplier": 1,
                 }
             },
         },

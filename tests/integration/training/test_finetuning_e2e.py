@@ -96,7 +96,7 @@ def test_a_qlora_job_teaches_a_format_through_the_public_api(stack: Stack) -> No
         training_file=uploaded.id,
         suffix="tickets",
         seed=11,
-        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5, "batch_size": 4},
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 1, "batch_size": 4},
     )
     assert job.status == "queued"
     done = wait_for(client, job.id, {"succeeded", "failed", "cancelled"})
@@ -164,7 +164,7 @@ def test_a_gateway_restart_during_training_does_not_lose_the_job(stack: Stack) -
         training_file=uploaded.id,
         suffix="restart",
         seed=11,
-        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5, "batch_size": 4},
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 1, "batch_size": 4},
     )
     wait_for_event(client, job.id, "step ")
     stop_gateway(stack)  # SIGTERM: the worker stops at its next step and requeues the job

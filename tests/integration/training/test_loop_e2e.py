@@ -73,8 +73,9 @@ def test_the_loop_promotes_a_proven_winner_and_refuses_an_equal_one(stack: Stack
             "alias": ALIAS,
             "suffix": "desk",
             "dataset": {"eval_fraction": 0.25, "seed": 2},
-            "hyperparameters": {"n_epochs": 3, "learning_rate_multiplier": 5},
+            "hyperparameters": {"n_epochs": 3, "learning_rate_multiplier": 1},
             "seed": 3,
+            "end": "promote",  # straight onto the alias (the default end is a staged rollout)
         }
         run = run_loop(admin, body)
         steps = [s["message"] for s in run["steps"]]
@@ -102,7 +103,7 @@ def test_the_loop_promotes_a_proven_winner_and_refuses_an_equal_one(stack: Stack
         env = {**os.environ, "LOOPGATE_ADMIN_KEY": ADMIN_KEY}
         cli = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "loop", TENANT, "--alias", ALIAS,
-             "--epochs", "3", "--lr-multiplier", "5", "--url", stack.url],
+             "--epochs", "3", "--lr-multiplier", "1", "--url", stack.url],
             env=env, capture_output=True, text=True, timeout=1500, check=False,
         )  # fmt: skip
         print(f"first loop: {run['seconds']}\nsecond loop (CLI):\n{cli.stdout}")
