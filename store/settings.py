@@ -318,7 +318,9 @@ class Settings:
     upstream_transport: UpstreamTransport = field(
         default="aiohttp",
         metadata={
-            "help": "HTTP transport toward vLLM: aiohttp (httpx-aiohttp, measured faster) or httpx."
+            "help": "HTTP client toward vLLM: 'aiohttp' (serving requests and streams on aiohttp "
+            "directly, measured fastest; other calls through httpx on the same session) or "
+            "'httpx' (httpx's own transport for everything)."
         },
     )
     max_body_bytes: int = field(
