@@ -8,6 +8,7 @@ after its first byte ends with exactly one OpenAI-shaped error event (never a fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -258,8 +259,13 @@ class Upstream:
                         await tap.before_done()
                     outcome = "done"
                     yield events[at:]
-                    while await read():  # the chunked body's end: the connection is reused
-                        pass
+                    # The chunked body's end, so the connection is reused; the client has its
+                    # [DONE]: a failure now is nothing to tell it.
+                    with contextlib.suppress(
+                        httpx.TransportError, aiohttp.ClientError, TimeoutError
+                    ):
+                        while await read():
+                            pass
                     return
                 if events:
                     events = _seen(taps, events)
