@@ -44,7 +44,7 @@ class JudgeController(Controller):
     ) -> JudgeInfo:
         return await judges.info(await admin.tenant(tenant))
 
-    @delete("/", summary="Remove a tenant's LLM judge", responses=E(404))
+    @delete("/", summary="Remove a tenant's LLM judge", responses=E(404, 503))
     async def delete_judge(
         self, tenant: FromPath[str], admin: Injected[Admin], judges: Injected[Judges]
     ) -> None:

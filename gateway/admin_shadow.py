@@ -55,7 +55,7 @@ class ShadowController(Controller):
         """The active shadow (or none), its candidate's wins/losses/ties, every shadow."""
         return await shadows.report(await admin.tenant(tenant), alias)
 
-    @delete("/", status_code=200, summary="Stop the alias's shadow", responses=E(404))
+    @delete("/", status_code=200, summary="Stop the alias's shadow", responses=E(404, 503))
     async def stop(
         self,
         tenant: FromPath[str],

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.support.browser import headless_chromium
@@ -29,6 +30,25 @@ ACME = "/admin/tenants/acme"
 
 def wait_for(driver: Chrome, what: Callable[[Chrome], object], timeout_s: float = 20) -> None:
     WebDriverWait(driver, timeout_s, poll_frequency=0.05).until(what)
+
+
+def replaced(element: WebElement) -> Callable[[Chrome], bool]:
+    """The page holding `element` is gone. (Selenium's `staleness_of` knows only the stale
+    reference error; Chromium, asked about a node while the new page replaces the old, may
+    answer "Node with given id does not belong to the document" instead: the same fact.)"""
+
+    def gone(_: Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return gone
 
 
 def shot(driver: Chrome, name: str) -> None:
@@ -58,7 +78,7 @@ def promote(driver: Chrome, base: str, version: str, reason: str) -> str:
     driver.find_element(By.ID, "promote-reason-support").send_keys(reason)
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "promote-submit-support").click()
-    wait_for(driver, staleness_of(page))  # the answer to the form replaced the page
+    wait_for(driver, replaced(page))  # the answer to the form replaced the page
     return str(driver.find_element(By.TAG_NAME, "main").text)
 
 
