@@ -206,6 +206,9 @@ class _Body(msgspec.Struct):
 
 
 _chunk = msgspec.json.Decoder(_Chunk)
+# Blocks a stream keeps before parsing them (one decode each time): a long answer is held as
+# parsed text, not as its raw events.
+_PARSE_EVERY = 256
 _chunks = msgspec.json.Decoder(list[_Chunk])
 _body = msgspec.json.Decoder(_Body)
 _tool_calls = msgspec.json.Encoder()
@@ -348,6 +351,8 @@ class CaptureTap(Tap):
         if exchange.first_token is None and has_token(events):
             exchange.first_token = time.monotonic()
         exchange.blocks.append(events)
+        if len(exchange.blocks) >= _PARSE_EVERY:  # a long answer: parse as it goes, in batches
+            exchange.read_blocks()
         return events
 
     async def before_done(self) -> None:

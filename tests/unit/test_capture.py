@@ -3,12 +3,16 @@ streams cut short, OpenAI-shaped list/get/messages/update/delete, feedback, isol
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from gateway.capture import _PARSE_EVERY, CaptureTap, CaptureWriter, Exchange
+from store import Completion, open_store
 from tests.unit.conftest import Env
 
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Capital of France?"}]}
@@ -234,3 +238,38 @@ def test_in_progress_rows_of_a_dead_process_become_incomplete(tmp_path: Path, en
     with TestClient(create_app(make_settings(tmp_path), transport=engine.transport())):
         status = sqlite3.connect(db).execute("SELECT status FROM completions").fetchone()[0]
     assert status == "incomplete"
+
+
+def test_a_long_stream_is_parsed_as_it_goes_and_stored_whole(tmp_path: Path) -> None:
+    """A stream's tap keeps raw blocks only up to a batch, then parses them: a long answer is
+    not held as all its raw events, and the stored text is every token, in order."""
+
+    async def main() -> tuple[object, int]:
+        store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        await store.open()
+        tenant = await store.create_tenant("t-long", "long")
+        writer = CaptureWriter(store)
+        await writer.start()
+        record = Completion(
+            id="chatcmpl-long", tenant_id=tenant.id, key_id="k", kind="chat", alias="a",
+            adapter_version=None, backend="r0", stored=True, request="{}", response=None,
+            finish_reason=None, prompt_tokens=None, completion_tokens=None, latency_ms=None,
+            ttft_ms=None, status="in_progress", error=None, end_user=None, metadata={},
+            do_not_train=False, request_id="r", created_at=time.time(), completed_at=None,
+        )  # fmt: skip
+        await writer.begin(record)
+        exchange = Exchange(record.id, time.monotonic(), True, redact=False)
+        tap, most = CaptureTap(exchange, writer), 0
+        for i in range(3 * _PARSE_EVERY + 5):
+            tap.see(b'data: {"choices":[{"delta":{"content":"t%d "}}]}\n\n' % i)
+            most = max(most, len(exchange.blocks))
+        await tap.before_done()
+        await writer.stop()
+        row = await store.get_completion(tenant.id, record.id)
+        await store.close()
+        return row, most
+
+    row, most = asyncio.run(main())
+    assert most < _PARSE_EVERY
+    assert row is not None and row.status == "complete"  # type: ignore[attr-defined]
+    assert row.response == "".join(f"t{i} " for i in range(3 * _PARSE_EVERY + 5))  # type: ignore[attr-defined]
