@@ -49,8 +49,8 @@ def answer_by_model(adapter_answer: str) -> object:
     return handle
 
 
-def run_eval(env: Env, version: str) -> dict:
-    body = {"alias": "support", "candidate": version, "suite_jsonl": SUITE}
+def run_eval(env: Env, version: str, suite_jsonl: str = SUITE) -> dict:
+    body = {"alias": "support", "candidate": version, "suite_jsonl": suite_jsonl}
     resp = env.client.post("/admin/tenants/acme/evals", json=body, headers=ADMIN)
     assert resp.status_code == 202, resp.text
     run_id = resp.json()["id"]

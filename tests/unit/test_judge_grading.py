@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from tests.unit.conftest import ADMIN, Env
 from tests.unit.console_client import sign_in
 from tests.unit.fake_engine import chat_body
 from tests.unit.test_adapters_api import upload
+from tests.unit.test_evals_api import run_eval
 
 CHECK = JudgeCheck(rubric="Is the answer polite?", scale=10)
 
@@ -146,20 +146,6 @@ def suite(n: int, checks: list[dict[str, object]], reference: str | None = None)
             case["reference"] = reference if i % 2 == 0 else "something else entirely"
         lines.append(json.dumps(case))
     return "\n".join(lines)
-
-
-def run_eval(env: Env, version: str, suite_jsonl: str) -> dict[str, object]:
-    body = {"alias": "support", "candidate": version, "suite_jsonl": suite_jsonl}
-    resp = env.client.post("/admin/tenants/acme/evals", json=body, headers=ADMIN)
-    assert resp.status_code == 202, resp.text
-    run_id = resp.json()["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        run = env.client.get(f"/admin/tenants/acme/evals/{run_id}", headers=ADMIN).json()
-        if run["status"] in ("done", "failed"):
-            return dict(run)
-        time.sleep(0.05)
-    raise AssertionError(f"eval {run_id} did not finish")
 
 
 def setup(env: Env, tmp_path: Path, min_judge_score: float | None = None) -> str:
