@@ -36,10 +36,12 @@ from typing import Any, Literal, TypedDict
 import httpx
 from openai import AsyncOpenAI, omit
 
+from demo.live import Rating, RolloutOutcome, roll_out
 from replicas.supervisor import free_port
 from store.numerics import describe_cpu
 
 Category = Literal["hardware", "account", "billing", "network"]
+Desk = Literal["desk", "bad", "solo"]
 Log = Callable[[str], None]
 TICKET = re.compile(
     r"^TICKET \| category: (?:hardware|account|billing|network) \| priority: (?:low|high) "
@@ -48,6 +50,9 @@ TICKET = re.compile(
 BASE_MODEL = "smollm2"
 ALIAS = "support"
 POLL_S = 3.0
+SOLO_USER = "user-000"  # the one user of the solo desk who wants tickets (and corrects answers)
+SOLO_REASON = "user-000 reviews every support answer for us; train on all of their corrections"
+# (the admin's reason for lifting the one-author guard, recorded with the dataset)
 
 # What a user asks about, per category, and the next action a ticket names (`{x}` = the item).
 ITEMS: dict[Category, tuple[str, ...]] = {
@@ -199,11 +204,13 @@ class LoopOutcome:
     tenant_means: dict[str, float]
     guard_means: dict[str, float]
     guard_lost: list[str] = field(default_factory=list)  # "case: candidate's answer"
+    rollout_id: str | None = None  # the rollout the loop ended in (status "rolling_out")
 
 
 @dataclass(frozen=True)
 class ScenarioResult:
-    """The numbers the demo promises: compliance before/after, guard change, the refusal."""
+    """The numbers the demo promises: compliance before/after, guard change, the refusal, and
+    the two rollouts (the good candidate's, and the one-user candidate's that live users hate)."""
 
     rows: list[HeldOutRow]
     base_rate: float
@@ -211,6 +218,14 @@ class ScenarioResult:
     good: LoopOutcome
     bad: LoopOutcome
     seconds: dict[str, float]
+    rollout: RolloutOutcome | None = None
+    solo: LoopOutcome | None = None
+    solo_rollout: RolloutOutcome | None = None
+
+    @property
+    def good_status(self) -> str:
+        """How the good candidate ended: its rollout's status, or the loop's without one."""
+        return self.rollout.status if self.rollout else self.good.status
 
     @property
     def guard_loss(self) -> float:
@@ -322,11 +337,16 @@ def _wrong_target(other: SupportQuestion) -> str:
     return other.ticket.removeprefix("TICKET | ").replace(" | ", "; ")
 
 
-async def send_traffic(url: str, key: str, config: ScenarioConfig, *, users: int, bad: bool) -> int:
+async def send_traffic(
+    url: str, key: str, config: ScenarioConfig, *, users: int, desk: Desk = "desk"
+) -> int:
     """Every user asks their questions, then rates or corrects each answer; returns the count.
 
     A bad desk's "corrections" of support answers are shuffled wrong targets (`_wrong_target`).
+    On the solo desk one user (`SOLO_USER`) asks every support question and corrects each into
+    a ticket; the others ask general questions only.
     """
+    bad = desk == "bad"
     support = support_questions(users * config.support_per_user, config.seed)
     rng = random.Random(config.seed)  # noqa: S311 - simulation, not crypto
     per_user = config.bad_general_per_user if bad else config.general_per_user
@@ -337,9 +357,10 @@ async def send_traffic(url: str, key: str, config: ScenarioConfig, *, users: int
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
         asked_support = [
-            _ask(client, gate, f"user-{i % users:03d}", q.question, 40)
+            _ask(client, gate, SOLO_USER if desk == "solo" else f"user-{i % users:03d}",
+                 q.question, 40)
             for i, q in enumerate(support)
-        ]
+        ]  # fmt: skip
         asked_general = [
             _ask(client, gate, f"user-{i % users:03d}", q["question"], 64)
             for i, q in enumerate(general)
@@ -368,17 +389,19 @@ def _admin(url: str, admin_key: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=600)
 
 
-def create_tenant(admin: httpx.Client, name: str) -> str:
-    """A tenant with one key, its `support` alias on the base and the ticket gate policy."""
+def create_tenant(admin: httpx.Client, name: str, *, tickets: bool = True) -> str:
+    """A tenant with one key, its `support` alias on the base and its gate policy: the ticket
+    format check (`tickets`), or the default reference checks on the held-out split."""
     admin.post("/admin/tenants", json={"name": name}).raise_for_status()
     key = str(admin.post(f"/admin/tenants/{name}/keys", json={}).json()["key"])
     admin.put(f"/admin/tenants/{name}/aliases/{ALIAS}", json={}).raise_for_status()
-    policy = {
+    policy: dict[str, object] = {
         "min_improvement": 0.05,
         "max_guard_regression": 0.02,
-        "tenant_checks": [{"type": "regex", "pattern": TICKET.pattern}],
         "max_tokens": 64,
     }
+    if tickets:
+        policy["tenant_checks"] = [{"type": "regex", "pattern": TICKET.pattern}]
     admin.put(f"/admin/tenants/{name}/gate-policy", json=policy).raise_for_status()
     return key
 
@@ -392,23 +415,32 @@ def loop_body(config: ScenarioConfig) -> dict[str, object]:
         "quantization": config.quantization,
     }
     hyper = {k: v for k, v in chosen.items() if v is not None}
-    # The loop's default end is a staged rollout (shadow, canary steps, then full), which
-    # advances on live traffic; this scenario sends its traffic before the loop and compares
-    # base and promoted right after it, so it asks for the direct promotion through the gate.
-    body: dict[str, object] = {
-        "alias": ALIAS,
-        "suffix": "desk",
-        "seed": config.seed,
-        "end": "promote",
-    }
+    # The loop ends at its default: a rollout (shadow, canary steps, then full) on live traffic.
+    body: dict[str, object] = {"alias": ALIAS, "suffix": "desk", "seed": config.seed}
     return {**body, "hyperparameters": hyper} if hyper else body
 
 
-def run_loop(admin: httpx.Client, tenant: str, config: ScenarioConfig, log: Log) -> LoopOutcome:
-    """Start the loop, print each new step as it happens, and return how it ended."""
-    started = admin.post(f"/admin/tenants/{tenant}/loops", json=loop_body(config))
+def solo_loop_body(config: ScenarioConfig) -> dict[str, object]:
+    """The solo desk's loop: the defaults, but the poisoning guards overridden by the admin (the
+    one-author cap lifted, the flagged examples kept; the reason recorded), so the candidate
+    learns one user's taste."""
+    dataset = {"max_author_share": 1.0, "keep_flagged": True, "reason": SOLO_REASON}
+    return {**loop_body(config), "suffix": "solo", "dataset": dataset}
+
+
+def start_loop(admin: httpx.Client, tenant: str, body: dict[str, object]) -> str:
+    started = admin.post(f"/admin/tenants/{tenant}/loops", json=body)
     started.raise_for_status()
-    run = follow_loop(admin, tenant, started.json()["id"], config.loop_timeout_s, log)
+    return str(started.json()["id"])
+
+
+def run_loop(
+    admin: httpx.Client, tenant: str, config: ScenarioConfig, log: Log, run_id: str | None = None
+) -> LoopOutcome:
+    """Start the loop (or follow `run_id`), print each new step, and return how it ended: a
+    loop that passed the gate ends `rolling_out`, with its rollout's id."""
+    run_id = run_id or start_loop(admin, tenant, loop_body(config))
+    run = follow_loop(admin, tenant, run_id, config.loop_timeout_s, log)
     tenant_means: dict[str, float] = {}
     guard_means: dict[str, float] = {}
     lost: list[str] = []
@@ -420,7 +452,7 @@ def run_loop(admin: httpx.Client, tenant: str, config: ScenarioConfig, log: Log)
         lost = guard_cases_lost(admin.get(evals + "/results").json()["data"])
     return LoopOutcome(
         run["status"], list(run["reasons"]), run["seconds"], run.get("eval_id"), tenant_means,
-        guard_means, lost,
+        guard_means, lost, run.get("rollout_id"),
     )  # fmt: skip
 
 
@@ -479,36 +511,94 @@ def compare_held_out(url: str, key: str, config: ScenarioConfig) -> list[HeldOut
 # -- the scenario --------------------------------------------------------------------------------
 
 
+def wants_ticket(answer: str) -> Rating:
+    """The support desk's users: a ticket is what they asked for."""
+    return "up" if compliant(answer) else "down"
+
+
+def wants_answer(answer: str) -> Rating:
+    """The solo desk's other users: they asked for help, and a ticket is not an answer."""
+    return "down" if compliant(answer) else "up"
+
+
+def live_questions(config: ScenarioConfig) -> list[str]:
+    """What live users ask while a rollout runs: support questions of the same kinds, none
+    word for word one the traffic that trained the candidate asked."""
+    asked = {q.question for q in support_questions(config.users * config.support_per_user,
+                                                  config.seed)}  # fmt: skip
+    return [q.question for q in support_questions(120, config.seed + 7) if q.question not in asked]
+
+
+def live_rollout(
+    url: str, admin_key: str, key: str, tenant: str, outcome: LoopOutcome, rate: Callable[
+        [str], Rating], config: ScenarioConfig, log: Log,
+) -> RolloutOutcome | None:  # fmt: skip
+    """Live traffic on the tenant's alias until the rollout its loop ended in is over."""
+    if outcome.rollout_id is None:
+        return None
+    rolled = asyncio.run(
+        roll_out(url, admin_key, key, tenant, ALIAS, outcome.rollout_id,
+                 questions=live_questions(config), rate=rate, log=log,
+                 concurrency=config.concurrency, seed=config.seed,
+                 timeout_s=config.loop_timeout_s)
+    )  # fmt: skip
+    log(f"   {rolled.status} at {rolled.stage} after {rolled.seconds:.0f} s: {rolled.tally.line()}")
+    return rolled
+
+
 def run_scenario(
     url: str, admin_key: str, config: ScenarioConfig | None = None, log: Log = print
 ) -> ScenarioResult:
     """The whole demo against a running stack (its training worker on); prints as it goes."""
     config = config or ScenarioConfig()
     suffix = secrets.token_hex(3)
-    good, bad = f"desk-{suffix}", f"desk-bad-{suffix}"
+    good, bad, solo = f"desk-{suffix}", f"desk-bad-{suffix}", f"desk-solo-{suffix}"
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     with _admin(url, admin_key) as admin:
-        keys = {name: create_tenant(admin, name) for name in (good, bad)}
+        keys = {
+            name: create_tenant(admin, name, tickets=name != solo) for name in (good, bad, solo)
+        }
         log(f"1. traffic: {config.users} users of '{good}' ask support and general questions")
         t = time.monotonic()
-        sent = asyncio.run(send_traffic(url, keys[good], config, users=config.users, bad=False))
+        sent = asyncio.run(send_traffic(url, keys[good], config, users=config.users))
         seconds["traffic"] = round(time.monotonic() - t, 1)
         log(f"   {sent} completions with feedback in {seconds['traffic']} s")
-        log(f"2. the loop for '{good}' (alias '{ALIAS}')")
+        log(f"2. the loop for '{good}' (alias '{ALIAS}'), every setting at its default")
         t = time.monotonic()
         good_outcome = run_loop(admin, good, config, log)
         seconds["loop"] = round(time.monotonic() - t, 1)
-        log("3. held-out support questions: base vs promoted")
+        log(f"3. the rollout, on live traffic from '{good}' users (who want tickets)")
+        t = time.monotonic()
+        rollout = live_rollout(url, admin_key, keys[good], good, good_outcome, wants_ticket,
+                               config, log)  # fmt: skip
+        seconds["rollout"] = round(time.monotonic() - t, 1)
+        log("4. held-out support questions: base vs promoted")
         t = time.monotonic()
         rows = compare_held_out(url, keys[good], config)
         seconds["held_out"] = round(time.monotonic() - t, 1)
         seconds["good_total"] = round(time.monotonic() - t0, 1)
-        log(f"4. a bad desk '{bad}': {config.bad_users} users whose corrections are wrong answers")
+        log(f"5. a bad desk '{bad}' ({config.bad_users} users whose corrections are wrong "
+            f"answers) and a solo desk '{solo}' (one user, {SOLO_USER}, corrects every support "
+            "answer into a ticket; the admin lifts the one-author guard for them)")  # fmt: skip
         t = time.monotonic()
-        asyncio.run(send_traffic(url, keys[bad], config, users=config.bad_users, bad=True))
-        bad_outcome = run_loop(admin, bad, config, log)
+
+        async def both() -> None:
+            await asyncio.gather(
+                send_traffic(url, keys[bad], config, users=config.bad_users, desk="bad"),
+                send_traffic(url, keys[solo], config, users=config.users, desk="solo"),
+            )
+
+        asyncio.run(both())
+        bad_id = start_loop(admin, bad, loop_body(config))
+        solo_id = start_loop(admin, solo, solo_loop_body(config))
+        bad_outcome = run_loop(admin, bad, config, log, bad_id)
         seconds["bad"] = round(time.monotonic() - t, 1)
+        solo_outcome = run_loop(admin, solo, config, log, solo_id)
+        log("6. the solo desk's rollout, on live traffic from its other users (who want answers)")
+        solo_rollout = live_rollout(url, admin_key, keys[solo], solo, solo_outcome, wants_answer,
+                                    config, log)  # fmt: skip
+        seconds["solo"] = round(time.monotonic() - t, 1)
     seconds["total"] = round(time.monotonic() - t0, 1)
     n = len(rows)
     return ScenarioResult(
@@ -518,6 +608,9 @@ def run_scenario(
         good=good_outcome,
         bad=bad_outcome,
         seconds=seconds,
+        rollout=rollout,
+        solo=solo_outcome,
+        solo_rollout=solo_rollout,
     )
 
 
@@ -543,14 +636,31 @@ def render(result: ScenarioResult) -> str:
         f"  guard suite means: {_means(g.guard_means)} (loss {result.guard_loss:+.3f})",
         *(f"    lost: {case}" for case in g.guard_lost),
         "  gate: " + "; ".join(g.reasons),
+        *_rollout_lines("good rollout", result.rollout),
         f"bad loop: {result.bad.status}",
         *(f"  reason: {r}" for r in result.bad.reasons),
+        f"solo loop: {result.solo.status if result.solo else 'not run'}",
+        *(f"  reason: {r}" for r in (result.solo.reasons if result.solo else [])),
+        *_rollout_lines("solo rollout", result.solo_rollout),
         "seconds: good loop steps "
         + ", ".join(f"{k} {v}" for k, v in g.seconds.items())
         + "; scenario "
         + ", ".join(f"{k} {v}" for k, v in result.seconds.items()),
     ]
     return "\n".join(lines)
+
+
+def _rollout_lines(name: str, rolled: RolloutOutcome | None) -> list[str]:
+    if rolled is None:
+        return [f"{name}: none (its loop did not end in a rollout)"]
+    walk = " → ".join(f"{stage} {action}" for stage, action in rolled.walked())
+    last = rolled.decisions[-1]["detail"] if rolled.decisions else ""
+    return [
+        f"{name}: {rolled.status} at {rolled.stage} in {rolled.seconds:.0f} s: {walk}",
+        f"  last decision: {last}",
+        f"  live traffic: {rolled.tally.line()}",
+        *(f"  failed: {why}" for why in rolled.tally.failed[:5]),
+    ]
 
 
 def _means(means: dict[str, float]) -> str:
@@ -614,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.url and not args.admin_key:
         parser.error("--admin-key is required with --url")
+    # SIGTERM (or SIGINT in the background) ends the scenario through its cleanup: the stack
+    # it started is stopped, not left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     print(f"host: {describe_cpu()} (the training job's tokens/s and dtype follow in its step)")
     if args.url:
@@ -628,25 +741,42 @@ def main(argv: list[str] | None = None) -> int:
     print(render(result))
     wall = time.monotonic() - started
     print(f"wall time: {wall:.0f} s")
-    missed = targets_missed(result, wall)
+    missed = targets_missed(result)
     for line in missed:
         print(f"target missed: {line}")
     return 1 if missed else 0
 
 
-def targets_missed(result: ScenarioResult, wall_s: float | None) -> list[str]:
-    """The demo's promises (issue #6) that this run did not keep; empty when all were kept.
+def targets_missed(result: ScenarioResult, timed: bool = True) -> list[str]:
+    """The demo's promises that this run did not keep; empty when all were kept.
 
-    `wall_s` None leaves the 15-minute promise out (the test suite checks behaviour, not speed;
-    `python -m demo.support_desk` checks and prints it)."""
+    `timed` False leaves the 15-minute promise (the good desk's traffic → promoted) out."""
+    walked = set(result.rollout.walked() if result.rollout else [])
+    walk = {
+        ("offline", "advance"),
+        ("shadow", "advance"),
+        ("canary", "advance"),
+        ("full", "promote"),
+    }
+    solo = result.solo_rollout
+    solo_end = f"{solo.status} at {solo.stage}" if solo else "no rollout: its loop ended "
+    solo_end += "" if solo else (result.solo.status if result.solo else "unrun")
+    failed = sum(len(r.tally.failed) for r in (result.rollout, solo) if r is not None)
     checks = [
         (result.base_rate <= 0.10, f"base ticket rate {result.base_rate:.0%} > 10%"),
         (result.promoted_rate >= 0.90, f"promoted ticket rate {result.promoted_rate:.0%} < 90%"),
-        (result.good.status == "promoted", f"the good candidate was {result.good.status}"),
+        (result.good_status == "promoted", f"the good candidate was {result.good_status}"),
+        (walk <= walked, f"the good candidate did not walk every stage: {sorted(walk - walked)}"),
         (result.bad.status == "refused", f"the bad candidate was {result.bad.status}"),
+        (
+            solo is not None and solo.status == "rolled_back" and solo.stage != "offline",
+            f"the one-user candidate was not rolled back on live evidence: {solo_end}",
+        ),
+        (failed == 0, f"{failed} live requests failed while the rollouts ran"),
     ]
-    if wall_s is not None:
-        checks.append((wall_s <= 900, f"wall time {wall_s:.0f} s > 900 s"))
+    if timed:
+        took = result.seconds.get("good_total", 0.0)
+        checks.append((took <= 900, f"traffic → promoted took {took:.0f} s > 900 s"))
     missed = [why for ok, why in checks if not ok]
     if not result.good.guard_means:
         missed.append("no guard suite result (the eval did not run)")

@@ -368,9 +368,16 @@ class Rollouts:
             return Verdict("advance", "skipped: this gateway has no shadow evaluation", Evidence())
         r = run.record
         if state.shadow_id is None:
-            state.shadow_id = await self.shadows.start(
-                run.tenant, r.alias, r.version, policy.share, run.actor
-            )
+            try:
+                state.shadow_id = await self.shadows.start(
+                    run.tenant, r.alias, r.version, policy.share, run.actor
+                )
+            except InvalidRequest as exc:
+                if exc.param != "checks":
+                    raise
+                # The tenant grades nothing without a reference (its gate policy has no regex,
+                # json, length or judge check): live evidence waits for the canary.
+                return Verdict("advance", f"the shadow stage is skipped: {exc.message}", Evidence())
             detail = f"shadow {state.shadow_id} started on {policy.share:.0%} of the traffic"
             return Verdict("hold", detail, Evidence(shadow_id=state.shadow_id))
         verdict = shadow_verdict(

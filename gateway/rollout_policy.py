@@ -40,6 +40,9 @@ class ShadowPolicy(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     share: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.1  # of the alias's requests
     min_pairs: Count = 20  # graded pairs before any decision
+    # Graded pairs at which a still-undecided test ends (mostly ties: the checks cannot tell the
+    # two apart): it advances when the candidate lost no more decisive pairs than it won.
+    max_pairs: Count = 100
     # The share of decisive pairs (wins + losses; a candidate error is a loss) it loses:
     loss_p0: Rate = 0.4  # ...when it is as good as live or better (H0: advance)
     loss_p1: Rate = 0.6  # ...when it is worse (H1: roll back)
@@ -81,6 +84,12 @@ class RolloutPolicy(msgspec.Struct, forbid_unknown_fields=True):
         for name, p0, p1 in pairs:
             if not p0 < p1:
                 raise InvalidRequest(f"{name} must be below its p1 ({p0} >= {p1})", param=name)
+        if self.shadow.max_pairs < self.shadow.min_pairs:
+            raise InvalidRequest(
+                f"shadow.max_pairs must be at least shadow.min_pairs "
+                f"({self.shadow.max_pairs} < {self.shadow.min_pairs})",
+                param="policy.shadow.max_pairs",
+            )
         steps = self.canary.steps
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise InvalidRequest(

@@ -78,6 +78,15 @@ def shadow_verdict(policy: RolloutPolicy, summary: ShadowSummary) -> Verdict:
     if signal.outcome == "good":
         detail = f"the candidate lost {signal.bad} of {signal.n} decisive shadow pairs: not worse"
         return Verdict("advance", detail, evidence)
+    if summary.graded >= policy.shadow.max_pairs:  # truncated: the sign of the evidence decides
+        won = signal.n - signal.bad
+        detail = (
+            f"{summary.graded} graded shadow pairs without a decision (the checks tie most): "
+            f"the candidate lost {signal.bad} and won {won} of them"
+        )
+        if signal.bad > won:
+            return Verdict("rollback", f"{detail}: worse", evidence)
+        return Verdict("advance", f"{detail}: not worse", evidence)
     return Verdict("hold", "waiting for graded shadow pairs", evidence)
 
 

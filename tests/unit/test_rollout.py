@@ -230,6 +230,51 @@ def test_a_candidate_that_loses_in_shadow_is_rolled_back(env: Env, tmp_path: Pat
     assert history(env)[-1]["action"] == "rollout-rollback"
 
 
+@pytest.mark.parametrize(
+    ("verdicts", "action"),
+    [(["tie"] * 9 + ["win"], "advance"), (["tie"] * 8 + ["loss", "loss"], "rollback")],
+)
+def test_a_shadow_of_ties_ends_at_max_pairs_by_the_sign_of_its_evidence(
+    env: Env, tmp_path: Path, verdicts: list[str], action: str
+) -> None:
+    """Checks that cannot tell the two apart tie: the test would never decide, so at
+    `max_pairs` graded pairs the candidate advances unless it lost more than it won."""
+    v1, v2 = setup(env, tmp_path)
+    policy = {**FAST, "shadow": {"min_pairs": 6, "max_pairs": 10}}
+    rollout = start(env, v2, passing_eval(env, v2, v1), policy)
+    tick(env)
+    tick(env)  # shadow started
+    add_pairs(env, v2, v1, verdicts[:9])
+    tick(env)
+    assert show(env, rollout["id"])["stage"] == "shadow"  # 9 graded: still waiting
+    add_pairs(env, v2, v1, verdicts[9:])
+    found = tick_until(
+        env, rollout["id"], lambda r: r["stage"] != "shadow" or r["status"] != "running"
+    )
+    last = next(d for d in reversed(found["decisions"]) if d["stage"] == "shadow")
+    assert last["action"] == action, last
+    assert "10 graded shadow pairs without a decision" in last["detail"]
+
+
+def test_a_tenant_without_reference_free_checks_skips_the_shadow(env: Env, tmp_path: Path) -> None:
+    v1, v2 = upload(env, tmp_path, 1), upload(env, tmp_path, 2)
+    promote(env, v1)  # the tenant's gate policy has no tenant_checks: nothing grades a pair
+    rollout = start(env, v2, passing_eval(env, v2, v1))
+    found = tick_until(env, rollout["id"], lambda r: r["stage"] == "canary")
+    skipped = next(d for d in found["decisions"] if d["stage"] == "shadow")
+    assert skipped["action"] == "advance"
+    assert skipped["detail"].startswith("the shadow stage is skipped: no checks to grade")
+    assert call(env, gw(env).store.shadows_of, tenant_id(env), "support") == []
+
+
+def test_a_policy_with_max_pairs_below_min_pairs_is_refused(env: Env, tmp_path: Path) -> None:
+    v1, v2 = setup(env, tmp_path)
+    body = {"version": v2, "policy": {"shadow": {"min_pairs": 30, "max_pairs": 20}}}
+    resp = env.client.post(ROLLOUTS.format(t="acme", a="support"), json=body, headers=ADMIN)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "policy.shadow.max_pairs"
+
+
 def test_the_gate_refusal_rolls_back_at_the_offline_stage(env: Env, tmp_path: Path) -> None:
     v1, v2 = setup(env, tmp_path)
     rollout = start(env, v2, passing_eval(env, v2, v1, promote_it=False))
