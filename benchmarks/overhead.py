@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ GOAL_CPU_MS_PER_STREAM = 3.0
 GOAL_CAPTURE_RPS = 0.95  # capture on vs off, req/s at the top concurrency
 GOAL_CAPTURE_P99 = 1.1  # capture on vs off, loaded p99
 GOAL_WORKERS_RPS = 1.6  # 2 workers vs 1, req/s
+CONCURRENT_STREAMS = 32  # streams in flight at once, for the CPU per stream under load
 GOAL_WORKERS_CPU = 1.1  # 2 workers vs 1, CPU per request
 
 
@@ -323,7 +325,8 @@ def throughput(
 
 
 def streams(session: Session, target: str, port: int, pid: int) -> dict[str, Any]:
-    """Sequential streams at each chunk gap: first chunk, gaps, the proxy's CPU per stream."""
+    """Sequential streams at each chunk gap: first chunk, gaps, the proxy's CPU per stream; then
+    the CPU per stream with CONCURRENT_STREAMS in flight (as an engine streams a batch)."""
     by_gap: dict[str, dict[str, Any]] = {}
     for gap in session.opts.stream_gaps:
         raw = chat_request(session, target, port, stream=True, gap_ms=gap)
@@ -338,8 +341,24 @@ def streams(session: Session, target: str, port: int, pid: int) -> dict[str, Any
             "total_s": [t.total_s for t in traces],
             "gaps_s": [g for t in traces for g in t.gaps_s],
             "cpu_ms_per_stream": cpu / len(traces) * 1e3,
+            "cpu_ms_per_stream_concurrent": concurrent_stream_cpu(port, pid, raw),
         }
     return by_gap
+
+
+def concurrent_stream_cpu(port: int, pid: int, raw: bytes, per_client: int = 2) -> float:
+    """The proxy's CPU ms per stream with CONCURRENT_STREAMS streams in flight at once."""
+
+    def client_streams(_: int) -> int:
+        with RawClient(port, timeout_s=60.0) as client:
+            return sum(traced_stream(client, raw).done for _ in range(per_client))
+
+    cpu0 = tree_cpu_seconds(pid)
+    with ThreadPoolExecutor(CONCURRENT_STREAMS) as pool:
+        done = sum(pool.map(client_streams, range(CONCURRENT_STREAMS)))
+    if done != CONCURRENT_STREAMS * per_client:
+        raise RuntimeError(f"{CONCURRENT_STREAMS * per_client - done} concurrent streams broke")
+    return (tree_cpu_seconds(pid) - cpu0) / done * 1e3
 
 
 def measure(session: Session, target: str) -> dict[str, Any]:
@@ -407,6 +426,9 @@ def _stream_summary(rounds: list[dict[str, Any]], gap: str) -> dict[str, Any]:
         "gap_p99_ms": pct(gaps, 99) * 1e3,
         "stream_p50_ms": pct([x for s in runs for x in s["total_s"]], 50) * 1e3,
         "cpu_ms_per_stream": statistics.median(s["cpu_ms_per_stream"] for s in runs),
+        "cpu_ms_per_stream_concurrent": statistics.median(
+            s["cpu_ms_per_stream_concurrent"] for s in runs
+        ),
         "cpu_ms_per_stream_spread": [
             min(s["cpu_ms_per_stream"] for s in runs),
             max(s["cpu_ms_per_stream"] for s in runs),
@@ -426,6 +448,7 @@ def added_over(base: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
                 "ttfc_p50_ms": st["ttfc_p50_ms"] - base["streams"][gap]["ttfc_p50_ms"],
                 "gap_p99_ms": st["gap_p99_ms"] - base["streams"][gap]["gap_p99_ms"],
                 "cpu_ms_per_stream": st["cpu_ms_per_stream"],
+                "cpu_ms_per_stream_concurrent": st["cpu_ms_per_stream_concurrent"],
             }
             for gap, st in s["streams"].items()
         },
@@ -508,6 +531,10 @@ def goals(
         rows.append(
             (f"cpu ms/stream, gap {gap} ms", st["cpu_ms_per_stream"], GOAL_CPU_MS_PER_STREAM, "<=")
         )
+        rows.append((
+            f"cpu ms/stream, gap {gap} ms, {CONCURRENT_STREAMS} at once",
+            st["cpu_ms_per_stream_concurrent"], GOAL_CPU_MS_PER_STREAM, "<=",
+        ))  # fmt: skip
     if "litellm" in summary:
         vs = lg["rps"][top] / summary["litellm"]["rps"][top]
         rows.append((f"req/s c={top} vs LiteLLM (x)", vs, GOAL_RPS_VS_LITELLM, ">="))
@@ -726,7 +753,8 @@ def run(opts: Options) -> dict[str, Any]:
                     f"{top['rps']:.0f} req/s, {top['cpu_us_per_req']:.0f} us cpu/req, "
                     + "".join(
                         f"gap {g}: ttfc p50 {statistics.median(st['ttfc_s']) * 1e3:.2f} ms, "
-                        f"{st['cpu_ms_per_stream']:.2f} ms cpu/stream; "
+                        f"{st['cpu_ms_per_stream']:.2f} ms cpu/stream "
+                        f"({st['cpu_ms_per_stream_concurrent']:.2f} at c={CONCURRENT_STREAMS}); "
                         for g, st in result["streams"].items()
                     )
                     + f"core other {top['server_core_other']:.0%}"
@@ -764,6 +792,7 @@ def run(opts: Options) -> dict[str, Any]:
                         g: {
                             "ttfc_p50_ms": pct(st["ttfc_s"], 50) * 1e3,
                             "cpu_ms_per_stream": st["cpu_ms_per_stream"],
+                            "cpu_ms_per_stream_concurrent": st["cpu_ms_per_stream_concurrent"],
                         }
                         for g, st in r["streams"].items()
                     },

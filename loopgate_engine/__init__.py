@@ -11,7 +11,11 @@ from __future__ import annotations
 
 
 def register() -> None:
-    """The entry point vLLM calls (possibly several times per process: each fix is idempotent)."""
-    from loopgate_engine.lora_slots import apply
+    """The entry point vLLM calls (possibly several times per process: each fix is idempotent).
 
-    apply()
+    The dense LoRA ops (`lora_ops`: the speed) skip rows with no adapter by construction, so the
+    slot fix (`lora_slots`: the correctness) only acts where they could not be put in place."""
+    from loopgate_engine import lora_ops, lora_slots
+
+    lora_ops.apply()
+    lora_slots.apply()

@@ -1,4 +1,5 @@
-"""loopgate's vLLM plugin: base rows (LoRA slot -1) skip every slot in vLLM's torch LoRA ops.
+"""loopgate's vLLM plugin: base rows (LoRA slot -1) skip every slot in vLLM's torch LoRA ops, and
+the dense ops that replace them (`loopgate_engine.lora_ops`) compute what vLLM's compute.
 
 These check the ops themselves on small tensors; `tests/integration/serving/test_lora_isolation.py`
 checks a real engine, token for token."""
@@ -13,6 +14,7 @@ import pytest
 import torch
 from vllm.lora.ops.torch_ops import lora_ops
 
+from loopgate_engine import lora_ops as dense
 from loopgate_engine.lora_slots import skip_unassigned_rows, uses_last_slot_for_unassigned
 
 SLOTS, RANK, HIDDEN, OUT = 3, 4, 6, 5
@@ -67,9 +69,11 @@ from vllm.lora.punica_wrapper import punica_cpu
 loopgate_engine.register(); first = punica_cpu.bgmv_expand
 loopgate_engine.register()  # vLLM may call it again: no double wrap
 assert punica_cpu.bgmv_expand is first
+from loopgate_engine import lora_ops as dense
 for module in (torch_ops, lora_ops, punica_cpu):
     for name in lora_slots.OPS:
         assert getattr(getattr(module, name), lora_slots.FIXED, False), (module, name)
+        assert getattr(module, name) is dense.OPS[name], (module, name)
 assert not lora_slots.uses_last_slot_for_unassigned(punica_cpu.bgmv_shrink)
 print("patched")
 """
@@ -78,3 +82,85 @@ print("patched")
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("patched")
+
+
+# -- the dense ops: what vLLM's ops (with the slot fix) compute, on every layout vLLM passes ----
+
+
+def fixed(name: str) -> object:
+    return skip_unassigned_rows(getattr(lora_ops, name))
+
+
+@pytest.mark.parametrize("rows", [1, 5, 37])
+@pytest.mark.parametrize("four_d", [True, False])
+def test_dense_shrink_matches_vllms(rows: int, four_d: bool) -> None:
+    indices = torch.tensor([i % (SLOTS + 1) - 1 for i in range(rows)])  # -1 and every slot
+    x = stacked((rows, HIDDEN), 5)
+    a = stacked((SLOTS, 1, RANK, HIDDEN) if four_d else (SLOTS, RANK, HIDDEN), 6)
+    want, got = torch.zeros(rows, RANK + 1), torch.full((rows, RANK + 1), 7.0)
+    fixed("bgmv_shrink")(x, a, want, indices, 0.5)  # type: ignore[operator]
+    got[:, RANK:] = 0.0  # vLLM's op leaves the columns past the rank alone; so does ours
+    dense.bgmv_shrink(x, a, got, indices, 0.5)
+    torch.testing.assert_close(got[:, :RANK], want[:, :RANK], rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[indices < 0, :RANK], torch.zeros(int((indices < 0).sum()), RANK))
+
+
+@pytest.mark.parametrize("add", [True, False])
+@pytest.mark.parametrize("rows", [1, 5, 37])
+def test_dense_expands_match_vllms(add: bool, rows: int) -> None:
+    indices = torch.tensor([(i * 2) % (SLOTS + 1) - 1 for i in range(rows)])
+    x, b = stacked((rows, RANK), 7), stacked((SLOTS, 1, OUT, RANK), 8)
+    base_out = stacked((rows, OUT + 2), 9)
+    for name, extra in (("bgmv_expand", ()), ("bgmv_expand_slice", (1, OUT))):
+        want, got = base_out.clone(), base_out.clone()
+        fixed(name)(x, b, want, indices, *extra, add)  # type: ignore[operator]
+        dense.OPS[name](x, b, got, indices, *extra, add)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        if add:  # a base row is the base layer's output, bit for bit
+            assert torch.equal(got[indices < 0], base_out[indices < 0])
+
+
+def test_dense_ops_keep_vllms_dtypes_and_one_row_broadcast() -> None:
+    """bfloat16 weights and inputs with a float32 shrink buffer (vLLM's layout), and an expand
+    whose one-row result vLLM spreads over every output row."""
+    indices = torch.tensor([2, -1, 0, 1])
+    x = stacked((4, HIDDEN), 10).bfloat16()
+    a = stacked((SLOTS, 1, RANK, HIDDEN), 11).bfloat16()
+    want, got = torch.zeros(4, RANK), torch.zeros(4, RANK)
+    fixed("bgmv_shrink")(x, a, want, indices, 1.0)  # type: ignore[operator]
+    dense.bgmv_shrink(x, a, got, indices, 1.0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    b = stacked((SLOTS, 1, OUT, RANK), 12).bfloat16()
+    one, idx1 = stacked((1, RANK), 13), torch.tensor([1])
+    want_b, got_b = (
+        torch.zeros(3, OUT, dtype=torch.bfloat16),
+        torch.zeros(3, OUT, dtype=torch.bfloat16),
+    )
+    lora_ops.bgmv_expand(one, b, want_b, idx1, True)
+    dense.bgmv_expand(one, b, got_b, idx1, True)
+    assert got_b.dtype == torch.bfloat16
+    torch.testing.assert_close(got_b, want_b, rtol=1e-2, atol=1e-2)  # bfloat16's own rounding
+    assert torch.equal(got_b[0], got_b[2])  # the one row, spread
+
+
+def test_prefills_sgmv_ops_go_through_the_dense_ones_once_applied() -> None:
+    script = """
+import torch
+import loopgate_engine
+from vllm.lora.ops.torch_ops import lora_ops
+from loopgate_engine import lora_ops as dense
+real = dense.OPS["bgmv_shrink"]
+loopgate_engine.register()
+assert lora_ops.bgmv_shrink is real
+x, a, y = torch.ones(6, 4), torch.ones(2, 1, 3, 4), torch.zeros(6, 3)
+# two sequences of 3 tokens: the first on no adapter, the second on slot 1
+lora_ops.sgmv_shrink(x, a, y, torch.tensor([0, 3]), torch.tensor([3, 3]), torch.tensor([-1, 1]),
+                     2, 3, 6, 1.0)
+assert torch.equal(y[:3], torch.zeros(3, 3)) and torch.equal(y[3:], torch.full((3, 3), 4.0)), y
+print("dense")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("dense")
