@@ -389,19 +389,17 @@ def _admin(url: str, admin_key: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=600)
 
 
-def create_tenant(admin: httpx.Client, name: str, *, tickets: bool = True) -> str:
-    """A tenant with one key, its `support` alias on the base and its gate policy: the ticket
-    format check (`tickets`), or the default reference checks on the held-out split."""
+def create_tenant(admin: httpx.Client, name: str) -> str:
+    """A tenant with one key, its `support` alias on the base and the ticket gate policy."""
     admin.post("/admin/tenants", json={"name": name}).raise_for_status()
     key = str(admin.post(f"/admin/tenants/{name}/keys", json={}).json()["key"])
     admin.put(f"/admin/tenants/{name}/aliases/{ALIAS}", json={}).raise_for_status()
-    policy: dict[str, object] = {
+    policy = {
         "min_improvement": 0.05,
         "max_guard_regression": 0.02,
+        "tenant_checks": [{"type": "regex", "pattern": TICKET.pattern}],
         "max_tokens": 64,
     }
-    if tickets:
-        policy["tenant_checks"] = [{"type": "regex", "pattern": TICKET.pattern}]
     admin.put(f"/admin/tenants/{name}/gate-policy", json=policy).raise_for_status()
     return key
 
@@ -556,9 +554,7 @@ def run_scenario(
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     with _admin(url, admin_key) as admin:
-        keys = {
-            name: create_tenant(admin, name, tickets=name != solo) for name in (good, bad, solo)
-        }
+        keys = {name: create_tenant(admin, name) for name in (good, bad, solo)}
         log(f"1. traffic: {config.users} users of '{good}' ask support and general questions")
         t = time.monotonic()
         sent = asyncio.run(send_traffic(url, keys[good], config, users=config.users))
