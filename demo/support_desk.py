@@ -165,13 +165,17 @@ class ScenarioConfig:
         default=16, metadata={"help": "Held-out support questions in the printed comparison."}
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
+    live_concurrency: int = field(
+        default=32,
+        metadata={"help": "Live users' requests in flight while a rollout runs (of 400 users)."},
+    )
     seed: int = field(default=1, metadata={"help": "Seeds the questions, the split and training."})
     loop_timeout_s: float = field(
         default=3600.0, metadata={"help": "Give up on a loop that has not ended after this long."}
     )
 
     def __post_init__(self) -> None:
-        for name in ("users", "bad_users", "held_out", "concurrency"):
+        for name in ("users", "bad_users", "held_out", "concurrency", "live_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScenarioConfig.{name} must be at least 1")
         if self.epochs is not None and self.epochs < 1:
@@ -537,7 +541,7 @@ def live_rollout(
     rolled = asyncio.run(
         roll_out(url, admin_key, key, tenant, ALIAS, outcome.rollout_id,
                  questions=live_questions(config), rate=rate, log=log,
-                 concurrency=config.concurrency, seed=config.seed,
+                 concurrency=config.live_concurrency, seed=config.seed,
                  timeout_s=config.loop_timeout_s)
     )  # fmt: skip
     log(f"   {rolled.status} at {rolled.stage} after {rolled.seconds:.0f} s: {rolled.tally.line()}")

@@ -27,11 +27,10 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from loopgate_engine.lora_slots import FIXED, MODULES
+from loopgate_engine.lora_slots import FIXED, MODULES, replace_everywhere
 
 log = logging.getLogger("vllm.loopgate_engine")
 DENSE = "__loopgate_dense_lora_ops__"
@@ -124,12 +123,7 @@ def apply() -> bool:
         return False
     if getattr(ops.bgmv_shrink, DENSE, False):
         return True
-    originals: dict[str, Any] = {name: getattr(ops, name, None) for name in OPS}
-    for module_name in MODULES:
-        module = importlib.import_module(module_name)
-        for name, original in originals.items():
-            if original is not None and getattr(module, name, None) is original:
-                setattr(module, name, OPS[name])
+    replace_everywhere(lambda name, _: OPS[name])
     log.warning(
         "loopgate: vLLM's torch LoRA ops replaced by dense products (one per op, every slot at "
         "once; see loopgate_engine/lora_ops.py)"

@@ -75,6 +75,21 @@ def uses_last_slot_for_unassigned(shrink: Callable[..., Any]) -> bool:
     return bool(output.abs().sum() > 0)
 
 
+def replace_everywhere(
+    replacement: Callable[[str, Callable[..., Any]], Callable[..., Any]],
+) -> None:
+    """Put `replacement(name, op)` in place of each of OPS at every site that looks it up."""
+    ops = importlib.import_module(MODULES[0])
+    originals: dict[str, Callable[..., Any]] = {
+        name: getattr(ops, name) for name in OPS if getattr(ops, name, None) is not None
+    }
+    for module_name in MODULES:
+        module = importlib.import_module(module_name)
+        for name, original in originals.items():
+            if getattr(module, name, None) is original:
+                setattr(module, name, replacement(name, original))
+
+
 def apply() -> bool:
     """Patch the torch LoRA ops if they have the defect; True when they are (now) fixed."""
     try:
@@ -86,12 +101,7 @@ def apply() -> bool:
     if not uses_last_slot_for_unassigned(ops.bgmv_shrink):
         log.info("loopgate: vLLM's torch LoRA ops already skip unassigned rows; nothing patched")
         return False
-    originals = {name: getattr(ops, name) for name in OPS}
-    for module_name in MODULES:
-        module = importlib.import_module(module_name)
-        for name, original in originals.items():
-            if getattr(module, name, None) is original and original is not None:
-                setattr(module, name, skip_unassigned_rows(original))
+    replace_everywhere(lambda _, original: skip_unassigned_rows(original))
     log.warning(
         "loopgate: patched vLLM's torch LoRA ops so base-model rows skip LoRA slots "
         "(slot -1 selected the last adapter; see loopgate_engine/lora_slots.py)"
