@@ -27,7 +27,7 @@ Rating = Literal["up", "down"]
 Rate = Callable[[str], Rating]  # an answer to what its user thinks of it
 Log = Callable[[str], None]
 
-LIVE_USERS = 400
+LIVE_USERS = 2000
 MAX_TOKENS = 40
 POLL_S = 2.0
 HTTP_RETRY = (429, 503)

@@ -167,7 +167,7 @@ class ScenarioConfig:
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
     live_concurrency: int = field(
         default=32,
-        metadata={"help": "Live users' requests in flight while a rollout runs (of 400 users)."},
+        metadata={"help": "Live users' requests in flight while a rollout runs (of 2,000 users)."},
     )
     seed: int = field(default=1, metadata={"help": "Seeds the questions, the split and training."})
     loop_timeout_s: float = field(

@@ -268,7 +268,7 @@ def test_a_tenant_without_reference_free_checks_skips_the_shadow(env: Env, tmp_p
 
 
 def test_a_policy_with_max_pairs_below_min_pairs_is_refused(env: Env, tmp_path: Path) -> None:
-    v1, v2 = setup(env, tmp_path)
+    _, v2 = setup(env, tmp_path)
     body = {"version": v2, "policy": {"shadow": {"min_pairs": 30, "max_pairs": 20}}}
     resp = env.client.post(ROLLOUTS.format(t="acme", a="support"), json=body, headers=ADMIN)
     assert resp.status_code == 400, resp.text
