@@ -36,7 +36,7 @@ from typing import Any, Literal, TypedDict
 import httpx
 from openai import AsyncOpenAI, omit
 
-from demo.live import Rating, RolloutOutcome, roll_out
+from demo.live import Rate, Rating, RolloutOutcome, roll_out
 from replicas.supervisor import free_port
 from store.numerics import describe_cpu
 
@@ -532,8 +532,8 @@ def live_questions(config: ScenarioConfig) -> list[str]:
 
 
 def live_rollout(
-    url: str, admin_key: str, key: str, tenant: str, outcome: LoopOutcome, rate: Callable[
-        [str], Rating], config: ScenarioConfig, log: Log,
+    url: str, admin_key: str, key: str, tenant: str, outcome: LoopOutcome, rate: Rate,
+    config: ScenarioConfig, log: Log,
 ) -> RolloutOutcome | None:  # fmt: skip
     """Live traffic on the tenant's alias until the rollout its loop ended in is over."""
     if outcome.rollout_id is None:

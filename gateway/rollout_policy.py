@@ -40,8 +40,8 @@ class ShadowPolicy(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     share: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.1  # of the alias's requests
     min_pairs: Count = 20  # graded pairs before any decision
-    # Graded pairs at which a still-undecided test ends (mostly ties: the checks cannot tell the
-    # two apart): it advances when the candidate lost no more decisive pairs than it won.
+    # Graded pairs at which a still-undecided test ends (e.g. mostly ties: the checks cannot
+    # tell the two apart): it advances when the candidate lost no more pairs than it won.
     max_pairs: Count = 100
     # The share of decisive pairs (wins + losses; a candidate error is a loss) it loses:
     loss_p0: Rate = 0.4  # ...when it is as good as live or better (H0: advance)

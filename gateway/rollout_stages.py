@@ -81,7 +81,7 @@ def shadow_verdict(policy: RolloutPolicy, summary: ShadowSummary) -> Verdict:
     if summary.graded >= policy.shadow.max_pairs:  # truncated: the sign of the evidence decides
         won = signal.n - signal.bad
         detail = (
-            f"{summary.graded} graded shadow pairs without a decision (the checks tie most): "
+            f"{summary.graded} graded shadow pairs without a decision (max_pairs): "
             f"the candidate lost {signal.bad} and won {won} of them"
         )
         if signal.bad > won:
