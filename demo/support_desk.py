@@ -1,16 +1,22 @@
-"""The support-desk demo: simulated traffic and feedback → the adaptation loop → base vs promoted.
+"""The support-desk demo: simulated traffic and feedback → the adaptation loop → a staged rollout
+on live traffic → base vs promoted.
 
 A simulated tenant (a support desk whose users want every answer as a one-line ticket) sends
 traffic through the gateway with the official `openai` SDK; simulated end users rate the answers
 and correct the support ones into the ticket format; one admin call runs the loop (dataset →
-LoRA job → eval → gate → promote), every setting and hyperparameter at the product's default;
-the scenario then asks held-out support questions (not in the traffic) of the base and of the
-promoted alias, and prints both with their compliance rates. A second tenant whose
-"corrections" are answers to other questions (wrong targets) runs the same loop, and the gate
-must refuse its candidate.
+LoRA job → eval → gate → rollout), every setting, hyperparameter and rollout threshold at the
+product's default; live users then keep asking and rating (demo.live) while the promotion
+controller walks the candidate offline → shadow → canary steps → full on its own; the scenario
+asks held-out support questions (not in the traffic) of the base and of the promoted alias, and
+prints both with their compliance rates. A second tenant whose "corrections" are answers to
+other questions (wrong targets) runs the same loop, and the gate must refuse its candidate. A
+third ("solo") tenant's candidate learns one user's taste with the poisoning guards overridden:
+it passes offline and in the shadow, and its other users' feedback must roll it back at the
+canary with no client error.
 
-Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~10-15 minutes on
-a 2-core CPU) or `python -m demo.support_desk --url http://127.0.0.1:8000 --admin-key ...`.
+Run it with `python -m demo.support_desk` (starts its own stack in a temp dir, ~25 minutes on
+a 2-core CPU, the first desk promoted within 15) or `python -m demo.support_desk --url
+http://127.0.0.1:8000 --admin-key ...`.
 """
 
 from __future__ import annotations
