@@ -586,7 +586,7 @@ def run_scenario(
         seconds["good_total"] = round(time.monotonic() - t0, 1)
         log(f"5. a bad desk '{bad}' ({config.bad_users} users whose corrections are wrong "
             f"answers) and a solo desk '{solo}' (one user, {SOLO_USER}, corrects every support "
-            "answer into a ticket; the admin lifts the one-author guard for them)")  # fmt: skip
+            "answer into a ticket; the admin overrides the poisoning guards for them)")  # fmt: skip
         t = time.monotonic()
 
         async def both() -> None:
