@@ -24,13 +24,12 @@ kernels and never calls these.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 
 import torch
 
-from loopgate_engine.lora_slots import FIXED, MODULES, replace_everywhere
+from loopgate_engine.lora_slots import FIXED, replace_everywhere, torch_lora_ops
 
 log = logging.getLogger("vllm.loopgate_engine")
 DENSE = "__loopgate_dense_lora_ops__"
@@ -117,9 +116,8 @@ for _op in OPS.values():  # rows with no adapter skip every slot: lora_slots has
 
 def apply() -> bool:
     """Put the dense ops in place of vLLM's torch LoRA ops; True when they are (now) in place."""
-    try:
-        ops = importlib.import_module(MODULES[0])
-    except ImportError:  # a vLLM without torch LoRA ops: nothing to replace
+    ops = torch_lora_ops()
+    if ops is None:
         return False
     if getattr(ops.bgmv_shrink, DENSE, False):
         return True

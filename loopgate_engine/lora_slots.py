@@ -24,6 +24,7 @@ import functools
 import importlib
 import logging
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -90,11 +91,18 @@ def replace_everywhere(
                 setattr(module, name, replacement(name, original))
 
 
+def torch_lora_ops() -> ModuleType | None:
+    """vLLM's torch LoRA ops module, or None on a vLLM without it (nothing to patch there)."""
+    try:
+        return importlib.import_module(MODULES[0])
+    except ImportError:
+        return None
+
+
 def apply() -> bool:
     """Patch the torch LoRA ops if they have the defect; True when they are (now) fixed."""
-    try:
-        ops = importlib.import_module(MODULES[0])
-    except ImportError:  # a vLLM without torch LoRA ops: nothing to fix
+    ops = torch_lora_ops()
+    if ops is None:
         return False
     if getattr(ops.bgmv_shrink, FIXED, False):
         return True
