@@ -168,16 +168,27 @@ def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _listen(settings: Settings) -> socket.socket:
-    """The one listening socket every worker accepts on (bound here, before any worker)."""
+def _listen(settings: Settings) -> list[socket.socket]:
+    """One listening socket per worker, all on the gateway's port (bound here, before any worker).
+
+    SO_REUSEPORT: the kernel spreads new connections over the sockets by a hash of the client's
+    address and port. On one shared socket the worker that woke first took every connection a
+    burst of clients opened (measured: one worker at 0.97 of a core, the other at 0.01, 64
+    keep-alive connections). The parent keeps every socket, so a restarted worker accepts the
+    connections its socket queued while it was down.
+    """
     _check_port_free(settings)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    socks = []
+    for _ in range(settings.workers):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        socks.append(sock)
+    return socks
 
 
 def _check_port_free(settings: Settings) -> None:

@@ -1,8 +1,9 @@
-"""`loopgate serve --workers N`: N gateway processes on one listening socket, one control plane.
+"""`loopgate serve --workers N`: N gateway processes on one port, one control plane.
 
-The parent binds the port once, makes the shared counters (gateway.shared_counters), marks the
+The parent binds the port (a listening socket per worker, SO_REUSEPORT, so the kernel spreads
+connections over the workers), makes the shared counters (gateway.shared_counters), marks the
 captured rows an earlier run left open, and starts N workers (spawned, so no state is
-inherited) that all accept on that socket. Worker 0 is the primary: the gateway as one process
+inherited), each accepting on its own socket. Worker 0 is the primary: the gateway as one process
 runs it (engine supervisor, training and evals workers, background loops, every adapter load and
 unload), and it also listens on a private Unix socket in `<data_dir>/run`. Every other worker
 serves the serving routes itself (`served_locally`) and forwards everything else to the primary
@@ -99,8 +100,9 @@ def served_locally(path: str) -> bool:
 # --- the parent ------------------------------------------------------------------------------
 
 
-def serve(settings: Settings, sock: socket.socket) -> int:
-    """Run `settings.workers` workers on `sock` until SIGTERM/SIGINT; 0 when all drained."""
+def serve(settings: Settings, socks: list[socket.socket]) -> int:
+    """Run `settings.workers` workers, worker i on `socks[i]`, until SIGTERM/SIGINT; 0 when all
+    drained."""
     run = settings.data_dir.resolve() / "run"
     run.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
@@ -113,7 +115,7 @@ def serve(settings: Settings, sock: socket.socket) -> int:
         _internal_socket(run, pid),
     )
     asyncio.run(_mark_lost(settings))
-    pool = WorkerPool(settings, sock, role, counters)
+    pool = WorkerPool(settings, socks, role, counters)
     try:
         return pool.run()
     finally:
@@ -150,9 +152,13 @@ class WorkerPool:
     """The parent: starts the workers, replaces the ones that die, stops them all on a signal."""
 
     def __init__(
-        self, settings: Settings, sock: socket.socket, role: WorkerRole, counters: SharedCounters
+        self,
+        settings: Settings,
+        socks: list[socket.socket],
+        role: WorkerRole,
+        counters: SharedCounters,
     ):
-        self.settings, self.sock, self.role, self.counters = settings, sock, role, counters
+        self.settings, self.socks, self.role, self.counters = settings, socks, role, counters
         self.context = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess] = []
         self.started_at: list[float] = []
@@ -183,7 +189,9 @@ class WorkerPool:
             first_start=first,
         )
         proc = self.context.Process(
-            target=run_worker, args=(self.settings, role, self.sock), name=f"loopgate-{index}"
+            target=run_worker,
+            args=(self.settings, role, self.socks[index]),
+            name=f"loopgate-{index}",
         )
         proc.start()
         return proc
@@ -223,7 +231,7 @@ class WorkerPool:
 
 
 def run_worker(settings: Settings, role: WorkerRole, sock: socket.socket) -> None:
-    """A spawned worker's entry point: the gateway app on the shared socket."""
+    """A spawned worker's entry point: the gateway app on its listening socket."""
     signal.signal(signal.SIGTERM, _exit_before_serving)  # uvicorn's own handler replaces it
     configure_logging(settings.log_level, settings.log_format)
     from gateway.cli import on_uvloop

@@ -1,12 +1,14 @@
 """`loopgate serve --workers 2` as real processes against the mock engine: requests land on
-both workers, a concurrency limit holds across them, admin calls on the follower take effect,
-a killed worker is replaced, SIGTERM drains and exits 0."""
+both workers, a burst of connections is spread over them, a concurrency limit holds across
+them, admin calls on the follower take effect, a killed worker is replaced, SIGTERM drains and
+exits 0."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -86,6 +88,49 @@ def on_worker(stack: Stack, worker: str, method: str, path: str, **kw: object) -
 
 def test_requests_land_on_both_workers(stack: Stack) -> None:
     both_answer(stack)
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(stack: Stack) -> None:
+    # One socket per worker (SO_REUSEPORT): on one shared socket the worker that woke first
+    # accepted every connection of a burst (as a load generator or a client pool opens them),
+    # and the other sat idle.
+    busy = threading.Thread(target=lambda: asyncio.run(answered_by(stack, 16)))
+    busy.start()  # the burst comes while both workers relay streams, as under load
+    sent = _engine_requests(stack)
+    until_sync(lambda: _engine_requests(stack) >= sent + 16, "16 streams in flight", timeout_s=20)
+    answers = burst_of_connections(stack, 128)
+    busy.join(timeout=60)
+    counts = {worker: answers.count(worker) for worker in ("0", "1")}
+    assert sum(counts.values()) == 128, answers
+    assert min(counts.values()) >= 40, counts  # binomial(128, 1/2): below 40 once in ~10^5 runs
+
+
+def burst_of_connections(stack: Stack, count: int) -> list[str]:
+    """Open `count` connections at once (non-blocking connects), then ask each which worker
+    holds it (`GET /health`, `x-loopgate-worker`)."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+            sock.connect_ex((host, int(port)))
+        answers = []
+        for sock in socks:
+            sock.setblocking(True)
+            sock.settimeout(30)
+            sock.sendall(f"GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                part = sock.recv(65536)
+                assert part, f"connection closed after {head!r}"
+                head += part
+            lines = head.split(b"\r\n\r\n")[0].decode().lower().splitlines()
+            assert lines[0].startswith("http/1.1 200"), lines
+            answers += [line.split(":", 1)[1].strip() for line in lines if line.startswith(WORKER)]
+        return answers
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_max_concurrent_holds_across_workers(stack: Stack) -> None:
