@@ -20,7 +20,7 @@ from adapters.placement import AdapterPool, Lease
 from adapters.swap import Swapper
 from gateway.cache_salt import CacheSalts
 from gateway.canary import Assignment, Canaries, counts_against_canary
-from gateway.capture import CaptureTap, CaptureWriter, Exchange
+from gateway.capture import CaptureTap, CaptureWriter, Exchange, exchange_id
 from gateway.limits import Limiter, prompt_chars
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -251,7 +251,7 @@ class Serving:
         request_id: str,
     ) -> tuple[Response[bytes] | Stream, str | None]:
         """Serve on a lease: the response (streams started) and the stored completion's id."""
-        engine_id = secrets.token_hex(12)
+        engine_id = exchange_id()
         try:
             exchange = await self._begin(caller, req, kind, alias, lease, engine_id, request_id)
         except BaseException:

@@ -590,31 +590,28 @@ def _secrets(text: str) -> _Spans:
 # ------------------------------------------------------------------------------------- driver
 
 _Detector = Callable[[str], _Spans]
-_DETECTORS: tuple[tuple[PiiKind, _Detector], ...] = (
-    (PiiKind.SECRET, _secrets),
-    (PiiKind.CARD, _cards),
-    (PiiKind.IBAN, _ibans),
-    (PiiKind.EMAIL, _emails),
-    (PiiKind.IP, _ips),
-    (PiiKind.PHONE, _phones),
+# Each kind's detector and the fewest (ASCII) digits a match of it holds (EMAIL and SECRET need
+# none).
+_DETECTORS: tuple[tuple[PiiKind, _Detector, int], ...] = (
+    (PiiKind.SECRET, _secrets, 0),
+    (PiiKind.CARD, _cards, 13),
+    (PiiKind.IBAN, _ibans, 2),
+    (PiiKind.EMAIL, _emails, 0),
+    (PiiKind.IP, _ips, 1),
+    (PiiKind.PHONE, _phones, 7),
 )
-# The fewest (ASCII) digits a match of each kind holds; EMAIL and SECRET need none.
-_MIN_DIGITS: dict[PiiKind, int] = {
-    PiiKind.CARD: 13,
-    PiiKind.PHONE: 7,
-    PiiKind.IBAN: 2,
-    PiiKind.IP: 1,
-}
 
 
 def _applicable(text: str, kinds: frozenset[PiiKind]) -> Iterator[tuple[PiiKind, _Detector]]:
     digits = -1
-    for kind, detector in _DETECTORS:
-        if kind not in kinds:
+    every = kinds is ALL  # (an enum's hash is Python code: skip the lookups in the usual case)
+    for kind, detector, need in _DETECTORS:
+        if not every and kind not in kinds:
+            continue
+        if kind is PiiKind.SECRET and not _may_hold_secret(text):
             continue
         if kind is PiiKind.EMAIL and "@" not in text:
             continue
-        need = _MIN_DIGITS.get(kind, 0)
         if need:
             if digits < 0:
                 digits = sum(map(text.count, "0123456789"))
@@ -628,11 +625,20 @@ def _applicable(text: str, kinds: frozenset[PiiKind]) -> Iterator[tuple[PiiKind,
 # `A` of AKIA/ASIA/AIza, `J` of eyJ, `_` of ghp_/github_pat_). Bearer and Authorization are
 # checked on their own. Most prompts and answers hold none: they skip every detector.
 _MAY_MATCH_RE = re.compile(r"[-0-9@:=AJ_]", _A)
+_MAY_HOLD_SECRET_RE = re.compile(r"[-@:=AJ_]", _A)  # the same without the digits
 
 
 def _may_contain_pii(text: str) -> bool:
-    if _MAY_MATCH_RE.search(text) is not None:
-        return True
+    return _MAY_MATCH_RE.search(text) is not None or _names_a_credential(text)
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Whether a SECRET could match: a text whose only trigger character is a digit (a model name
+    such as `smollm2`) skips the secret detectors; the digit kinds have their own minimums."""
+    return _MAY_HOLD_SECRET_RE.search(text) is not None or _names_a_credential(text)
+
+
+def _names_a_credential(text: str) -> bool:
     lower = text.lower()
     return "bearer" in lower or "authorization" in lower
 

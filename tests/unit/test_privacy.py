@@ -109,9 +109,10 @@ def test_contains_pii_agrees_with_redact() -> None:
 
 
 def test_the_pre_checks_never_hide_a_detection() -> None:
-    """redact() skips every detector for text without any trigger character, and the digit
-    detectors for text with too few digits: run the detectors directly (past both checks) and
-    every text they find something in must pass them."""
+    """redact() skips every detector for text without any trigger character, the secret
+    detectors for text whose only trigger is a digit, and the digit detectors for text with too
+    few digits: run the detectors directly (past the checks) and every text they find something
+    in must pass them."""
     texts = [e.snippet for p in POSITIVES for e in p.values]
     texts += [p.text for p in POSITIVES] + [n.text for n in NEGATIVES]
     texts += [c for values in CANARIES.values() for c in values]
@@ -119,11 +120,13 @@ def test_the_pre_checks_never_hide_a_detection() -> None:
     detections = 0
     for text in texts:
         digits = sum(ch in string.digits for ch in text)
-        for kind, detect in privacy._DETECTORS:
+        for kind, detect, min_digits in privacy._DETECTORS:
             if any(end > start for start, end in detect(text)):
                 detections += 1
                 assert privacy._may_contain_pii(text), text
-                assert digits >= privacy._MIN_DIGITS.get(kind, 0), (kind, text)
+                assert digits >= min_digits, (kind, text)
+                if kind is PiiKind.SECRET:
+                    assert privacy._may_hold_secret(text), text
     assert detections >= len(POSITIVES)
 
 
@@ -132,6 +135,9 @@ def test_plain_prose_skips_the_detectors() -> None:
         assert not privacy._may_contain_pii(text)
     for text in ["x@y", "Bearer abc", "AUTHORIZATION", "eyJ", "ghp_", "sk-", "10.0.0.1"]:
         assert privacy._may_contain_pii(text)
+    for text in ["smollm2", "call 0800 1234 5678", "10.0.0.1"]:  # digits only: no secret
+        assert privacy._may_contain_pii(text)
+        assert not privacy._may_hold_secret(text)
 
 
 def test_redaction_is_idempotent_and_counts_its_placeholders() -> None:
