@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -65,8 +66,9 @@ class CaptureWriter:
 
     async def begin(self, record: Completion, render: Callable[[], str] | None = None) -> None:
         """Commit the write-ahead row (raises 503 if the store cannot take it). `render` makes
-        the stored request when it must be redacted first: it runs in a worker thread with its
-        batch, so redaction never holds the event loop (and every other stream) up."""
+        the stored request when it must be redacted first: the store runs it with its batch
+        where it writes (SQLite: its connection's thread, in the same hop as the writes), so
+        redaction never holds the event loop (and every other stream) up."""
         self._inserts.append((record, render))
         try:
             await self._committed()
@@ -104,11 +106,13 @@ class CaptureWriter:
         if not (inserts or finals):
             _resolve(waiters, None)
             return
+        rows = [record for record, _ in inserts]
+        renders = [render for _, render in inserts]
+        transform = None
+        if any(render is not None for render in renders) or any(f.redact for f in finals):
+            transform = functools.partial(_redacted, renders)  # run by the store, off the loop
         try:
-            rows = [record for record, _ in inserts]
-            if any(render is not None for _, render in inserts) or any(f.redact for f in finals):
-                rows, finals = await asyncio.to_thread(_redacted, inserts, finals)
-            await self.store.capture_batch(rows, finals)
+            await self.store.capture_batch(rows, finals, transform)
         except Exception as exc:
             self.errors += 1
             log.exception("capture batch of %d rows failed", len(inserts) + len(finals))
@@ -129,12 +133,13 @@ class CaptureWriter:
 
 
 def _redacted(
-    inserts: list[tuple[Completion, Callable[[], str] | None]], finals: list[CaptureFinal]
+    renders: list[Callable[[], str] | None], rows: list[Completion], finals: list[CaptureFinal]
 ) -> tuple[list[Completion], list[CaptureFinal]]:
-    """A batch as it is stored: requests rendered and answers redacted (in a worker thread)."""
+    """A batch as it is stored: requests rendered and answers redacted (where the store writes,
+    off the event loop)."""
     rows = [
-        record if render is None else msgspec.structs.replace(record, request=render())
-        for record, render in inserts
+        row if render is None else msgspec.structs.replace(row, request=render())
+        for row, render in zip(rows, renders, strict=True)
     ]
     return rows, [redact_final(f) if f.redact else f for f in finals]
 

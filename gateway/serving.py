@@ -453,8 +453,8 @@ def request_record(req: ChatCompletionRequest | CompletionRequest, redact_pii: b
         else req
     )
     data = msgspec.to_builtins(kept)
-    if redact_pii:
-        data = _redact_tree(data)
+    if redact_pii:  # all but the model: an alias of the tenant's own, which routed the request
+        data = {k: v if k == "model" else _redact_tree(v) for k, v in data.items()}
     return _encoder.encode(data).decode()
 
 

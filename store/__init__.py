@@ -32,6 +32,7 @@ from store.records import (
     CanaryStatus,
     CaptureFinal,
     CaptureStatus,
+    CaptureTransform,
     CaseSource,
     Charge,
     Completion,
@@ -101,6 +102,7 @@ __all__ = [
     "CanaryStatus",
     "CaptureFinal",
     "CaptureStatus",
+    "CaptureTransform",
     "CaseSource",
     "Charge",
     "Completion",
@@ -179,7 +181,10 @@ class Store(Protocol):
         self, tenant_id: str, *, store_default: bool, redact_pii: bool, retention_days: int | None
     ) -> None: ...
     async def capture_batch(
-        self, inserts: list[Completion], finals: list[CaptureFinal]
+        self,
+        inserts: list[Completion],
+        finals: list[CaptureFinal],
+        transform: CaptureTransform | None = None,
     ) -> None: ...
     async def mark_incomplete(self, before: float) -> int: ...
     async def get_completion(self, tenant_id: str, completion_id: str) -> Completion | None: ...

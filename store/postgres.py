@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, TypeAlias
@@ -32,6 +33,7 @@ from store.records import (
     AliasTarget,
     ApiKey,
     CaptureFinal,
+    CaptureTransform,
     Completion,
     CompletionQuery,
     Feedback,
@@ -372,7 +374,14 @@ class PostgresStore(
 
     # -- captured traffic -----------------------------------------------------------------------
 
-    async def capture_batch(self, inserts: list[Completion], finals: list[CaptureFinal]) -> None:
+    async def capture_batch(
+        self,
+        inserts: list[Completion],
+        finals: list[CaptureFinal],
+        transform: CaptureTransform | None = None,
+    ) -> None:
+        if transform is not None:  # redaction, in a worker thread
+            inserts, finals = await asyncio.to_thread(transform, inserts, finals)
         async with self.pool.acquire() as conn, conn.transaction():
             if inserts:
                 await conn.executemany(_INSERT, [rowmap.completion_params(c) for c in inserts])

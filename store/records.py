@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -174,10 +175,16 @@ class CaptureFinal(msgspec.Struct, frozen=True):
     completed_at: float
     backend: str | None = None  # set when a retry moved the request to another replica
     tool_calls: str | None = None  # JSON of the answer's tool calls (OpenAI's list), if any
-    # Response and tool-call arguments still to be PII-redacted: the capture writer does it in
-    # a worker thread before the row is written (never stored with this still true).
+    # Response and tool-call arguments still to be PII-redacted: the capture batch's transform
+    # does it off the event loop before the row is written (never stored with this still true).
     redact: bool = False
 
+
+# Makes a capture batch's rows as stored (PII redaction) from its rows as queued; the store runs
+# it where its writes run (off the event loop), just before writing them.
+CaptureTransform = Callable[
+    [list[Completion], list[CaptureFinal]], tuple[list[Completion], list[CaptureFinal]]
+]
 
 ResponseStatus = Literal["completed", "incomplete", "failed"]
 

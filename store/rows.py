@@ -169,7 +169,7 @@ def completion_params(c: Completion) -> tuple[object, ...]:
         c.request,
         c.status,
         c.end_user,
-        json.dumps(c.metadata),
+        json.dumps(c.metadata) if c.metadata else "{}",
         c.request_id,
         c.created_at,
         c.tool_calls,

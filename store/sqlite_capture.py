@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 import aiosqlite
 
 from store import rows as rowmap
-from store.records import CaptureFinal, Completion, CompletionQuery, Feedback
+from store.records import CaptureFinal, CaptureTransform, Completion, CompletionQuery, Feedback
 from store.sqlite_busy import when_fresh
 
 _INSERT = (
@@ -58,16 +58,29 @@ class CaptureMixin(SQLiteMixin):
             (int(store_default), int(redact_pii), retention_days, tenant_id),
         )
 
-    async def capture_batch(self, inserts: list[Completion], finals: list[CaptureFinal]) -> None:
-        """One transaction, one hop to the connection's thread (this is the hot write path)."""
-        rows = [rowmap.completion_params(c) for c in inserts]
-        updates = [rowmap.final_params(f) for f in finals]
+    async def capture_batch(
+        self,
+        inserts: list[Completion],
+        finals: list[CaptureFinal],
+        transform: CaptureTransform | None = None,
+    ) -> None:
+        """One transaction, one hop to the connection's thread (this is the hot write path):
+        `transform` (redaction), the rows' parameters and the writes all run there."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            rows, done = transform(inserts, finals) if transform else (inserts, finals)
+            _write_batch(
+                conn,
+                [rowmap.completion_params(c) for c in rows],
+                [rowmap.final_params(f) for f in done],
+            )
+
         async with self.tx_lock:
             # aiosqlite's _execute runs a callable on its connection thread: the whole batch
             # costs one thread round trip instead of four.
             # A refused BEGIN (a stale read snapshot, sqlite_busy) changed nothing: try again.
             await when_fresh(
-                lambda: self.db._execute(_write_batch, self.db._conn, rows, updates)  # type: ignore[no-untyped-call]
+                lambda: self.db._execute(write, self.db._conn)  # type: ignore[no-untyped-call]
             )
 
     async def mark_incomplete(self, before: float) -> int:
