@@ -19,7 +19,9 @@ class _Fields(msgspec.Struct):
 
     model: str = "mock"
     stream: bool = False
-    user: str = ""  # "gap-<ms>": this stream's gap between chunks (else the configured one)
+    # "gap-<ms>": this stream's gap between chunks (else the configured one); "step-<ms>": the
+    # same gap on the mock's shared step clock (see _StepClock)
+    user: str = ""
 
 
 _DECODE = msgspec.json.Decoder(_Fields)
@@ -143,23 +145,26 @@ class MockProtocol(asyncio.Protocol):
             self._send(_reply(200, body_pre + model + body_post), keep_alive)
             return
         event = _http_chunk(chunk_pre + model + chunk_post)
-        gap_s = _gap_of(fields.user, self.config.chunk_delay_s)
+        gap_s, stepped = _gap_of(fields.user, self.config.chunk_delay_s)
         if gap_s <= 0:
             payload = _STREAM_HEAD + event * self.config.chunks + _DONE + _LAST_CHUNK
             self._send(payload, keep_alive)
             return
-        stream = self._stream_slowly(event, keep_alive, gap_s)
+        stream = self._stream_slowly(event, keep_alive, gap_s, stepped)
         self.task = asyncio.get_running_loop().create_task(stream)
 
-    async def _stream_slowly(self, event: bytes, keep_alive: bool, gap_s: float) -> None:
-        """One chunk per write, `chunk_delay_s` apart, like an engine emitting tokens."""
+    async def _stream_slowly(
+        self, event: bytes, keep_alive: bool, gap_s: float, stepped: bool
+    ) -> None:
+        """One chunk per write, `gap_s` apart, like an engine emitting tokens (`stepped`: on the
+        shared step clock, so every stepped stream in flight writes in the same loop turn)."""
         transport = self.transport
         assert transport is not None
         transport.pause_reading()  # no pipelining while a stream is in flight
         try:
             transport.write(_STREAM_HEAD + event)
             for _ in range(self.config.chunks - 1):
-                await asyncio.sleep(gap_s)
+                await (_CLOCK.next_tick(gap_s) if stepped else asyncio.sleep(gap_s))
                 if transport.is_closing():
                     return
                 transport.write(event)
@@ -178,15 +183,43 @@ class MockProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def _gap_of(user: str, default_s: float) -> float:
-    """A request may ask for its own chunk gap (`"user": "gap-20"`: 20 ms), so one benchmark
-    run can time streams at several gaps through the same proxies."""
-    if user.startswith("gap-"):
-        try:
-            return max(0.0, float(user[4:]) / 1000.0)
-        except ValueError:
-            return default_s
-    return default_s
+def _gap_of(user: str, default_s: float) -> tuple[float, bool]:
+    """A request may ask for its own chunk gap (`"user": "gap-20"`: 20 ms; `"step-20"`: 20 ms
+    on the shared step clock), so one benchmark run can time streams several ways through the
+    same proxies. Returns the gap in seconds and whether it is stepped."""
+    for prefix, stepped in (("gap-", False), ("step-", True)):
+        if user.startswith(prefix):
+            try:
+                return max(0.0, float(user[len(prefix) :]) / 1000.0), stepped
+            except ValueError:
+                return default_s, False
+    return default_s, False
+
+
+class _StepClock:
+    """Ticks every `step_s` of the loop's clock, as an engine's decode steps do: a step makes one
+    token for every sequence in the batch, so an engine's streams get their chunks together,
+    not each on its own timer. Every stream waiting for a tick resumes in the same loop turn."""
+
+    def __init__(self) -> None:
+        self.ticks: dict[tuple[float, int], asyncio.Future[None]] = {}
+
+    def next_tick(self, step_s: float) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        key = (step_s, int(loop.time() / step_s) + 1)
+        tick = self.ticks.get(key)
+        if tick is None:
+            tick = self.ticks[key] = loop.create_future()
+            loop.call_at(key[1] * step_s, self._fire, key)
+        return tick
+
+    def _fire(self, key: tuple[float, int]) -> None:
+        tick = self.ticks.pop(key)
+        if not tick.done():
+            tick.set_result(None)
+
+
+_CLOCK = _StepClock()
 
 
 async def serve(
