@@ -203,10 +203,14 @@ class _StepClock:
 
     def __init__(self) -> None:
         self.ticks: dict[tuple[float, int], asyncio.Future[None]] = {}
+        self.fired: dict[float, int] = {}  # the last tick fired, per step
 
     def next_tick(self, step_s: float) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
-        key = (step_s, int(loop.time() / step_s) + 1)
+        # A stream a tick resumed reads (about) that tick's time, and the division may round
+        # either way: never wait on a tick that has fired.
+        index = max(int(loop.time() / step_s) + 1, self.fired.get(step_s, 0) + 1)
+        key = (step_s, index)
         tick = self.ticks.get(key)
         if tick is None:
             tick = self.ticks[key] = loop.create_future()
@@ -214,6 +218,7 @@ class _StepClock:
         return tick
 
     def _fire(self, key: tuple[float, int]) -> None:
+        self.fired[key[0]] = max(self.fired.get(key[0], 0), key[1])
         tick = self.ticks.pop(key)
         if not tick.done():
             tick.set_result(None)

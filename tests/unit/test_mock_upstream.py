@@ -1,5 +1,5 @@
-"""The benchmark mock's step clock: streams on it get their chunks in the same loop turn, as an
-engine's decode step emits a token for every sequence of its batch."""
+"""The benchmark mock's step clock: streams on it wait on shared ticks, so their chunks go out
+together, as an engine's decode step emits a token for every sequence of its batch."""
 
 from __future__ import annotations
 
@@ -13,29 +13,30 @@ from benchmarks.mock_upstream import _gap_of, _StepClock
 STEP_S = 0.02
 
 
-def test_streams_on_the_step_clock_resume_together() -> None:
-    async def run() -> dict[int, list[float]]:
+def test_streams_on_the_step_clock_share_its_ticks() -> None:
+    async def run() -> dict[int, list[int]]:
         clock = _StepClock()
         loop = asyncio.get_running_loop()
-        woke: dict[int, list[float]] = {}
+        waited: dict[int, list[int]] = {}
 
         async def stream(n: int) -> None:
             await asyncio.sleep(0.003 * n)  # started at different times, like real requests
             for _ in range(5):
-                await clock.next_tick(STEP_S)
-                woke.setdefault(n, []).append(loop.time())
+                tick = clock.next_tick(STEP_S)
+                index = next(i for (_, i), t in clock.ticks.items() if t is tick)
+                await tick
+                assert loop.time() >= index * STEP_S - 0.001  # not before its tick (ms clock)
+                waited.setdefault(n, []).append(index)
 
         await asyncio.gather(*(stream(n) for n in range(4)))
         assert not clock.ticks  # every tick fired and was dropped
-        return woke
+        return waited
 
-    woke = uvloop.run(run())
-    ticks = sorted({t for times in woke.values() for t in times})
-    for times in woke.values():
-        assert all(t in ticks for t in times)
-        steps = [(b - a) / STEP_S for a, b in itertools.pairwise(times)]
-        assert all(0.5 < step < 1.5 for step in steps), times  # one step apart
-    assert len(ticks) <= 6  # 4 streams x 5 chunks fell on at most 6 distinct turns
+    waited = uvloop.run(run())
+    for ticks in waited.values():  # a new tick each chunk, never one that has fired
+        assert all(b > a for a, b in itertools.pairwise(ticks)), ticks
+    # Four streams started 3 ms apart wait on shared ticks, not on four timers of their own.
+    assert len({i for ticks in waited.values() for i in ticks}) < 4 * 5 / 2, waited
 
 
 def test_a_request_names_its_gap_and_whether_it_is_stepped() -> None:
