@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture import _PARSE_EVERY, CaptureTap, CaptureWriter, Exchange
+from gateway.capture import _PARSE_EVERY, CaptureTap, CaptureWriter, Exchange, exchange_id
 from store import Completion, open_store
 from tests.unit.conftest import Env
 
@@ -273,3 +273,15 @@ def test_a_long_stream_is_parsed_as_it_goes_and_stored_whole(tmp_path: Path) -> 
     assert most < _PARSE_EVERY
     assert row is not None and row.status == "complete"  # type: ignore[attr-defined]
     assert row.response == "".join(f"t{i} " for i in range(3 * _PARSE_EVERY + 5))  # type: ignore[attr-defined]
+
+
+def test_exchange_ids_grow_with_time_and_stay_unguessable() -> None:
+    # Ids that grow with time append to the completions table's key index (a random id dirtied
+    # a random page of it per captured row).
+    earlier = [exchange_id() for _ in range(50)]
+    time.sleep(0.002)
+    later = [exchange_id() for _ in range(50)]
+    assert max(earlier) < min(later)
+    assert len(set(earlier + later)) == 100
+    assert all(len(i) == 36 and int(i, 16) >= 0 for i in earlier + later)
+    assert len({i[12:] for i in earlier}) == 50  # the 96 random bits after the 48 of time
