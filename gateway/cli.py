@@ -251,9 +251,9 @@ def on_uvloop(main: Coroutine[object, object, None]) -> None:
 
 
 async def _serve(settings: Settings, banner: Callable[[], str] | None) -> None:
-    import uvicorn
+    from gateway.heap import Server
 
-    server = uvicorn.Server(server_config(settings))
+    server = Server(server_config(settings))
     # uvicorn drains on SIGTERM, then re-raises the signal once it has restored the previous
     # handler; a no-op handler makes a drained SIGTERM shutdown exit 0 instead of -15.
     signal.signal(signal.SIGTERM, lambda *_: None)

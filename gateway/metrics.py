@@ -28,6 +28,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -80,6 +81,7 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
+        GCCollector(registry=r)  # python_gc_*: collections by generation (see gateway.heap)
         self.requests = Counter(
             "loopgate_requests",
             "Completion requests answered, by outcome (status: 2xx, 4xx, 5xx or cancelled).",

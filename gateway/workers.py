@@ -246,10 +246,9 @@ def _exit_before_serving(*_: object) -> None:
 
 
 async def _serve_worker(settings: Settings, role: WorkerRole, sock: socket.socket) -> None:
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.cli import server_config
+    from gateway.heap import Server
 
     app = create_app(settings, role=role)
     gateway: Gateway = app.state["gateway"]
@@ -265,7 +264,7 @@ async def _serve_worker(settings: Settings, role: WorkerRole, sock: socket.socke
         wrapped = PrimaryRoutes(app, gateway, role.index)
     else:
         wrapped = ForwardToPrimary(app, primary_client(role.internal_socket), role.index)
-    server = uvicorn.Server(server_config(settings, wrapped))
+    server = Server(server_config(settings, wrapped))
     signal.signal(signal.SIGTERM, lambda *_: None)  # see gateway.cli._serve
     await server.serve(sockets=sockets)
 
