@@ -17,6 +17,7 @@ dumped after N and after 3N more requests, and the difference over 2N requests c
 and per-phase costs. Instruction counts do not depend on what else the machine is doing.
 
 Run: python -m benchmarks.capture_cost [--rounds 6] [--requests 2000] [--callgrind 100]
+     [--gap-ms 3]
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Options:
     server_core: int
     callgrind: int
     output: Path
+    gap_ms: float = 0.0
 
 
 @dataclass
@@ -174,13 +176,16 @@ def start_gateway(
 # --- the client --------------------------------------------------------------------------
 
 
-def chat_request(port: int, api_key: str, stream: bool) -> bytes:
+def chat_request(port: int, api_key: str, stream: bool, gap_ms: float = 0.0) -> bytes:
+    """A chat request; a stream with `gap_ms` > 0 gets its chunks that far apart (each read
+    and relayed on its own, as from an engine, instead of arriving together)."""
     body = json.dumps(
         {
             "model": "smollm2",
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 16,
             "stream": stream,
+            **({"user": f"gap-{gap_ms:g}"} if stream and gap_ms > 0 else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -261,7 +266,7 @@ def measure(bench: Bench, variant: str, round_no: int) -> dict[str, Phase]:
     pid = bench.procs.live[name].pid
     try:
         check_replies(port, bench.api_key, opts.chunks)
-        raws = {k: chat_request(port, bench.api_key, k == "stream") for k in KINDS}
+        raws = {k: chat_request(port, bench.api_key, k == "stream", opts.gap_ms) for k in KINDS}
         for kind in KINDS:
             phase(port, raws[kind], opts.warmup, opts.concurrency, pid)
         return {k: phase(port, raws[k], opts.requests, opts.concurrency, pid) for k in KINDS}
@@ -383,7 +388,7 @@ def instructions(bench: Bench, variant: str) -> dict[str, float]:
             [control, "-i", "on", str(pid)], capture_output=True, timeout=600, check=True
         )
         for kind in KINDS:
-            raw = chat_request(port, bench.api_key, kind == "stream")
+            raw = chat_request(port, bench.api_key, kind == "stream", bench.opts.gap_ms)
             uvloop.run(drive(port, raw, 20, 1))  # warm-up
             dump_counters(control, pid, outdir, seen)
             uvloop.run(drive(port, raw, n, 1))
@@ -427,8 +432,16 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument(
         "--callgrind", type=int, default=0, help="also count instructions over N and 3N requests"
     )
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="ms between a stream's chunks (0: they arrive together; > 0: each is relayed alone)",
+    )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     a = p.parse_args(argv)
+    if not (0 <= a.gap_ms <= 1000):
+        p.error("keep --gap-ms in 0..1000")
     if not (0 <= a.rounds <= 50 and 10 <= a.requests <= 100_000 and 0 <= a.callgrind <= 5000):
         p.error("keep --rounds in 0..50, --requests in 10..100000, --callgrind in 0..5000")
     return Options(
@@ -441,6 +454,7 @@ def parse_args(argv: list[str] | None) -> Options:
         a.server_core,
         a.callgrind,
         a.output,
+        a.gap_ms,
     )
 
 

@@ -226,9 +226,10 @@ def server_config(settings: Settings, app: Any = None) -> uvicorn.Config:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.relay import ServerSend
 
     return uvicorn.Config(
-        app if app is not None else create_app(settings),
+        ServerSend(app if app is not None else create_app(settings)),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -453,7 +453,7 @@ def usage_of_body(content: bytes) -> int | None:
 def read_usage(events: bytes, strip: bool) -> tuple[int | None, bytes]:
     """The usage in a batch of SSE events (if any), and the events to pass on: the usage-only
     chunk is dropped when `strip` (the client did not ask for it)."""
-    if b'"usage"' not in events:
+    if events.find(b'"usage"') < 0:  # per relayed block: find, not `in` (see SSEEvents.feed)
         return None, events
     used, kept = None, []
     for event in events.split(b"\n\n"):

@@ -8,13 +8,24 @@ for), must be cheap (no parsing per event where avoidable: capture keeps the raw
 parses them once, at the end), and gets two awaited moments: `before_done`, after the last
 event and before `[DONE]` goes out (the capture row is made final there, so a client that has
 `[DONE]` can rely on it), and `end`, once, however the stream ended.
+
+Under `loopgate serve` (uvicorn with httptools) the relay writes each block of events to the
+client's connection itself (`DirectBody`), in HTTP's chunked framing, instead of yielding it to
+Litestar's streaming response, which would send it through the app's send wrappers and
+uvicorn's ASGI `send`: the same bytes and system call, ~11,000 fewer instructions per chunk
+(callgrind, a stream of 16 chunks 3 ms apart). The response's start, `[DONE]` and the end still
+take the ASGI path, and any block the connection is not ready for (a client reading slowly,
+gone, or any other server) does too, so order and flow control are uvicorn's.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from contextvars import ContextVar
+from typing import Any, Literal
 
+from litestar.enums import ScopeType
 from litestar.response import Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 # "done": the client got [DONE]; "ended": the stream stopped without it (an error event went
 # out instead); "cancelled": the client went away, or the relay was torn down.
@@ -40,6 +51,60 @@ class Tap:
         """The stream is over (called once, shielded from cancellation)."""
 
 
+# The server's own `send` for the request being served (set by ServerSend; None under
+# in-process test clients, where every block takes the ASGI path).
+server_send: ContextVar[Send | None] = ContextVar("loopgate_server_send", default=None)
+# Where uvicorn's HTTP/1.1 cycle over httptools lives (`loopgate serve` always uses it).
+_HTTPTOOLS_CYCLE = "uvicorn.protocols.http.httptools_impl"
+
+
+class ServerSend:
+    """The outermost ASGI layer of `loopgate serve`: keeps the server's `send` per request."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            server_send.set(send)  # in this request's task, and the tasks it starts
+        await self.app(scope, receive, send)
+
+
+class DirectBody:
+    """Writes a relayed stream's blocks to the client's connection (see the module's notes)."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+
+    @classmethod
+    def for_request(cls) -> DirectBody | None:
+        """The request's uvicorn httptools cycle, or None (another server, or no server)."""
+        cycle = getattr(server_send.get(), "__self__", None)
+        if cycle is None or type(cycle).__module__ != _HTTPTOOLS_CYCLE:
+            return None
+        return cls(cycle)
+
+    def write(self, block: bytes) -> bool:
+        """Write the block now, as one chunk of the response's body; False when it must take
+        the ASGI path instead (the response not started or not chunked, the client gone, or
+        its connection's buffer full: uvicorn's `send` waits for it to drain)."""
+        c = self.cycle
+        if (
+            c.chunked_encoding is not True
+            or not c.response_started
+            or c.response_complete
+            or c.disconnected
+            or c.flow.write_paused
+        ):
+            return False
+        c.transport.write(b"%x\r\n%b\r\n" % (len(block), block))
+        return True
+
+
 class RelayedStream(Stream):
     """A relayed SSE response; its taps may still be added to until the body is sent."""
 
@@ -60,4 +125,4 @@ def has_token(events: bytes) -> bool:
             if end < len(events) and events[end] != 0x22:  # not the empty string ""
                 return True
             at = events.find(mark, end)
-    return any(mark in events for mark in _CALL_MARKS)
+    return any(events.find(mark) >= 0 for mark in _CALL_MARKS)

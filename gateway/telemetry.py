@@ -229,13 +229,13 @@ class RequestTelemetry:
     def _read(self, events: bytes) -> None:
         if self.first_token is None and has_token(events):
             self.first_token = time.perf_counter()
-        if b'"usage"' in events:
+        if events.find(b'"usage"') >= 0:  # find: `in` tries the bytes as an int first (a raise)
             for line in events.split(b"\n"):
                 if line.startswith(b"data: {") and _has_usage(line):
                     self.received(line[6:])
-        if b'data: {"error"' in events:
+        if events.find(b'data: {"error"') >= 0:
             self.error_type = "stream_error"
-        if DONE in events:
+        if events.find(DONE) >= 0:
             self.done = True
 
     def failed(self, exc: BaseException) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import anyio
 import httpx
 
-from gateway.relay import Outcome, Tap
+from gateway.relay import DirectBody, Outcome, Tap
 from replicas.pool import Backend, DirectHTTP
 from store.errors import (
     EngineError,
@@ -246,6 +246,7 @@ class Upstream:
         """
         yield b""
         backend, rewriter, read = opened.backend, opened.rewriter, opened.read
+        direct = DirectBody.for_request()
         outcome: Outcome = "cancelled"
         try:
             events = opened.first
@@ -269,7 +270,7 @@ class Upstream:
                     return
                 if events:
                     events = _seen(taps, events)
-                    if events:
+                    if events and (direct is None or not direct.write(events)):
                         yield events
                     if time.monotonic() > opened.deadline:
                         outcome = "ended"
@@ -349,7 +350,7 @@ class SSEEvents:
             self.buffer = buffer
             return b""
         events, self.buffer = buffer[: end + 2], buffer[end + 2 :]
-        if DONE in events:
+        if events.find(DONE) >= 0:  # not `in`, which tries DONE as an int first (and raises)
             self.done = True
         return events.replace(self.old, self.new) if self.old != self.new else events
 
