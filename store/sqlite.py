@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -40,6 +41,15 @@ from store.sqlite_shadow import ShadowMixin
 from store.sqlite_training import TrainingMixin
 
 BUSY_TIMEOUT_MS = 30_000
+# WAL checkpoints run off the capture path. SQLite's automatic checkpoint runs inside the commit
+# that fills the WAL past 1,000 pages, and that commit took 5-7 ms instead of 0.3 (measured:
+# 39 of 2,500 capture commits), holding every request waiting on it. Instead, a passive
+# checkpoint (it never blocks a writer) runs in a worker thread on its own connection after every
+# CHECKPOINT_EVERY_BATCHES capture batches; the automatic one stays as a safety net at
+# INLINE_CHECKPOINT_PAGES (40 MB of WAL).
+CHECKPOINT_EVERY_BATCHES = 100
+INLINE_CHECKPOINT_PAGES = 10_000
+log = logging.getLogger("loopgate.store")
 
 
 class _AdapterMixin(SQLiteMixin):
@@ -164,6 +174,10 @@ class SQLiteStore(
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._tx_lock = asyncio.Lock()
+        self._batches_since_checkpoint = 0
+        self._checkpointing: asyncio.Future[None] | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self.wal_checkpoints = 0  # passive checkpoints run off the capture path
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -181,6 +195,7 @@ class SQLiteStore(
         await self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         await self._enable_wal()
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+        await self._db.execute(f"PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES}")
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._migrate()
 
@@ -217,7 +232,35 @@ class SQLiteStore(
                 raise
             await self.db.execute("COMMIT")
 
+    def after_capture_batch(self) -> None:
+        """Count a committed capture batch; every CHECKPOINT_EVERY_BATCHES, checkpoint the WAL
+        in a worker thread (one at a time)."""
+        self._batches_since_checkpoint += 1
+        if self._batches_since_checkpoint < CHECKPOINT_EVERY_BATCHES:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        self._batches_since_checkpoint = 0
+        self._checkpointing = asyncio.ensure_future(asyncio.to_thread(self._checkpoint_wal))
+
+    def _checkpoint_wal(self) -> None:
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.wal_checkpoints += 1
+        except sqlite3.Error as exc:  # the safety net checkpoints instead; nothing is lost
+            log.warning("WAL checkpoint failed: %s", exc)
+
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            await self._checkpointing
+            self._checkpointing = None
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
         if self._db is not None:
             await self._db.close()
             self._db = None

@@ -46,6 +46,9 @@ class SQLiteMixin:
     def tx_lock(self) -> asyncio.Lock:
         raise NotImplementedError
 
+    def after_capture_batch(self) -> None:
+        raise NotImplementedError
+
 
 class CaptureMixin(SQLiteMixin):
     """SQLite statements for captured traffic."""
@@ -82,6 +85,7 @@ class CaptureMixin(SQLiteMixin):
             await when_fresh(
                 lambda: self.db._execute(write, self.db._conn)  # type: ignore[no-untyped-call]
             )
+        self.after_capture_batch()  # a WAL checkpoint now and then, off this path
 
     async def mark_incomplete(self, before: float) -> int:
         cur = await self._write(

@@ -285,3 +285,43 @@ def test_exchange_ids_grow_with_time_and_stay_unguessable() -> None:
     assert len(set(earlier + later)) == 100
     assert all(len(i) == 36 and int(i, 16) >= 0 for i in earlier + later)
     assert len({i[12:] for i in earlier}) == 50  # the 96 random bits after the 48 of time
+
+
+def test_wal_checkpoints_run_off_the_capture_commits(tmp_path: Path) -> None:
+    """Capture batches never pay for a WAL checkpoint in their commit (the inline one is only a
+    safety net, at INLINE_CHECKPOINT_PAGES); every CHECKPOINT_EVERY_BATCHES batches a passive
+    checkpoint runs in a worker thread on its own connection, and every row is intact."""
+    from store.sqlite import CHECKPOINT_EVERY_BATCHES, INLINE_CHECKPOINT_PAGES, SQLiteStore
+
+    path = tmp_path / "db.sqlite"
+    batches = 2 * CHECKPOINT_EVERY_BATCHES + 10
+
+    def record(tenant_id: str, n: int, i: int) -> Completion:
+        return Completion(
+            id=f"chatcmpl-{exchange_id()}", tenant_id=tenant_id, key_id="k", kind="chat",
+            alias="a", adapter_version=None, backend="r0", stored=True,
+            request=json.dumps({"n": n, "i": i, "text": "x" * 2000}), response=None,
+            finish_reason=None, prompt_tokens=None, completion_tokens=None, latency_ms=None,
+            ttft_ms=None, status="in_progress", error=None, end_user=None, metadata={},
+            do_not_train=False, request_id="r", created_at=time.time(), completed_at=None,
+        )  # fmt: skip
+
+    async def main() -> tuple[int, int, int]:
+        store = open_store(f"sqlite:///{path}")
+        assert isinstance(store, SQLiteStore)
+        await store.open()
+        tenant = await store.create_tenant("t-wal", "wal")
+        async with store.db.execute("PRAGMA wal_autocheckpoint") as cur:
+            inline = (await cur.fetchone())[0]  # type: ignore[index]
+        for n in range(batches):
+            await store.capture_batch([record(tenant.id, n, i) for i in range(8)], [])
+        await store.close()  # waits for a checkpoint in flight
+        checkpoints = store.wal_checkpoints
+        with sqlite3.connect(path) as db:
+            count = db.execute("SELECT count(*) FROM completions").fetchone()[0]
+        return inline, checkpoints, count
+
+    inline, checkpoints, count = asyncio.run(main())
+    assert inline == INLINE_CHECKPOINT_PAGES
+    assert checkpoints >= 2  # one per CHECKPOINT_EVERY_BATCHES batches
+    assert count == batches * 8
