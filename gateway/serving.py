@@ -30,7 +30,7 @@ from gateway.protocol import (
     encode_for_engine,
     prompt_count,
 )
-from gateway.relay import RelayedStream, Tap
+from gateway.relay import DirectRoute, RelayedStream, Tap
 from gateway.shadow import Shadows
 from gateway.telemetry import Telemetry, current_request, note_alias
 from gateway.tenancy import Caller, Directory
@@ -303,10 +303,12 @@ class Serving:
                     taps.append(CaptureTap(exchange, self.capture))
                 if obs is not None:
                     taps.append(obs.watch())
-                relay = await start_relay(self.upstream.relay(opened, taps, lease.release))
+                route = DirectRoute()
+                relay = await start_relay(self.upstream.relay(opened, taps, lease.release, route))
                 return RelayedStream(
                     taps,
                     relay,
+                    route=route,
                     media_type="text/event-stream",
                     headers={**_STREAM_HEADERS, **headers},
                 )

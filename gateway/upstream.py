@@ -18,7 +18,7 @@ import aiohttp
 import anyio
 import httpx
 
-from gateway.relay import DirectBody, Outcome, Tap
+from gateway.relay import DirectRoute, Outcome, Tap
 from replicas.pool import Backend, DirectHTTP
 from store.errors import (
     EngineError,
@@ -234,7 +234,11 @@ class Upstream:
         return Opened(backend, resp, read, rewriter, first, deadline)
 
     async def relay(
-        self, opened: Opened, taps: list[Tap], on_close: Callable[[], None] = lambda: None
+        self,
+        opened: Opened,
+        taps: list[Tap],
+        on_close: Callable[[], None] = lambda: None,
+        route: DirectRoute | None = None,
     ) -> AsyncIterator[bytes]:
         """Whole SSE events as they arrive, the engine's model name rewritten, each block seen
         by every tap (gateway.relay) in one loop; what has arrived goes out as one write.
@@ -246,7 +250,6 @@ class Upstream:
         """
         yield b""
         backend, rewriter, read = opened.backend, opened.rewriter, opened.read
-        direct = DirectBody.for_request()
         outcome: Outcome = "cancelled"
         try:
             events = opened.first
@@ -270,6 +273,7 @@ class Upstream:
                     return
                 if events:
                     events = _seen(taps, events)
+                    direct = route.body if route is not None else None  # see DirectRoute
                     if events and (direct is None or not direct.write(events)):
                         yield events
                     if time.monotonic() > opened.deadline:
