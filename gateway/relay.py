@@ -11,12 +11,12 @@ event and before `[DONE]` goes out (the capture row is made final there, so a cl
 
 Under `loopgate serve` (uvicorn with httptools), once its RelayedStream is the response being
 sent (`DirectRoute`), the relay writes each block of events to the client's connection itself
-(`DirectBody`), in HTTP's chunked framing, instead of yielding it to
-Litestar's streaming response, which would send it through the app's send wrappers and
-uvicorn's ASGI `send`: the same bytes and system call, ~11,000 fewer instructions per chunk
-(callgrind, a stream of 16 chunks 3 ms apart). The response's start, `[DONE]` and the end still
-take the ASGI path, and any block the connection is not ready for (a client reading slowly,
-gone, or any other server) does too, so order and flow control are uvicorn's.
+(`DirectBody`), in HTTP's chunked framing, instead of yielding it to Litestar's streaming
+response, which would send it through the app's send wrappers and uvicorn's ASGI `send`: the
+same bytes and system call, ~11,000 fewer instructions per chunk (callgrind, a stream of 16
+chunks 3 ms apart). The response's start, `[DONE]` and the end still take the ASGI path, and
+any block the connection is not ready for (a client reading slowly, gone, or any other server)
+does too, so order and flow control are uvicorn's.
 """
 
 from __future__ import annotations
