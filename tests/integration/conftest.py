@@ -109,6 +109,17 @@ def start_gateway(data_dir: Path, extra_env: dict[str, str]) -> Stack:
     return stack
 
 
+def mock_engine_env(engine_url: str) -> dict[str, str]:
+    """A one-process gateway in front of the mock engine (tests.support.mock_engine)."""
+    return {
+        "LOOPGATE_ENGINE_MODE": "external",
+        "LOOPGATE_ENGINE_URLS": engine_url,
+        "LOOPGATE_SERVED_MODEL_NAME": "mock",
+        "LOOPGATE_LOG_LEVEL": "warning",
+        "LOOPGATE_EVALS_WORKER": "false",
+    }
+
+
 def add_tenants(stack: Stack, *names: str) -> None:
     with stack.admin() as admin:
         for tenant in names:

@@ -13,7 +13,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Stack, add_tenants, start_gateway, stop_gateway
+from tests.integration.conftest import (
+    Stack,
+    add_tenants,
+    mock_engine_env,
+    start_gateway,
+    stop_gateway,
+)
 from tests.support.mock_engine import mock_engine
 
 REQUESTS = 2000
@@ -23,14 +29,7 @@ BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "hi, I am A
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with mock_engine(chunks=8, delay_ms=0) as engine:
-        env = {
-            "LOOPGATE_ENGINE_MODE": "external",
-            "LOOPGATE_ENGINE_URLS": engine.url,
-            "LOOPGATE_SERVED_MODEL_NAME": "mock",
-            "LOOPGATE_LOG_LEVEL": "warning",
-            "LOOPGATE_EVALS_WORKER": "false",
-        }
-        s = start_gateway(tmp_path, env)
+        s = start_gateway(tmp_path, mock_engine_env(engine.url))
         try:
             add_tenants(s, "acme")
             yield s

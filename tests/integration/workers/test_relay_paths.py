@@ -12,7 +12,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.conftest import Stack, add_tenants, start_gateway, stop_gateway
+from tests.integration.conftest import (
+    Stack,
+    add_tenants,
+    mock_engine_env,
+    start_gateway,
+    stop_gateway,
+)
 from tests.support.mock_engine import mock_engine
 
 CHUNKS = 16
@@ -21,14 +27,7 @@ CHUNKS = 16
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with mock_engine(chunks=CHUNKS, delay_ms=5) as engine:
-        env = {
-            "LOOPGATE_ENGINE_MODE": "external",
-            "LOOPGATE_ENGINE_URLS": engine.url,
-            "LOOPGATE_SERVED_MODEL_NAME": "mock",
-            "LOOPGATE_LOG_LEVEL": "warning",
-            "LOOPGATE_EVALS_WORKER": "false",
-        }
-        s = start_gateway(tmp_path_factory.mktemp("relay-paths"), env)
+        s = start_gateway(tmp_path_factory.mktemp("relay-paths"), mock_engine_env(engine.url))
         try:
             add_tenants(s, "acme")
             yield s
