@@ -50,6 +50,7 @@ from benchmarks.client_choice import (
     tool,
     wait_ready,
 )
+from benchmarks.mock_upstream import paced
 from benchmarks.rawhttp import RawClient, build_request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def chat_request(port: int, api_key: str, stream: bool, gap_ms: float = 0.0) -> 
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 16,
             "stream": stream,
-            **({"user": f"gap-{gap_ms:g}"} if stream and gap_ms > 0 else {}),
+            **({"user": paced(gap_ms)} if stream and gap_ms > 0 else {}),
         },
         separators=(",", ":"),
     ).encode()

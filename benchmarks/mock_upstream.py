@@ -183,6 +183,11 @@ class MockProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def paced(gap_ms: float, stepped: bool = False) -> str:
+    """The `user` tag that asks this mock for a stream's chunk gap (read by `_gap_of`)."""
+    return f"{'step' if stepped else 'gap'}-{gap_ms:g}"
+
+
 def _gap_of(user: str, default_s: float) -> tuple[float, bool]:
     """A request may ask for its own chunk gap (`"user": "gap-20"`: 20 ms; `"step-20"`: 20 ms
     on the shared step clock), so one benchmark run can time streams several ways through the

@@ -54,6 +54,7 @@ from benchmarks.client_choice import (
     wait_ready,
     write_wrk_script,
 )
+from benchmarks.mock_upstream import paced
 from benchmarks.rawhttp import RawClient, build_request
 from store.numerics import describe_cpu
 
@@ -207,7 +208,7 @@ def chat_body(stream: bool, gap_ms: float | None = None, stepped: bool = False) 
         "stream": stream,
     }
     if gap_ms is not None:  # the mock spaces this stream's chunks so (every proxy passes `user`)
-        body["user"] = f"{'step' if stepped else 'gap'}-{gap_ms:g}"
+        body["user"] = paced(gap_ms, stepped)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
