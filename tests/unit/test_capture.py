@@ -240,6 +240,17 @@ def test_in_progress_rows_of_a_dead_process_become_incomplete(tmp_path: Path, en
     assert status == "incomplete"
 
 
+def in_progress(tenant_id: str, completion_id: str, request: str) -> Completion:
+    """A write-ahead row as the gateway begins it (alias a, replica r0)."""
+    return Completion(
+        id=completion_id, tenant_id=tenant_id, key_id="k", kind="chat", alias="a",
+        adapter_version=None, backend="r0", stored=True, request=request, response=None,
+        finish_reason=None, prompt_tokens=None, completion_tokens=None, latency_ms=None,
+        ttft_ms=None, status="in_progress", error=None, end_user=None, metadata={},
+        do_not_train=False, request_id="r", created_at=time.time(), completed_at=None,
+    )  # fmt: skip
+
+
 def test_a_long_stream_is_parsed_as_it_goes_and_stored_whole(tmp_path: Path) -> None:
     """A stream's tap keeps raw blocks only up to a batch, then parses them: a long answer is
     not held as all its raw events, and the stored text is every token, in order."""
@@ -250,13 +261,7 @@ def test_a_long_stream_is_parsed_as_it_goes_and_stored_whole(tmp_path: Path) -> 
         tenant = await store.create_tenant("t-long", "long")
         writer = CaptureWriter(store)
         await writer.start()
-        record = Completion(
-            id="chatcmpl-long", tenant_id=tenant.id, key_id="k", kind="chat", alias="a",
-            adapter_version=None, backend="r0", stored=True, request="{}", response=None,
-            finish_reason=None, prompt_tokens=None, completion_tokens=None, latency_ms=None,
-            ttft_ms=None, status="in_progress", error=None, end_user=None, metadata={},
-            do_not_train=False, request_id="r", created_at=time.time(), completed_at=None,
-        )  # fmt: skip
+        record = in_progress(tenant.id, "chatcmpl-long", "{}")
         await writer.begin(record)
         exchange = Exchange(record.id, time.monotonic(), True, redact=False)
         tap, most = CaptureTap(exchange, writer), 0
@@ -297,14 +302,8 @@ def test_wal_checkpoints_run_off_the_capture_commits(tmp_path: Path) -> None:
     batches = 2 * CHECKPOINT_EVERY_BATCHES + 10
 
     def record(tenant_id: str, n: int, i: int) -> Completion:
-        return Completion(
-            id=f"chatcmpl-{exchange_id()}", tenant_id=tenant_id, key_id="k", kind="chat",
-            alias="a", adapter_version=None, backend="r0", stored=True,
-            request=json.dumps({"n": n, "i": i, "text": "x" * 2000}), response=None,
-            finish_reason=None, prompt_tokens=None, completion_tokens=None, latency_ms=None,
-            ttft_ms=None, status="in_progress", error=None, end_user=None, metadata={},
-            do_not_train=False, request_id="r", created_at=time.time(), completed_at=None,
-        )  # fmt: skip
+        request = json.dumps({"n": n, "i": i, "text": "x" * 2000})
+        return in_progress(tenant_id, f"chatcmpl-{exchange_id()}", request)
 
     async def main() -> tuple[int, int, int]:
         store = open_store(f"sqlite:///{path}")
