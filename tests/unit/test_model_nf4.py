@@ -24,6 +24,7 @@ from replicas.base_model import (
     prepare_nf4,
     resolve_model,
 )
+from replicas.supervisor import served_dtype
 from store.settings import Settings
 from tests.support.lora_factory import default_base_dir
 
@@ -150,4 +151,6 @@ def test_preparing_in_a_child_gives_the_same_folder_and_its_errors(
     with pytest.raises(ModelError, match="not prepared"):
         prepare_in_child(settings, prepare=False)
     folder = prepare_in_child(settings)
-    assert folder == resolve_model(settings, prepare=False) == str(nf4_dir(settings, str(source)))
+    # In the dtype this host serves (float32 where the CPU has no BF16: replicas.supervisor).
+    expected = nf4_dir(settings, str(source), served_dtype(settings))
+    assert folder == resolve_model(settings, prepare=False) == str(expected)
