@@ -426,6 +426,8 @@ class Gateway:
         if self.supervisor is not None:
             await self.supervisor.stop()
         await self.client.aclose()
+        if self.upstream.direct is not None:
+            self.upstream.direct.streams.close()
         if isinstance(self.adapters, FollowerPool):
             await self.adapters.primary.aclose()
         await self.store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ import anyio
 import httpx
 
 from gateway.relay import DirectRoute, Outcome, Tap
+from replicas.engine_http import EngineTimeout, Exchange
 from replicas.pool import Backend, DirectHTTP
 from store.errors import (
     EngineError,
@@ -31,6 +33,10 @@ from store.errors import (
 log = logging.getLogger("loopgate.upstream")
 
 DONE = b"data: [DONE]"
+# Blocks a client is not ready for, held before the engine's connection stops being read.
+HELD_BYTES = 256 * 1024
+
+Answer = httpx.Response | aiohttp.ClientResponse | Exchange
 
 
 def _headers(backend: Backend, request_id: str | None) -> dict[str, str]:
@@ -62,22 +68,23 @@ class Opened:
     """A stream the engine has started: its first events are in hand, the rest to come."""
 
     backend: Backend
-    resp: httpx.Response | aiohttp.ClientResponse
+    resp: Answer
     read: Callable[[], Awaitable[bytes]]
     rewriter: SSEEvents
     first: bytes
     deadline: float
 
 
-def byte_source(resp: httpx.Response | aiohttp.ClientResponse) -> Callable[[], Awaitable[bytes]]:
+def byte_source(resp: Answer) -> Callable[[], Awaitable[bytes]]:
     """The stream's next bytes, whatever has arrived (b"" at its end).
 
-    On the direct path (DirectHTTP, the default) this is aiohttp's buffer: httpx's layers
-    around it (an async generator and an exception-mapping context per chunk, then httpx's
-    own) cost more than the relay's whole work per chunk. Its errors are aiohttp's;
-    `relay_error` maps both kinds. Any other client (tests' fake engine, httpx's own
-    transport) is read through httpx.
+    On the direct path (DirectHTTP, the default) streams come from loopgate's own client
+    (replicas.engine_http), read this way only until the relay takes the body over. Any other
+    client (tests' fake engine, httpx's own transport) is read through httpx; `relay_error`
+    maps the errors of both.
     """
+    if isinstance(resp, Exchange):
+        return resp.read
     if isinstance(resp, aiohttp.ClientResponse):
         return resp.content.readany
     chunks = resp.aiter_raw()
@@ -88,19 +95,34 @@ def byte_source(resp: httpx.Response | aiohttp.ClientResponse) -> Callable[[], A
     return read
 
 
-async def _read_all(resp: httpx.Response | aiohttp.ClientResponse) -> bytes:
+async def _read_all(resp: Answer) -> bytes:
+    if isinstance(resp, Exchange):
+        return await resp.read_all()
     if isinstance(resp, aiohttp.ClientResponse):
         return await resp.read()
     return await resp.aread()
 
 
-async def _close_response(resp: httpx.Response | aiohttp.ClientResponse) -> None:
+async def _close_response(resp: Answer) -> None:
     """Done with a response: a whole one's connection goes back to the pool; one cut short
     is closed (vLLM then aborts the request)."""
-    if isinstance(resp, aiohttp.ClientResponse):
+    if isinstance(resp, Exchange):
+        resp.close()
+    elif isinstance(resp, aiohttp.ClientResponse):
         resp.release()
     else:
         await resp.aclose()
+
+
+# What a failed read of an engine's answer raises, whichever client read it.
+TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+
+
+def _first_token_timeout(exc: BaseException) -> bool:
+    """The first-token timeout's own TimeoutError, not a client's connect or read timeout."""
+    return isinstance(exc, TimeoutError) and not isinstance(
+        exc, EngineTimeout | aiohttp.ClientError
+    )
 
 
 def relay_error(exc: BaseException, backend: Backend) -> LoopgateError:
@@ -169,11 +191,9 @@ class Upstream:
         answer = await self.client.post(url, content=body, headers=headers)
         return answer.status_code, answer.content
 
-    async def _send_stream(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> httpx.Response | aiohttp.ClientResponse:
+    async def _send_stream(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         if self.direct is not None:
-            return await self.direct.send(url, body, headers)
+            return await self.direct.streams.post(url, body, headers)
         request = self.client.build_request("POST", url, content=body, headers=headers)
         return await self.client.send(request, stream=True)
 
@@ -191,15 +211,13 @@ class Upstream:
         deadline = time.monotonic() + self.total_timeout_s
         backend.inflight += 1
         backend.breaker.attempt()
-        resp: httpx.Response | aiohttp.ClientResponse | None = None
+        resp: Answer | None = None
         try:
             async with asyncio.timeout(self.first_token_timeout_s):
                 resp = await self._send_stream(
                     backend.url + path, body, _headers(backend, request_id)
                 )
-                status = (
-                    resp.status if isinstance(resp, aiohttp.ClientResponse) else resp.status_code
-                )
+                status = resp.status_code if isinstance(resp, httpx.Response) else resp.status
                 if status >= 400:
                     content = await _read_all(resp)
                     _judge(backend, status)
@@ -219,14 +237,14 @@ class Upstream:
             if resp is not None:
                 with anyio.CancelScope(shield=True):
                     await _close_response(resp)
-            if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
-                backend.breaker.failed()
-                raise relay_error(exc, backend) from None
-            if isinstance(exc, TimeoutError):
+            if _first_token_timeout(exc):
                 backend.breaker.failed()
                 raise UpstreamTimeout(
                     f"the engine sent no token within {self.first_token_timeout_s:g}s"
                 ) from None
+            if isinstance(exc, TRANSPORT_ERRORS):
+                backend.breaker.failed()
+                raise relay_error(exc, backend) from None
             if not isinstance(exc, EngineError):  # an engine's answer was judged already
                 backend.breaker.abandoned()
             raise
@@ -249,58 +267,182 @@ class Upstream:
         vLLM abort the request.
         """
         yield b""
-        backend, rewriter, read = opened.backend, opened.rewriter, opened.read
+        backend, resp = opened.backend, opened.resp
+        pump = Pump(opened, taps, route)
         outcome: Outcome = "cancelled"
         try:
-            events = opened.first
+            pump.events(opened.first)
+            if isinstance(resp, Exchange):  # pushed: the engine's blocks reach the pump as
+                wait = pump.ready  # they arrive (replicas.engine_http)
+                resp.attach(pump)
+            else:  # pulled, by this task
+                wait = functools.partial(pump.pull, opened.read)
             while True:
-                if events and rewriter.done:  # this block holds [DONE]: the capture first
-                    at = events.find(DONE)
-                    head = _seen(taps, events[:at]) if at > 0 else b""
-                    if head:
-                        yield head
-                    for tap in taps:
-                        await tap.before_done()
-                    outcome = "done"
-                    yield events[at:]
-                    # The chunked body's end, so the connection is reused; the client has its
-                    # [DONE]: a failure now is nothing to tell it.
-                    with contextlib.suppress(
-                        httpx.TransportError, aiohttp.ClientError, TimeoutError
-                    ):
-                        while await read():
-                            pass
-                    return
-                if events:
-                    events = _seen(taps, events)
-                    direct = route.body if route is not None else None  # see DirectRoute
-                    if events and (direct is None or not direct.write(events)):
-                        yield events
-                    if time.monotonic() > opened.deadline:
-                        outcome = "ended"
-                        yield _seen(taps, self._overran())
-                        return
-                raw = await read()
-                if not raw:
+                await wait()
+                if pump.held:  # blocks the relay could not write to the client itself
+                    pump.busy = True  # nothing overtakes them meanwhile
+                    while pump.held:
+                        yield pump.take()
+                    pump.busy = False
+                if pump.over:
                     break
-                events = rewriter.feed(raw)
-            log.warning("engine %s ended a stream without [DONE]", backend.name)
+            if pump.raised is not None:
+                raise pump.raised
+            if pump.tail is not None:  # the events before [DONE] went out: the capture next
+                for tap in taps:
+                    await tap.before_done()
+                outcome = "done"
+                yield pump.tail
+                await _after_done(resp, opened.read)
+                return
             outcome = "ended"
-            yield _seen(
-                taps, sse_error_event(UpstreamUnavailable("the engine ended the stream early"))
-            )
-        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
-            outcome = "ended"
-            yield _seen(taps, sse_error_event(relay_error(exc, backend)))
+            yield _seen(taps, self._cut(pump, backend))
         finally:
             backend.inflight -= 1
             on_close()
             await _close(opened, taps, outcome)
 
-    def _overran(self) -> bytes:
-        return sse_error_event(
-            UpstreamTimeout(f"the stream ran past the {self.total_timeout_s:g}s total timeout")
-        )
+    def _cut(self, pump: Pump, backend: Backend) -> bytes:
+        """The error event that ends a stream without its [DONE]."""
+        if pump.overran:
+            error: LoopgateError = UpstreamTimeout(
+                f"the stream ran past the {self.total_timeout_s:g}s total timeout"
+            )
+        elif pump.cause is None:
+            log.warning("engine %s ended a stream without [DONE]", backend.name)
+            error = UpstreamUnavailable("the engine ended the stream early")
+        else:
+            error = relay_error(pump.cause, backend)
+        return sse_error_event(error)
+
+
+class Pump:
+    """A relayed stream's work on each block of the engine's answer, done where the block
+    arrives: whole events cut and renamed (SSEEvents), seen by the taps, then written to the
+    client's connection (DirectBody) when it can take them, else *held* for the relay's task
+    to send through the ASGI path. On the default path it is the answer's sink
+    (replicas.engine_http), called from the engine connection's `data_received`: a block costs
+    no task wake-up, no future and no await chain. The task wakes only for held blocks and for
+    the end: `[DONE]` (the taps' `before_done` must be awaited before it goes out), the
+    engine's end or failure, the total timeout, or a tap that raised.
+    """
+
+    __slots__ = (
+        "_waiter",
+        "busy",
+        "cause",
+        "deadline",
+        "held",
+        "held_bytes",
+        "over",
+        "overran",
+        "raised",
+        "resp",
+        "rewriter",
+        "route",
+        "tail",
+        "taps",
+    )
+
+    def __init__(self, opened: Opened, taps: list[Tap], route: DirectRoute | None) -> None:
+        self.rewriter, self.taps, self.route = opened.rewriter, taps, route
+        self.resp, self.deadline = opened.resp, opened.deadline
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.busy = False  # the task is sending held blocks: later ones wait behind them
+        self.over = False  # nothing more is relayed; the fields below say why
+        self.tail: bytes | None = None  # `[DONE]` (and anything after it)
+        self.cause: BaseException | None = None  # the engine's failure (None: it just ended)
+        self.overran = False
+        self.raised: Exception | None = None  # a tap's (or the client write's) exception
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __call__(self, item: bytes | BaseException | None) -> None:
+        """The engine's next bytes, or the end of its answer (None, or what cut it)."""
+        if self.over:
+            return
+        if isinstance(item, bytes):
+            try:
+                self.events(self.rewriter.feed(item))
+            except Exception as exc:
+                self._stop(raised=exc)
+        else:
+            self._stop(cause=item)
+
+    def events(self, events: bytes) -> None:
+        """Whole events (renamed already) on their way to the client."""
+        if not events:
+            return
+        if self.rewriter.done:  # this block holds [DONE]: the task finishes the stream
+            at = events.find(DONE)
+            if at > 0:
+                self._out(_seen(self.taps, events[:at]))
+            self.tail = events[at:]
+            self._stop()
+            return
+        self._out(_seen(self.taps, events))
+        if time.monotonic() > self.deadline:
+            self.overran = True
+            self._stop()
+
+    def _out(self, events: bytes) -> None:
+        if not events:
+            return
+        if not self.held and not self.busy:
+            direct = self.route.body if self.route is not None else None  # see DirectRoute
+            if direct is not None and direct.write(events):
+                return
+        self.held.append(events)
+        self.held_bytes += len(events)
+        if self.held_bytes > HELD_BYTES and isinstance(self.resp, Exchange):
+            self.resp.pause()  # the client is slow: let the engine wait (TCP's flow control)
+        self._wake()
+
+    def take(self) -> bytes:
+        """The held blocks, as one."""
+        held, self.held = self.held, []
+        if self.held_bytes > HELD_BYTES and isinstance(self.resp, Exchange):
+            self.resp.resume()
+        self.held_bytes = 0
+        return held[0] if len(held) == 1 else b"".join(held)
+
+    def _stop(self, cause: BaseException | None = None, raised: Exception | None = None) -> None:
+        self.over, self.cause, self.raised = True, cause, raised
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def ready(self) -> None:
+        """Wait until there are held blocks to send, or the relay is over."""
+        if self.held or self.over:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def pull(self, read: Callable[[], Awaitable[bytes]]) -> None:
+        """Read the engine's next bytes in this task (a client that cannot push) and pump them."""
+        try:
+            raw: bytes | BaseException | None = await read() or None
+        except TRANSPORT_ERRORS as exc:
+            raw = exc
+        self(raw)
+
+
+async def _after_done(resp: Answer, read: Callable[[], Awaitable[bytes]]) -> None:
+    """The client has its [DONE]; let the answer's body end so its connection is reused (a
+    failure now is nothing to tell the client)."""
+    if isinstance(resp, Exchange):
+        resp.detach()  # the connection reads the rest itself, then returns to its pool
+        return
+    with contextlib.suppress(*TRANSPORT_ERRORS):
+        while await read():
+            pass
 
 
 async def start_relay(relay: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

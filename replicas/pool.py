@@ -14,6 +14,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from replicas.breaker import CircuitBreaker
+from replicas.engine_http import EngineStreams
 from store.errors import EngineNotReady
 
 
@@ -86,8 +87,11 @@ class DirectHTTP:
     per request as the transport under them; everything that is not serving (adapter loads,
     health checks, tests' fake engine) keeps using the httpx client."""
 
-    def __init__(self, transport: AiohttpTransport, timeout: httpx.Timeout):
+    def __init__(self, transport: AiohttpTransport, timeout: httpx.Timeout, uds: str | None):
         self.transport = transport
+        # Streams take loopgate's own client (replicas.engine_http), with the same timeouts.
+        assert timeout.connect is not None and timeout.read is not None
+        self.streams = EngineStreams(timeout.connect, timeout.read, uds)
         # httpx-aiohttp's own mapping of httpx's timeouts: connect -> sock_connect, read ->
         # sock_read (the longest gap between bytes), pool -> connect (waiting for a connection).
         self.timeout = aiohttp.ClientTimeout(
@@ -132,7 +136,7 @@ def make_clients(
         # Measured faster than httpx's own transport under concurrency (docs/benchmarks.md).
         aio = AiohttpTransport(limits=limits, trust_env=False, uds=uds)
         client = httpx.AsyncClient(transport=aio, timeout=timeout, trust_env=False)
-        return client, DirectHTTP(aio, timeout)
+        return client, DirectHTTP(aio, timeout, uds)
     client = httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, trust_env=False, uds=uds),
         timeout=timeout,
