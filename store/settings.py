@@ -318,9 +318,10 @@ class Settings:
     upstream_transport: UpstreamTransport = field(
         default="aiohttp",
         metadata={
-            "help": "HTTP client toward vLLM: 'aiohttp' (serving requests and streams on aiohttp "
-            "directly, measured fastest; other calls through httpx on the same session) or "
-            "'httpx' (httpx's own transport for everything)."
+            "help": "HTTP client toward vLLM: 'aiohttp' (serving requests on aiohttp directly, "
+            "streams on loopgate's own HTTP/1.1 client, replicas.engine_http, both measured "
+            "fastest; other calls through httpx on the aiohttp session) or 'httpx' (httpx's own "
+            "transport for everything)."
         },
     )
     max_body_bytes: int = field(
