@@ -20,7 +20,7 @@ import anyio
 import httpx
 
 from gateway.relay import DirectRoute, Outcome, Tap
-from replicas.engine_http import EngineTimeout, Exchange
+from replicas.engine_http import EngineTimeout, Exchange, Wakeup
 from replicas.pool import Backend, DirectHTTP
 from store.errors import (
     EngineError,
@@ -328,7 +328,7 @@ class Pump:
     """
 
     __slots__ = (
-        "_waiter",
+        "_wakeup",
         "busy",
         "cause",
         "deadline",
@@ -355,7 +355,7 @@ class Pump:
         self.cause: BaseException | None = None  # the engine's failure (None: it just ended)
         self.overran = False
         self.raised: Exception | None = None  # a tap's (or the client write's) exception
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
 
     def __call__(self, item: bytes | BaseException | None) -> None:
         """The engine's next bytes, or the end of its answer (None, or what cut it)."""
@@ -396,7 +396,7 @@ class Pump:
         self.held_bytes += len(events)
         if self.held_bytes > HELD_BYTES and isinstance(self.resp, Exchange):
             self.resp.pause()  # the client is slow: let the engine wait (TCP's flow control)
-        self._wake()
+        self._wakeup.set()
 
     def take(self) -> bytes:
         """The held blocks, as one."""
@@ -408,22 +408,12 @@ class Pump:
 
     def _stop(self, cause: BaseException | None = None, raised: Exception | None = None) -> None:
         self.over, self.cause, self.raised = True, cause, raised
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wakeup.set()
 
     async def ready(self) -> None:
         """Wait until there are held blocks to send, or the relay is over."""
-        if self.held or self.over:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        if not self.held and not self.over:
+            await self._wakeup.wait()
 
     async def pull(self, read: Callable[[], Awaitable[bytes]]) -> None:
         """Read the engine's next bytes in this task (a client that cannot push) and pump them."""

@@ -62,6 +62,27 @@ def target_of(url: str) -> Target:
     return Target(parts.scheme, parts.hostname, port, path, parts.netloc)
 
 
+class Wakeup:
+    """One task waiting for news from the event loop's callbacks (a connection's, a relay's)."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 class Exchange:
     """One request's answer: its status and headers, then its body, pulled with `read` until
     `attach` hands it to a sink, which from then on gets every block as it arrives (on the
@@ -70,7 +91,7 @@ class Exchange:
 
     __slots__ = (
         "_chunks",
-        "_waiter",
+        "_wakeup",
         "conn",
         "detached",
         "done",
@@ -91,7 +112,7 @@ class Exchange:
         self.got_bytes = False
         self.detached = False
         self._chunks: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
 
     # -- from the connection ------------------------------------------------------------------
 
@@ -100,7 +121,7 @@ class Exchange:
             self.sink(block)
         else:
             self._chunks.append(block)
-            self._wake()
+            self._wakeup.set()
 
     def finish(self, error: BaseException | None) -> None:
         if self.done:
@@ -108,33 +129,25 @@ class Exchange:
         self.done, self.error, self.conn = True, error, None
         if self.sink is not None:
             self.sink(error)
-        self._wake()
+        self._wakeup.set()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def headers_done(self, status: int) -> None:
+        self.status = status
+        self._wakeup.set()
 
     # -- for the reader -----------------------------------------------------------------------
-
-    async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
 
     async def headers_in(self) -> None:
         """Wait for the status line and headers."""
         while not self.status and not self.done:
-            await self._wait()
+            await self._wakeup.wait()
         if not self.status:
             raise self.error or EngineConnectionError("the engine sent no answer")
 
     async def read(self) -> bytes:
         """What has arrived of the body since the last read, waiting for some; b"" at its end."""
         while not self._chunks and not self.done:
-            await self._wait()
+            await self._wakeup.wait()
         if self._chunks:
             chunks, self._chunks = self._chunks, []
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -273,9 +286,8 @@ class EngineConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         assert exchange is not None
-        exchange.status = self.parser.get_status_code()
         self._keep_alive = self.parser.should_keep_alive()  # known here, not at the end
-        exchange._wake()
+        exchange.headers_done(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
         self._parts.append(body)

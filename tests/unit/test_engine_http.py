@@ -14,31 +14,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from gateway.relay import Tap
 from gateway.upstream import HELD_BYTES, Upstream, start_relay
 from replicas.breaker import CircuitBreaker
 from replicas.engine_http import EngineConnectionError, EngineStreams
 from replicas.pool import Backend, make_clients
 from store.errors import UpstreamUnavailable
+from tests.support.taps import SeenTap
 
 PATH = "/v1/chat/completions"
 
 
 def _event(i: int) -> bytes:
     return b'data: {"model":"engine-x","i":%d,"choices":[{"delta":{"content":"t"}}]}\n\n' % i
-
-
-class _Seen(Tap):
-    def __init__(self) -> None:
-        self.blocks: list[bytes] = []
-        self.outcome = ""
-
-    def see(self, events: bytes) -> bytes:
-        self.blocks.append(events)
-        return events
-
-    async def end(self, outcome: str) -> None:  # type: ignore[override]
-        self.outcome = outcome
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,9 +55,14 @@ async def _engine(handler: Handler) -> AsyncIterator[tuple[str, list[object]]]:
         await runner.cleanup()
 
 
-async def _stream(request: web.Request, events: int = 5, gap_s: float = 0.0) -> web.StreamResponse:
+async def _sse(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
+    return resp
+
+
+async def _stream(request: web.Request, events: int = 5, gap_s: float = 0.0) -> web.StreamResponse:
+    resp = await _sse(request)
     for i in range(events):
         await resp.write(_event(i))
         if gap_s:
@@ -90,13 +82,13 @@ def _backend(url: str) -> Backend:
     return Backend(url, "", "r0", breaker=CircuitBreaker(threshold=5, cooldown_s=1))
 
 
-async def _relay(upstream: Upstream, url: str, tap: Tap) -> AsyncIterator[bytes]:
+async def _relay(upstream: Upstream, url: str, tap: SeenTap) -> AsyncIterator[bytes]:
     opened = await upstream.open_stream(_backend(url), PATH, b"{}", "rid", b"engine-x", b"alias")
     return await start_relay(upstream.relay(opened, [tap]))
 
 
-async def _text(upstream: Upstream, url: str, tap: Tap | None = None) -> bytes:
-    relay = await _relay(upstream, url, tap or _Seen())
+async def _text(upstream: Upstream, url: str, tap: SeenTap | None = None) -> bytes:
+    relay = await _relay(upstream, url, tap or SeenTap())
     return b"".join([block async for block in relay])
 
 
@@ -110,7 +102,7 @@ def test_streams_are_pushed_through_the_pump_and_reuse_one_connection() -> None:
     async def main() -> None:
         async with _engine(lambda r: _stream(r, 20)) as (url, peers):
             upstream = _upstream()
-            tap = _Seen()
+            tap = SeenTap()
             try:
                 first = await _text(upstream, url, tap)
                 await asyncio.sleep(0.05)  # the chunked body's last frame, after [DONE]
@@ -156,8 +148,7 @@ def test_an_engine_that_stops_sending_hits_the_read_timeout() -> None:
     over = asyncio.Event()
 
     async def stalls(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await _sse(request)
         await resp.write(_event(0))
         await over.wait()  # silent until the test is over
         return resp
@@ -165,7 +156,7 @@ def test_an_engine_that_stops_sending_hits_the_read_timeout() -> None:
     async def main() -> None:
         async with _engine(stalls) as (url, _):
             upstream = _upstream(read_timeout_s=0.3)
-            tap = _Seen()
+            tap = SeenTap()
             try:
                 text = await asyncio.wait_for(_text(upstream, url, tap), 10)
             finally:
@@ -182,8 +173,7 @@ def test_a_slow_client_pauses_the_engine_and_loses_nothing() -> None:
     big = 2_000  # events of ~1 KiB: 2 MB, far past what the relay holds before pausing
 
     async def floods(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await _sse(request)
         pad = b"x" * 1000
         for i in range(big):
             await resp.write(_event(i)[:-3] + b',"pad":"' + pad + b'"}\n\n')
@@ -196,7 +186,7 @@ def test_a_slow_client_pauses_the_engine_and_loses_nothing() -> None:
             upstream = _upstream()
             got = []
             try:
-                relay = await _relay(upstream, url, _Seen())
+                relay = await _relay(upstream, url, SeenTap())
                 async for block in relay:
                     got.append(block)
                     await asyncio.sleep(0.05)  # a client reading slowly
@@ -217,8 +207,7 @@ def test_a_client_that_goes_away_closes_the_engines_connection() -> None:
     gone = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await _sse(request)
         try:
             for i in range(10_000):
                 await resp.write(_event(i))
@@ -231,7 +220,7 @@ def test_a_client_that_goes_away_closes_the_engines_connection() -> None:
     async def main() -> None:
         async with _engine(endless) as (url, _):
             upstream = _upstream()
-            tap = _Seen()
+            tap = SeenTap()
             try:
                 relay = await _relay(upstream, url, tap)
                 async for _ in relay:

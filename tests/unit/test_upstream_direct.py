@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from gateway.relay import Tap
 from gateway.upstream import Upstream, start_relay
 from replicas.breaker import CircuitBreaker
 from replicas.pool import Backend, make_clients
 from store.errors import EngineError, UpstreamUnavailable
+from tests.support.taps import SeenTap
 
 EVENT = b'data: {"model":"engine-x","choices":[{"delta":{"content":"hi"}}]}\n\n'
 
@@ -42,19 +42,6 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
-
-
-class _Seen(Tap):
-    def __init__(self) -> None:
-        self.blocks: list[bytes] = []
-        self.outcome = ""
-
-    def see(self, events: bytes) -> bytes:
-        self.blocks.append(events)
-        return events
-
-    async def end(self, outcome: str) -> None:  # type: ignore[override]
-        self.outcome = outcome
 
 
 async def _server() -> tuple[web.AppRunner, str]:
@@ -103,7 +90,7 @@ def test_a_stream_is_relayed_renamed_and_seen_by_its_taps() -> None:
     async def main() -> None:
         runner, url = await _server()
         upstream = _upstream()
-        tap = _Seen()
+        tap = SeenTap()
         try:
             opened = await upstream.open_stream(
                 _backend(url),
@@ -128,7 +115,7 @@ def test_a_stream_cut_by_the_engine_ends_with_one_error_event() -> None:
     async def main() -> None:
         runner, url = await _server()
         upstream = _upstream()
-        tap = _Seen()
+        tap = SeenTap()
         try:
             opened = await upstream.open_stream(
                 _backend(url), "/v1/chat/completions", b'{"stream":true,"cut":true}', None,
