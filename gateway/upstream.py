@@ -259,7 +259,11 @@ class Upstream:
         route: DirectRoute | None = None,
     ) -> AsyncIterator[bytes]:
         """Whole SSE events as they arrive, the engine's model name rewritten, each block seen
-        by every tap (gateway.relay) in one loop; what has arrived goes out as one write.
+        by every tap (gateway.relay); what has arrived goes out as one write. The `Pump` does
+        that work per block (on the default path inside the engine connection's callback) and
+        writes to the client itself when it can; this generator yields the rest: blocks the
+        client's connection could not take, `[DONE]` after the taps' `before_done`, or the
+        error event that ends a stream cut short.
 
         The first item is b"" and not for the client: awaiting it starts the generator (see
         `start_relay`), so that its `finally` (lease, taps, upstream connection) always runs.
@@ -298,6 +302,7 @@ class Upstream:
             outcome = "ended"
             yield _seen(taps, self._cut(pump, backend))
         finally:
+            pump.over = True  # the taps see nothing more, whatever still arrives
             backend.inflight -= 1
             on_close()
             await _close(opened, taps, outcome)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
+from gateway.relay import Outcome
 from gateway.upstream import HELD_BYTES, Upstream, start_relay
 from replicas.breaker import CircuitBreaker
 from replicas.engine_http import EngineConnectionError, EngineStreams
@@ -217,10 +218,19 @@ def test_a_client_that_goes_away_closes_the_engines_connection() -> None:
             raise
         return resp
 
+    class SlowEnd(SeenTap):
+        """Ends as a capture does: awaiting a write, while the engine's blocks keep coming."""
+
+        seen_at_end = -1
+
+        async def end(self, outcome: Outcome) -> None:
+            self.outcome, self.seen_at_end = outcome, len(self.blocks)
+            await asyncio.sleep(0.1)
+
     async def main() -> None:
         async with _engine(endless) as (url, _):
             upstream = _upstream()
-            tap = SeenTap()
+            tap = SlowEnd()
             try:
                 relay = await _relay(upstream, url, tap)
                 async for _ in relay:
@@ -230,6 +240,7 @@ def test_a_client_that_goes_away_closes_the_engines_connection() -> None:
             finally:
                 await _close(upstream)
         assert tap.outcome == "cancelled"
+        assert len(tap.blocks) == tap.seen_at_end  # nothing reached the taps after the end
 
     asyncio.run(main())
 
