@@ -45,7 +45,8 @@ from gateway.worker_placements import (
 )
 from replicas.base_model import ModelError, prepare_in_child, resolve_model
 from replicas.breaker import CircuitBreaker
-from replicas.pool import Backend, BackendPool, DirectHTTP, make_clients
+from replicas.engine_http import EngineHTTP
+from replicas.pool import Backend, BackendPool, make_clients
 from replicas.supervisor import EngineState, EngineSupervisor, build_launch, engine_socket
 from store import Store, open_store
 from store.errors import AuthenticationFailed, PermissionDenied
@@ -229,7 +230,7 @@ class Gateway:
             return None
         return Telemetry(self.metrics if self.settings.metrics_enabled else None, self.tracing)
 
-    def _make_clients(self) -> tuple[httpx.AsyncClient, DirectHTTP | None]:
+    def _make_clients(self) -> tuple[httpx.AsyncClient, EngineHTTP | None]:
         s = self.settings
         if self._transport is not None:  # tests: a fake network edge
             timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
@@ -427,7 +428,7 @@ class Gateway:
             await self.supervisor.stop()
         await self.client.aclose()
         if self.upstream.direct is not None:
-            self.upstream.direct.streams.close()
+            self.upstream.direct.close()
         if isinstance(self.adapters, FollowerPool):
             await self.adapters.primary.aclose()
         await self.store.close()

@@ -20,8 +20,8 @@ import anyio
 import httpx
 
 from gateway.relay import DirectRoute, Outcome, Tap
-from replicas.engine_http import EngineTimeout, Exchange, Wakeup
-from replicas.pool import Backend, DirectHTTP
+from replicas.engine_http import EngineHTTP, EngineTimeout, Exchange, Wakeup
+from replicas.pool import Backend
 from store.errors import (
     EngineError,
     LoopgateError,
@@ -36,7 +36,7 @@ DONE = b"data: [DONE]"
 # Blocks a client is not ready for, held before the engine's connection stops being read.
 HELD_BYTES = 256 * 1024
 
-Answer = httpx.Response | aiohttp.ClientResponse | Exchange
+Answer = httpx.Response | Exchange
 
 
 def _headers(backend: Backend, request_id: str | None) -> dict[str, str]:
@@ -78,15 +78,13 @@ class Opened:
 def byte_source(resp: Answer) -> Callable[[], Awaitable[bytes]]:
     """The stream's next bytes, whatever has arrived (b"" at its end).
 
-    On the direct path (DirectHTTP, the default) streams come from loopgate's own client
-    (replicas.engine_http), read this way only until the relay takes the body over. Any other
-    client (tests' fake engine, httpx's own transport) is read through httpx; `relay_error`
-    maps the errors of both.
+    On the default path streams come from loopgate's own client (replicas.engine_http),
+    read this way only until the relay takes the body over. Without it (tests' fake engine,
+    `LOOPGATE_UPSTREAM_TRANSPORT=httpx`) they are read through httpx; `relay_error` maps the
+    errors of both.
     """
     if isinstance(resp, Exchange):
         return resp.read
-    if isinstance(resp, aiohttp.ClientResponse):
-        return resp.content.readany
     chunks = resp.aiter_raw()
 
     async def read() -> bytes:
@@ -98,8 +96,6 @@ def byte_source(resp: Answer) -> Callable[[], Awaitable[bytes]]:
 async def _read_all(resp: Answer) -> bytes:
     if isinstance(resp, Exchange):
         return await resp.read_all()
-    if isinstance(resp, aiohttp.ClientResponse):
-        return await resp.read()
     return await resp.aread()
 
 
@@ -108,25 +104,22 @@ async def _close_response(resp: Answer) -> None:
     is closed (vLLM then aborts the request)."""
     if isinstance(resp, Exchange):
         resp.close()
-    elif isinstance(resp, aiohttp.ClientResponse):
-        resp.release()
     else:
         await resp.aclose()
 
 
 # What a failed read of an engine's answer raises, whichever client read it.
-TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+TRANSPORT_ERRORS = (httpx.TransportError, OSError)
 
 
-def _first_token_timeout(exc: BaseException) -> bool:
-    """The first-token timeout's own TimeoutError, not a client's connect or read timeout."""
-    return isinstance(exc, TimeoutError) and not isinstance(
-        exc, EngineTimeout | aiohttp.ClientError
-    )
+def _own_timeout(exc: BaseException) -> bool:
+    """A TimeoutError of this module's own deadlines (a request's total, a stream's first
+    token), not a client's connect or read timeout."""
+    return isinstance(exc, TimeoutError) and not isinstance(exc, EngineTimeout)
 
 
 def relay_error(exc: BaseException, backend: Backend) -> LoopgateError:
-    """A transport failure while reading a stream, from httpx or (read directly) aiohttp."""
+    """A transport failure talking to an engine, from httpx or from loopgate's own client."""
     if isinstance(exc, httpx.TransportError):
         return _transport_error(exc, backend)
     if isinstance(exc, TimeoutError):
@@ -149,10 +142,10 @@ class Upstream:
         client: httpx.AsyncClient,
         first_token_timeout_s: float = 300.0,
         total_timeout_s: float = 1800.0,
-        direct: DirectHTTP | None = None,
+        direct: EngineHTTP | None = None,
     ):
         self.client = client
-        self.direct = direct  # aiohttp on the same session, for the serving path
+        self.direct = direct  # loopgate's own client, for the serving path (replicas.engine_http)
         self.first_token_timeout_s = first_token_timeout_s
         self.total_timeout_s = total_timeout_s
 
@@ -166,15 +159,15 @@ class Upstream:
                 status, content = await self._post(
                     backend.url + path, body, _headers(backend, request_id)
                 )
-        except (httpx.TransportError, aiohttp.ClientError) as exc:
-            backend.breaker.failed()
-            raise relay_error(exc, backend) from None
-        except TimeoutError:
-            backend.breaker.failed()
-            raise UpstreamTimeout(
-                f"the engine did not answer within {self.total_timeout_s:g}s"
-            ) from None
-        except BaseException:
+        except BaseException as exc:
+            if _own_timeout(exc):
+                backend.breaker.failed()
+                raise UpstreamTimeout(
+                    f"the engine did not answer within {self.total_timeout_s:g}s"
+                ) from None
+            if isinstance(exc, TRANSPORT_ERRORS):
+                backend.breaker.failed()
+                raise relay_error(exc, backend) from None
             backend.breaker.abandoned()
             raise
         finally:
@@ -186,14 +179,17 @@ class Upstream:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         if self.direct is not None:
-            async with await self.direct.send(url, body, headers) as resp:
-                return resp.status, await resp.read()
+            exchange = await self.direct.post(url, body, headers)
+            try:
+                return exchange.status, await exchange.read_all()
+            finally:
+                exchange.close()  # cut short (cancelled): the engine aborts the request
         answer = await self.client.post(url, content=body, headers=headers)
         return answer.status_code, answer.content
 
     async def _send_stream(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         if self.direct is not None:
-            return await self.direct.streams.post(url, body, headers)
+            return await self.direct.post(url, body, headers)
         request = self.client.build_request("POST", url, content=body, headers=headers)
         return await self.client.send(request, stream=True)
 
@@ -237,7 +233,7 @@ class Upstream:
             if resp is not None:
                 with anyio.CancelScope(shield=True):
                     await _close_response(resp)
-            if _first_token_timeout(exc):
+            if _own_timeout(exc):
                 backend.breaker.failed()
                 raise UpstreamTimeout(
                     f"the engine sent no token within {self.first_token_timeout_s:g}s"

@@ -221,7 +221,7 @@ class EngineConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, streams: EngineStreams, key: tuple[str, str, int]) -> None:
+    def __init__(self, streams: EngineHTTP, key: tuple[str, str, int]) -> None:
         self.streams, self.key = streams, key
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
@@ -360,7 +360,7 @@ class EngineConnection(asyncio.Protocol):
                 self.transport.abort()
 
 
-class EngineStreams:
+class EngineHTTP:
     """The pool of connections to the engines for streamed answers (see the module's notes)."""
 
     def __init__(self, connect_timeout_s: float, read_timeout_s: float, uds: str | None = None):

@@ -9,12 +9,11 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from replicas.breaker import CircuitBreaker
-from replicas.engine_http import EngineStreams
+from replicas.engine_http import EngineHTTP
 from store.errors import EngineNotReady
 
 
@@ -80,43 +79,6 @@ class BackendPool:
                     await self._readiness.wait()
 
 
-class DirectHTTP:
-    """aiohttp used directly on the serving path, over the httpx client's own aiohttp session
-    (one connection pool). httpx's layers on top of aiohttp (request building, URL parsing,
-    cookies, response models, an exception-mapping context per chunk) cost about as much CPU
-    per request as the transport under them; everything that is not serving (adapter loads,
-    health checks, tests' fake engine) keeps using the httpx client."""
-
-    def __init__(self, transport: AiohttpTransport, timeout: httpx.Timeout, uds: str | None):
-        self.transport = transport
-        # Streams take loopgate's own client (replicas.engine_http), with the same timeouts.
-        assert timeout.connect is not None and timeout.read is not None
-        self.streams = EngineStreams(timeout.connect, timeout.read, uds)
-        # httpx-aiohttp's own mapping of httpx's timeouts: connect -> sock_connect, read ->
-        # sock_read (the longest gap between bytes), pool -> connect (waiting for a connection).
-        self.timeout = aiohttp.ClientTimeout(
-            sock_connect=timeout.connect, sock_read=timeout.read, connect=timeout.pool
-        )
-
-    def session(self) -> aiohttp.ClientSession:
-        """The transport's session (made on first use, inside the event loop)."""
-        if not isinstance(self.transport.client, aiohttp.ClientSession):
-            self.transport.client = self.transport.get_client()
-        return self.transport.client
-
-    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """POST a JSON body; the response with its headers read (the body is the caller's)."""
-        return await self.session().post(
-            url,
-            data=body,
-            headers={"content-type": "application/json", **headers},
-            timeout=self.timeout,
-            allow_redirects=False,
-            auto_decompress=False,
-            compress=False,
-        )
-
-
 def make_client(
     connect_timeout_s: float, read_timeout_s: float, transport: str, uds: str | None = None
 ) -> httpx.AsyncClient:
@@ -126,17 +88,17 @@ def make_client(
 
 def make_clients(
     connect_timeout_s: float, read_timeout_s: float, transport: str, uds: str | None = None
-) -> tuple[httpx.AsyncClient, DirectHTTP | None]:
-    """The client toward the replicas and, over the aiohttp transport, the direct path on the
-    same session; with `uds`, every request goes over that Unix socket (the embedded engine's),
-    whatever host its URL names."""
+) -> tuple[httpx.AsyncClient, EngineHTTP | None]:
+    """The client toward the replicas (httpx; on the aiohttp transport, the default, also
+    loopgate's own client for the serving path: replicas.engine_http); with `uds`, every
+    request goes over that Unix socket (the embedded engine's), whatever host its URL names."""
     timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     if transport == "aiohttp":
         # Measured faster than httpx's own transport under concurrency (docs/benchmarks.md).
         aio = AiohttpTransport(limits=limits, trust_env=False, uds=uds)
         client = httpx.AsyncClient(transport=aio, timeout=timeout, trust_env=False)
-        return client, DirectHTTP(aio, timeout, uds)
+        return client, EngineHTTP(connect_timeout_s, read_timeout_s, uds)
     client = httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(limits=limits, trust_env=False, uds=uds),
         timeout=timeout,

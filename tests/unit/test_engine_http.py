@@ -17,9 +17,9 @@ from aiohttp import web
 from gateway.relay import Outcome
 from gateway.upstream import HELD_BYTES, Upstream, start_relay
 from replicas.breaker import CircuitBreaker
-from replicas.engine_http import EngineConnectionError, EngineStreams
+from replicas.engine_http import EngineConnectionError, EngineHTTP
 from replicas.pool import Backend, make_clients
-from store.errors import UpstreamUnavailable
+from store.errors import UpstreamTimeout, UpstreamUnavailable
 from tests.support.taps import SeenTap
 
 PATH = "/v1/chat/completions"
@@ -96,7 +96,7 @@ async def _text(upstream: Upstream, url: str, tap: SeenTap | None = None) -> byt
 async def _close(upstream: Upstream) -> None:
     await upstream.client.aclose()
     assert upstream.direct is not None
-    upstream.direct.streams.close()
+    upstream.direct.close()
 
 
 def test_streams_are_pushed_through_the_pump_and_reuse_one_connection() -> None:
@@ -131,7 +131,7 @@ def test_a_connection_the_engine_closed_while_idle_is_replaced_without_an_error(
             try:
                 await _text(upstream, url)
                 await asyncio.sleep(0.05)
-                assert upstream.direct is not None and upstream.direct.streams.idle
+                assert upstream.direct is not None and upstream.direct.idle
                 # The engine closes the idle connection just as the next request takes it:
                 # the close is under way (the socket goes in the loop's next round), so the
                 # request is written to a connection that dies before answering.
@@ -262,7 +262,7 @@ def test_a_body_without_a_length_ends_with_the_connection() -> None:
         server, url = await _raw_server(
             b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + _event(0) + b"data: [DONE]\n\n"
         )
-        streams = EngineStreams(5, 5)
+        streams = EngineHTTP(5, 5)
         try:
             exchange = await streams.post(url, b"{}", {})
             body = await exchange.read_all()
@@ -281,7 +281,7 @@ def test_a_body_without_a_length_ends_with_the_connection() -> None:
 def test_an_answer_that_is_not_http_is_a_connection_error(answer: bytes) -> None:
     async def main() -> None:
         server, url = await _raw_server(answer)
-        streams = EngineStreams(5, 5)
+        streams = EngineHTTP(5, 5)
         try:
             with pytest.raises(EngineConnectionError):
                 exchange = await streams.post(url, b"{}", {})
@@ -305,5 +305,27 @@ def test_the_relay_maps_client_failures_to_openai_errors() -> None:
             await _close(upstream)
             server.close()
         assert backend.inflight == 0
+
+    asyncio.run(main())
+
+
+def test_an_answer_that_never_comes_is_a_timeout_and_counts_against_the_replica() -> None:
+    over = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        await over.wait()
+        return web.json_response({})
+
+    async def main() -> None:
+        async with _engine(silent) as (url, _):
+            upstream = _upstream(read_timeout_s=0.3)
+            backend = _backend(url)
+            try:
+                with pytest.raises(UpstreamTimeout, match="EngineTimeout"):
+                    await upstream.post(backend, PATH, b"{}")
+            finally:
+                over.set()
+                await _close(upstream)
+        assert backend.breaker.failures == 1 and backend.inflight == 0
 
     asyncio.run(main())
