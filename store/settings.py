@@ -318,9 +318,9 @@ class Settings:
     upstream_transport: UpstreamTransport = field(
         default="aiohttp",
         metadata={
-            "help": "HTTP client toward vLLM: 'aiohttp' (serving requests on aiohttp directly, "
-            "streams on loopgate's own HTTP/1.1 client, replicas.engine_http, both measured "
-            "fastest; other calls through httpx on the aiohttp session) or 'httpx' (httpx's own "
+            "help": "HTTP client toward vLLM: 'aiohttp' (serving requests and streams on "
+            "loopgate's own HTTP/1.1 client, replicas.engine_http, measured fastest; every "
+            "other call through httpx on the aiohttp transport) or 'httpx' (httpx's own "
             "transport for everything)."
         },
     )
