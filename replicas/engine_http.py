@@ -1,4 +1,4 @@
-"""The serving path's own HTTP/1.1 client for streamed answers from the engines.
+"""The serving path's own HTTP/1.1 client toward the engines, made for streamed answers.
 
 A streamed answer is many small chunks (one per engine step and stream). Through aiohttp, each
 chunk crosses its protocol, a `StreamReader`, a future that wakes the reading task, a read
@@ -13,7 +13,9 @@ Unix socket), the status and headers awaited, the body pulled (`Exchange.read`) 
 takes it over; a connection timeout, and a read timeout that bounds the longest gap between
 bytes (one timer per exchange, not one per chunk). A kept-alive connection that the engine
 closed while idle fails before any byte of its answer: the request is then sent once more on a
-new connection (what HTTP clients do for a request that was never answered).
+new connection (what HTTP clients do for a request that was never answered). Non-streamed
+requests take it too (`Exchange.read_all`): a fifth fewer instructions per chat request than
+aiohttp's client (docs/benchmarks.md).
 """
 
 from __future__ import annotations
