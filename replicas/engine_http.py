@@ -301,6 +301,8 @@ class EngineConnection(asyncio.Protocol):
 
     def start(self, request: bytes, read_timeout_s: float) -> Exchange:
         assert self.transport is not None and self.exchange is None
+        if self.closed or self.transport.is_closing():  # closing, not yet told: see `post`
+            raise EngineConnectionError("the engine closed the connection")
         exchange = self.exchange = Exchange(self)
         self._until_eof = True
         self._last = self.loop.time()
@@ -382,15 +384,18 @@ class EngineHTTP:
         request = "".join(head).encode("latin-1") + body
         while True:
             conn, reused = await self._connection(target)
-            exchange = conn.start(request, self.read_timeout_s)
+            exchange: Exchange | None = None
             try:
+                exchange = conn.start(request, self.read_timeout_s)
                 await exchange.headers_in()
             except ConnectionError:
-                if reused and not exchange.got_bytes:
+                conn.abort()
+                if reused and (exchange is None or not exchange.got_bytes):
                     continue  # closed while idle, before our request: send it again, anew
                 raise
             except BaseException:
-                exchange.close()
+                if exchange is not None:
+                    exchange.close()
                 raise
             return exchange
 

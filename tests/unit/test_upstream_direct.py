@@ -1,4 +1,4 @@
-"""The serving path's direct aiohttp client (replicas.pool.EngineHTTP) against a real HTTP
+"""The serving path's own client (replicas.engine_http.EngineHTTP) against a real HTTP
 server: bodies, engine errors, streams relayed with their model renamed, cuts and refusals.
 
 The rest of the unit tests reach a fake engine through an httpx transport (the network edge);
