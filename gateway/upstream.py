@@ -118,6 +118,19 @@ def _own_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) and not isinstance(exc, EngineTimeout)
 
 
+def _failure(exc: BaseException, backend: Backend, late: str) -> LoopgateError | None:
+    """What a failed engine request becomes, its replica's breaker told: one of this module's
+    deadlines (`late` says which) or a transport failure; None for anything else (cancelled,
+    an engine's own answer), which the caller handles."""
+    if _own_timeout(exc):
+        backend.breaker.failed()
+        return UpstreamTimeout(late)
+    if isinstance(exc, TRANSPORT_ERRORS):
+        backend.breaker.failed()
+        return relay_error(exc, backend)
+    return None
+
+
 def relay_error(exc: BaseException, backend: Backend) -> LoopgateError:
     """A transport failure talking to an engine, from httpx or from loopgate's own client."""
     if isinstance(exc, httpx.TransportError):
@@ -160,14 +173,9 @@ class Upstream:
                     backend.url + path, body, _headers(backend, request_id)
                 )
         except BaseException as exc:
-            if _own_timeout(exc):
-                backend.breaker.failed()
-                raise UpstreamTimeout(
-                    f"the engine did not answer within {self.total_timeout_s:g}s"
-                ) from None
-            if isinstance(exc, TRANSPORT_ERRORS):
-                backend.breaker.failed()
-                raise relay_error(exc, backend) from None
+            late = f"the engine did not answer within {self.total_timeout_s:g}s"
+            if (error := _failure(exc, backend, late)) is not None:
+                raise error from None
             backend.breaker.abandoned()
             raise
         finally:
@@ -233,14 +241,9 @@ class Upstream:
             if resp is not None:
                 with anyio.CancelScope(shield=True):
                     await _close_response(resp)
-            if _own_timeout(exc):
-                backend.breaker.failed()
-                raise UpstreamTimeout(
-                    f"the engine sent no token within {self.first_token_timeout_s:g}s"
-                ) from None
-            if isinstance(exc, TRANSPORT_ERRORS):
-                backend.breaker.failed()
-                raise relay_error(exc, backend) from None
+            late = f"the engine sent no token within {self.first_token_timeout_s:g}s"
+            if (error := _failure(exc, backend, late)) is not None:
+                raise error from None
             if not isinstance(exc, EngineError):  # an engine's answer was judged already
                 backend.breaker.abandoned()
             raise
