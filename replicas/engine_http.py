@@ -86,7 +86,7 @@ class Wakeup:
 
 
 class Exchange:
-    """One request's answer: its status and headers, then its body, pulled with `read` until
+    """One request's answer: its status, then its body, pulled with `read` until
     `attach` hands it to a sink, which from then on gets every block as it arrives (on the
     event loop, from the connection's callback; it must not raise) and, at the end, `None`
     (the body is complete) or the exception that cut it."""
@@ -99,7 +99,6 @@ class Exchange:
         "done",
         "error",
         "got_bytes",
-        "headers",
         "sink",
         "status",
     )
@@ -107,7 +106,6 @@ class Exchange:
     def __init__(self, conn: EngineConnection) -> None:
         self.conn: EngineConnection | None = conn
         self.status = 0
-        self.headers: dict[str, str] = {}
         self.sink: Callable[[bytes | BaseException | None], None] | None = None
         self.done = False  # the body is complete, or cut (then `error` says why)
         self.error: BaseException | None = None
@@ -215,22 +213,20 @@ class EngineConnection(asyncio.Protocol):
         "_until_eof",
         "closed",
         "exchange",
-        "idle_since",
         "key",
         "loop",
         "parser",
-        "streams",
+        "pool",
         "transport",
     )
 
-    def __init__(self, streams: EngineHTTP, key: tuple[str, str, int]) -> None:
-        self.streams, self.key = streams, key
+    def __init__(self, pool: EngineHTTP, key: tuple[str, str, int]) -> None:
+        self.pool, self.key = pool, key
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.closed = False
-        self.idle_since = 0.0
         self._parts: list[bytes] = []
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -267,7 +263,7 @@ class EngineConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_timer()
-        self.streams.forget(self)
+        self.pool.forget(self)
         exchange, self.exchange = self.exchange, None
         if exchange is None:
             return
@@ -279,11 +275,8 @@ class EngineConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.exchange is not None
-        key = name.decode("latin-1").lower()
-        self.exchange.headers[key] = value.decode("latin-1")
-        if key in ("content-length", "transfer-encoding"):
-            self._until_eof = False
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._until_eof = False  # the body's end is framed, not the connection's
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -299,14 +292,13 @@ class EngineConnection(asyncio.Protocol):
 
     # -- the exchange -------------------------------------------------------------------------
 
-    def start(self, request: bytes, read_timeout_s: float) -> Exchange:
+    def start(self, request: bytes) -> Exchange:
         assert self.transport is not None and self.exchange is None
         if self.closed or self.transport.is_closing():  # closing, not yet told: see `post`
             raise EngineConnectionError("the engine closed the connection")
         exchange = self.exchange = Exchange(self)
         self._until_eof = True
-        self._last = self.loop.time()
-        self._timer = self.loop.call_at(self._last + read_timeout_s, self._check, read_timeout_s)
+        self._arm()
         self.transport.write(request)
         return exchange
 
@@ -320,18 +312,21 @@ class EngineConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed and self._paused:
             self._paused = False
             self.transport.resume_reading()
-            self._last = self.loop.time()
-            timeout = self.streams.read_timeout_s
-            self._timer = self.loop.call_at(self._last + timeout, self._check, timeout)
+            self._arm()
 
-    def _check(self, read_timeout_s: float) -> None:
-        """The read timeout: no byte for `read_timeout_s` ends the exchange."""
-        due = self._last + read_timeout_s
+    def _arm(self) -> None:
+        """Start the read timeout, counting from now."""
+        self._last = self.loop.time()
+        self._timer = self.loop.call_at(self._last + self.pool.read_timeout_s, self._check)
+
+    def _check(self) -> None:
+        """The read timeout: no byte for the pool's `read_timeout_s` ends the exchange."""
+        due = self._last + self.pool.read_timeout_s
         if self.loop.time() >= due:
             self._timer = None
-            self._end(EngineTimeout(f"no byte from the engine in {read_timeout_s:g}s"))
+            self._end(EngineTimeout(f"no byte from the engine in {self.pool.read_timeout_s:g}s"))
         else:
-            self._timer = self.loop.call_at(due, self._check, read_timeout_s)
+            self._timer = self.loop.call_at(due, self._check)
 
     def _complete(self, exchange: Exchange) -> None:
         self._message_done = False
@@ -340,7 +335,7 @@ class EngineConnection(asyncio.Protocol):
         keep = self._keep_alive and not self.closed
         exchange.finish(None)
         if keep:
-            self.streams.release(self)
+            self.pool.release(self)
         else:
             self.abort()
 
@@ -359,13 +354,13 @@ class EngineConnection(asyncio.Protocol):
         self._stop_timer()
         if not self.closed:
             self.closed = True
-            self.streams.forget(self)
+            self.pool.forget(self)
             if self.transport is not None:
                 self.transport.abort()
 
 
 class EngineHTTP:
-    """The pool of connections to the engines for streamed answers (see the module's notes)."""
+    """The serving path's connections to the engines, kept alive (see the module's notes)."""
 
     def __init__(self, connect_timeout_s: float, read_timeout_s: float, uds: str | None = None):
         self.connect_timeout_s = connect_timeout_s
@@ -386,7 +381,7 @@ class EngineHTTP:
             conn, reused = await self._connection(target)
             exchange: Exchange | None = None
             try:
-                exchange = conn.start(request, self.read_timeout_s)
+                exchange = conn.start(request)
                 await exchange.headers_in()
             except ConnectionError:
                 conn.abort()
@@ -435,7 +430,6 @@ class EngineHTTP:
         if len(idle) >= MAX_IDLE:
             conn.abort()
             return
-        conn.idle_since = conn.loop.time()
         idle.append(conn)
 
     def forget(self, conn: EngineConnection) -> None:
