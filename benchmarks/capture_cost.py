@@ -121,6 +121,7 @@ def gateway_env(data_dir: Path, mock_port: int, capture: bool, port: int = 8080)
         LOOPGATE_ENGINE_URLS=f"http://127.0.0.1:{mock_port}",
         LOOPGATE_SERVED_MODEL_NAME="mock",
         LOOPGATE_TRAINING_WORKER="false",
+        LOOPGATE_EVALS_WORKER="false",  # its start-up would share the gateway's core
         LOOPGATE_PORT=str(port),
         LOOPGATE_LOG_LEVEL="warning",
         PYTHONHASHSEED="0",
