@@ -12,15 +12,11 @@ the statistics, the report and the gate's verdict. Promotion requires a passing 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -36,6 +32,7 @@ from evals.checks import check_schemas
 from evals.policy import PolicyIn
 from evals.spec import AnswerReply, AnswerRequest, RunSpec
 from evals.suite import DEFAULT_TENANT_CHECKS, SuiteError, parse_jsonl
+from gateway.background import BackgroundProcess
 from gateway.cache_salt import CacheSalts
 from gateway.quotas import Quotas, refusal
 from replicas.child_env import child_env
@@ -51,7 +48,7 @@ from store.errors import (
 )
 from store.settings import Settings, to_env
 
-__all__ = ["EvalsWorkerProcess", "Evaluations", "PolicyIn", "StartEval"]
+__all__ = ["Evaluations", "PolicyIn", "StartEval"]
 log = logging.getLogger("loopgate.evals")
 TENANT_SUITE = erasure_sql.TENANT_SUITE
 AN_EVAL_RUN = Usage(eval_runs_last_day=1)
@@ -254,29 +251,12 @@ def evals_worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str
     )
 
 
-class EvalsWorkerProcess:
+def evals_worker_process(settings: Settings) -> BackgroundProcess:
     """The embedded evals worker: a child process with the gateway's settings."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = evals_worker_env(self.settings, os.environ)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "evals.worker"], env=env, start_new_session=True
-        )
-        log.info("evals worker started (pid %d)", self.proc.pid)
-
-    async def stop(self, timeout_s: float = 30.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout_s)
-        except TimeoutError:
-            log.warning("evals worker did not stop in %.0f s; killing it", timeout_s)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.to_thread(proc.wait)
+    return BackgroundProcess(
+        "evals worker",
+        "evals.worker",
+        evals_worker_env(settings, os.environ),
+        nice=settings.worker_nice,
+        stop_timeout_s=30.0,
+    )

@@ -25,15 +25,11 @@ the admin key, the engine key, the metrics key or the cache-salt secret (`replic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -47,6 +43,7 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import validate_folder
+from gateway.background import BackgroundProcess
 from gateway.checkpoints import JobCheckpoints
 from gateway.dataset_policy import BuildDataset, DatasetOverride, DatasetReport, tenant_config
 from gateway.quotas import Quotas, bounded, check_examples, refusal
@@ -638,29 +635,13 @@ def worker_process_env(settings: Settings, environ: Mapping[str, str]) -> dict[s
     )
 
 
-class WorkerProcess:
-    """The embedded training worker: a child process with the gateway's settings."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = worker_process_env(self.settings, os.environ)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.worker"], env=env, start_new_session=True
-        )
-        log.info("training worker started (pid %d)", self.proc.pid)
-
-    async def stop(self, timeout_s: float = 60.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # the job in training goes back to the queue
-        try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout_s)
-        except TimeoutError:
-            log.warning("training worker did not stop in %.0f s; killing it", timeout_s)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.to_thread(proc.wait)
+def training_worker_process(settings: Settings) -> BackgroundProcess:
+    """The embedded training worker: a child process with the gateway's settings. Stopped, the
+    job it was training goes back to the queue."""
+    return BackgroundProcess(
+        "training worker",
+        "training.worker",
+        worker_process_env(settings, os.environ),
+        nice=settings.worker_nice,
+        stop_timeout_s=60.0,
+    )

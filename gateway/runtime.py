@@ -21,9 +21,9 @@ from adapters.validation import BaseModelInfo, Limits, base_model_info
 from gateway.cache_salt import CacheSalts
 from gateway.capture import CaptureWriter
 from gateway.erasure import DataErasure
-from gateway.evaluations import EvalsWorkerProcess, Evaluations
+from gateway.evaluations import Evaluations, evals_worker_process
 from gateway.files import Files
-from gateway.finetuning import FineTuning, WorkerProcess
+from gateway.finetuning import FineTuning, training_worker_process
 from gateway.limits import Limiter, SharedInflight
 from gateway.loop import Loops
 from gateway.metrics import MeteredCanaries, MeteredSwapper, Metrics
@@ -127,7 +127,9 @@ class Gateway:
         )
         control_plane = role is None or role.primary  # the other workers only serve
         self.worker = (
-            WorkerProcess(settings) if settings.training_worker and control_plane else None
+            training_worker_process(settings)
+            if settings.training_worker and control_plane
+            else None
         )
         self.erasure = DataErasure(
             self.store, settings.training_path / "datasets", settings.data_dir / "evals"
@@ -144,7 +146,7 @@ class Gateway:
             quotas=self.quotas,
         )
         self.evals_worker = (
-            EvalsWorkerProcess(settings) if settings.evals_worker and control_plane else None
+            evals_worker_process(settings) if settings.evals_worker and control_plane else None
         )
         self.canaries = MeteredCanaries(
             self.store,

@@ -346,6 +346,15 @@ class Settings:
             "evals workers run elsewhere (`python -m evals.worker`)."
         },
     )
+    worker_nice: int = field(
+        default=10,
+        metadata={
+            "help": "How far below the gateway's CPU priority the training and evals workers run "
+            "(a Unix nice increment, 0-19; 0: the same priority). Where they and serving want "
+            "the same cores, requests and the engines come first; alone, a worker runs at full "
+            "speed either way."
+        },
+    )
     gateway_url: str = field(
         default="",
         metadata={
@@ -535,6 +544,8 @@ class Settings:
             raise ConfigError(f"LOOPGATE_PORT must be 1..65535, got {self.port}")
         if not 1 <= self.workers <= 256:
             raise ConfigError(f"LOOPGATE_WORKERS must be 1..256, got {self.workers}")
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"LOOPGATE_WORKER_NICE must be 0..19, got {self.worker_nice}")
         self._check_choices()
         if self.engine_mode == "external" and not self.engine_urls:
             raise ConfigError(
