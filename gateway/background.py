@@ -17,6 +17,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
+
+from replicas.child_env import child_env
+from store.settings import Settings, to_env
 
 log = logging.getLogger("loopgate.background")
 
@@ -60,3 +64,23 @@ class BackgroundProcess:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await asyncio.to_thread(proc.wait)
+
+
+def worker_env(
+    settings: Settings, environ: Mapping[str, str], omit: tuple[str, ...]
+) -> dict[str, str]:
+    """An embedded worker's environment: the allowlisted part of `environ`
+    (replicas.child_env) and its settings, passed explicitly, less the secrets in `omit`."""
+    return child_env(
+        environ, **to_env(settings, omit=omit), LOOPGATE_WORKER_PARENT=str(os.getpid())
+    )
+
+
+def embedded_worker(
+    settings: Settings, name: str, module: str, omit: tuple[str, ...], *, stop_timeout_s: float
+) -> BackgroundProcess:
+    """A worker child of this gateway, with its settings (less `omit`) and its priority."""
+    env = worker_env(settings, os.environ, omit)
+    return BackgroundProcess(
+        name, module, env, nice=settings.worker_nice, stop_timeout_s=stop_timeout_s
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -32,10 +31,9 @@ from evals.checks import check_schemas
 from evals.policy import PolicyIn
 from evals.spec import AnswerReply, AnswerRequest, RunSpec
 from evals.suite import DEFAULT_TENANT_CHECKS, SuiteError, parse_jsonl
-from gateway.background import BackgroundProcess
+from gateway.background import BackgroundProcess, embedded_worker, worker_env
 from gateway.cache_salt import CacheSalts
 from gateway.quotas import Quotas, refusal
-from replicas.child_env import child_env
 from replicas.pool import Backend
 from store import AdapterVersion, EvalRun, Store, Tenant, Usage, erasure_sql
 from store.errors import (
@@ -46,7 +44,7 @@ from store.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from store.settings import Settings, to_env
+from store.settings import Settings
 
 __all__ = ["Evaluations", "PolicyIn", "StartEval"]
 log = logging.getLogger("loopgate.evals")
@@ -244,19 +242,11 @@ EVALS_WORKER_OMITS = ("engine_api_key", "cache_salt_secret", "metrics_key", "con
 
 def evals_worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """The embedded evals worker's environment (replicas.child_env), with its settings."""
-    return child_env(
-        environ,
-        **to_env(settings, omit=EVALS_WORKER_OMITS),
-        LOOPGATE_WORKER_PARENT=str(os.getpid()),
-    )
+    return worker_env(settings, environ, EVALS_WORKER_OMITS)
 
 
 def evals_worker_process(settings: Settings) -> BackgroundProcess:
     """The embedded evals worker: a child process with the gateway's settings."""
-    return BackgroundProcess(
-        "evals worker",
-        "evals.worker",
-        evals_worker_env(settings, os.environ),
-        nice=settings.worker_nice,
-        stop_timeout_s=30.0,
+    return embedded_worker(
+        settings, "evals worker", "evals.worker", EVALS_WORKER_OMITS, stop_timeout_s=30.0
     )

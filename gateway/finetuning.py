@@ -43,12 +43,11 @@ from adapters.placement import AdapterPool
 from adapters.registry import Registry
 from adapters.swap import Swapper
 from adapters.validation import validate_folder
-from gateway.background import BackgroundProcess
+from gateway.background import BackgroundProcess, embedded_worker, worker_env
 from gateway.checkpoints import JobCheckpoints
 from gateway.dataset_policy import BuildDataset, DatasetOverride, DatasetReport, tenant_config
 from gateway.quotas import Quotas, bounded, check_examples, refusal
 from gateway.tenancy import Caller
-from replicas.child_env import child_env
 from replicas.pool import BackendPool
 from store import (
     AdapterVersion,
@@ -70,7 +69,7 @@ from store.errors import (
     Unprocessable,
     UpstreamTimeout,
 )
-from store.settings import Settings, to_env
+from store.settings import Settings
 from training.build_records import BuildError, ReviewStop
 from training.dataset_config import DatasetConfig
 from training.job_data import KINDS, MAX_LINE_BYTES, fine_tuned_name
@@ -628,20 +627,12 @@ WORKER_OMITS = (
 def worker_process_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """The embedded worker's environment: the allowlisted part of `environ` (replicas.child_env)
     and its settings, passed explicitly, less the serving side's secrets."""
-    return child_env(
-        environ,
-        **to_env(settings, omit=WORKER_OMITS),
-        LOOPGATE_WORKER_PARENT=str(os.getpid()),
-    )
+    return worker_env(settings, environ, WORKER_OMITS)
 
 
 def training_worker_process(settings: Settings) -> BackgroundProcess:
     """The embedded training worker: a child process with the gateway's settings. Stopped, the
     job it was training goes back to the queue."""
-    return BackgroundProcess(
-        "training worker",
-        "training.worker",
-        worker_process_env(settings, os.environ),
-        nice=settings.worker_nice,
-        stop_timeout_s=60.0,
+    return embedded_worker(
+        settings, "training worker", "training.worker", WORKER_OMITS, stop_timeout_s=60.0
     )
