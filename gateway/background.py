@@ -2,9 +2,9 @@
 
 They start at a lower CPU priority than the gateway (`worker_nice`, a Unix nice increment): when
 they and serving want the same cores, requests and the engines come first. A fresh evals worker
-spends ~2.5 s of CPU importing its libraries; at the gateway's priority it halved a fresh
-gateway's throughput for those seconds on a 2-core host (measured: 650 → 1,600 requests/s at
-concurrency 16 once it had settled). A fine-tuning job's CPU work yields the same way. Where
+spends ~2.5 s of CPU importing its libraries; sharing the gateway's core at the gateway's
+priority, it held a fresh gateway to 470-650 requests/s for its first ~3.5 s, against 1,530-1,900
+after (2-core host, concurrency 4). A fine-tuning job's CPU work yields the same way. Where
 nothing else wants the CPU, priority changes nothing: a lone job runs as fast as before.
 """
 
