@@ -245,8 +245,13 @@ def evals_worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str
     return worker_env(settings, environ, EVALS_WORKER_OMITS)
 
 
-def evals_worker_process(settings: Settings) -> BackgroundProcess:
-    """The embedded evals worker: a child process with the gateway's settings."""
+def evals_worker_process(settings: Settings) -> BackgroundProcess | None:
+    """The embedded evals worker: a child process with the gateway's settings. None without an
+    admin key: the worker works through the admin API, which is then off (and so is every route
+    that would queue it work), so it would only spend seconds of CPU importing and exit."""
+    if not settings.admin_key:
+        log.info("evals worker not started: the admin API is off (no LOOPGATE_ADMIN_KEY)")
+        return None
     return embedded_worker(
         settings, "evals worker", "evals.worker", EVALS_WORKER_OMITS, stop_timeout_s=30.0
     )

@@ -60,13 +60,17 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path
 
 
 def test_the_embedded_workers_take_the_setting(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, worker_nice=12)
-    for child in (evals_worker_process(settings), training_worker_process(settings)):
-        assert child.nice == 12
-    assert (evals_worker_process(settings).module, training_worker_process(settings).module) == (
-        "evals.worker",
-        "training.worker",
-    )
+    settings = Settings(data_dir=tmp_path, worker_nice=12, admin_key="lg-admin-test")
+    evals, training = evals_worker_process(settings), training_worker_process(settings)
+    assert evals is not None
+    assert (evals.nice, training.nice) == (12, 12)
+    assert (evals.module, training.module) == ("evals.worker", "training.worker")
     assert Settings(data_dir=tmp_path).worker_nice == 10
     with pytest.raises(ConfigError, match="LOOPGATE_WORKER_NICE"):
         Settings(data_dir=tmp_path, worker_nice=20)
+
+
+def test_no_evals_worker_without_the_admin_api(tmp_path: Path) -> None:
+    """It works through the admin API; without an admin key that API is off."""
+    assert evals_worker_process(Settings(data_dir=tmp_path, admin_key="")) is None
+    assert training_worker_process(Settings(data_dir=tmp_path, admin_key="")) is not None
