@@ -343,7 +343,8 @@ class Settings:
         metadata={
             "help": "Start an evals worker process beside the gateway (eval runs: answers, "
             "grading, statistics, reports; and the adaptation loop's steps); false when "
-            "evals workers run elsewhere (`python -m evals.worker`)."
+            "evals workers run elsewhere (`python -m evals.worker`). It works through the "
+            "admin API, so it is not started without an admin key."
         },
     )
     worker_nice: int = field(
