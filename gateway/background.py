@@ -42,7 +42,7 @@ class BackgroundProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module], env=self.env, start_new_session=True
         )
-        if self.nice > 0:  # set before the child has imported anything or started a thread
+        if self.nice > 0:  # right after its exec, while Python starts; later threads inherit it
             try:
                 mine = os.getpriority(os.PRIO_PROCESS, 0)
                 os.setpriority(os.PRIO_PROCESS, self.proc.pid, min(mine + self.nice, MAX_NICE))
