@@ -24,8 +24,11 @@ kernels and never calls these.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,6 +36,7 @@ from loopgate_engine.lora_slots import FIXED, replace_everywhere, torch_lora_ops
 
 log = logging.getLogger("vllm.loopgate_engine")
 DENSE = "__loopgate_dense_lora_ops__"
+PREPARED = "__loopgate_prepared__"  # on a stacked weight tensor: its layouts for the ops
 
 
 def _slots(weights: torch.Tensor) -> torch.Tensor:
@@ -45,6 +49,114 @@ def _mask(indices: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor
     return (indices.unsqueeze(1) == torch.arange(slots, device=indices.device)).to(dtype)
 
 
+def _prepared(
+    weights: torch.Tensor, layout: str, dtype: torch.dtype, build: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """`build()`, kept on the stacked weight tensor until vLLM writes into it.
+
+    vLLM writes a slot only in place (`set_lora` copies an adapter in, `reset_lora` zeroes it),
+    and every in-place write bumps the tensor's version counter (its views share it), so a copy
+    tagged with the version it was made from is current exactly while the version is unchanged.
+    Where there is no counter to check (an inference-mode tensor) or a graph is being traced,
+    nothing is kept and each call builds its own."""
+    if torch.compiler.is_compiling():
+        return build()
+    try:
+        version = weights._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return build()
+    kept: dict[tuple[str, torch.dtype], tuple[int, torch.Tensor]] | None = getattr(
+        weights, PREPARED, None
+    )
+    if kept is None:
+        kept = {}
+        setattr(weights, PREPARED, kept)
+    found = kept.get((layout, dtype))
+    if found is not None and found[0] == version:
+        return found[1]
+    made = build()
+    kept[(layout, dtype)] = (version, made)
+    return made
+
+
+def _shrink_weights(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A [slots, (1,) r, hidden] as [slots * r, hidden] in `dtype`: a view where the dtype is
+    already right, else a converted copy (kept: the bfloat16 weights with vLLM's float32
+    buffer would otherwise be converted on every call)."""
+    a = _slots(weights)
+    flat = a.reshape(a.shape[0] * a.shape[1], a.shape[2])
+    if flat.dtype == dtype:
+        return flat
+    return _prepared(weights, "shrink", dtype, lambda: flat.to(dtype))
+
+
+def _expand_weights(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """B [slots, (1,) out, r] as [slots * r, out] in `dtype`, the right operand of the expand's
+    single product. The transposition is a copy of every slot's B (4 * 1536 * 16 values for
+    the bundled model's MLP; 49,152 wide for a LoRA'd head), so it is kept, not redone per call.
+    """
+    b = _slots(weights)
+    slots, out, rank = b.shape
+    return _prepared(
+        weights,
+        "expand",
+        dtype,
+        lambda: b.transpose(1, 2).reshape(slots * rank, out).to(dtype).contiguous(),
+    )
+
+
+def shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    mask: torch.Tensor,
+    scaling: float,
+) -> None:
+    """output[:, :r] = scaling * inputs @ A[slot].T, each row's slot given by `mask`
+    [rows, slots]."""
+    dtype = output_tensor.dtype
+    a = _shrink_weights(lora_a_weights, dtype)
+    slots = mask.shape[1]
+    rank = a.shape[0] // slots
+    every = (inputs.to(dtype) @ a.t()).view(-1, slots, rank)
+    mine = (every * mask.unsqueeze(2)).sum(dim=1)
+    output_tensor[:, :rank] = mine if scaling == 1.0 else scaling * mine
+
+
+def expand(
+    inputs: torch.Tensor, lora_b_weights: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """[rows, out] = inputs @ B[slot].T, each row's slot given by `mask` [rows, slots]: each
+    row's input placed in its slot's block of a [rows, slots * r] matrix, then one product."""
+    b = _expand_weights(lora_b_weights, dtype)
+    placed = inputs.to(dtype).unsqueeze(1) * mask.unsqueeze(2)
+    return placed.reshape(-1, b.shape[0]) @ b
+
+
+def _slot_count(weights: torch.Tensor) -> int:
+    return int(weights.shape[0])
+
+
+def _add(output: torch.Tensor, outputs: torch.Tensor, add_inputs: bool) -> None:
+    """What vLLM's `bgmv_expand` does with its result: a one-row result fills every row; the
+    output and the adapter may pad their widths differently (the common width is written)."""
+    rows = 1 if outputs.shape[0] == 1 else output.shape[0]
+    common = min(outputs.shape[1], output.shape[1])
+    if add_inputs:
+        output[:, :common] += outputs[:rows, :common]
+    else:
+        output[:, :common] = outputs[:rows, :common]
+
+
+def _add_slice(
+    output: torch.Tensor, outputs: torch.Tensor, offset: int, size: int, add_inputs: bool
+) -> None:
+    if add_inputs:
+        output[:, offset : offset + size] += outputs
+    else:
+        output[:, offset : offset + size] = outputs
+
+
 def bgmv_shrink(
     inputs: torch.Tensor,
     lora_a_weights: torch.Tensor,
@@ -53,21 +165,8 @@ def bgmv_shrink(
     scaling: float = 1.0,
 ) -> None:
     """output[:, :r] = scaling * inputs @ A[slot].T, row by row (A: [slots, (1,) r, hidden])."""
-    a = _slots(lora_a_weights)
-    slots, rank, hidden = a.shape
-    dtype = output_tensor.dtype
-    every = inputs.to(dtype) @ a.reshape(slots * rank, hidden).to(dtype).t()
-    mask = _mask(lora_indices_tensor, slots, dtype).unsqueeze(2)
-    output_tensor[:, :rank] = scaling * (every.view(-1, slots, rank) * mask).sum(dim=1)
-
-
-def _expanded(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-              dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
-    """[rows, out] = inputs @ B[slot].T row by row (B: [slots, (1,) out, r]), one product."""
-    b = _slots(weights)
-    slots, out, rank = b.shape
-    placed = inputs.to(dtype).unsqueeze(1) * _mask(indices, slots, dtype).unsqueeze(2)
-    return placed.reshape(-1, slots * rank) @ b.transpose(1, 2).reshape(slots * rank, out).to(dtype)
+    mask = _mask(lora_indices_tensor, _slot_count(lora_a_weights), output_tensor.dtype)
+    shrink(inputs, lora_a_weights, output_tensor, mask, scaling)
 
 
 def bgmv_expand(
@@ -78,13 +177,9 @@ def bgmv_expand(
     add_inputs: bool = True,
 ) -> None:
     """output[:, :n] (+)= inputs @ B[slot].T, as vLLM's (a one-row result fills every row)."""
-    outputs = _expanded(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    rows = 1 if outputs.shape[0] == 1 else output_tensor.shape[0]
-    common = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common] += outputs[:rows, :common]
-    else:
-        output_tensor[:, :common] = outputs[:rows, :common]
+    dtype = output_tensor.dtype
+    mask = _mask(lora_indices_tensor, _slot_count(lora_b_weights), dtype)
+    _add(output_tensor, expand(inputs, lora_b_weights, mask, dtype), add_inputs)
 
 
 def bgmv_expand_slice(
@@ -97,11 +192,10 @@ def bgmv_expand_slice(
     add_inputs: bool = True,
 ) -> None:
     """output[:, offset:offset + size] (+)= inputs @ B[slot].T, row by row."""
-    outputs = _expanded(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+    dtype = output_tensor.dtype
+    mask = _mask(lora_indices_tensor, _slot_count(lora_b_weights), dtype)
+    outputs = expand(inputs, lora_b_weights, mask, dtype)
+    _add_slice(output_tensor, outputs, slice_offset, slice_size, add_inputs)
 
 
 OPS: dict[str, Callable[..., None]] = {
@@ -114,16 +208,119 @@ for _op in OPS.values():  # rows with no adapter skip every slot: lora_slots has
     setattr(_op, DENSE, True)
 
 
+# -- one mask per batch: the CPU Punica wrapper's prefill-path methods --------------------------
+# vLLM V1 runs every batch through the wrapper's `*_prefill` methods (the `sgmv_*` ops), which
+# rebuild each token's slot index (`repeat_interleave`) for every op: a batch runs ~420 LoRA ops
+# on the bundled model (7 shrinks and 7 expands in each of 30 layers), all with the same indices.
+# Here the methods take the wrapper's own per-token indices and build the one-hot mask once per
+# batch, kept on the wrapper under the version of the index buffer vLLM rewrites (in place) for
+# each new batch mapping; the ops are the same `shrink` and `expand` as above.
+
+WRAPPER = ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")
+STEP_MASKS = "__loopgate_step_masks__"  # on a wrapper: (slots, dtype) -> ((version, rows), mask)
+
+
+def _step_mask(wrapper: Any, rows: int, slots: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """The running batch's [tokens, slots] mask, or None where it cannot be had here (a graph
+    being traced, a wrapper without the expected fields, a row count that differs from the
+    mapping's): the caller then takes vLLM's own path."""
+    if torch.compiler.is_compiling():
+        return None
+    buffer = getattr(wrapper, "_token_lora_indices", None)
+    lengths = getattr(wrapper, "indices_len", None)
+    if buffer is None or not lengths or lengths[0] != rows:
+        return None
+    try:
+        key = (buffer._version, rows)
+    except RuntimeError:  # an inference-mode tensor: no version, so nothing is kept
+        return _mask(buffer[:rows], slots, dtype)
+    kept = wrapper.__dict__.setdefault(STEP_MASKS, {})
+    found = kept.get((slots, dtype))
+    if found is not None and found[0] == key:
+        return found[1]  # type: ignore[no-any-return]
+    made = _mask(buffer[:rows], slots, dtype)
+    kept[(slots, dtype)] = (key, made)
+    return made
+
+
+def _shrink_prefill(original: Callable[..., None]) -> Callable[..., None]:
+    def method(self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: float) -> None:
+        if self.no_lora:
+            return
+        mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
+        if mask is None:
+            return original(self, y, x, w, scale)
+        shrink(x, w, y, mask, scale)
+
+    return method
+
+
+def _expand_prefill(original: Callable[..., None]) -> Callable[..., None]:
+    def method(self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, add: bool) -> None:
+        if self.no_lora:
+            return
+        mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
+        if mask is None:
+            return original(self, y, x, w, add)
+        _add(y, expand(x, w, mask, y.dtype), add)
+
+    return method
+
+
+def _expand_slice_prefill(original: Callable[..., None]) -> Callable[..., None]:
+    def method(
+        self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, offset: int, size: int,
+        add: bool,
+    ) -> None:  # fmt: skip
+        if self.no_lora:
+            return
+        mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
+        if mask is None:
+            return original(self, y, x, w, offset, size, add)
+        _add_slice(y, expand(x, w, mask, y.dtype), offset, size, add)
+
+    return method
+
+
+METHODS: dict[str, Callable[[Callable[..., None]], Callable[..., None]]] = {
+    "_shrink_prefill": _shrink_prefill,
+    "_expand_prefill": _expand_prefill,
+    "_expand_slice_prefill": _expand_slice_prefill,
+}
+
+
+def _batch_masks() -> bool:
+    """Put the one-mask-per-batch methods on vLLM's CPU Punica wrapper (once)."""
+    try:
+        module = importlib.import_module(WRAPPER[0])
+    except ImportError:
+        return False
+    cls = getattr(module, WRAPPER[1], None)
+    if cls is None or not all(callable(getattr(cls, name, None)) for name in METHODS):
+        return False
+    for name, make in METHODS.items():
+        original = getattr(cls, name)
+        if not getattr(original, DENSE, False):
+            method = functools.wraps(original)(make(original))
+            setattr(method, DENSE, True)
+            setattr(cls, name, method)
+    return True
+
+
 def apply() -> bool:
-    """Put the dense ops in place of vLLM's torch LoRA ops; True when they are (now) in place."""
+    """Put the dense ops in place of vLLM's torch LoRA ops (and the wrapper's per-batch masks in
+    front of them); True when they are (now) in place."""
     ops = torch_lora_ops()
     if ops is None:
         return False
     if getattr(ops.bgmv_shrink, DENSE, False):
+        _batch_masks()
         return True
     replace_everywhere(lambda name, _: OPS[name])
+    masks = _batch_masks()
     log.warning(
         "loopgate: vLLM's torch LoRA ops replaced by dense products (one per op, every slot at "
-        "once; see loopgate_engine/lora_ops.py)"
+        "once%s; see loopgate_engine/lora_ops.py)",
+        ", one row mask per batch" if masks else "",
     )
     return True

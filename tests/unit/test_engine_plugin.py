@@ -164,3 +164,85 @@ print("dense")
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("dense")
+
+
+# -- what the dense ops keep between calls: each stacked weight's layout, each batch's mask -----
+
+
+def test_a_kept_weight_layout_is_reused_until_vllm_writes_a_slot() -> None:
+    """The expand's transposed B is made once per weight tensor and made again after an in-place
+    write (vLLM's `set_lora` / `reset_lora`, inside inference mode as in the engine)."""
+    b = stacked((SLOTS, 1, OUT, RANK), 20)
+    x, indices = stacked((4, RANK), 21), torch.tensor([0, 1, 2, -1])
+    first = dense._expand_weights(b, torch.float32)
+    assert dense._expand_weights(b, torch.float32) is first  # kept, not rebuilt per call
+    with torch.inference_mode():  # set_lora: an adapter copied into slot 1
+        b[1, 0, :, :].copy_(stacked((OUT, RANK), 22))
+    assert dense._expand_weights(b, torch.float32) is not first
+    want, got = torch.zeros(4, OUT), torch.zeros(4, OUT)
+    fixed("bgmv_expand")(x, b, want, indices, True)  # type: ignore[operator]
+    dense.bgmv_expand(x, b, got, indices, True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():  # reset_lora: the slot zeroed
+        b[1] = 0
+    dense.bgmv_expand(x, b, got.zero_(), indices, True)
+    assert torch.equal(got[1], torch.zeros(OUT))
+
+
+def test_inference_mode_weights_are_used_as_they_are_each_call() -> None:
+    """A tensor made in inference mode keeps no version counter: nothing is kept for it, and a
+    write to it is still seen by the next call."""
+    with torch.inference_mode():
+        a = stacked((SLOTS, 1, RANK, HIDDEN), 23).bfloat16()
+        x, indices = stacked((3, HIDDEN), 24), torch.tensor([2, 0, -1])
+        got = torch.zeros(3, RANK)
+        dense.bgmv_shrink(x, a, got, indices, 1.0)
+        a[2] = 0
+        dense.bgmv_shrink(x, a, got, indices, 1.0)
+    assert not hasattr(a, dense.PREPARED)
+    assert torch.equal(got[0], torch.zeros(RANK)) and torch.equal(got[2], torch.zeros(RANK))
+    assert got[1].abs().sum() > 0
+
+
+def test_the_wrappers_batch_mask_follows_each_new_mapping() -> None:
+    """vLLM's CPU Punica wrapper with the plugin's methods computes a two-slice LoRA linear (q and
+    v, say) as vLLM's own methods do, over batches with different mappings (two of the same size):
+    the mask made for one batch is not used for the next."""
+    script = """
+import torch
+import loopgate_engine
+from loopgate_engine import lora_ops as dense
+from vllm.lora.layers.utils import LoRAMapping
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+originals = {name: getattr(PunicaWrapperCPU, name) for name in dense.METHODS}
+loopgate_engine.register()
+loopgate_engine.register()
+assert all(getattr(getattr(PunicaWrapperCPU, n), dense.DENSE, False) for n in dense.METHODS)
+patched = {name: getattr(PunicaWrapperCPU, name) for name in dense.METHODS}
+g = torch.Generator().manual_seed(0)
+slots, rank, hidden, outs = 3, 4, 6, (5, 3)
+a = tuple(torch.randn(slots, 1, rank, hidden, generator=g) for _ in outs)
+b = tuple(torch.randn(slots, 1, o, rank, generator=g) for o in outs)
+ids = [11, 12, 13]  # lora id per slot
+wrapper = PunicaWrapperCPU(64, 8, "cpu")
+def run(methods, tokens):
+    for name, method in methods.items():
+        setattr(PunicaWrapperCPU, name, method)
+    mapping = LoRAMapping(tokens, tokens, is_prefill=True)
+    wrapper.update_metadata(mapping, ids, slots, 100)
+    x = torch.randn(len(tokens), hidden, generator=torch.Generator().manual_seed(len(tokens)))
+    y = torch.ones(len(tokens), sum(outs))
+    wrapper.add_lora_linear(y, x, a, b, 1.0, outs)
+    return y
+for tokens in ((11, 11, 0, 13, 13, 12), (13, 13, 13, 0, 0, 11), (0, 12, 12, 11, 0)):
+    want, got = run(originals, tokens), run(patched, tokens)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    base = [i for i, t in enumerate(tokens) if t == 0]
+    assert torch.equal(got[base], torch.ones(len(base), sum(outs)))  # base rows: nothing added
+print("masks", len(wrapper.__dict__[dense.STEP_MASKS]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("masks 1")  # one mask (float32), rebuilt per mapping

@@ -64,6 +64,7 @@ class Engine:
     adapters: list[str]
     base: dict[str, str]  # prompt -> the base's answer before any adapter was loaded
     alone: dict[tuple[str, str], str]  # (adapter, prompt) -> that adapter's answer alone
+    folders: dict[str, str]  # adapter -> the folder it was loaded from
 
     def ask(self, model: str, prompt: str) -> str:
         body = {
@@ -89,13 +90,14 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         replica.wait_healthy()
         headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
         with httpx.Client(base_url=replica.url, headers=headers, timeout=600) as client:
-            found = Engine(client, Settings().base_model_name, [], {}, {})
+            found = Engine(client, Settings().base_model_name, [], {}, {}, {})
             found.base = {p: found.ask(found.base_name, p) for p in PROMPTS}
             for i, folder in enumerate(folders):  # loaded in order: the last fills the last slot
                 name = f"style-{i}"
                 body = {"lora_name": name, "lora_path": str(folder)}
                 client.post("/v1/load_lora_adapter", json=body).raise_for_status()
                 found.adapters.append(name)
+                found.folders[name] = str(folder)
             found.alone = {(a, p): found.ask(a, p) for a in found.adapters for p in PROMPTS[:2]}
             yield found
     finally:
@@ -134,3 +136,25 @@ def test_base_and_adapter_requests_batched_together_stay_apart(engine: Engine, c
         if answer != want:
             wrong.append(f"{model} on {prompt[-40:]!r}: {answer!r} != {want!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_slot_written_again_serves_the_adapter_now_in_it(engine: Engine) -> None:
+    """The plugin keeps each stacked LoRA weight in the layout its ops multiply with, until vLLM
+    writes into it: an adapter unloaded and another loaded in its place (vLLM zeroes the slot,
+    then copies the new adapter in) must answer as the new adapter, not with the old one's kept
+    weights. Last in the module; it puts the first adapter back."""
+    first, other, prompt = engine.adapters[0], engine.adapters[2], PROMPTS[0]
+    assert engine.ask(first, prompt) == engine.alone[(first, prompt)]  # its layouts made now
+    again = "style-again"
+    try:
+        unload = {"lora_name": first}
+        engine.client.post("/v1/unload_lora_adapter", json=unload).raise_for_status()
+        load = {"lora_name": again, "lora_path": engine.folders[other]}
+        engine.client.post("/v1/load_lora_adapter", json=load).raise_for_status()
+        assert engine.ask(again, prompt) == engine.alone[(other, prompt)]
+        assert engine.ask(other, prompt) == engine.alone[(other, prompt)]
+    finally:
+        engine.client.post("/v1/unload_lora_adapter", json={"lora_name": again})
+        load = {"lora_name": first, "lora_path": engine.folders[first]}
+        engine.client.post("/v1/load_lora_adapter", json=load).raise_for_status()
+    assert engine.ask(first, prompt) == engine.alone[(first, prompt)]
