@@ -14,8 +14,10 @@ def register() -> None:
     """The entry point vLLM calls (possibly several times per process: each fix is idempotent).
 
     The dense LoRA ops (`lora_ops`: the speed) skip rows with no adapter by construction, so the
-    slot fix (`lora_slots`: the correctness) only acts where they could not be put in place."""
-    from loopgate_engine import lora_ops, lora_slots
+    slot fix (`lora_slots`: the correctness) only acts where they could not be put in place.
+    `idle_wait` stops a CPU engine's processes from spinning while they wait for each other."""
+    from loopgate_engine import idle_wait, lora_ops, lora_slots
 
     lora_ops.apply()
     lora_slots.apply()
+    idle_wait.apply()

@@ -246,3 +246,31 @@ print("masks", len(wrapper.__dict__[dense.STEP_MASKS]))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("masks 1")  # one mask (float32), rebuilt per mapping
+
+
+def test_the_engines_queue_waits_nap_instead_of_spinning_on_cpu() -> None:
+    """vLLM's shared-memory queue waits between checks with `sched_yield` (a spinning core while
+    a CPU worker computes a step); with the plugin they sleep NAP_S: the wait takes wall time
+    and next to no CPU."""
+    script = """
+import time
+import loopgate_engine
+from loopgate_engine import idle_wait
+from vllm.distributed.device_communicators import shm_broadcast
+assert idle_wait.on_cpu()
+loopgate_engine.register()
+loopgate_engine.register()  # vLLM may call it again: still the one nap
+assert shm_broadcast.sched_yield is idle_wait.nap
+cpu, wall = time.process_time(), time.monotonic()
+for _ in range(500):
+    shm_broadcast.sched_yield()
+cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+assert wall >= 500 * idle_wait.NAP_S, wall
+assert cpu < 0.5 * wall, (cpu, wall)
+print("naps")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("naps")

@@ -186,6 +186,7 @@ class LoadRun:
     records: list[Record] = field(default_factory=list)
     swaps: list[tuple[float, float, str]] = field(default_factory=list)  # start, end, new version
     flipped_after: list[float] = field(default_factory=list)  # each report's flipped_after_s
+    staged: list[tuple[float, float]] = field(default_factory=list)  # each promote's load, probe
 
 
 async def stream_client(stack: Stack, run: LoadRun, stop: asyncio.Event) -> None:
@@ -233,6 +234,7 @@ async def swapper(stack: Stack, run: LoadRun, ids: dict[str, str], swaps: int) -
             assert resp.json()["to_version"] == target
             run.swaps.append((start, time.monotonic(), target))
             run.flipped_after.append(float(resp.json()["flipped_after_s"]))
+            run.staged.append((float(resp.json()["load_s"]), float(resp.json()["probe_s"])))
             await asyncio.sleep(2)
 
 
@@ -288,6 +290,7 @@ def report_swaps(run: LoadRun) -> tuple[float, float]:
     rate_swap = len(in_swap) / swap_time
     rate_other = (len(run.records) - len(in_swap)) / max(total - swap_time, 1e-9)
     failed = sum(1 for r in run.records if r.error)
+    loads, probes = [s[0] for s in run.staged], [s[1] for s in run.staged]
     p50 = statistics.median(latencies)
     p95 = statistics.quantiles(latencies, n=20, method="inclusive")[-1]
     print(
@@ -295,7 +298,9 @@ def report_swaps(run: LoadRun) -> tuple[float, float]:
         f"promote-to-first-token p50 {p50:.2f}s p95 {p95:.2f}s max {max(latencies):.2f}s "
         f"(each: {' '.join(f'{x:.1f}' for x in latencies)}); promote-to-flip p50 "
         f"{statistics.median(run.flipped_after):.2f}s max {max(run.flipped_after):.2f}s; "
-        f"flip-to-first-token p50 {statistics.median(after_flip):.2f}s; "
+        f"flip-to-first-token p50 {statistics.median(after_flip):.2f}s; first replica's load "
+        f"p50 {statistics.median(loads):.2f}s, probe p50 {statistics.median(probes):.2f}s max "
+        f"{max(probes):.2f}s; "
         f"swap duration p50 {statistics.median(e - s for s, e, _ in run.swaps):.2f}s; "
         f"requests/s during swaps {rate_swap:.2f} vs {rate_other:.2f} outside "
         f"({rate_swap / rate_other:.2f}x)"
