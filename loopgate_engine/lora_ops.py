@@ -243,49 +243,48 @@ def _step_mask(wrapper: Any, rows: int, slots: int, dtype: torch.dtype) -> torch
     return made
 
 
-def _shrink_prefill(original: Callable[..., None]) -> Callable[..., None]:
-    def method(self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: float) -> None:
-        if self.no_lora:
-            return
-        mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
-        if mask is None:
-            return original(self, y, x, w, scale)
-        shrink(x, w, y, mask, scale)
+def _per_batch(
+    op: Callable[..., None],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A wrapper method `(self, y, x, w, *rest)` that runs `op(y, x, w, mask, *rest)` with the
+    batch's mask, vLLM's own method (`original`) where there is none, nothing for a batch with
+    no adapter (as vLLM's methods do)."""
 
-    return method
+    def make(original: Callable[..., None]) -> Callable[..., None]:
+        def method(
+            self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, *rest: Any
+        ) -> None:
+            if self.no_lora:
+                return
+            mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
+            if mask is None:
+                return original(self, y, x, w, *rest)
+            op(y, x, w, mask, *rest)
+
+        return method
+
+    return make
 
 
-def _expand_prefill(original: Callable[..., None]) -> Callable[..., None]:
-    def method(self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, add: bool) -> None:
-        if self.no_lora:
-            return
-        mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
-        if mask is None:
-            return original(self, y, x, w, add)
-        _add(y, expand(x, w, mask, y.dtype), add)
-
-    return method
+def _shrink_into(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor,
+                 scale: float) -> None:  # fmt: skip
+    shrink(x, w, y, mask, scale)
 
 
-def _expand_slice_prefill(original: Callable[..., None]) -> Callable[..., None]:
-    def method(
-        self: Any, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, offset: int, size: int,
-        add: bool,
-    ) -> None:  # fmt: skip
-        if self.no_lora:
-            return
-        mask = _step_mask(self, x.shape[0], _slot_count(w), y.dtype)
-        if mask is None:
-            return original(self, y, x, w, offset, size, add)
-        _add_slice(y, expand(x, w, mask, y.dtype), offset, size, add)
+def _expand_into(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor,
+                 add: bool) -> None:  # fmt: skip
+    _add(y, expand(x, w, mask, y.dtype), add)
 
-    return method
+
+def _expand_slice_into(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor,
+                       offset: int, size: int, add: bool) -> None:  # fmt: skip
+    _add_slice(y, expand(x, w, mask, y.dtype), offset, size, add)
 
 
 METHODS: dict[str, Callable[[Callable[..., None]], Callable[..., None]]] = {
-    "_shrink_prefill": _shrink_prefill,
-    "_expand_prefill": _expand_prefill,
-    "_expand_slice_prefill": _expand_slice_prefill,
+    "_shrink_prefill": _per_batch(_shrink_into),
+    "_expand_prefill": _per_batch(_expand_into),
+    "_expand_slice_prefill": _per_batch(_expand_slice_into),
 }
 
 
