@@ -157,6 +157,7 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
         dtype,
         "--scheduling-policy",
         settings.engine_scheduling_policy,
+        *block_size_args(settings, device),
         "--disable-uvicorn-access-log",
         *chat_args(settings, model),
         *settings.engine_extra_args,
@@ -175,6 +176,14 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
     log_path = settings.data_dir / "logs" / "engine.log"
     state_path = settings.data_dir / "run" / "engine.json"
     return EngineLaunch(argv, env, url, api_key, log_path, state_path, dtype, sock)
+
+
+def block_size_args(settings: Settings, device: str) -> list[str]:
+    """A CPU engine's KV-cache block size (`engine_cpu_block_size`): also the step at which
+    prompt prefixes are cached. GPU engines keep vLLM's default (16 tokens)."""
+    if device != "cpu" or not settings.engine_cpu_block_size:
+        return []
+    return ["--block-size", str(settings.engine_cpu_block_size)]
 
 
 def chat_args(settings: Settings, model: str) -> list[str]:

@@ -167,6 +167,16 @@ class Settings:
     engine_cpu_kvcache_gb: int = field(
         default=2, metadata={"help": "VLLM_CPU_KVCACHE_SPACE (GiB) for the CPU engine."}
     )
+    engine_cpu_block_size: int = field(
+        default=32,
+        metadata={
+            "help": "vLLM --block-size for a CPU engine: tokens per KV-cache block, which is also "
+            "the step at which prompt prefixes are cached (a request reuses only whole cached "
+            "blocks). vLLM-CPU's own default, 128, caches no prompt prefix shorter than 128 "
+            "tokens; 32 (a size its kernels are tuned for) caches shared system prompts and chat "
+            "histories 32 tokens at a time. 0: vLLM's own default. GPU engines keep vLLM's."
+        },
+    )
     engine_scheduling_policy: EngineScheduling = field(
         default="priority",
         metadata={
@@ -548,20 +558,7 @@ class Settings:
         if not 0 <= self.worker_nice <= 19:
             raise ConfigError(f"LOOPGATE_WORKER_NICE must be 0..19, got {self.worker_nice}")
         self._check_choices()
-        if self.engine_mode == "external" and not self.engine_urls:
-            raise ConfigError(
-                "LOOPGATE_ENGINE_MODE=external needs LOOPGATE_ENGINE_URLS (comma-separated)"
-            )
-        for url in self.engine_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(
-                    f"LOOPGATE_ENGINE_URLS entry {url!r} must start with http:// or https://"
-                )
-        if self.engine_max_lora_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
-            raise ConfigError(
-                "LOOPGATE_ENGINE_MAX_LORA_RANK must be one of vLLM's ranks "
-                "1, 8, 16, 32, 64, 128, 256, 320, 512"
-            )
+        self._check_engine()
         if self.max_body_bytes < 1024:
             raise ConfigError("LOOPGATE_MAX_BODY_BYTES must be at least 1024")
         if not self.canary_check_interval_s > 0:
@@ -577,6 +574,27 @@ class Settings:
         self._check_observability()
         self._check_upstream()
         self._check_quotas()
+
+    def _check_engine(self) -> None:
+        if self.engine_mode == "external" and not self.engine_urls:
+            raise ConfigError(
+                "LOOPGATE_ENGINE_MODE=external needs LOOPGATE_ENGINE_URLS (comma-separated)"
+            )
+        for url in self.engine_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"LOOPGATE_ENGINE_URLS entry {url!r} must start with http:// or https://"
+                )
+        if self.engine_max_lora_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+            raise ConfigError(
+                "LOOPGATE_ENGINE_MAX_LORA_RANK must be one of vLLM's ranks "
+                "1, 8, 16, 32, 64, 128, 256, 320, 512"
+            )
+        if self.engine_cpu_block_size not in (0, 16, 32, 64, 128, 256):
+            raise ConfigError(
+                "LOOPGATE_ENGINE_CPU_BLOCK_SIZE must be 0 (vLLM's default) or one of 16, 32, 64, "
+                f"128, 256, got {self.engine_cpu_block_size}"
+            )
 
     def _check_choices(self) -> None:
         choices = {

@@ -35,6 +35,7 @@ def test_env_is_parsed_and_overrides_win() -> None:
         ({"LOOPGATE_ENGINE_MODE": "cloud"}, "LOOPGATE_ENGINE_MODE"),
         ({"LOOPGATE_ENGINE_MODE": "external", "LOOPGATE_ENGINE_URLS": "ftp://x"}, "http"),
         ({"LOOPGATE_ENGINE_MAX_LORA_RANK": "7"}, "MAX_LORA_RANK"),
+        ({"LOOPGATE_ENGINE_CPU_BLOCK_SIZE": "48"}, "LOOPGATE_ENGINE_CPU_BLOCK_SIZE must be 0"),
         ({"LOOPGATE_ENGINE_WEIGHTS": "int4"}, "LOOPGATE_ENGINE_WEIGHTS must be one of full, nf4"),
         ({"LOOPGATE_TRAINING_DEVICE": "tpu"}, "LOOPGATE_TRAINING_DEVICE must be one of auto"),
         ({"LOOPGATE_UPSTREAM_TRANSPORT": "curl"}, "LOOPGATE_UPSTREAM_TRANSPORT"),

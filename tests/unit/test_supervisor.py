@@ -176,3 +176,20 @@ def test_the_engine_renders_chats_as_the_trainer_does_and_parses_tool_calls(
     assert other[other.index("--tool-call-parser") + 1] == "llama3_json"
     chosen = flags(engine_chat_template=str(tmp_path / "mine.jinja"))
     assert chosen[chosen.index("--chat-template") + 1] == str(tmp_path / "mine.jinja")
+
+
+def test_a_cpu_engine_caches_prefixes_in_32_token_blocks(tmp_path: Path) -> None:
+    """vLLM-CPU's own 128-token blocks cache no prompt prefix shorter than 128 tokens."""
+
+    def block_size(**kw: object) -> str | None:
+        settings = Settings(data_dir=tmp_path, **kw)  # type: ignore[arg-type]
+        argv = build_launch(settings, "/models/x", port=free_port()).argv
+        sizes = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--block-size"]
+        return sizes[-1] if sizes else None  # vLLM's parser keeps the last one given
+
+    assert block_size(engine_device="cpu") == "32"
+    assert block_size(engine_device="cpu", engine_cpu_block_size=128) == "128"
+    assert block_size(engine_device="cpu", engine_cpu_block_size=0) is None  # vLLM's default
+    assert block_size(engine_device="cuda") is None  # a GPU keeps vLLM's 16
+    extra = ("--block-size", "64")
+    assert block_size(engine_device="cpu", engine_extra_args=extra) == "64"  # extra args win

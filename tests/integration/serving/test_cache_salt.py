@@ -43,3 +43,32 @@ def test_a_second_tenant_s_identical_prompt_gets_no_cache_hit(stack: Stack) -> N
     assert same_tenant >= 256  # the whole prompt but its last partial block
     assert other_tenant == 0  # acme's cached prefix is invisible to globex
     assert again_other >= 256  # globex's own second request hits its own cache
+
+
+def test_a_system_prompt_shorter_than_128_tokens_is_served_from_the_cache(stack: Stack) -> None:
+    """The CPU engine caches prefixes in 32-token blocks (`engine_cpu_block_size`): with
+    vLLM-CPU's own 128-token blocks this ~100-token chat would never hit its cache."""
+    system = (
+        f"[{secrets.token_hex(4)}] You are the support desk of Harbour Ferries. Answer in two "
+        "short sentences, name the timetable page when a sailing is asked about, never promise "
+        "refunds, and hand anything about lost property to the office at Pier 3. Sailings stop "
+        "in storms; say so plainly and point to the status page. Bikes and dogs travel free."
+    )
+
+    def ask(question: str) -> tuple[float, int]:
+        before = prefix_cache_hits(stack)
+        answer = stack.client("acme").chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=1,
+            temperature=0,
+        )
+        assert answer.usage is not None
+        return prefix_cache_hits(stack) - before, answer.usage.prompt_tokens
+
+    first, _ = ask("When does the first ferry leave on Sunday?")
+    second, prompt_tokens = ask("Can I bring my bike on board?")  # same system prompt
+    print(f"prefix-cache hit tokens: first {first}, second {second} of {prompt_tokens}")
+    assert prompt_tokens < 128
+    assert first == 0
+    assert second >= 64  # the system prompt's whole 32-token blocks
