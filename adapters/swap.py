@@ -35,9 +35,13 @@ from store.errors import Conflict, EngineNotReady, NotFound, Unprocessable, Upst
 
 log = logging.getLogger("loopgate.swap")
 
-PROBE_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+# The probe: one token from a one-token raw prompt (/v1/completions). It proves the adapter
+# went into a slot and serves; without a chat template its prefill is one token, not the ~36 of
+# a templated chat, which on a busy CPU engine made its step the longest of the swap.
+PROBE_PROMPT = "Hello"
 PROBE_TOKENS = 1  # one engine step proves the adapter serves; every more token is one more step
-CHANGE_PROBE_TOKENS = 8  # `require_change` compares this much greedy text with the base's
+PROBE_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+CHANGE_PROBE_TOKENS = 8  # `require_change` compares this much greedy chat with the base's
 # Probes go ahead of live traffic (vLLM's default 0; lower runs first) under priority scheduling.
 PROBE_PRIORITY = -10
 
@@ -330,7 +334,7 @@ class Swapper:
         placement = await self.adapters.stage(backend, version)
         t1 = time.monotonic()
         try:
-            output = await self._complete(backend, placement.engine_name, PROBE_TOKENS)
+            output = await self._probe(backend, placement.engine_name)
         except Unprocessable:
             placement.state = LoadState.DRAINING  # no lease reaches it from now on
             self._in_background(self.adapters.unload(placement, self.drain_timeout_s))
@@ -341,8 +345,8 @@ class Swapper:
     async def _differs_from_base(self, first: Ready) -> None:
         """`require_change`: a longer greedy answer from the adapter, unlike the base's."""
         backend, name = first.placement.backend, first.placement.engine_name
-        tuned = await self._complete(backend, name, CHANGE_PROBE_TOKENS)
-        base = await self._complete(backend, self.base_engine_name, CHANGE_PROBE_TOKENS)
+        tuned = await self._chat(backend, name)
+        base = await self._chat(backend, self.base_engine_name)
         if base == tuned:
             raise Unprocessable(
                 "probe: the adapter answers exactly like the base model; refusing to promote",
@@ -375,20 +379,28 @@ class Swapper:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("background unload failed", exc_info=exc)
 
-    async def _complete(self, backend: Backend, model: str, max_tokens: int) -> str:
-        body: dict[str, object] = {
-            "model": model,
-            "messages": PROBE_MESSAGES,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-        }
+    async def _probe(self, backend: Backend, model: str) -> str:
+        body = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": PROBE_TOKENS}
+        choice = await self._ask(backend, "/v1/completions", body)
+        return str(choice.get("text") or "")
+
+    async def _chat(self, backend: Backend, model: str) -> str:
+        body = {"model": model, "messages": PROBE_MESSAGES, "max_tokens": CHANGE_PROBE_TOKENS}
+        choice = await self._ask(backend, "/v1/chat/completions", body)
+        message = choice.get("message")
+        return str((message.get("content") if isinstance(message, dict) else None) or "")
+
+    async def _ask(self, backend: Backend, path: str, body: dict[str, object]) -> dict[str, object]:
+        """One greedy request to `backend`, ahead of live traffic; its first choice."""
+        body["temperature"] = 0
         if self.probe_priority is not None:
             body["priority"] = self.probe_priority
-        url = backend.url + "/v1/chat/completions"
         timeout_s = self.adapters.admin_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self.client.post(url, json=body, headers=backend.headers)
+                resp = await self.client.post(
+                    backend.url + path, json=body, headers=backend.headers
+                )
         except TimeoutError:
             raise Unprocessable(
                 f"probe on replica {backend.name} got no answer within {timeout_s:g}s"
@@ -399,7 +411,15 @@ class Swapper:
             raise Unprocessable(
                 f"probe on replica {backend.name} answered {resp.status_code}: {resp.text[:300]}"
             )
-        return str(resp.json()["choices"][0]["message"]["content"] or "")
+        try:
+            choice = resp.json()["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            choice = None
+        if not isinstance(choice, dict):
+            raise Unprocessable(
+                f"probe on replica {backend.name} answered without a choice: {resp.text[:300]}"
+            )
+        return choice
 
     async def _flip(
         self,

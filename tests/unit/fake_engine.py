@@ -27,6 +27,17 @@ def chat_body(
     }
 
 
+def completion_body(text: str = "Paris.", model: str = ENGINE_MODEL) -> dict[str, object]:
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
 def sse_chunks(
     words: list[str], model: str = ENGINE_MODEL, done: bool = True, cid: str = "chatcmpl-1"
 ) -> list[bytes]:
@@ -163,6 +174,8 @@ class FakeEngine:
                 200, stream=ChunkStream(pieces), headers={"content-type": "text/event-stream"}
             )
         text = self.reply
+        if request.url.path == "/v1/completions":  # vLLM answers a raw prompt with `text`
+            return httpx.Response(200, json=completion_body(text=text, model=body["model"]))
         prompt = str((body.get("messages") or [{}])[-1].get("content", ""))
         if self.judge_reply is not None and prompt.startswith("You are grading"):
             text = self.judge_reply(prompt)

@@ -139,7 +139,7 @@ async def test_a_replica_stuck_loading_is_left_out_then_caught_up(quick: Env) ->
 
 async def test_a_replica_whose_probe_hangs_is_left_out_and_unloaded(slow: Env) -> None:
     r0, r1 = (slow.fleet.engines[h] for h in HOSTS)
-    slow.fleet.stuck["r1.test"] = ("/v1/chat/completions",)
+    slow.fleet.stuck["r1.test"] = ("/v1/completions",)  # the probe
     resp = await slow.promote()
     assert resp.status_code == 200, resp.text
     report = resp.json()
@@ -187,11 +187,11 @@ async def test_the_alias_flips_at_the_first_replica_ready_and_the_other_joins_la
     """replica-1 is slow to answer its probe: the alias serves the new version from replica-0
     before the promote answers; replica-1 takes no request until its own probe answers."""
     r0, r1 = (patient.fleet.engines[h] for h in HOSTS)
-    patient.fleet.stuck["r1.test"] = ("/v1/chat/completions",)
+    patient.fleet.stuck["r1.test"] = ("/v1/completions",)  # the probe
     # The test client blocks its caller's loop until the app answers: promote from a thread.
     promoting = asyncio.create_task(asyncio.to_thread(asyncio.run, patient.promote()))
     await wait_for(
-        lambda: ("r1.test", "/v1/chat/completions") in patient.fleet.hanging,
+        lambda: ("r1.test", "/v1/completions") in patient.fleet.hanging,
         "replica-1's probe never started",
     )
     deadline = time.monotonic() + 5

@@ -35,12 +35,33 @@ def test_the_probe_is_one_token_ahead_of_live_traffic(env: Env, tmp_path: Path) 
     (probe,) = probes(env.engine)
     assert probe["max_tokens"] == 1 and probe["temperature"] == 0
     assert probe["priority"] == -10  # live requests run at vLLM's default 0, batch lines at 10
+    # A raw one-word prompt: no chat template, so the probe's own prefill is one token.
+    assert probe["prompt"] == "Hello" and "messages" not in probe
+    assert env.engine.requests[-1].url.path == "/v1/completions"
     live = env.client.post(
         "/v1/chat/completions",
         json={"model": "support", "messages": [{"role": "user", "content": "hi"}]},
         headers=env.auth(),
     )
     assert live.status_code == 200 and "priority" not in env.engine.bodies()[-1]
+
+
+@pytest.mark.parametrize("answer", ["not json", '{"choices": []}', '{"choices": ["text"]}'])
+def test_a_probe_answer_without_a_choice_refuses_the_promotion(
+    env: Env, tmp_path: Path, answer: str
+) -> None:
+    v1 = upload(env, tmp_path, 1)
+    env.engine.custom = lambda request: httpx.Response(200, text=answer)
+    resp = env.client.post(
+        "/admin/tenants/acme/aliases/support/promote",
+        json={"version": v1["id"], "reason": "test", "force": True},
+        headers=ADMIN,
+    )
+    assert resp.status_code == 422, resp.text
+    assert "answered without a choice" in resp.json()["error"]["message"]
+    assert (
+        env.client.get("/admin/tenants/acme/aliases/support/history", headers=ADMIN).json() == []
+    )  # the alias never flipped
 
 
 @pytest.mark.parametrize("overrides", [{"engine_scheduling_policy": "fcfs"}])
