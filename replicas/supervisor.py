@@ -180,7 +180,7 @@ def build_launch(settings: Settings, model: str, *, port: int | None = None) -> 
 
 def block_size_args(settings: Settings, device: str) -> list[str]:
     """A CPU engine's KV-cache block size (`engine_cpu_block_size`): also the step at which
-    prompt prefixes are cached. GPU engines keep vLLM's default (16 tokens)."""
+    prompt prefixes are cached. GPU engines keep vLLM's own (16 for most models)."""
     if device != "cpu" or not settings.engine_cpu_block_size:
         return []
     return ["--block-size", str(settings.engine_cpu_block_size)]
